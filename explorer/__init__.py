@@ -1,0 +1,60 @@
+"""Token Explorer: what happens to tokens inside transformer language and vision models.
+
+The public Python API (the CLI and the Gradio UI call the same functions)::
+
+    import explorer
+    lm = explorer.load_model()                         # embedded SmolLM2-135M
+    r = explorer.logit_lens(lm, "The capital of France is", targets=[" Paris"])
+    r.to_dict()                                        # exactly the CLI's JSON
+    explorer.list_runs(); explorer.load_run(r.run_id)  # the DuckDB run store
+
+Importing this package never imports gradio.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from explorer.api import list_runs, load_run, logit_lens, open_store
+from explorer.config import Settings
+from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
+from explorer.models.architectures import ArchitectureSpec, register_architecture
+from explorer.models.loading import LanguageModel, load_model, wrap_model
+from explorer.store import Store
+
+__all__ = [
+    "ArchitectureSpec",
+    "InputError",
+    "LanguageModel",
+    "ModelNotAvailableError",
+    "Settings",
+    "Store",
+    "UnsupportedArchitectureError",
+    "list_runs",
+    "load_model",
+    "load_run",
+    "logit_lens",
+    "open_store",
+    "register_architecture",
+    "wrap_model",
+]
+
+# Entry points that live in their own modules, loaded on first use (keeps `import explorer` light).
+_LAZY = {
+    "attribute": "explorer.attribution_api",
+    "attribute_generation": "explorer.attribution_api",
+    "attention": "explorer.attention_api",
+    "prune": "explorer.pruning_api",
+    "prune_text": "explorer.pruning_api",
+    "prune_image": "explorer.pruning_api",
+    "load_vision_model": "explorer.models.vision",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'explorer' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

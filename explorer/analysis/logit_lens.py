@@ -1,0 +1,525 @@
+"""Logit lens across layers and generation steps ("The Hidden Life of Tokens").
+
+At every layer (0 = the embeddings as block 0 sees them ... n_layers = after the last
+block) and position, the residual stream is decoded the way the model decodes its last
+layer: final norm, then the unembedding (then any logit soft-cap). Hence the last layer's
+lens equals the model's own output distribution exactly — a property many tools break by
+skipping the final norm.
+
+For each (layer, position) we keep the top-k tokens; for tracked tokens (the actual next
+input token, the model's final top-1 prediction at each position, and user targets) we
+keep the rank in the full vocabulary, probability and logit. Generation mode decodes N
+tokens (greedy, or sampling with a seed) and traces the whole sequence in one pass:
+position P-1+s holds step s.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from explorer.analysis.ranks import fused_readout
+from explorer.errors import InputError
+from explorer.models.loading import LanguageModel
+from explorer.results import register_result
+from explorer.trace import Trace, capture, encode
+
+ProgressFn = Callable[[float, str], None]
+MAX_GENERATE = 256
+MAX_TOP_K = 100
+ROLE_NEXT = "next_input"
+ROLE_FINAL = "final_top1"
+ROLE_TARGET = "target"
+HIDDEN_TOP_K = 10  # "highly ranked" = in the lens top-10 at some layer
+
+
+@dataclass(frozen=True)
+class LensParams:
+    """Everything besides model and prompt that determines a lens result."""
+
+    top_k: int = 10
+    targets: tuple[str, ...] = ()
+    generate: int = 0
+    sample: bool = False
+    temperature: float = 1.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise InputError(f"top-k must be between 1 and {MAX_TOP_K}, got {self.top_k}")
+        if not 0 <= self.generate <= MAX_GENERATE:
+            raise InputError(f"generate must be between 0 and {MAX_GENERATE} tokens, got {self.generate}")
+        if self.sample and not self.temperature > 0:
+            raise InputError(f"temperature must be > 0 for sampling, got {self.temperature}")
+        for t in self.targets:
+            if not t:
+                raise InputError("a target is empty: give the token text, e.g. ' Paris'")
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"top_k": self.top_k, "targets": list(self.targets), "generate": self.generate}
+        if self.generate:
+            d["sample"] = self.sample
+            if self.sample:
+                d["temperature"] = self.temperature
+                d["seed"] = self.seed
+        return d
+
+
+@dataclass
+class PositionSummary:
+    """Hidden-life summary of the final prediction at one position.
+
+    first_top1_layer / first_top10_layer: first layer where it is rank 1 / within the top 10
+    (None if never); peak_layer: layer of its highest probability; early_excitation: the peak
+    comes before the last layer.
+    """
+
+    position: int
+    token: str
+    token_id: int
+    first_top1_layer: int | None
+    first_top10_layer: int | None
+    peak_layer: int
+    peak_prob: float
+    final_prob: float
+    early_excitation: bool
+
+
+@register_result
+@dataclass
+class LensResult:
+    """Logit-lens result over one sequence.
+
+    tokens:     seq strings (prompt tokens then generated tokens)
+    topk_ids:   (n_layers + 1, seq, k) int64 ; topk_probs: same shape, float32
+    topk_tokens:(n_layers + 1, seq, k) decoded strings (kept so reopening needs no tokenizer)
+    tracked:    long-form rows {role, token, id, position, layer, rank, prob, logit}
+    """
+
+    kind: ClassVar[str] = "lens"
+
+    model: str
+    n_layers: int
+    tokens: list[str]
+    input_ids: list[int]
+    prompt_len: int
+    topk_ids: np.ndarray
+    topk_probs: np.ndarray
+    topk_tokens: np.ndarray
+    tracked: dict[str, np.ndarray]
+    summaries: list[PositionSummary]
+    params: dict[str, Any]
+    generated: list[str] = field(default_factory=list)
+    hidden: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    seconds: float = 0.0
+
+    # ---- views ------------------------------------------------------------------------
+    @property
+    def seq_len(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def generation_positions(self) -> list[int]:
+        """Positions whose next token was generated: step s lives at prompt_len - 1 + s."""
+        return list(range(self.prompt_len - 1, self.prompt_len - 1 + len(self.generated)))
+
+    def tracked_matrix(self, role: str, value: str = "rank", target: str | None = None) -> np.ndarray:
+        """(n_layers + 1, seq) matrix of `value` for one tracked role (NaN where undefined)."""
+        out = np.full((self.n_layers + 1, self.seq_len), np.nan)
+        t = self.tracked
+        mask = t["role"] == role
+        if target is not None:
+            mask &= t["token"] == target
+        out[t["layer"][mask], t["position"][mask]] = t[value][mask]
+        return out
+
+    # ---- serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        n_l, seq, k = self.topk_ids.shape
+        lens = [
+            {
+                "layer": layer,
+                "position": pos,
+                "top": [
+                    {
+                        "token": str(self.topk_tokens[layer, pos, j]),
+                        "id": int(self.topk_ids[layer, pos, j]),
+                        "prob": float(self.topk_probs[layer, pos, j]),
+                    }
+                    for j in range(k)
+                ],
+            }
+            for layer in range(n_l)
+            for pos in range(seq)
+        ]
+        t = self.tracked
+        tracked = [
+            {
+                "role": str(t["role"][i]),
+                "token": str(t["token"][i]),
+                "id": int(t["id"][i]),
+                "position": int(t["position"][i]),
+                "layer": int(t["layer"][i]),
+                "rank": int(t["rank"][i]),
+                "prob": float(t["prob"][i]),
+                "logit": float(t["logit"][i]),
+            }
+            for i in range(len(t["role"]))
+        ]
+        out: dict[str, Any] = {
+            "run_id": self.run_id,
+            "model": self.model,
+            "n_layers": self.n_layers,
+            "tokens": self.tokens,
+            "lens": lens,
+            "tracked": tracked,
+            "summary": [s.__dict__ for s in self.summaries],
+            "params": self.params,
+            "seconds": self.seconds,
+        }
+        if self.generated:
+            out["generated"] = self.generated
+            out["hidden_candidates"] = self.hidden
+        if self.notes:
+            out["notes"] = self.notes
+        return out
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "n_layers": self.n_layers,
+            "tokens": self.tokens,
+            "input_ids": self.input_ids,
+            "prompt_len": self.prompt_len,
+            "summaries": [s.__dict__ for s in self.summaries],
+            "params": self.params,
+            "generated": self.generated,
+            "hidden": self.hidden,
+            "notes": self.notes,
+            "seconds": self.seconds,
+            "top_k": int(self.topk_ids.shape[2]),
+        }
+
+    def to_tables(self) -> dict[str, pa.Table]:
+        n_l, seq, k = self.topk_ids.shape
+        layer, pos, rank = np.meshgrid(np.arange(n_l), np.arange(seq), np.arange(k), indexing="ij")
+        topk = pa.table(
+            {
+                "layer": layer.ravel().astype(np.int16),
+                "position": pos.ravel().astype(np.int32),
+                "k": rank.ravel().astype(np.int16),
+                "token_id": self.topk_ids.ravel().astype(np.int32),
+                "token": self.topk_tokens.ravel().astype(str),
+                "prob": self.topk_probs.ravel().astype(np.float32),
+            }
+        )
+        t = self.tracked
+        tracked = pa.table(
+            {
+                "role": t["role"].astype(str),
+                "token": t["token"].astype(str),
+                "token_id": t["id"].astype(np.int32),
+                "position": t["position"].astype(np.int32),
+                "layer": t["layer"].astype(np.int16),
+                "rank": t["rank"].astype(np.int32),
+                "prob": t["prob"].astype(np.float32),
+                "logit": t["logit"].astype(np.float32),
+            }
+        )
+        return {"topk": topk, "tracked": tracked}
+
+    @classmethod
+    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> LensResult:
+        n_l = meta["n_layers"] + 1
+        seq = len(meta["tokens"])
+        k = meta["top_k"]
+        topk = tables["topk"].sort_by([("layer", "ascending"), ("position", "ascending"), ("k", "ascending")])
+        tr = tables["tracked"]
+        tracked = {
+            "role": np.asarray(tr["role"].to_pylist(), dtype=object),
+            "token": np.asarray(tr["token"].to_pylist(), dtype=object),
+            "id": tr["token_id"].to_numpy().astype(np.int64),
+            "position": tr["position"].to_numpy().astype(np.int64),
+            "layer": tr["layer"].to_numpy().astype(np.int64),
+            "rank": tr["rank"].to_numpy().astype(np.int64),
+            "prob": tr["prob"].to_numpy().astype(np.float32),
+            "logit": tr["logit"].to_numpy().astype(np.float32),
+        }
+        return cls(
+            model=meta["model"],
+            n_layers=meta["n_layers"],
+            tokens=meta["tokens"],
+            input_ids=meta["input_ids"],
+            prompt_len=meta["prompt_len"],
+            topk_ids=topk["token_id"].to_numpy().astype(np.int64).reshape(n_l, seq, k),
+            topk_probs=topk["prob"].to_numpy().astype(np.float32).reshape(n_l, seq, k),
+            topk_tokens=np.asarray(topk["token"].to_pylist(), dtype=object).reshape(n_l, seq, k),
+            tracked=tracked,
+            summaries=[PositionSummary(**s) for s in meta["summaries"]],
+            params=meta["params"],
+            generated=meta["generated"],
+            hidden=meta["hidden"],
+            notes=meta["notes"],
+            run_id=meta.get("run_id"),
+            seconds=meta.get("seconds", 0.0),
+        )
+
+
+def resolve_targets(lm: LanguageModel, targets: tuple[str, ...]) -> tuple[list[int], list[str]]:
+    """Target strings -> first-token ids, with a note for every multi-token target."""
+    ids: list[int] = []
+    notes: list[str] = []
+    for text in targets:
+        tok = lm.tokenizer(text, add_special_tokens=False).input_ids
+        if not tok:
+            raise InputError(f"target {text!r} produces no tokens")
+        if len(tok) > 1:
+            pieces = lm.tokens_str(tok)
+            notes.append(
+                f"target {text!r} is {len(tok)} tokens {pieces}; tracking its first token {pieces[0]!r}"
+            )
+        ids.append(int(tok[0]))
+    return ids, notes
+
+
+@torch.inference_mode()
+def generate_ids(lm: LanguageModel, prompt_ids: torch.Tensor, params: LensParams) -> list[int]:
+    """Decode `params.generate` tokens after `prompt_ids` (seq,), greedy or seeded sampling.
+    Stops early at the end-of-sequence token (which is kept)."""
+    gen = torch.Generator(device="cpu").manual_seed(params.seed)
+    eos = lm.tokenizer.eos_token_id
+    out: list[int] = []
+    ids = prompt_ids.unsqueeze(0).to(lm.device)
+    # transformers >= 5.x calls the KV cache `cache`; older versions `past_key_values`
+    cache_arg = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
+    past = None
+    with lm.lock:
+        for _ in range(params.generate):
+            res = lm.model(input_ids=ids, use_cache=True, **{cache_arg: past})
+            past = getattr(res, cache_arg)
+            logits = res.logits[0, -1].float()
+            if params.sample:
+                probs = torch.softmax(logits / params.temperature, dim=-1).cpu()
+                nxt = int(torch.multinomial(probs, 1, generator=gen).item())
+            else:
+                nxt = int(logits.argmax().item())
+            out.append(nxt)
+            if eos is not None and nxt == eos:
+                break
+            ids = torch.tensor([[nxt]], device=lm.device)
+    return out
+
+
+def lens_from_trace(
+    lm: LanguageModel,
+    trace: Trace,
+    *,
+    top_k: int = 10,
+    target_ids: list[int] | None = None,
+    chunk_rows: int = 128,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Decode every (layer, position) of `trace`.
+
+    Returns topk_ids (L+1, seq, k), topk_probs (L+1, seq, k) and tracked columns (long form).
+    Work is chunked over rows (128 keeps a chunk's logits in cache between the matmul and
+    the read-out), so memory stays bounded at (chunk_rows, vocab).
+    """
+    target_ids = target_ids or []
+    n_l, seq, d = trace.residual.shape
+    ids = trace.input_ids.to(lm.device)
+    final_top1 = trace.logits.argmax(-1)  # (seq,)
+    # tracked ids per position: [next_input, final_top1, *targets]; next_input undefined at the end
+    next_input = torch.cat([ids[1:], ids[-1:]])
+    per_pos = torch.stack(
+        [next_input, final_top1] + [torch.full_like(ids, t) for t in target_ids], dim=1
+    )  # (seq, T)
+    n_t = per_pos.shape[1]
+    rows = trace.residual.reshape(n_l * seq, d)
+    row_ids = per_pos.repeat(n_l, 1)  # (rows, T)
+    topk_ids = torch.empty(n_l * seq, top_k, dtype=torch.long)
+    topk_probs = torch.empty(n_l * seq, top_k)
+    ranks = torch.empty(n_l * seq, n_t, dtype=torch.long)
+    probs = torch.empty(n_l * seq, n_t)
+    logits_t = torch.empty(n_l * seq, n_t)
+    with torch.inference_mode():
+        for start in range(0, rows.shape[0], chunk_rows):
+            stop = min(start + chunk_rows, rows.shape[0])
+            logits = lm.unembed(rows[start:stop].to(lm.device)).float()
+            top_v, top_i = logits.topk(top_k, dim=-1)
+            lse, tl, rk = fused_readout(logits, row_ids[start:stop])
+            topk_ids[start:stop] = top_i.cpu()
+            topk_probs[start:stop] = (top_v - lse).exp().cpu()
+            logits_t[start:stop] = tl.cpu()
+            probs[start:stop] = (tl - lse).exp().cpu()
+            ranks[start:stop] = rk.cpu()
+    layer = np.repeat(np.arange(n_l), seq)
+    position = np.tile(np.arange(seq), n_l)
+    roles = [ROLE_NEXT, ROLE_FINAL] + [ROLE_TARGET] * len(target_ids)
+    cols: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("role", "id", "position", "layer", "rank", "prob", "logit")
+    }
+    for j, role in enumerate(roles):
+        keep = np.ones(n_l * seq, dtype=bool)
+        if role == ROLE_NEXT:
+            keep = position < seq - 1
+        cols["role"].append(np.full(int(keep.sum()), role, dtype=object))
+        cols["id"].append(row_ids[:, j].cpu().numpy()[keep])
+        cols["position"].append(position[keep])
+        cols["layer"].append(layer[keep])
+        cols["rank"].append(ranks[:, j].numpy()[keep])
+        cols["prob"].append(probs[:, j].numpy()[keep])
+        cols["logit"].append(logits_t[:, j].numpy()[keep])
+    tracked = {k: np.concatenate(v) for k, v in cols.items()}
+    return (
+        topk_ids.reshape(n_l, seq, top_k).numpy(),
+        topk_probs.reshape(n_l, seq, top_k).numpy(),
+        tracked,
+    )
+
+
+def summarize_positions(
+    n_layers: int, tokens_of: Callable[[int], str], tracked: dict[str, np.ndarray], seq: int
+) -> list[PositionSummary]:
+    """Per position: when the final prediction enters the top-1/top-10, and where it peaks."""
+    mask = tracked["role"] == ROLE_FINAL
+    rank = np.zeros((n_layers + 1, seq), dtype=np.int64)
+    prob = np.zeros((n_layers + 1, seq), dtype=np.float64)
+    ids = np.zeros(seq, dtype=np.int64)
+    rank[tracked["layer"][mask], tracked["position"][mask]] = tracked["rank"][mask]
+    prob[tracked["layer"][mask], tracked["position"][mask]] = tracked["prob"][mask]
+    ids[tracked["position"][mask]] = tracked["id"][mask]
+    out = []
+    for p in range(seq):
+        top1 = np.nonzero(rank[:, p] == 1)[0]
+        top10 = np.nonzero(rank[:, p] <= 10)[0]
+        peak = int(np.argmax(prob[:, p]))
+        out.append(
+            PositionSummary(
+                position=p,
+                token=tokens_of(int(ids[p])),
+                token_id=int(ids[p]),
+                first_top1_layer=int(top1[0]) if len(top1) else None,
+                first_top10_layer=int(top10[0]) if len(top10) else None,
+                peak_layer=peak,
+                peak_prob=float(prob[peak, p]),
+                final_prob=float(prob[n_layers, p]),
+                early_excitation=peak < n_layers,
+            )
+        )
+    return out
+
+
+def hidden_candidates(
+    topk_ids: np.ndarray,
+    topk_probs: np.ndarray,
+    topk_tokens: np.ndarray,
+    steps: list[int],
+    emitted: list[int],
+    limit: int = 20,
+) -> list[dict[str, Any]]:
+    """Tokens that reach the lens top-10 at some (layer >= 1, generation step) but are never
+    emitted: the "hidden genuine information" candidates, most persistent first."""
+    emitted_set = set(emitted)
+    k = min(HIDDEN_TOP_K, topk_ids.shape[2])
+    stats: dict[int, dict[str, Any]] = {}
+    for s, pos in enumerate(steps):
+        for layer in range(1, topk_ids.shape[0]):
+            for j in range(k):
+                tid = int(topk_ids[layer, pos, j])
+                if tid in emitted_set:
+                    continue
+                st = stats.setdefault(
+                    tid,
+                    {
+                        "token": str(topk_tokens[layer, pos, j]),
+                        "id": tid,
+                        "cells": 0,
+                        "best_rank": 10**9,
+                        "max_prob": 0.0,
+                        "steps": set(),
+                    },
+                )
+                st["cells"] += 1
+                st["best_rank"] = min(st["best_rank"], j + 1)
+                st["max_prob"] = max(st["max_prob"], float(topk_probs[layer, pos, j]))
+                st["steps"].add(s)
+    ranked = sorted(stats.values(), key=lambda d: (-d["cells"], d["best_rank"], -d["max_prob"]))[:limit]
+    return [{**d, "steps": sorted(d["steps"]), "n_steps": len(d["steps"])} for d in ranked]
+
+
+def logit_lens(
+    lm: LanguageModel,
+    prompt: str,
+    *,
+    top_k: int = 10,
+    targets: list[str] | tuple[str, ...] = (),
+    generate: int = 0,
+    sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    max_tokens: int = 512,
+    progress: ProgressFn | None = None,
+) -> LensResult:
+    """Run the logit lens on `prompt` (optionally after generating `generate` tokens)."""
+    prog = progress or (lambda f, m: None)
+    params = LensParams(
+        top_k=int(top_k),
+        targets=tuple(targets),
+        generate=int(generate),
+        sample=bool(sample),
+        temperature=float(temperature),
+        seed=int(seed),
+    )
+    params.validate()
+    t0 = time.perf_counter()
+    prompt_ids = encode(lm, prompt, max_tokens)
+    target_ids, notes = resolve_targets(lm, params.targets)
+    generated: list[int] = []
+    if params.generate:
+        prog(0.1, f"Generating {params.generate} tokens")
+        generated = generate_ids(lm, prompt_ids, params)
+    ids = torch.cat([prompt_ids, torch.tensor(generated, dtype=torch.long)])
+    prog(0.5, "Tracing one forward pass")
+    trace = capture(lm, ids, attentions=False)
+    prog(0.7, "Decoding every layer")
+    topk_ids, topk_probs, tracked = lens_from_trace(lm, trace, top_k=params.top_k, target_ids=target_ids)
+    vocab_cache: dict[int, str] = {}
+
+    def tok(i: int) -> str:
+        if i not in vocab_cache:
+            vocab_cache[i] = lm.token_str(i)
+        return vocab_cache[i]
+
+    topk_tokens = np.vectorize(tok, otypes=[object])(topk_ids)
+    tracked["token"] = np.asarray([tok(int(i)) for i in tracked["id"]], dtype=object)
+    summaries = summarize_positions(trace.n_layers, tok, tracked, trace.seq_len)
+    prompt_len = int(prompt_ids.numel())
+    steps = list(range(prompt_len - 1, prompt_len - 1 + len(generated)))
+    hidden = hidden_candidates(topk_ids, topk_probs, topk_tokens, steps, generated) if generated else []
+    prog(1.0, "Done")
+    return LensResult(
+        model=lm.model_id,
+        n_layers=trace.n_layers,
+        tokens=trace.tokens,
+        input_ids=trace.input_ids.tolist(),
+        prompt_len=prompt_len,
+        topk_ids=topk_ids,
+        topk_probs=topk_probs,
+        topk_tokens=topk_tokens,
+        tracked=tracked,
+        summaries=summaries,
+        params=params.to_json(),
+        generated=[tok(i) for i in generated],
+        hidden=hidden,
+        notes=notes,
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,78 @@
+"""`explorer` command line: subcommands print JSON; bad input exits 2 with a one-line message.
+
+Each subcommand lives in `explorer/commands/<name>.py` and exposes
+`add_parser(subparsers) -> argparse.ArgumentParser` plus `run(args, settings) -> dict | list`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import Any
+
+COMMAND_MODULES = ("lens", "runs", "export", "attention", "attribute", "prune", "serve")
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, set):
+        return sorted(obj)
+    return str(obj)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
+    parser = argparse.ArgumentParser(
+        prog="explorer",
+        description="Token Explorer: logit lens, attention, attribution and pruning for transformer models. "
+        "Every subcommand prints JSON.",
+    )
+    parser.add_argument("--db", help="DuckDB run store (default: $EXPLORER_DB or cache/explorer.duckdb)")
+    parser.add_argument("--cache-dir", help="cache directory (default: $EXPLORER_CACHE_DIR or ./cache)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    handlers: dict[str, Any] = {}
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"explorer.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"explorer.commands.{name}":
+                continue
+            raise
+        p = module.add_parser(sub)
+        p.add_argument("--db", dest="sub_db", help=argparse.SUPPRESS)
+        p.add_argument("--json", action="store_true", help="print JSON (the default; kept for explicitness)")
+        handlers[p.prog.split()[-1]] = module.run
+    return parser, handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    from explorer.config import Settings
+    from explorer.errors import InputError
+
+    db = getattr(args, "sub_db", None) or args.db
+    settings = Settings.from_env(db_path=db, cache_dir=args.cache_dir)
+    try:
+        out = handlers[args.command](args, settings)
+    except InputError as exc:
+        print(f"explorer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if out is not None:
+        json.dump(out, sys.stdout, default=_json_default, ensure_ascii=False)
+        sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Settings: defaults <- EXPLORER_* environment variables <- explicit overrides (CLI flags).
+
+Nothing here is a module-level mutable global: code asks for `Settings.from_env()` (or is
+handed a Settings) and passes paths down explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_VISION_MODEL = "dinov2-small-focus"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings. Paths are absolute after `from_env`."""
+
+    cache_dir: Path = PROJECT_ROOT / "cache"
+    db_path: Path | None = None  # default: <cache_dir>/explorer.duckdb
+    default_model: str = DEFAULT_MODEL
+    default_vision_model: str = DEFAULT_VISION_MODEL
+    max_prompt_tokens: int = 512
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    host: str = "127.0.0.1"
+    port: int = 7860
+
+    @property
+    def database(self) -> Path:
+        return self.db_path if self.db_path is not None else self.cache_dir / "explorer.duckdb"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.cache_dir / "exports"
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Build settings from EXPLORER_* variables, then apply non-None overrides."""
+        env = os.environ
+        values: dict[str, Any] = {}
+        if "EXPLORER_CACHE_DIR" in env:
+            values["cache_dir"] = Path(env["EXPLORER_CACHE_DIR"]).expanduser().resolve()
+        if "EXPLORER_DB" in env:
+            values["db_path"] = Path(env["EXPLORER_DB"]).expanduser().resolve()
+        if "EXPLORER_MODEL" in env:
+            values["default_model"] = env["EXPLORER_MODEL"]
+        if "EXPLORER_MAX_PROMPT_TOKENS" in env:
+            values["max_prompt_tokens"] = int(env["EXPLORER_MAX_PROMPT_TOKENS"])
+        if "EXPLORER_MAX_IMAGE_BYTES" in env:
+            values["max_image_bytes"] = int(env["EXPLORER_MAX_IMAGE_BYTES"])
+        if "EXPLORER_HOST" in env:
+            values["host"] = env["EXPLORER_HOST"]
+        if "EXPLORER_PORT" in env:
+            values["port"] = int(env["EXPLORER_PORT"])
+        for key, value in overrides.items():
+            if value is not None:
+                if key in ("cache_dir", "db_path"):
+                    value = Path(value).expanduser().resolve()
+                values[key] = value
+        return dataclasses.replace(cls(), **values)

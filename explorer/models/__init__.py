@@ -1,0 +1,1 @@
+"""Model loading: embedded defaults, hub ids, local dirs; architecture table as data."""

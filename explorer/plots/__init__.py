@@ -1,0 +1,198 @@
+"""Result -> Plotly figure, and export of figures (PNG/SVG/PDF) and their data (CSV/Parquet).
+
+Figures are registered per result kind: `register_figure(kind, name, title, build, data)`
+where `build(result, **options) -> go.Figure` and `data(result) -> pyarrow.Table` is the
+data behind that figure. The UI, the CLI's `export` and notebooks all use `figures_for`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+DATA_FORMATS = ("csv", "parquet")
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    kind: str
+    name: str
+    title: str
+    build: Callable[..., go.Figure]
+    data: Callable[[Any], pa.Table]
+    applies: Callable[[Any], bool] = lambda result: True
+
+
+_FIGURES: dict[str, list[FigureSpec]] = {}
+
+
+def register_figure(
+    kind: str,
+    name: str,
+    title: str,
+    build: Callable[..., go.Figure],
+    data: Callable[[Any], pa.Table],
+    applies: Callable[[Any], bool] = lambda result: True,
+) -> None:
+    specs = _FIGURES.setdefault(kind, [])
+    specs[:] = [s for s in specs if s.name != name]
+    specs.append(FigureSpec(kind, name, title, build, data, applies))
+
+
+def figures_for(result: Any) -> list[FigureSpec]:
+    """The figures that apply to `result` (registered for its kind), in registration order."""
+    _load_builtin_figures()
+    return [s for s in _FIGURES.get(result.kind, []) if s.applies(result)]
+
+
+def figure_spec(result: Any, name: str | None = None) -> FigureSpec:
+    specs = figures_for(result)
+    if not specs:
+        from explorer.errors import InputError
+
+        raise InputError(f"no figures for a {result.kind!r} run")
+    if name is None:
+        return specs[0]
+    for s in specs:
+        if s.name == name:
+            return s
+    from explorer.errors import InputError
+
+    raise InputError(
+        f"unknown figure {name!r} for a {result.kind!r} run; choose from {[s.name for s in specs]}"
+    )
+
+
+def _load_builtin_figures() -> None:
+    # importing registers; kept lazy so `import explorer` stays light
+    import explorer.plots.lens  # noqa: F401
+
+    for module in ("attention", "attribution", "pruning"):
+        try:
+            __import__(f"explorer.plots.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"explorer.plots.{module}":
+                raise
+
+
+# ---- styling ---------------------------------------------------------------------------
+FONT = "Helvetica, Arial, sans-serif"
+
+
+def base_layout(fig: go.Figure, title: str, height: int = 480, width: int | None = None) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.01, "xanchor": "left"},
+        template="plotly_white",
+        font={"family": FONT, "size": 13},
+        height=height,
+        margin={"l": 70, "r": 30, "t": 60, "b": 70},
+    )
+    if width:
+        fig.update_layout(width=width)
+    return fig
+
+
+def publication_style(fig: go.Figure) -> go.Figure:
+    """A copy styled for a paper: white background, larger fonts, no UI chrome."""
+    out = go.Figure(fig)
+    out.update_layout(
+        template="plotly_white",
+        font={"family": FONT, "size": 15, "color": "black"},
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        hovermode=False,
+    )
+    return out
+
+
+# ---- export ----------------------------------------------------------------------------
+_KALEIDO_LOCK = threading.Lock()
+_KALEIDO_STARTED = False
+
+
+def _ensure_kaleido() -> None:
+    global _KALEIDO_STARTED
+    if _KALEIDO_STARTED:
+        return
+    import kaleido
+
+    try:
+        kaleido.start_sync_server(silence_warnings=True)
+    except TypeError:
+        kaleido.start_sync_server()
+    except RuntimeError:
+        pass  # already running
+    _KALEIDO_STARTED = True
+
+
+def figure_bytes(fig: go.Figure, fmt: str, width: int | None = None, height: int | None = None) -> bytes:
+    """Render `fig` (publication style) to PNG/SVG/PDF bytes with kaleido + Chromium."""
+    from explorer.errors import InputError
+
+    if fmt not in FIGURE_FORMATS:
+        raise InputError(f"unknown figure format {fmt!r}; choose from {FIGURE_FORMATS}")
+    styled = publication_style(fig)
+    w = width or styled.layout.width or 1000
+    h = height or styled.layout.height or 500
+    import plotly.io as pio
+
+    with _KALEIDO_LOCK:
+        try:
+            _ensure_kaleido()
+            return bytes(pio.to_image(styled, format=fmt, width=w, height=h, scale=2 if fmt == "png" else 1))
+        except Exception as exc:  # no Chromium, crashed renderer ...
+            raise RuntimeError(
+                f"figure export failed ({exc}). Export needs Chromium: `apt-get install chromium` "
+                f"(or set BROWSER_PATH)"
+            ) from exc
+
+
+def write_figure(fig: go.Figure, path: Path, fmt: str | None = None) -> Path:
+    fmt = fmt or path.suffix.lstrip(".")
+    path.write_bytes(figure_bytes(fig, fmt))
+    return path
+
+
+def write_table(table: pa.Table, path: Path, fmt: str | None = None) -> Path:
+    """Write `table` as CSV or Parquet (list columns are JSON-encoded for CSV)."""
+    from explorer.errors import InputError
+
+    fmt = fmt or path.suffix.lstrip(".")
+    if fmt == "parquet":
+        pq.write_table(table, path)
+    elif fmt == "csv":
+        flat = table
+        for i, f in enumerate(table.schema):
+            if pa.types.is_list(f.type) or pa.types.is_struct(f.type):
+                import json
+
+                col = pa.array([json.dumps(v) for v in table.column(i).to_pylist()])
+                flat = flat.set_column(i, f.name, col)
+        pacsv.write_csv(flat, path)
+    else:
+        raise InputError(f"unknown data format {fmt!r}; choose from {DATA_FORMATS}")
+    return path
+
+
+def export(result: Any, fmt: str, out_dir: Path, figure: str | None = None, stem: str | None = None) -> Path:
+    """Export one figure of `result` (default: its first) or that figure's data."""
+    from explorer.errors import InputError
+
+    spec = figure_spec(result, figure)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = stem or f"{getattr(result, 'run_id', None) or result.kind}_{spec.name}"
+    path = out_dir / f"{stem}.{fmt}"
+    if fmt in FIGURE_FORMATS:
+        return write_figure(spec.build(result), path, fmt)
+    if fmt in DATA_FORMATS:
+        return write_table(spec.data(result), path, fmt)
+    raise InputError(f"unknown export format {fmt!r}; choose from {FIGURE_FORMATS + DATA_FORMATS}")

@@ -1,0 +1,65 @@
+"""The contract between analyses and the store.
+
+Every analysis returns a dataclass that implements `StoredResult`: it can render itself as
+the CLI's JSON (`to_dict`), as long-form Arrow tables plus a small JSON `meta` (for DuckDB),
+and rebuild itself from exactly those (`from_store`). Reopening a run therefore never
+touches a model. Result classes register their `kind` so the store can find the class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+
+import pyarrow as pa
+
+
+@runtime_checkable
+class StoredResult(Protocol):
+    kind: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The CLI's JSON object (run_id included when known)."""
+        ...
+
+    def to_meta(self) -> dict[str, Any]:
+        """Small JSON-serialisable state (tokens, summaries, parameters)."""
+        ...
+
+    def to_tables(self) -> dict[str, pa.Table]:
+        """Long-form tables, one per name; stored as `<kind>_<name>`."""
+        ...
+
+    @classmethod
+    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> StoredResult:
+        """Inverse of (to_meta, to_tables)."""
+        ...
+
+
+_R = TypeVar("_R")
+
+
+class _KindRegistry:
+    """Name -> result class. Filled by `register_result` when analysis modules import."""
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type] = {}
+
+    def register(self, cls: type[_R]) -> type[_R]:
+        kind = cls.kind  # type: ignore[attr-defined]
+        if kind in self._classes and self._classes[kind] is not cls:
+            raise ValueError(f"result kind {kind!r} registered twice")
+        self._classes[kind] = cls
+        return cls
+
+    def get(self, kind: str) -> type:
+        if kind not in self._classes:
+            raise KeyError(f"no result class registered for kind {kind!r}; known: {sorted(self._classes)}")
+        return self._classes[kind]
+
+    def kinds(self) -> list[str]:
+        return sorted(self._classes)
+
+
+RESULT_KINDS = _KindRegistry()
+register_result: Callable[[type[_R]], type[_R]] = RESULT_KINDS.register

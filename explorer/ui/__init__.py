@@ -1,0 +1,1 @@
+"""Gradio UI: a thin layer over `explorer.api`. Import `explorer.ui.app.build_demo` to build it."""

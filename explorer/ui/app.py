@@ -1,0 +1,59 @@
+"""Build the Gradio app (lazily: nothing here runs at import of `explorer`)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import gradio as gr
+
+from explorer.config import Settings
+from explorer.ui.common import UIContext
+
+log = logging.getLogger(__name__)
+TAB_MODULES = ("lens_tab", "attention_tab", "attribution_tab", "pruning_tab", "runs_tab")
+
+CSS = """
+.export-row { align-items: center; gap: 4px; }
+.export-label { max-width: 80px; }
+.scroll-plot { overflow-x: auto; }
+.scroll-plot .js-plotly-plot { min-width: fit-content; }
+"""
+
+INTRO = """# Token Explorer
+See what happens to tokens inside a transformer: **logit lens** across layers and generation steps,
+**attention**, **attribution** and **pruning**. Every run is stored (DuckDB) and can be reopened from the
+*Runs* tab; every plot exports as PNG/SVG/PDF and its data as CSV/Parquet."""
+
+
+def build_demo(settings: Settings | None = None) -> gr.Blocks:
+    """Create the Blocks app with every available tab."""
+    settings = settings or Settings.from_env()
+    ctx = UIContext(settings)
+    with gr.Blocks(title="Token Explorer", analytics_enabled=False) as demo:
+        gr.Markdown(INTRO)
+        with gr.Tabs():
+            for name in TAB_MODULES:
+                try:
+                    module = importlib.import_module(f"explorer.ui.{name}")
+                except ModuleNotFoundError as exc:
+                    if exc.name == f"explorer.ui.{name}":
+                        continue
+                    raise
+                with gr.Tab(module.TITLE, id=name):
+                    module.build(ctx)
+    return demo
+
+
+def launch(settings: Settings | None = None, **kwargs: object) -> None:
+    settings = settings or Settings.from_env()
+    demo = build_demo(settings)
+    demo.queue(default_concurrency_limit=2).launch(
+        server_name=settings.host,
+        server_port=settings.port,
+        show_error=True,
+        enable_monitoring=False,
+        max_file_size=settings.max_image_bytes,
+        css=CSS,
+        **kwargs,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,183 @@
+"""The "Logit lens" tab: prompt in, layer x position heatmap, tracked ranks, generation views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from explorer import api
+from explorer.analysis.logit_lens import MAX_GENERATE, ROLE_FINAL, ROLE_NEXT, LensResult
+from explorer.models.loading import EMBEDDED_LMS
+from explorer.plots import lens as lens_plots
+from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+
+TITLE = "Logit lens"
+WINDOW = 48  # positions shown at once for long prompts
+EXAMPLES = [
+    ["The capital of France is", " Paris"],
+    ["The Eiffel Tower is located in the city of", " Paris"],
+    ["def fibonacci(n):\n    if n <", " 2"],
+]
+
+EXPLAIN = """Each cell decodes the residual stream at (layer, position) with the model's **final norm and
+unembedding** (so the last layer equals the model's own output). Colour: probability (or rank) of the token
+the model finally predicts at that position, or of the actual next input token. Cell text: the lens's own
+top-1; hover for the top-5. *Early excitation*: the final prediction peaks before the last layer."""
+
+
+def parse_targets(text: str) -> list[str]:
+    """One target per line; leading spaces are kept (" Paris" and "Paris" are different tokens)."""
+    return [line.rstrip("\n") for line in (text or "").split("\n") if line.strip()]
+
+
+def summary_markdown(r: LensResult) -> str:
+    last = r.summaries[r.prompt_len - 1]
+    lines = [
+        f"**Run** `{r.run_id}` · model `{r.model}` · {r.seq_len} tokens · {r.n_layers} layers"
+        f" · computed in {r.seconds:.2f} s",
+        "",
+        f"**Next-token prediction** at the last prompt position: `{last.token}` (p = {last.final_prob:.3f}); "
+        f"enters the top-10 at layer {last.first_top10_layer}, becomes top-1 at layer {last.first_top1_layer}, "
+        f"peaks at layer {last.peak_layer} (p = {last.peak_prob:.3f})"
+        + (" — **early excitation**" if last.early_excitation else "")
+        + ".",
+    ]
+    excited = [s.position for s in r.summaries if s.early_excitation]
+    lines.append(f"\nPositions whose prediction peaks before the last layer: {len(excited)} of {r.seq_len}.")
+    if r.generated:
+        lines.append(f"\n**Generated** ({len(r.generated)} tokens): `{''.join(r.generated)}`")
+        if r.hidden:
+            top = ", ".join(f"`{h['token']}` ({h['cells']} cells)" for h in r.hidden[:5])
+            lines.append(f"\n**Hidden candidates** (top-10 at some layer, never emitted): {top}")
+    for note in r.notes:
+        lines.append(f"\n> ⚠️ {note}")
+    return "\n".join(lines)
+
+
+def _heatmap(r: LensResult | None, metric: str, role: str, start: int) -> go.Figure | None:
+    if r is None:
+        return None
+    width = WINDOW if r.seq_len > WINDOW else None
+    return lens_plots.lens_heatmap(r, metric=metric, role=role, start=start, width=width)
+
+
+def _tracked(r: LensResult | None, position: int) -> go.Figure | None:
+    return None if r is None else lens_plots.tracked_ranks(r, position)
+
+
+def build(ctx: UIContext) -> None:
+    state = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="The capital of France is")
+            targets = gr.Textbox(
+                label="Tracked targets (one per line; a leading space matters: ' Paris')",
+                lines=2,
+                placeholder=" Paris",
+            )
+        with gr.Column(scale=2):
+            model = gr.Dropdown(
+                choices=sorted(EMBEDDED_LMS),
+                value=ctx.settings.default_model,
+                allow_custom_value=True,
+                label="Model (embedded name, hub id or local dir)",
+            )
+            with gr.Row():
+                top_k = gr.Slider(1, 50, value=10, step=1, label="Top-k per cell")
+                generate = gr.Slider(0, min(64, MAX_GENERATE), value=0, step=1, label="Generate N tokens")
+            with gr.Row():
+                sample = gr.Checkbox(value=False, label="Sample (else greedy)")
+                temperature = gr.Number(value=1.0, label="Temperature", minimum=0.01)
+                seed = gr.Number(value=0, label="Seed", precision=0)
+            run = gr.Button("Run logit lens", variant="primary")
+    gr.Examples(EXAMPLES, inputs=[prompt, targets])
+    summary = gr.Markdown()
+    gr.Markdown(EXPLAIN)
+    with gr.Row():
+        metric = gr.Radio([("probability", "prob"), ("log rank", "rank")], value="prob", label="Colour")
+        role = gr.Radio(
+            [("final prediction", ROLE_FINAL), ("next input token", ROLE_NEXT)],
+            value=ROLE_FINAL,
+            label="Token",
+        )
+        window = gr.Slider(
+            0,
+            1,
+            value=0,
+            step=1,
+            interactive=False,
+            label=f"First position shown (long prompts: {WINDOW} at a time)",
+        )
+    heatmap = gr.Plot(label="Layer × position", elem_id="lens-heatmap", elem_classes=["scroll-plot"])
+    export_controls(state, "heatmap", "Export heatmap")
+    position = gr.Slider(
+        0, 1, value=0, step=1, interactive=False, label="Position for the tracked-token chart"
+    )
+    tracked = gr.Plot(label="Tracked tokens across layers", elem_id="lens-tracked")
+    export_controls(state, "tracked", "Export tracked ranks")
+    with gr.Column(visible=False) as gen_box:
+        generation = gr.Plot(label="Generation: steps × layers", elem_id="lens-generation")
+        export_controls(state, "generation", "Export generation heatmap")
+        hidden = gr.Plot(label="Never-emitted candidates", elem_id="lens-hidden")
+        export_controls(state, "hidden", "Export hidden candidates")
+
+    @user_errors
+    def on_run(
+        prompt_v: str,
+        targets_v: str,
+        model_v: str,
+        top_k_v: float,
+        generate_v: float,
+        sample_v: bool,
+        temperature_v: float,
+        seed_v: float,
+        metric_v: str,
+        role_v: str,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[Any, ...]:
+        report = progress_fn(progress)
+        report(0.0, "Loading model")
+        result = api.logit_lens(
+            model_v or ctx.settings.default_model,
+            prompt_v,
+            top_k=int(top_k_v),
+            targets=parse_targets(targets_v),
+            generate=int(generate_v),
+            sample=bool(sample_v),
+            temperature=float(temperature_v or 1.0),
+            seed=int(seed_v or 0),
+            settings=ctx.settings,
+            progress=report,
+        )
+        return render(result, metric_v, role_v)
+
+    def render(result: LensResult, metric_v: str, role_v: str) -> tuple[Any, ...]:
+        last = result.prompt_len - 1
+        max_start = max(0, result.seq_len - WINDOW)
+        start = max(0, min(max_start, last - WINDOW + 1 + len(result.generated)))
+        has_gen = bool(result.generated)
+        return (
+            result,
+            summary_markdown(result),
+            gr.Slider(0, max(1, max_start), value=start, step=1, interactive=max_start > 0),
+            _heatmap(result, metric_v, role_v, start),
+            gr.Slider(0, max(1, result.seq_len - 1), value=last, step=1, interactive=result.seq_len > 1),
+            _tracked(result, last),
+            gr.Column(visible=has_gen),
+            lens_plots.generation_ranks(result) if has_gen else None,
+            lens_plots.hidden_candidates_figure(result) if has_gen and result.hidden else None,
+        )
+
+    outputs = [state, summary, window, heatmap, position, tracked, gen_box, generation, hidden]
+    inputs = [prompt, targets, model, top_k, generate, sample, temperature, seed, metric, role]
+    run.click(on_run, inputs=inputs, outputs=outputs, api_name="logit_lens")
+    prompt.submit(on_run, inputs=inputs, outputs=outputs, api_visibility="private")
+
+    redraw = user_errors(lambda r, m, ro, s: _heatmap(r, m, ro, int(s)))
+    for control in (metric, role, window):
+        control.change(redraw, [state, metric, role, window], heatmap, api_visibility="private")
+    position.change(
+        user_errors(lambda r, p: _tracked(r, int(p))), [state, position], tracked, api_visibility="private"
+    )

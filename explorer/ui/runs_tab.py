@@ -1,0 +1,132 @@
+"""The "Runs" tab: every stored run, newest first; reopen any run from the store alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from explorer.plots import figure_spec, figures_for
+from explorer.ui.common import UIContext, user_errors
+
+TITLE = "Runs"
+COLUMNS = ["run_id", "created", "kind", "model", "prompt", "params", "seconds"]
+
+
+def runs_table(ctx: UIContext, kind: str | None = None, limit: int = 200) -> list[list[Any]]:
+    rows = []
+    for info in ctx.store().list_runs(limit=limit, kind=kind or None):
+        prompt = info.prompt if len(info.prompt) <= 80 else info.prompt[:77] + "..."
+        rows.append(
+            [
+                info.run_id,
+                info.created[:19],
+                info.kind,
+                info.model_id,
+                prompt,
+                json.dumps(info.params),
+                round(info.duration_s, 3),
+            ]
+        )
+    return rows
+
+
+def build(ctx: UIContext) -> None:
+    state = gr.State(None)
+    gr.Markdown(
+        "Stored runs, newest first. Select a row (or type its id) and press **Open** to redraw it from "
+        "the store — no model is run."
+    )
+    with gr.Row():
+        kind = gr.Dropdown(
+            ["", "lens", "attention", "attribution", "prune_text", "prune_image"],
+            value="",
+            label="Kind",
+            allow_custom_value=True,
+        )
+        refresh = gr.Button("Refresh", size="sm")
+    table = gr.Dataframe(
+        value=lambda: runs_table(ctx), headers=COLUMNS, interactive=False, wrap=True, elem_id="runs-table"
+    )
+    with gr.Row():
+        run_id = gr.Textbox(label="Run id", scale=3)
+        open_btn = gr.Button("Open", variant="primary", scale=1)
+    info = gr.Markdown()
+    figure = gr.Dropdown(choices=[], label="Figure")
+    plot = gr.Plot(label="Figure", elem_id="runs-plot", elem_classes=["scroll-plot"])
+    figure_state = gr.State("")
+    _export_any(state, figure_state)
+
+    @user_errors
+    def on_refresh(kind_v: str) -> list[list[Any]]:
+        return runs_table(ctx, kind_v)
+
+    @user_errors
+    def on_select(evt: gr.SelectData, rows: Any) -> str:
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        try:
+            return str(rows.iloc[row, 0])
+        except AttributeError:
+            return str(rows[row][0])
+
+    @user_errors
+    def on_open(run_id_v: str) -> tuple[Any, ...]:
+        rid = (run_id_v or "").strip()
+        if not rid:
+            raise gr.Error("Choose a run first (click a row or type its id).")
+        store = ctx.store()
+        result = store.load(rid)
+        meta = store.info(rid)
+        specs = figures_for(result)
+        first = specs[0].name if specs else ""
+        text = (
+            f"**{meta.kind}** run `{rid}` · model `{meta.model_id}` · {meta.created[:19]} · "
+            f"{meta.duration_s:.2f} s\n\nPrompt: `{meta.prompt[:300]}`\n\nParameters: `{json.dumps(meta.params)}`"
+        )
+        return (
+            result,
+            text,
+            gr.Dropdown(choices=[(s.title, s.name) for s in specs], value=first),
+            _figure(result, first),
+            first,
+        )
+
+    refresh.click(on_refresh, [kind], [table], api_name="list_runs")
+    kind.change(on_refresh, [kind], [table], api_visibility="private")
+    table.select(on_select, [table], [run_id], api_visibility="private")
+    open_btn.click(on_open, [run_id], [state, info, figure, plot, figure_state], api_name="open_run")
+    figure.change(
+        user_errors(lambda r, name: (_figure(r, name), name or "")),
+        [state, figure],
+        [plot, figure_state],
+        api_visibility="private",
+    )
+
+
+def _figure(result: Any, name: str | None) -> go.Figure | None:
+    if result is None or not name:
+        return None
+    return figure_spec(result, name).build(result)
+
+
+def _export_any(state: gr.State, figure_state: gr.State) -> gr.File:
+    """Export buttons whose figure is whatever the dropdown currently shows."""
+    from explorer.ui.common import _export_handler
+
+    with gr.Row(elem_classes=["export-row"]):
+        gr.Markdown("**Export:**", elem_classes=["export-label"])
+        buttons = {
+            fmt: gr.Button(fmt.upper(), size="sm", min_width=60)
+            for fmt in ("png", "svg", "pdf", "csv", "parquet")
+        }
+    out = gr.File(label="Download", interactive=False, visible=False)
+    for fmt, button in buttons.items():
+        button.click(
+            user_errors(lambda r, f, fmt=fmt: _export_handler(r, figure=f, fmt=fmt)),
+            [state, figure_state],
+            out,
+            api_visibility="private",
+        )
+    return out

@@ -1,0 +1,76 @@
+"""DuckDB run store: round trips, cache lookups, atomic writes, listing order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from explorer import api
+from explorer.analysis.logit_lens import LensResult
+from explorer.errors import InputError
+
+
+def test_lens_round_trip_is_exact(tiny_llama, tmp_store) -> None:
+    r = api.logit_lens(tiny_llama, "the cat sat on the mat", targets=["dog"], generate=3, db=tmp_store)
+    assert r.run_id
+    back = tmp_store.load(r.run_id)
+    assert isinstance(back, LensResult)
+    assert back.to_dict() == r.to_dict()
+    np.testing.assert_array_equal(back.topk_ids, r.topk_ids)
+
+
+def test_same_request_is_served_from_store(tiny_llama, tmp_store) -> None:
+    a = api.logit_lens(tiny_llama, "hello there", db=tmp_store)
+    b = api.logit_lens(tiny_llama, "hello there", db=tmp_store)
+    c = api.logit_lens(tiny_llama, "hello there", top_k=3, db=tmp_store)
+    assert a.run_id == b.run_id
+    assert c.run_id != a.run_id
+    assert len(tmp_store.list_runs()) == 2
+    d = api.logit_lens(tiny_llama, "hello there", db=tmp_store, use_cache=False)
+    assert d.run_id not in (a.run_id, c.run_id)
+
+
+def test_list_runs_newest_first(tiny_llama, tmp_store) -> None:
+    ids = [api.logit_lens(tiny_llama, f"prompt number {i}", db=tmp_store).run_id for i in range(3)]
+    listed = [r.run_id for r in tmp_store.list_runs()]
+    assert listed == ids[::-1]
+    assert tmp_store.list_runs(kind="lens", limit=1)[0].run_id == ids[-1]
+
+
+def test_bad_input_writes_nothing(tiny_llama, tmp_store) -> None:
+    with pytest.raises(InputError):
+        api.logit_lens(tiny_llama, "", db=tmp_store)
+    with pytest.raises(InputError):
+        api.logit_lens(tiny_llama, "ok", top_k=0, db=tmp_store)
+    assert tmp_store.list_runs() == []
+
+
+def test_failed_write_leaves_no_partial_run(tiny_llama, tmp_store) -> None:
+    first = api.logit_lens(tiny_llama, "atomic please", db=tmp_store)
+    r = api.logit_lens(tiny_llama, "second run", db=False)
+    good = r.to_tables()
+
+    def broken_tables() -> dict[str, pa.Table]:
+        # topk inserts fine, then tracked fails inside the transaction (text into an int column)
+        bad = good["tracked"].set_column(5, "rank", pa.array(["not a number"] * good["tracked"].num_rows))
+        return {"topk": good["topk"], "tracked": bad}
+
+    r.to_tables = broken_tables  # type: ignore[method-assign]
+    with pytest.raises(Exception, match="(?i)conver|cast"):
+        tmp_store.save(r, model_id="m", weight_hash="h", prompt="p", params={}, duration_s=0.1)
+    assert [x.run_id for x in tmp_store.list_runs()] == [first.run_id]
+    rows = tmp_store.cursor().execute("SELECT DISTINCT run_id FROM lens_topk").fetchall()
+    assert rows == [(first.run_id,)]
+
+
+def test_unknown_run_id(tmp_store) -> None:
+    with pytest.raises(InputError, match="no run"):
+        tmp_store.load("doesnotexist")
+
+
+def test_delete_removes_all_rows(tiny_llama, tmp_store) -> None:
+    r = api.logit_lens(tiny_llama, "delete me", db=tmp_store)
+    tmp_store.delete(r.run_id)
+    assert tmp_store.list_runs() == []
+    assert tmp_store.cursor().execute("SELECT count(*) FROM lens_tracked").fetchone()[0] == 0
