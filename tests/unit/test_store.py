@@ -74,3 +74,19 @@ def test_delete_removes_all_rows(tiny_llama, tmp_store) -> None:
     tmp_store.delete(r.run_id)
     assert tmp_store.list_runs() == []
     assert tmp_store.cursor().execute("SELECT count(*) FROM lens_tracked").fetchone()[0] == 0
+
+
+def test_query_is_read_only_and_sandboxed(tiny_llama, tmp_store, tmp_path) -> None:
+    r = api.logit_lens(tiny_llama, "query me", db=tmp_store)
+    rows = tmp_store.query("SELECT run_id, kind FROM runs").to_pylist()
+    assert rows == [{"run_id": r.run_id, "kind": "lens"}]
+    best = tmp_store.query(
+        "SELECT layer, max(prob) AS p FROM lens_tracked WHERE role = 'final_top1' GROUP BY layer ORDER BY layer"
+    )
+    assert best.num_rows == r.n_layers + 1
+    for bad in ["DROP TABLE runs", "SELECT 1; DROP TABLE runs", "DELETE FROM runs", "COMMIT"]:
+        with pytest.raises(InputError, match="read-only"):
+            tmp_store.query(bad)
+    with pytest.raises(InputError, match="failed"):
+        tmp_store.query(f"SELECT * FROM read_csv('{tmp_path}/x.csv')")
+    assert len(tmp_store.list_runs()) == 1

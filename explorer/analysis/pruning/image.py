@@ -1,0 +1,749 @@
+"""Image-patch pruning inside a vision transformer: which patches can a ViT do without?
+
+Pruning at layer L (0 <= L <= n_layers) means: blocks 0..L-1 run on all tokens, then only the
+prefix tokens ([CLS] and registers) plus the kept patches go through blocks L..n_layers-1, so
+the compute saving is real (blocks are called one by one on the shorter sequence).
+
+Strategies are registered by name in `IMAGE_STRATEGIES` (name -> function(signals, keep,
+seed) -> sorted kept patch indices, 0-based over patches) with a one-sentence note in
+`DEVIATIONS` on how they differ from their paper. A strategy sees only what the model has
+computed before block L (`PruningSignals`); at L = 0 nothing has been computed yet, so
+block 0 is run once on all tokens as a probe (its cost is counted in `flops_ratio`).
+
+Effects are measured against the unpruned pass of the same image:
+- cls_cosine:    cosine between the pruned and unpruned image embeddings ([CLS] after the final
+                 layernorm, as Dinov2Model's pooler_output; mean of patches without [CLS]).
+- patch_cosine:  mean cosine of the kept patches' final tokens with their unpruned versions.
+- saliency_corr: Pearson correlation of the pruned and unpruned saliency maps (pixel level).
+- saliency_iou:  IoU of the top-20% pixels of the two saliency maps.
+  For the saliency decoder, pruned positions are refilled (OptiPrune style) with the final
+  token of the most similar kept patch, similarity = cosine of the layer-L features.
+  Models without a decoder report None and the reason in `skipped`.
+- flops_ratio:   analytic FLOPs of the encoder blocks (Linear layers 2*T*params + attention
+                 4*T^2*D per block, with the actual token counts T) over the unpruned count;
+                 embeddings, final norm and decoder are excluded.
+- seconds / time_ratio: wall time of embeddings + blocks + final norm (+ selection) over the
+                 unpruned pass; the shared prefix (blocks 0..L-1) is charged to every row.
+                 Strategies at one ratio run batched, so a row's time is its batch's share.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from explorer.errors import InputError
+from explorer.images import ImageInput, image_to_png, load_image, model_view, normalize, png_to_array
+from explorer.models.vision import VisionModel
+from explorer.results import register_result
+
+ProgressFn = Callable[[float, str], None]
+
+SALIENCY_TOP_FRACTION = 0.2  # IoU mask: the top 20% pixels of each saliency map
+MMR_LAMBDA = 0.5  # IDPruner trade-off: lambda * importance - (1 - lambda) * max similarity
+
+
+# ---------------------------------------------------------------------------------------------
+# What a strategy may look at
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PruningSignals:
+    """Everything computed before block `layer`, restricted to the P patch tokens.
+
+    layer:           the pruning layer L
+    features:        (P, D) float32 patch hidden states entering block L (L = 0: embeddings)
+    patch_attention: (S, P) float32 head-mean attention from [CLS] to each patch, for the S
+                     blocks run on all tokens (S = max(L, 1): blocks 0..L-1, or the block-0
+                     probe when L = 0); the last row is the block right before pruning.
+                     Models without [CLS] use the mean over all query rows.
+    patch_history:   (S + 1, P, D) float32 patch hidden states at layers 0..S
+    grid:            (grid_h, grid_w), P = grid_h * grid_w, row-major
+    """
+
+    layer: int
+    features: torch.Tensor
+    patch_attention: torch.Tensor
+    patch_history: torch.Tensor
+    grid: tuple[int, int]
+
+    @property
+    def n_patches(self) -> int:
+        return int(self.features.shape[0])
+
+
+StrategyFn = Callable[[PruningSignals, int, int], np.ndarray]
+
+IMAGE_STRATEGIES: dict[str, StrategyFn] = {}
+DEVIATIONS: dict[str, str] = {}
+
+
+def register_image_strategy(name: str, deviation: str) -> Callable[[StrategyFn], StrategyFn]:
+    """Register a strategy under `name`, with a one-sentence note on how it departs from its paper."""
+
+    def decorate(fn: StrategyFn) -> StrategyFn:
+        if name in IMAGE_STRATEGIES:
+            raise ValueError(f"image pruning strategy {name!r} registered twice")
+        IMAGE_STRATEGIES[name] = fn
+        DEVIATIONS[name] = deviation
+        return fn
+
+    return decorate
+
+
+def _top_k(scores: torch.Tensor, keep: int) -> np.ndarray:
+    """Indices of the `keep` highest scores (ties -> lower index), sorted ascending."""
+    order = np.argsort(-scores.double().numpy(), kind="stable")[:keep]
+    return np.sort(order).astype(np.int64)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.min()) / (x.max() - x.min() + 1e-12)
+
+
+@register_image_strategy(
+    "cls_attention",
+    "VTC-CLS (single layer): keeps the patches [CLS] attends to most in the block right before the "
+    "pruning layer (heads averaged) and prunes inside the ViT, where the paper prunes before the LLM.",
+)
+def cls_attention(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+    """Top-`keep` patches by head-mean [CLS] attention of block L-1 (the block-0 probe at L=0)."""
+    return _top_k(signals.patch_attention[-1], keep)
+
+
+@register_image_strategy(
+    "cls_attention_ensemble",
+    "VTC-CLS (ensemble): averages the head-mean [CLS] attention over every block before the pruning "
+    "layer with equal weights, instead of the paper's chosen set of encoder layers.",
+)
+def cls_attention_ensemble(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+    """Top-`keep` patches by [CLS] attention averaged over blocks 0..L-1."""
+    return _top_k(signals.patch_attention.mean(dim=0), keep)
+
+
+@register_image_strategy(
+    "kcenter",
+    "ToDRE stage 1 only (no task-relevance stage, no text): greedy k-center on cosine distance of the "
+    "layer-L patch features, seeded with the patch [CLS] attends to most.",
+)
+def kcenter(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+    """Greedy k-center (Gonzalez): repeatedly add the patch farthest (1 - cosine) from the kept set."""
+    feats = _unit(signals.features.double())
+    distance = 1.0 - feats @ feats.T  # (P, P) cosine distances
+    first = int(torch.argmax(signals.patch_attention[-1]))
+    chosen = [first]
+    dist = distance[first].clone()  # (P,) distance to the nearest chosen patch
+    dist[first] = -math.inf
+    for _ in range(keep - 1):
+        nxt = int(torch.argmax(dist))
+        chosen.append(nxt)
+        dist = torch.minimum(dist, distance[nxt])
+        dist[nxt] = -math.inf
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+@register_image_strategy(
+    "idpruner_mmr",
+    f"IDPruner MMR with lambda={MMR_LAMBDA}: importance is the min-max-normalised [CLS] attention of "
+    "the block before pruning (the paper avoids attention maps), similarity is cosine of layer-L features.",
+)
+def idpruner_mmr(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+    """Maximal marginal relevance: argmax lambda * Imp(i) - (1 - lambda) * max_{j kept} cos(i, j)."""
+    importance = _minmax(signals.patch_attention[-1].double())
+    feats = _unit(signals.features.double())
+    similarity = feats @ feats.T  # (P, P) cosine similarities
+    chosen: list[int] = []
+    max_sim = torch.zeros_like(importance)  # the kept set starts empty: similarity term 0
+    taken = torch.zeros_like(importance, dtype=torch.bool)
+    for _ in range(keep):
+        score = MMR_LAMBDA * importance - (1.0 - MMR_LAMBDA) * max_sim
+        score[taken] = -math.inf
+        nxt = int(torch.argmax(score))
+        chosen.append(nxt)
+        taken[nxt] = True
+        max_sim = similarity[nxt].clone() if len(chosen) == 1 else torch.maximum(max_sim, similarity[nxt])
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+@register_image_strategy(
+    "transprune_ttv",
+    "TransPrune TTV only (no instruction-guided attention, as there is no text): per block, min-max "
+    "normalised |change in L2 norm| plus (1 - cosine) between a patch's input and output, summed over "
+    "the blocks before the pruning layer, one-shot instead of progressive.",
+)
+def transprune_ttv(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+    """Top-`keep` patches by token transition variation accumulated over blocks 0..L-1."""
+    history = signals.patch_history.double()
+    total = torch.zeros(history.shape[1], dtype=torch.float64)
+    for layer in range(history.shape[0] - 1):
+        h_in, h_out = history[layer], history[layer + 1]
+        magnitude = (h_out.norm(dim=-1) - h_in.norm(dim=-1)).abs()
+        direction = 1.0 - (_unit(h_in) * _unit(h_out)).sum(dim=-1)
+        total += _minmax(magnitude) + _minmax(direction)
+    return _top_k(total, keep)
+
+
+@register_image_strategy(
+    "uniform",
+    "Baseline: spatially uniform coverage by farthest-point sampling on the patch grid, starting at the centre.",
+)
+def uniform(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+    """Farthest-point sampling on (row, col) grid coordinates: an even spread of exactly `keep` patches."""
+    gh, gw = signals.grid
+    rows, cols = np.divmod(np.arange(gh * gw), gw)
+    coords = np.stack([rows, cols], axis=1).astype(np.float64)
+    first = int((gh // 2) * gw + gw // 2)
+    chosen = [first]
+    dist = ((coords - coords[first]) ** 2).sum(axis=1)
+    dist[first] = -np.inf
+    for _ in range(keep - 1):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, ((coords - coords[nxt]) ** 2).sum(axis=1))
+        dist[nxt] = -np.inf
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+@register_image_strategy(
+    "random", "Baseline: patches drawn uniformly at random without replacement (seeded)."
+)
+def random_patches(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+    """`keep` distinct patches drawn with numpy's default_rng(seed)."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(signals.n_patches, size=keep, replace=False)).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+def resolve_strategies(strategies: Sequence[str] | str) -> list[str]:
+    """ "all" or a list of names -> validated, de-duplicated names (order kept)."""
+    if isinstance(strategies, str):
+        if strategies == "all":
+            return list(IMAGE_STRATEGIES)
+        strategies = [strategies]
+    names = list(dict.fromkeys(strategies))
+    if not names:
+        raise InputError(f"choose at least one pruning strategy; known: {', '.join(IMAGE_STRATEGIES)}")
+    unknown = [n for n in names if n not in IMAGE_STRATEGIES]
+    if unknown:
+        raise InputError(f"unknown pruning strategy {unknown[0]!r}; known: {', '.join(IMAGE_STRATEGIES)}")
+    return names
+
+
+def resolve_keep_ratios(keep_ratios: Sequence[float]) -> list[float]:
+    """Validate keep ratios: each a number in (0, 1]; de-duplicated, order kept."""
+    if isinstance(keep_ratios, (int, float)):
+        keep_ratios = [keep_ratios]
+    ratios: list[float] = []
+    for value in keep_ratios:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            raise InputError(f"keep ratio {value!r} is not a number")
+        ratio = float(value)
+        if not (0.0 < ratio <= 1.0) or math.isnan(ratio):
+            raise InputError(f"keep ratio {ratio} is outside (0, 1]: give the fraction of patches to keep")
+        if ratio not in ratios:
+            ratios.append(ratio)
+    if not ratios:
+        raise InputError("give at least one keep ratio in (0, 1]")
+    return ratios
+
+
+def validate_layer(vm: VisionModel, layer: int) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+        raise InputError(f"pruning layer must be an integer; got {layer!r}")
+    if not 0 <= int(layer) <= vm.n_layers:
+        raise InputError(
+            f"pruning layer {layer} is out of range: use 0 (before block 0) to {vm.n_layers} (after the last block)"
+        )
+    return int(layer)
+
+
+def keep_count(ratio: float, n_patches: int) -> int:
+    """Patches kept at `ratio`: max(1, round(ratio * n_patches))."""
+    return max(1, min(n_patches, round(ratio * n_patches)))
+
+
+def select_patches(strategy: str, signals: PruningSignals, keep: int, seed: int = 0) -> np.ndarray:
+    """Run one registered strategy -> sorted kept patch indices (int64, length `keep`)."""
+    name = resolve_strategies([strategy])[0]
+    if not 1 <= keep <= signals.n_patches:
+        raise InputError(f"keep count {keep} must be between 1 and {signals.n_patches}")
+    kept = np.asarray(IMAGE_STRATEGIES[name](signals, keep, seed), dtype=np.int64)
+    if kept.shape != (keep,) or len(np.unique(kept)) != keep:
+        raise RuntimeError(f"strategy {name!r} returned {kept.shape[0]} patches, {keep} requested")
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward passes
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class UnprunedPass:
+    """The reference pass of one image, with what pruning at `layer` reuses.
+
+    hidden:        list of n_layers + 1 tensors [1, T, D]: [0] embeddings, [i] output of block i-1
+    final:         [1, T, D] after the final norm
+    signals:       PruningSignals for `layer`
+    block_seconds: wall time of each block on all tokens (n_layers,)
+    embed_seconds / norm_seconds: wall time of the embeddings / final norm
+    """
+
+    hidden: list[torch.Tensor]
+    final: torch.Tensor
+    signals: PruningSignals
+    block_seconds: list[float]
+    embed_seconds: float
+    norm_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.embed_seconds + sum(self.block_seconds) + self.norm_seconds
+
+
+@torch.inference_mode()
+def unpruned_pass(vm: VisionModel, pixel_values: torch.Tensor, layer: int) -> UnprunedPass:
+    """Run all blocks on all tokens, block by block, timing each; collect the layer-`layer` signals."""
+    n_prefix = vm.n_prefix
+    scoring_blocks = max(layer, 1)
+    t0 = time.perf_counter()
+    hidden = vm.embed(pixel_values)
+    embed_seconds = time.perf_counter() - t0
+    states = [hidden]
+    attentions: list[torch.Tensor] = []
+    block_seconds = []
+    for block in range(vm.n_layers):
+        t0 = time.perf_counter()
+        hidden, captured = vm.run_blocks(hidden, block, block + 1, attentions=block < scoring_blocks)
+        block_seconds.append(time.perf_counter() - t0)
+        states.append(hidden)
+        attentions.extend(captured)
+    t0 = time.perf_counter()
+    final = vm.final_norm(hidden)
+    norm_seconds = time.perf_counter() - t0
+    attn = torch.stack([a[0].float().mean(dim=0) for a in attentions])  # [S, T, T]
+    rows = attn[:, 0, :] if vm.has_cls else attn.mean(dim=1)
+    grid = vm.grid(int(pixel_values.shape[2]), int(pixel_values.shape[3]))
+    signals = PruningSignals(
+        layer=layer,
+        features=states[layer][0, n_prefix:].float(),
+        patch_attention=rows[:, n_prefix:].contiguous(),
+        patch_history=torch.stack([s[0, n_prefix:] for s in states[: scoring_blocks + 1]]).float(),
+        grid=grid,
+    )
+    return UnprunedPass(states, final, signals, block_seconds, embed_seconds, norm_seconds)
+
+
+@torch.inference_mode()
+def run_pruned(vm: VisionModel, hidden: torch.Tensor, kept: Sequence[np.ndarray], layer: int) -> torch.Tensor:
+    """Continue from the layer-`layer` hidden state [1, T, D] with only the prefix + kept patches.
+
+    kept: B index arrays of equal length k (0-based over patches); they run as one batch.
+    Returns the final-normed tokens [B, n_prefix + k, D] (prefix first, then kept patches in
+    ascending order). With every patch kept this reproduces the unpruned output bit for bit.
+    """
+    n_prefix = vm.n_prefix
+    prefix = torch.arange(n_prefix, device=hidden.device)
+    index = torch.stack(
+        [torch.cat([prefix, torch.as_tensor(k, device=hidden.device) + n_prefix]) for k in kept]
+    )  # [B, n_prefix + k]
+    x = hidden[0][index]  # [B, n_prefix + k, D]
+    x, _ = vm.run_blocks(x, layer, vm.n_layers)
+    return vm.final_norm(x)
+
+
+def block_flops(vm: VisionModel, tokens: int) -> float:
+    """Analytic FLOPs of one encoder block on `tokens` tokens: Linear layers + attention scores/mixing."""
+    return 2.0 * tokens * vm.linear_params_per_layer() + 4.0 * tokens * tokens * vm.hidden_size
+
+
+def pruned_flops(vm: VisionModel, n_tokens: int, kept_tokens: int, layer: int) -> float:
+    """Encoder FLOPs when pruning to `kept_tokens` at `layer` (incl. the block-0 probe at layer 0)."""
+    full = block_flops(vm, n_tokens)
+    probe = full if layer == 0 else 0.0
+    return layer * full + probe + (vm.n_layers - layer) * block_flops(vm, kept_tokens)
+
+
+def restore_tokens(final_patches: torch.Tensor, kept: np.ndarray, features: torch.Tensor) -> torch.Tensor:
+    """Refill pruned positions for the saliency decoder (OptiPrune-style nearest-kept copy).
+
+    final_patches: [k, D] final tokens of the kept patches; kept: (k,) their indices;
+    features: [P, D] layer-L features used for the cosine match. Returns [P, D].
+    """
+    feats = _unit(features.float())
+    kept_t = torch.as_tensor(kept, dtype=torch.long)
+    nearest = torch.argmax(feats @ feats[kept_t].T, dim=1)  # [P] -> position in kept
+    nearest[kept_t] = torch.arange(len(kept))
+    return final_patches[nearest.to(final_patches.device)]
+
+
+def saliency_similarity(reference: np.ndarray, pruned: np.ndarray) -> tuple[float, float]:
+    """(Pearson correlation, IoU of the top-20% pixel masks) of two [H, W] saliency maps."""
+    a = reference.astype(np.float64).ravel()
+    b = pruned.astype(np.float64).ravel()
+    a_c, b_c = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float((a_c**2).sum()) * float((b_c**2).sum()))
+    corr = float((a_c * b_c).sum() / denom) if denom > 0 else float("nan")
+    top = max(1, round(SALIENCY_TOP_FRACTION * a.size))
+    mask_a = np.zeros(a.size, dtype=bool)
+    mask_b = np.zeros(b.size, dtype=bool)
+    mask_a[np.argpartition(-a, top - 1)[:top]] = True
+    mask_b[np.argpartition(-b, top - 1)[:top]] = True
+    iou = float((mask_a & mask_b).sum() / (mask_a | mask_b).sum())
+    return corr, iou
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (_unit(a.double()) * _unit(b.double())).sum(dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PruningRow:
+    """One (strategy, keep ratio) cell of a sweep. kept: 0-based patch indices, ascending."""
+
+    strategy: str
+    keep_ratio: float
+    keep_count: int
+    layer: int
+    kept: list[int]
+    fidelity: dict[str, float | None]
+    seconds: float
+    time_ratio: float
+    flops_ratio: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "keep_ratio": self.keep_ratio,
+            "keep_count": self.keep_count,
+            "layer": self.layer,
+            "kept": self.kept,
+            "fidelity": self.fidelity,
+            "seconds": self.seconds,
+            "time_ratio": self.time_ratio,
+            "flops_ratio": self.flops_ratio,
+        }
+
+
+_FIDELITY_KEYS = ("cls_cosine", "patch_cosine", "saliency_corr", "saliency_iou")
+
+
+def _quantize(saliency: np.ndarray) -> bytes:
+    return np.clip(np.round(saliency * 255.0), 0, 255).astype(np.uint8).tobytes()
+
+
+@register_result
+@dataclass
+class ImagePruningResult:
+    """A pruning sweep over strategies x keep ratios on one image.
+
+    rows:               one PruningRow per (strategy, ratio), strategies outer, ratios inner
+    image_png:          PNG of the model's view of the image (image_size x image_size RGB)
+    reference_saliency: (H, W) float32 in [0, 1], unpruned saliency map, or None (no decoder)
+    saliency_maps:      (strategy, keep_ratio) -> (H, W) float32 pruned saliency map
+    skipped:            measure -> reason it was not computed (e.g. no saliency decoder)
+    Saliency maps are stored as uint8 (1/255 steps); metrics are computed before quantising.
+    """
+
+    kind: ClassVar[str] = "prune_image"
+
+    model_id: str
+    layer: int
+    seed: int
+    grid: tuple[int, int]
+    n_prefix: int
+    image_png: bytes
+    rows: list[PruningRow]
+    reference_saliency: np.ndarray | None
+    saliency_maps: dict[tuple[str, float], np.ndarray]
+    unpruned_seconds: float
+    deviations: dict[str, str]
+    skipped: dict[str, str] = field(default_factory=dict)
+    run_id: str | None = None
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def image_array(self) -> np.ndarray:
+        """The model's view of the image as uint8 [H, W, 3]."""
+        return png_to_array(self.image_png)
+
+    def kept_mask(self, strategy: str, keep_ratio: float) -> np.ndarray:
+        """Boolean [grid_h, grid_w] of the patches kept by (strategy, keep_ratio)."""
+        for row in self.rows:
+            if row.strategy == strategy and row.keep_ratio == keep_ratio:
+                mask = np.zeros(self.n_patches, dtype=bool)
+                mask[row.kept] = True
+                return mask.reshape(self.grid)
+        raise InputError(f"no row for strategy {strategy!r} at keep ratio {keep_ratio}")
+
+    def retention_curve(self, metric: str = "cls_cosine") -> dict[str, list[tuple[float, float | None]]]:
+        """strategy -> [(keep_ratio, metric value)] sorted by ratio, for retention plots."""
+        if metric not in _FIDELITY_KEYS and metric not in ("flops_ratio", "time_ratio"):
+            raise InputError(
+                f"unknown metric {metric!r}; known: {', '.join(_FIDELITY_KEYS)}, flops_ratio, time_ratio"
+            )
+        curves: dict[str, list[tuple[float, float | None]]] = {}
+        for row in self.rows:
+            value = (
+                getattr(row, metric) if metric in ("flops_ratio", "time_ratio") else row.fidelity.get(metric)
+            )
+            curves.setdefault(row.strategy, []).append((row.keep_ratio, value))
+        return {k: sorted(v) for k, v in curves.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "run_id": self.run_id,
+            "model": self.model_id,
+            "layer": self.layer,
+            "seed": self.seed,
+            "grid": list(self.grid),
+            "n_patches": self.n_patches,
+            "unpruned_seconds": self.unpruned_seconds,
+            "rows": [row.to_dict() for row in self.rows],
+            "deviations": self.deviations,
+            "skipped": self.skipped,
+        }
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "layer": self.layer,
+            "seed": self.seed,
+            "grid": list(self.grid),
+            "n_prefix": self.n_prefix,
+            "unpruned_seconds": self.unpruned_seconds,
+            "deviations": self.deviations,
+            "skipped": self.skipped,
+        }
+
+    def to_tables(self) -> dict[str, pa.Table]:
+        rows = self.rows
+        fid = {k: pa.array([r.fidelity.get(k) for r in rows], type=pa.float64()) for k in _FIDELITY_KEYS}
+        rows_table = pa.table(
+            {
+                "idx": pa.array(range(len(rows)), type=pa.int32()),
+                "strategy": pa.array([r.strategy for r in rows], type=pa.string()),
+                "keep_ratio": pa.array([r.keep_ratio for r in rows], type=pa.float64()),
+                "keep_count": pa.array([r.keep_count for r in rows], type=pa.int32()),
+                "layer": pa.array([r.layer for r in rows], type=pa.int32()),
+                "kept": pa.array([r.kept for r in rows], type=pa.list_(pa.int32())),
+                **fid,
+                "seconds": pa.array([r.seconds for r in rows], type=pa.float64()),
+                "time_ratio": pa.array([r.time_ratio for r in rows], type=pa.float64()),
+                "flops_ratio": pa.array([r.flops_ratio for r in rows], type=pa.float64()),
+            }
+        )
+        maps: list[tuple[str, float, np.ndarray]] = []
+        if self.reference_saliency is not None:
+            maps.append(("unpruned", 1.0, self.reference_saliency))
+        maps.extend((s, r, m) for (s, r), m in self.saliency_maps.items())
+        saliency_table = pa.table(
+            {
+                "strategy": pa.array([m[0] for m in maps], type=pa.string()),
+                "keep_ratio": pa.array([m[1] for m in maps], type=pa.float64()),
+                "height": pa.array([m[2].shape[0] for m in maps], type=pa.int32()),
+                "width": pa.array([m[2].shape[1] for m in maps], type=pa.int32()),
+                "values_u8": pa.array([_quantize(m[2]) for m in maps], type=pa.binary()),
+            }
+        )
+        image_table = pa.table({"png": pa.array([self.image_png], type=pa.binary())})
+        return {"rows": rows_table, "saliency": saliency_table, "image": image_table}
+
+    @classmethod
+    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> ImagePruningResult:
+        rows_data = tables["rows"].sort_by("idx").to_pylist()
+        rows = [
+            PruningRow(
+                strategy=r["strategy"],
+                keep_ratio=r["keep_ratio"],
+                keep_count=r["keep_count"],
+                layer=r["layer"],
+                kept=list(r["kept"]),
+                fidelity={k: r[k] for k in _FIDELITY_KEYS},
+                seconds=r["seconds"],
+                time_ratio=r["time_ratio"],
+                flops_ratio=r["flops_ratio"],
+            )
+            for r in rows_data
+        ]
+        reference: np.ndarray | None = None
+        maps: dict[tuple[str, float], np.ndarray] = {}
+        saliency = tables.get("saliency")
+        for r in saliency.to_pylist() if saliency is not None else []:
+            array = np.frombuffer(r["values_u8"], dtype=np.uint8).reshape(r["height"], r["width"])
+            values = array.astype(np.float32) / 255.0
+            if r["strategy"] == "unpruned":
+                reference = values
+            else:
+                maps[(r["strategy"], r["keep_ratio"])] = values
+        image = tables["image"].to_pylist()[0]["png"]
+        return cls(
+            model_id=meta["model_id"],
+            layer=int(meta["layer"]),
+            seed=int(meta["seed"]),
+            grid=(int(meta["grid"][0]), int(meta["grid"][1])),
+            n_prefix=int(meta["n_prefix"]),
+            image_png=bytes(image),
+            rows=rows,
+            reference_saliency=reference,
+            saliency_maps=maps,
+            unpruned_seconds=float(meta["unpruned_seconds"]),
+            deviations=dict(meta.get("deviations", {})),
+            skipped=dict(meta.get("skipped", {})),
+            run_id=meta.get("run_id"),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+# ---------------------------------------------------------------------------------------------
+def _no_progress(fraction: float, message: str) -> None:
+    return None
+
+
+def prune_image(
+    vm: VisionModel,
+    image: ImageInput,
+    strategies: Sequence[str] | str,
+    keep_ratios: Sequence[float],
+    layer: int,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> ImagePruningResult:
+    """Prune patches of one image with each strategy at each keep ratio; measure the effects.
+
+    image: a PIL image, path or bytes (validated by `load_image`); it is resized to the
+    model's view (vm.image_size square) first. strategies: names from IMAGE_STRATEGIES or
+    "all". keep_ratios: fractions in (0, 1]; keep count = max(1, round(ratio * P)).
+    layer: 0..vm.n_layers. Blocks 0..layer-1 run once on all tokens (shared by every row);
+    strategies at one ratio run their remaining blocks as one batch; identical kept sets
+    are computed once. Raises InputError for bad ratios, layers, strategies or images.
+    """
+    names = resolve_strategies(strategies)
+    ratios = resolve_keep_ratios(keep_ratios)
+    layer = validate_layer(vm, layer)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"seed must be an integer; got {seed!r}")
+    report = progress or _no_progress
+    pil = load_image(image)
+    view = model_view(vm, pil)
+    pixel_values = normalize(view, vm.preprocessing).to(vm.device)
+    size = (int(pixel_values.shape[2]), int(pixel_values.shape[3]))
+    skipped: dict[str, str] = {}
+    if vm.decoder is None:
+        skipped["saliency"] = (
+            f"model {vm.model_id!r} has no saliency decoder: saliency_corr and saliency_iou are None"
+        )
+
+    with vm.lock, torch.inference_mode():
+        report(0.02, "Unpruned pass")
+        ref = unpruned_pass(vm, pixel_values, layer)
+        signals = ref.signals
+        n_patches = signals.n_patches
+        n_tokens = vm.n_prefix + n_patches
+        ref_embedding = vm.pooled(ref.final)[0]
+        ref_patches = ref.final[0, vm.n_prefix :]
+        reference_saliency = None
+        if vm.decoder is not None:
+            reference_saliency = vm.saliency(ref_patches[None], signals.grid, size)[0].float().cpu().numpy()
+        full_flops = vm.n_layers * block_flops(vm, n_tokens)
+        # embeddings + blocks 0..layer-1 on all tokens (at layer 0: the block-0 scoring probe)
+        shared_seconds = ref.embed_seconds + sum(ref.block_seconds[: max(layer, 1)])
+        hidden_at_layer = ref.hidden[layer]
+
+        rows: list[PruningRow] = []
+        maps: dict[tuple[str, float], np.ndarray] = {}
+        for r_i, ratio in enumerate(ratios):
+            report(0.05 + 0.9 * r_i / len(ratios), f"Keep ratio {ratio:g}")
+            keep = keep_count(ratio, n_patches)
+            selections: dict[str, np.ndarray] = {}
+            select_seconds: dict[str, float] = {}
+            for name in names:
+                t0 = time.perf_counter()
+                selections[name] = select_patches(name, signals, keep, seed)
+                select_seconds[name] = time.perf_counter() - t0
+            unique: dict[tuple[int, ...], int] = {}
+            for kept in selections.values():
+                unique.setdefault(tuple(kept.tolist()), len(unique))
+            kept_sets = [np.asarray(k, dtype=np.int64) for k in unique]
+            t0 = time.perf_counter()
+            final = run_pruned(vm, hidden_at_layer, kept_sets, layer)  # [U, n_prefix + keep, D]
+            suffix_seconds = (time.perf_counter() - t0) / len(kept_sets)
+            embeddings = vm.pooled(final)  # [U, D]
+            cls_cos = _cosine(embeddings, ref_embedding[None]).cpu()
+            patch_cos = torch.stack(
+                [
+                    _cosine(final[u, vm.n_prefix :], ref_patches[torch.as_tensor(k)]).mean()
+                    for u, k in enumerate(kept_sets)
+                ]
+            ).cpu()
+            pruned_maps: np.ndarray | None = None
+            if vm.decoder is not None:
+                restored = torch.stack(
+                    [
+                        restore_tokens(final[u, vm.n_prefix :], k, signals.features)
+                        for u, k in enumerate(kept_sets)
+                    ]
+                )
+                pruned_maps = vm.saliency(restored, signals.grid, size).float().cpu().numpy()
+            flops_ratio = pruned_flops(vm, n_tokens, vm.n_prefix + keep, layer) / full_flops
+            for name in names:
+                kept = selections[name]
+                u = unique[tuple(kept.tolist())]
+                fidelity: dict[str, float | None] = {
+                    "cls_cosine": float(cls_cos[u]),
+                    "patch_cosine": float(patch_cos[u]),
+                    "saliency_corr": None,
+                    "saliency_iou": None,
+                }
+                if pruned_maps is not None and reference_saliency is not None:
+                    corr, iou = saliency_similarity(reference_saliency, pruned_maps[u])
+                    fidelity["saliency_corr"], fidelity["saliency_iou"] = corr, iou
+                    maps[(name, ratio)] = pruned_maps[u]
+                seconds = shared_seconds + select_seconds[name] + suffix_seconds + ref.norm_seconds
+                rows.append(
+                    PruningRow(
+                        strategy=name,
+                        keep_ratio=ratio,
+                        keep_count=keep,
+                        layer=layer,
+                        kept=[int(i) for i in kept],
+                        fidelity=fidelity,
+                        seconds=seconds,
+                        time_ratio=seconds / ref.seconds,
+                        flops_ratio=flops_ratio,
+                    )
+                )
+    order = {name: i for i, name in enumerate(names)}
+    rows.sort(key=lambda row: (order[row.strategy], ratios.index(row.keep_ratio)))
+    report(1.0, "Done")
+    return ImagePruningResult(
+        model_id=vm.model_id,
+        layer=layer,
+        seed=int(seed),
+        grid=signals.grid,
+        n_prefix=vm.n_prefix,
+        image_png=image_to_png(view),
+        rows=rows,
+        reference_saliency=reference_saliency,
+        saliency_maps=maps,
+        unpruned_seconds=ref.seconds,
+        deviations={name: DEVIATIONS[name] for name in names},
+        skipped=skipped,
+    )

@@ -1,0 +1,266 @@
+"""The "Attention" tab: one forward pass per run; every view re-renders from the stored result.
+
+Run -> `explorer.attention_api.attention` (one `capture`, stored in DuckDB) -> the result is held
+in a `gr.State`. Moving the layer / head / token / sink / rollout controls only rebuilds figures
+from that state (the display choices are written into `result.view`, so exports match what is
+on screen); no control other than the Run button reaches the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gradio as gr
+
+from explorer.analysis.attention import MAX_FLOW_POSITIONS, MAX_FLOW_TOKENS, SINK_FIRST, AttentionResult
+from explorer.attention_api import attention
+from explorer.errors import InputError
+from explorer.models.loading import EMBEDDED_LMS
+from explorer.plots import attention as att_plots
+from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+
+TITLE = "Attention"
+MAX_PROMPT_CHARS_PER_TOKEN = 32  # reject absurdly long text before tokenising it
+EXAMPLES = [
+    ["The capital of France is Paris. The capital of Germany is"],
+    ["When Mary and John went to the store, John gave a drink to"],
+    ["def add(a, b):\n    return a + b\n\nprint(add(2, 3))"],
+]
+
+EXPLAIN = f"""**Query × key** matrices: row = the token that attends, column = the token it reads from; grey
+cells are future tokens (causal mask). **Rollout** multiplies 0.5·(mean attention) + 0.5·I through the layers
+(the identity is the residual connection). **Attention flow** (Abnar & Zuidema 2020) treats the same graph as a
+flow network and solves an exact max-flow per (output, input) pair: it is only computed when ticked, for
+prompts of at most {MAX_FLOW_TOKENS} tokens and at most {MAX_FLOW_POSITIONS} output positions. **Sink share**: the
+fraction of attention a head gives the chosen tokens (default: the first token), averaged over queries 1..n.
+Long prompts are shown block-averaged (the stored data and CSV/Parquet exports keep every token)."""
+
+
+def token_choices(result: AttentionResult) -> list[tuple[str, int]]:
+    """Dropdown entries "pos: token" -> position."""
+    return [(f"{i}: {tok!r}", i) for i, tok in enumerate(result.tokens)]
+
+
+def parse_positions(text: str) -> tuple[int, ...]:
+    """ "-1, 4" -> (-1, 4); empty -> (-1,) (the last token)."""
+    parts = [p.strip() for p in (text or "").replace(";", ",").split(",") if p.strip()]
+    if not parts:
+        return (-1,)
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError as exc:
+        raise InputError(
+            f"flow output positions must be integers separated by commas (e.g. '-1, 5'), got {text!r}"
+        ) from exc
+
+
+def summary_markdown(r: AttentionResult) -> str:
+    mid = slice(r.n_layers // 4, max(r.n_layers // 4 + 1, 3 * r.n_layers // 4))
+    first = float(r.sink_share[mid].mean())
+    delim = ", ".join(f"`{s['position']}:{s['token']!r}`" for s in r.sink_tokens if s["reason"] != SINK_FIRST)
+    lines = [
+        f"**Run** `{r.run_id}` · model `{r.model}` · {r.seq_len} tokens · {r.n_layers} layers × {r.n_heads} heads"
+        f" · computed in {r.seconds:.2f} s",
+        "",
+        f"Mean share of attention to the first token `{r.tokens[0]!r}` in the middle layers "
+        f"({mid.start}..{mid.stop - 1}): **{first:.2f}**. Other candidate sinks (punctuation, delimiters, special "
+        f"tokens): {delim or 'none'}.",
+    ]
+    if r.flow is not None:
+        lines.append(f"\nAttention flow computed for output positions {r.flow_positions}.")
+    for note in r.notes:
+        lines.append(f"\n> {note}")
+    return "\n".join(lines)
+
+
+def with_view(result: AttentionResult, **changes: Any) -> AttentionResult:
+    """A shallow copy of `result` (arrays shared) with updated display choices."""
+    return dataclasses.replace(result, view={**result.view, **changes})
+
+
+def _head_value(head: float, mean: bool) -> int | str:
+    return "mean" if mean else int(head)
+
+
+def build(ctx: UIContext) -> None:
+    state = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder=EXAMPLES[0][0])
+        with gr.Column(scale=2):
+            model = gr.Dropdown(
+                choices=sorted(EMBEDDED_LMS),
+                value=ctx.settings.default_model,
+                allow_custom_value=True,
+                label="Model (embedded name, hub id or local dir)",
+            )
+            with gr.Row():
+                flow = gr.Checkbox(
+                    value=False,
+                    label=f"Attention flow (exact max-flow; slow; ≤ {MAX_FLOW_TOKENS} tokens)",
+                )
+                flow_positions = gr.Textbox(
+                    value="-1",
+                    label=f"Flow output positions (comma-separated, -1 = last; ≤ {MAX_FLOW_POSITIONS})",
+                )
+            run = gr.Button("Run attention", variant="primary")
+    gr.Examples(EXAMPLES, inputs=[prompt])
+    summary = gr.Markdown()
+    gr.Markdown(EXPLAIN)
+
+    with gr.Row():
+        layer = gr.Slider(0, 1, value=0, step=1, label="Layer", interactive=False)
+        head = gr.Slider(0, 1, value=0, step=1, label="Head", interactive=False)
+        mean_heads = gr.Checkbox(value=False, label="Mean over heads (head view and token view)")
+    head_plot = gr.Plot(label="One head: query × key", elem_id="attention-head")
+    export_controls(state, "head", "Export head heatmap")
+    mean_plot = gr.Plot(label="Mean over heads: query × key", elem_id="attention-mean")
+    export_controls(state, "mean_heads", "Export mean heatmap")
+
+    token = gr.Dropdown(choices=[], label="Token for the token-centred view", interactive=True)
+    token_plot = gr.Plot(label="Token-centred view", elem_id="attention-token")
+    export_controls(state, "token", "Export token view")
+
+    grid_plot = gr.Plot(
+        label="All heads (thumbnails)", elem_id="attention-grid", elem_classes=["scroll-plot"]
+    )
+    export_controls(state, "heads_grid", "Export head grid")
+
+    rollout_layer = gr.Slider(0, 1, value=0, step=1, label="Rollout through layer", interactive=False)
+    rollout_plot = gr.Plot(label="Attention rollout", elem_id="attention-rollout")
+    export_controls(state, "rollout", "Export rollout")
+
+    with gr.Column(visible=False) as flow_box:
+        flow_plot = gr.Plot(label="Attention flow vs rollout", elem_id="attention-flow")
+        export_controls(state, "flow", "Export flow")
+
+    sinks = gr.Dropdown(
+        choices=[], value=[], multiselect=True, label="Sink tokens (default: the first token)"
+    )
+    sink_plot = gr.Plot(label="Sink share: layers × heads", elem_id="attention-sinks")
+    export_controls(state, "sinks", "Export sink shares")
+    entropy_plot = gr.Plot(label="Entropy: layers × heads", elem_id="attention-entropy")
+    export_controls(state, "entropy", "Export entropy")
+
+    @user_errors
+    def on_run(
+        prompt_v: str,
+        model_v: str,
+        flow_v: bool,
+        flow_positions_v: str,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[Any, ...]:
+        limit = ctx.settings.max_prompt_tokens * MAX_PROMPT_CHARS_PER_TOKEN
+        if prompt_v and len(prompt_v) > limit:
+            raise InputError(f"the prompt is {len(prompt_v)} characters long; the limit is {limit}")
+        report = progress_fn(progress)
+        report(0.0, "Loading model")
+        result = attention(
+            model_v or ctx.settings.default_model,
+            prompt_v,
+            flow=bool(flow_v),
+            flow_positions=parse_positions(flow_positions_v) if flow_v else (-1,),
+            settings=ctx.settings,
+            progress=report,
+        )
+        return render(result)
+
+    def render(result: AttentionResult) -> tuple[Any, ...]:
+        last = result.seq_len - 1
+        result = with_view(result, layer=0, head=0, token=last, sinks=[0], rollout_layer=result.n_layers - 1)
+        choices = token_choices(result)
+        return (
+            result,
+            summary_markdown(result),
+            gr.Slider(0, max(1, result.n_layers - 1), value=0, step=1, interactive=result.n_layers > 1),
+            gr.Slider(0, max(1, result.n_heads - 1), value=0, step=1, interactive=result.n_heads > 1),
+            gr.Checkbox(value=False),
+            att_plots.head_heatmap(result),
+            att_plots.mean_heatmap(result),
+            gr.Dropdown(choices=choices, value=last),
+            att_plots.token_view(result),
+            att_plots.heads_grid(result),
+            gr.Slider(
+                0,
+                max(1, result.n_layers - 1),
+                value=result.n_layers - 1,
+                step=1,
+                interactive=result.n_layers > 1,
+            ),
+            att_plots.rollout_heatmap(result),
+            gr.Column(visible=result.flow is not None),
+            att_plots.flow_heatmap(result) if result.flow is not None else None,
+            gr.Dropdown(choices=choices, value=[0], multiselect=True),
+            att_plots.sink_heatmap(result),
+            att_plots.entropy_heatmap(result),
+        )
+
+    outputs = [
+        state,
+        summary,
+        layer,
+        head,
+        mean_heads,
+        head_plot,
+        mean_plot,
+        token,
+        token_plot,
+        grid_plot,
+        rollout_layer,
+        rollout_plot,
+        flow_box,
+        flow_plot,
+        sinks,
+        sink_plot,
+        entropy_plot,
+    ]
+    inputs = [prompt, model, flow, flow_positions]
+    run.click(on_run, inputs=inputs, outputs=outputs, api_name="attention")
+
+    # ---- re-render from the stored result only (no model call) --------------------------
+    @user_errors
+    def on_layer_head(
+        result: AttentionResult | None, layer_v: float, head_v: float, mean_v: bool
+    ) -> tuple[Any, ...]:
+        if result is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        result = with_view(result, layer=int(layer_v), head=_head_value(head_v, mean_v))
+        return (
+            result,
+            att_plots.head_heatmap(result),
+            att_plots.mean_heatmap(result),
+            att_plots.token_view(result),
+        )
+
+    layer_head_io = ([state, layer, head, mean_heads], [state, head_plot, mean_plot, token_plot])
+    layer.release(on_layer_head, *layer_head_io, api_visibility="private")
+    head.release(on_layer_head, *layer_head_io, api_visibility="private")
+    mean_heads.input(on_layer_head, *layer_head_io, api_visibility="private")
+
+    @user_errors
+    def on_token(result: AttentionResult | None, token_v: int | None) -> tuple[Any, ...]:
+        if result is None or token_v is None:
+            return gr.skip(), gr.skip()
+        result = with_view(result, token=int(token_v))
+        return result, att_plots.token_view(result)
+
+    token.input(on_token, [state, token], [state, token_plot], api_visibility="private")
+
+    @user_errors
+    def on_rollout(result: AttentionResult | None, layer_v: float) -> tuple[Any, ...]:
+        if result is None:
+            return gr.skip(), gr.skip()
+        result = with_view(result, rollout_layer=int(layer_v))
+        return result, att_plots.rollout_heatmap(result)
+
+    rollout_layer.release(on_rollout, [state, rollout_layer], [state, rollout_plot], api_visibility="private")
+
+    @user_errors
+    def on_sinks(result: AttentionResult | None, sinks_v: list[int] | None) -> tuple[Any, ...]:
+        if result is None:
+            return gr.skip(), gr.skip()
+        result = with_view(result, sinks=[int(p) for p in (sinks_v or [])])
+        return result, att_plots.sink_heatmap(result)
+
+    sinks.input(on_sinks, [state, sinks], [state, sink_plot], api_visibility="private")
