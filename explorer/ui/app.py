@@ -14,8 +14,9 @@ log = logging.getLogger(__name__)
 TAB_MODULES = ("lens_tab", "attention_tab", "attribution_tab", "pruning_tab", "runs_tab")
 
 CSS = """
-.export-row { align-items: center; gap: 4px; }
-.export-label { max-width: 80px; }
+.export-row { align-items: center; gap: 6px; flex-wrap: nowrap; }
+.export-row > .export-label { flex: 0 0 210px !important; min-width: 210px !important; }
+.export-row button { flex: 0 0 90px !important; max-width: 90px; }
 .scroll-plot { overflow-x: auto; }
 .scroll-plot .js-plotly-plot { min-width: fit-content; }
 """

@@ -94,3 +94,25 @@ def test_empty_prompt_shows_error(app_url, browser) -> None:
     page.get_by_role("button", name="Run logit lens").click()
     page.get_by_text("the prompt is empty").first.wait_for(timeout=30_000)
     page.close()
+
+
+def test_attention_tab_renders_head_heatmap(app_url, browser, tmp_path) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(app_url)
+    page.get_by_role("tab", name="Attention").click()
+    page.locator("textarea:visible").first.fill("The capital of France is Paris.")
+    page.get_by_role("button", name="Run attention").click()
+    page.wait_for_function(
+        "() => { const el = document.querySelector('#attention-head .js-plotly-plot');"
+        " return el && el._fullData && el._fullData[0] && el._fullData[0].z; }",
+        timeout=180_000,
+    )
+    rows = page.evaluate(
+        "() => { const el = document.querySelector('#attention-head .js-plotly-plot');"
+        " const t = el._fullData.find(d => d.type === 'heatmap'); const z = t.z;"
+        " return Array.from(z, r => Array.from(r).reduce((a, b) => a + (Number.isFinite(b) ? b : 0), 0)); }"
+    )
+    assert len(rows) >= 5
+    assert all(abs(r - 1.0) < 1e-3 for r in rows), rows
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "attention.png"), full_page=True)
+    page.close()
