@@ -3,7 +3,8 @@
 Floor = one forward pass with hidden states + one batched unembedding (final norm + LM head)
 of all layers x positions, in the same process on the same 128-token prompt. The analysis
 (`explorer.analysis.logit_lens.logit_lens`) is timed without store writes. Both are warmed up
-first (the fused read-out compiles once), then the median of several repetitions is taken.
+first (the fused read-out compiles once); the two are then timed alternately and the medians
+compared.
 
 Run: `.venv/bin/python bench/lens.py` (prints JSON).
 """
@@ -26,7 +27,7 @@ from explorer.analysis.logit_lens import logit_lens  # noqa: E402
 from explorer.models.loading import load_model  # noqa: E402
 
 N_TOKENS = 128
-REPEATS = 5
+REPEATS = 7
 
 
 def prompt_of_tokens(lm: object, n: int) -> str:
@@ -68,8 +69,13 @@ def main() -> dict[str, object]:
 
     floor()
     analysis()  # warm-up: compiles the fused read-out once
-    t_floor = median_time(floor)
-    t_lens = median_time(analysis)
+    # alternate the two so that any background load affects both alike
+    floors, lenses = [], []
+    for _ in range(REPEATS):
+        floors.append(median_time(floor, 1))
+        lenses.append(median_time(analysis, 1))
+    t_floor = statistics.median(floors)
+    t_lens = statistics.median(lenses)
 
     with tempfile.TemporaryDirectory() as tmp:
         store = api.open_store(Path(tmp) / "bench.duckdb")

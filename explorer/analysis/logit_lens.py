@@ -292,7 +292,9 @@ def resolve_targets(lm: LanguageModel, targets: tuple[str, ...]) -> tuple[list[i
 
 
 @torch.inference_mode()
-def generate_ids(lm: LanguageModel, prompt_ids: torch.Tensor, params: LensParams) -> list[int]:
+def generate_ids(
+    lm: LanguageModel, prompt_ids: torch.Tensor, params: LensParams, progress: ProgressFn | None = None
+) -> list[int]:
     """Decode `params.generate` tokens after `prompt_ids` (seq,), greedy or seeded sampling.
     Stops early at the end-of-sequence token (which is kept)."""
     gen = torch.Generator(device="cpu").manual_seed(params.seed)
@@ -303,7 +305,11 @@ def generate_ids(lm: LanguageModel, prompt_ids: torch.Tensor, params: LensParams
     cache_arg = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
     past = None
     with lm.lock:
-        for _ in range(params.generate):
+        for step in range(params.generate):
+            if progress is not None:
+                progress(
+                    0.1 + 0.4 * step / params.generate, f"Generating token {step + 1} of {params.generate}"
+                )
             res = lm.model(input_ids=ids, use_cache=True, **{cache_arg: past})
             past = getattr(res, cache_arg)
             logits = res.logits[0, -1].float()
@@ -486,7 +492,7 @@ def logit_lens(
     generated: list[int] = []
     if params.generate:
         prog(0.1, f"Generating {params.generate} tokens")
-        generated = generate_ids(lm, prompt_ids, params)
+        generated = generate_ids(lm, prompt_ids, params, prog)
     ids = torch.cat([prompt_ids, torch.tensor(generated, dtype=torch.long)])
     prog(0.5, "Tracing one forward pass")
     trace = capture(lm, ids, attentions=False)
