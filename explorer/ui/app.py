@@ -41,8 +41,10 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
                     if exc.name == f"explorer.ui.{name}":
                         continue
                     raise
-                with gr.Tab(module.TITLE, id=name):
-                    module.build(ctx)
+                with gr.Tab(module.TITLE, id=name) as tab:
+                    on_tab = module.build(ctx)
+                if callable(on_tab):  # a tab may wire events to its own selection (e.g. refresh)
+                    on_tab(tab)
     return demo
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -33,10 +34,19 @@ def runs_table(ctx: UIContext, kind: str | None = None, limit: int = 200) -> lis
     return rows
 
 
-def build(ctx: UIContext) -> None:
+def run_choices(ctx: UIContext, kind: str | None = None, limit: int = 200) -> list[tuple[str, str]]:
+    """Dropdown entries (label, run id), newest first."""
+    out = []
+    for info in ctx.store().list_runs(limit=limit, kind=kind or None):
+        prompt = info.prompt if len(info.prompt) <= 50 else info.prompt[:47] + "..."
+        out.append((f"{info.run_id} · {info.kind} · {info.created[:19]} · {prompt}", info.run_id))
+    return out
+
+
+def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     state = gr.State(None)
     gr.Markdown(
-        "Stored runs, newest first. Select a row (or type its id) and press **Open** to redraw it from "
+        "Stored runs, newest first. Choose a run (or click a row, or type its id) to redraw it from "
         "the store — no model is run."
     )
     with gr.Row():
@@ -51,7 +61,14 @@ def build(ctx: UIContext) -> None:
         value=lambda: runs_table(ctx), headers=COLUMNS, interactive=False, wrap=True, elem_id="runs-table"
     )
     with gr.Row():
-        run_id = gr.Textbox(label="Run id", scale=3)
+        run_id = gr.Dropdown(
+            choices=run_choices(ctx),
+            value=None,
+            allow_custom_value=True,
+            label="Run (or type its id)",
+            scale=3,
+            elem_id="runs-choice",
+        )
         open_btn = gr.Button("Open", variant="primary", scale=1)
     info = gr.Markdown()
     figure = gr.Dropdown(choices=[], label="Figure")
@@ -81,8 +98,8 @@ def build(ctx: UIContext) -> None:
     sql_btn.click(on_sql, [sql], [sql_out], api_name="query_runs")
 
     @user_errors
-    def on_refresh(kind_v: str) -> list[list[Any]]:
-        return runs_table(ctx, kind_v)
+    def on_refresh(kind_v: str) -> tuple[list[list[Any]], Any]:
+        return runs_table(ctx, kind_v), gr.Dropdown(choices=run_choices(ctx, kind_v))
 
     @user_errors
     def on_select(evt: gr.SelectData, rows: Any) -> str:
@@ -114,16 +131,22 @@ def build(ctx: UIContext) -> None:
             first,
         )
 
-    refresh.click(on_refresh, [kind], [table], api_name="list_runs")
-    kind.change(on_refresh, [kind], [table], api_visibility="private")
+    refresh.click(on_refresh, [kind], [table, run_id], api_name="list_runs")
+    kind.change(on_refresh, [kind], [table, run_id], api_visibility="private")
     table.select(on_select, [table], [run_id], api_visibility="private")
     open_btn.click(on_open, [run_id], [state, info, figure, plot, figure_state], api_name="open_run")
+    run_id.input(on_open, [run_id], [state, info, figure, plot, figure_state], api_visibility="private")
     figure.change(
         user_errors(lambda r, name: (_figure(r, name), name or "")),
         [state, figure],
         [plot, figure_state],
         api_visibility="private",
     )
+
+    def wire(tab: gr.Tab) -> None:
+        tab.select(on_refresh, [kind], [table, run_id], api_visibility="private")
+
+    return wire
 
 
 def _figure(result: Any, name: str | None) -> go.Figure | None:

@@ -116,3 +116,57 @@ def test_attention_tab_renders_head_heatmap(app_url, browser, tmp_path) -> None:
     assert all(abs(r - 1.0) < 1e-3 for r in rows), rows
     page.screenshot(path=str(screenshot_dir(tmp_path) / "attention.png"), full_page=True)
     page.close()
+
+
+def test_attention_tab_image_mode_renders_overlay(app_url, browser, tmp_path) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 2000})
+    page.goto(app_url)
+    page.get_by_role("tab", name="Attention").click()
+    page.get_by_label("Image (vision model)").check()
+    page.get_by_text("A vision encoder has no causal mask and no unembedding").first.wait_for(timeout=30_000)
+    assert not page.get_by_role("button", name="Run attention", exact=True).is_visible()
+    page.locator("#attention-image-sample input").click()
+    page.get_by_role("option", name="chelsea_cat").click()
+    page.wait_for_selector("#attention-image-input img", timeout=30_000)
+    page.get_by_role("button", name="Run image attention").click()
+    page.wait_for_function(
+        "() => { const el = document.querySelector('#vision-attention-overlay .js-plotly-plot');"
+        " return el && el._fullData && el._fullData.some(d => d.type === 'heatmap' && d.z); }",
+        timeout=180_000,
+    )
+    traces = page.evaluate(
+        "() => { const el = document.querySelector('#vision-attention-overlay .js-plotly-plot');"
+        " const h = el._fullData.find(d => d.type === 'heatmap');"
+        " return {types: el._fullData.map(d => d.type), rows: h.z.length, cols: h.z[0].length,"
+        " colorbar: h.colorbar.title.text}; }"
+    )
+    assert traces["types"] == ["image", "heatmap"]
+    assert traces["rows"] == traces["cols"] == 112  # 16x16 patch map upsampled over the 224-pixel view
+    assert "[CLS]" in traces["colorbar"]
+    page.wait_for_selector("#vision-attention-rollout .js-plotly-plot", timeout=30_000)
+    page.wait_for_selector("#vision-attention-entropy .js-plotly-plot", timeout=30_000)
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "attention_image.png"), full_page=True)
+    page.close()
+
+
+def test_runs_tab_reopens_a_stored_run(app_url, browser, tmp_path) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.goto(app_url)
+    page.get_by_label("Prompt").first.fill("Reopen me from the store")
+    page.get_by_role("button", name="Run logit lens").click()
+    page.wait_for_selector("#lens-heatmap .js-plotly-plot", timeout=180_000)
+    page.get_by_role("tab", name="Runs").click()
+    page.wait_for_timeout(1500)  # the tab's select event refreshes the table and the run chooser
+    page.locator("#runs-choice input").click()
+    page.get_by_role("option").filter(has_text="Reopen me from the store").first.click()
+    page.wait_for_function(
+        "() => { const el = document.querySelector('#runs-plot .js-plotly-plot');"
+        " return el && el._fullData && el._fullData[0] && el._fullData[0].z; }",
+        timeout=60_000,
+    )
+    n_layers = page.evaluate(
+        "() => document.querySelector('#runs-plot .js-plotly-plot')._fullData[0].z.length"
+    )
+    assert n_layers == 31
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "runs.png"), full_page=True)
+    page.close()
