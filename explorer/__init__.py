@@ -44,6 +44,7 @@ _LAZY = {
     "attribute": "explorer.attribution_api",
     "attribute_generation": "explorer.attribution_api",
     "attention": "explorer.attention_api",
+    "attention_image": "explorer.attention_api",
     "prune": "explorer.pruning_api",
     "prune_text": "explorer.pruning_api",
     "prune_image": "explorer.pruning_api",

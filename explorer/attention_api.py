@@ -1,9 +1,14 @@
-"""Public API for the attention views of causal LMs (re-exported by `explorer` and `explorer.api`).
+"""Public API for the attention views (re-exported by `explorer` and `explorer.api`).
 
-`attention(model, prompt)` runs exactly one forward pass (`explorer.trace.capture`) for the
-request, computes every view (per-head matrices, rollout, entropy, sink shares and, when asked,
-attention flow) from that one trace, stores the run and returns an `AttentionResult`. The UI
-then re-renders layers, heads, tokens and sink choices from that result alone.
+`attention(model, prompt)` (causal LMs) runs exactly one forward pass (`explorer.trace.capture`)
+for the request, computes every view (per-head matrices, rollout, entropy, sink shares and, when
+asked, attention flow) from that one trace, stores the run and returns an `AttentionResult`.
+
+`attention_image(image, model=...)` (vision transformers) validates the image, runs the vision
+backbone once and returns a `VisionAttentionResult`: [CLS] -> patch attention per layer and
+head, attention rollout and per-head entropy of the [CLS] row, plus the model's view of the
+image so overlays redraw from the store alone. The UI re-renders every display choice from
+the returned result.
 """
 
 from __future__ import annotations
@@ -11,9 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from explorer.analysis import attention as _att
+from explorer.analysis import vision_attention_result as _vatt
 from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
 from explorer.config import Settings
-from explorer.models.loading import LanguageModel
+from explorer.errors import InputError
+from explorer.images import ImageInput, load_image
+from explorer.models.loading import EMBEDDED_LMS, LanguageModel
+from explorer.models.vision import VisionModel, load_vision_model
 
 
 def attention(
@@ -53,7 +62,58 @@ def attention(
     )
 
 
+def attention_image(
+    image: ImageInput,
+    *,
+    model: str | VisionModel | None = None,
+    residual_weight: float = 0.5,
+    db: DbArg = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+) -> _vatt.VisionAttentionResult:
+    """[CLS] -> patch attention of every layer and head of a vision transformer over `image`,
+    plus attention rollout and the entropy of each head's [CLS] row.
+
+    `image`: a path, bytes or PIL image; anything that is not a readable picture within the
+    size limits raises InputError before a model loads and nothing is stored. `model`: embedded
+    name (default "dinov2-small-focus"), hub id or local dir of a ViT / DINOv2 / CLIP / SigLIP
+    vision tower, or a loaded `VisionModel`. `residual_weight`: identity weight of each rollout
+    step (0.5 as in Abnar & Zuidema). The run is keyed by the image's pixel SHA-256 (stored in
+    the prompt column). Returns a `VisionAttentionResult`; `.to_dict()` is the CLI's JSON.
+    """
+    settings = settings or Settings.from_env()
+    params = _vatt.VisionAttentionParams(residual_weight=residual_weight)
+    params.validate()
+    pil = load_image(image, settings)
+    sha = _vatt.image_sha256(pil)
+    if isinstance(model, VisionModel):
+        vm = model
+    elif model in EMBEDDED_LMS:
+        raise InputError(
+            f"{model!r} is a language model: it has no image encoder; give a vision model "
+            f"(e.g. {settings.default_vision_model!r}) or use the text mode (`attention(model, prompt)`)"
+        )
+    else:
+        if progress is not None:
+            progress(0.0, "Loading vision model")
+        vm = load_vision_model(model or settings.default_vision_model, settings=settings, progress=progress)
+    return run_cached(
+        _vatt.VisionAttentionResult.kind,
+        model_id=vm.model_id,
+        weight_hash=vm.weight_hash,
+        prompt=sha,
+        params=_vatt.run_params(vm, params),
+        compute=lambda: _vatt.analyze_image_attention(
+            vm, pil, params=params, settings=settings, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
 MAX_FLOW_TOKENS = _att.MAX_FLOW_TOKENS
 AttentionResult = _att.AttentionResult
+VisionAttentionResult = _vatt.VisionAttentionResult
 
-__all__ = ["MAX_FLOW_TOKENS", "AttentionResult", "attention"]
+__all__ = ["MAX_FLOW_TOKENS", "AttentionResult", "VisionAttentionResult", "attention", "attention_image"]

@@ -54,11 +54,36 @@ class _KindRegistry:
 
     def get(self, kind: str) -> type:
         if kind not in self._classes:
+            _import_result_modules()
+        if kind not in self._classes:
             raise KeyError(f"no result class registered for kind {kind!r}; known: {sorted(self._classes)}")
         return self._classes[kind]
 
     def kinds(self) -> list[str]:
         return sorted(self._classes)
+
+
+# Modules that define result classes; imported on a registry miss so that reopening a run
+# works in a fresh process whatever was imported before.
+RESULT_MODULES = (
+    "explorer.analysis.logit_lens",
+    "explorer.analysis.attention",
+    "explorer.analysis.vision_attention_result",
+    "explorer.analysis.attribution",
+    "explorer.analysis.pruning",
+    "explorer.analysis.pruning.text",
+)
+
+
+def _import_result_modules() -> None:
+    import importlib
+
+    for name in RESULT_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
 
 
 RESULT_KINDS = _KindRegistry()

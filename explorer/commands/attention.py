@@ -1,24 +1,42 @@
-"""`explorer attention`: per-layer, per-head attention, sink shares, entropy and rollout."""
+"""`explorer attention`: per-layer, per-head attention, sink shares, entropy and rollout of a
+causal LM over a prompt (`--prompt`), or [CLS] -> patch attention, rollout and entropy of a
+vision transformer over an image (`--image PATH`)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+# Importing the result modules registers the "attention" and "vision_attention" kinds, so other
+# subcommands (export, runs) can reopen those runs in a fresh process.
+import explorer.analysis.attention  # noqa: F401
+import explorer.analysis.vision_attention_result  # noqa: F401
 from explorer.config import Settings
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "attention",
-        help="attention of every layer and head, attention-sink shares, entropy, rollout (and flow)",
-        description="One forward pass with attentions. Prints {run_id, model, n_layers, n_heads, tokens, "
-        "layers: [{layer, heads: [{head, attention (seq x seq, query x key), sink_share (to the first "
-        "token), delimiter_share, entropy (bits)}]}], rollout (seq x seq, after the last layer), sink_tokens"
-        "[, flow]}.",
+        help="attention of every layer and head of a language model (--prompt) or a vision model (--image)",
+        description="One forward pass with attentions. With --prompt (causal LM) prints {run_id, model, "
+        "n_layers, n_heads, tokens, layers: [{layer, heads: [{head, attention (seq x seq, query x key), "
+        "sink_share (to the first token), delimiter_share, entropy (bits)}]}], rollout (seq x seq, after the "
+        "last layer), sink_tokens[, flow]}. With --image (vision transformer) prints {run_id, model, "
+        "n_layers, n_heads, grid: [gh, gw], image_sha256, layers: [{layer, heads: [{head, cls_attention "
+        "(gh x gw), entropy (bits, [CLS] row)}]}], rollout (gh x gw, sums to 1)}.",
     )
-    p.add_argument("--prompt", required=True, help="text to analyse")
-    p.add_argument("--model", default=None, help="embedded name (smollm2-135m), hub id or local dir")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="text to analyse with a causal language model")
+    source.add_argument(
+        "--image",
+        metavar="PATH",
+        help="image file to analyse with a vision transformer (default model: dinov2-small-focus)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="embedded name (smollm2-135m; with --image: dinov2-small-focus), hub id or local dir",
+    )
     p.add_argument(
         "--flow",
         action="store_true",
@@ -37,9 +55,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from explorer.attention_api import attention
+    from explorer.attention_api import attention, attention_image
     from explorer.errors import InputError
 
+    if args.image is not None:
+        if args.flow or args.flow_position:
+            raise InputError("--flow and --flow-position apply to --prompt (language models) only")
+        image = attention_image(
+            args.image,
+            model=args.model or settings.default_vision_model,
+            use_cache=not args.no_cache,
+            settings=settings,
+        )
+        return image.to_dict()
     if args.flow_position and not args.flow:
         raise InputError("--flow-position needs --flow")
     result = attention(

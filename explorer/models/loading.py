@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from explorer.config import Settings
-from explorer.errors import ModelNotAvailableError, UnsupportedArchitectureError
+from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
 from explorer.models.architectures import ArchitectureSpec, architecture_for
 
 EMBEDDED_LMS = {
@@ -239,6 +239,40 @@ def resolve_model_source(name_or_path: str, settings: Settings, progress: Progre
     return name_or_path
 
 
+# model_type values of vision encoders (and of CLIP/SigLIP, whose text tower has no LM head)
+VISION_MODEL_TYPES = frozenset(
+    {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "siglip_vision_model", "clip", "siglip"}
+)
+
+
+def reject_non_causal_lm(name: str, source: str, extra: dict[str, Any]) -> None:
+    """Raise InputError, before any weights load, when `source` is a vision model or its config
+    has no causal-LM class: the logit lens and attribution need an unembedding."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from explorer.models.vision import EMBEDDED_VISION_MODELS
+
+    vision = (
+        f"{name!r} is a vision model: it has no unembedding, so the logit lens and attribution do not "
+        "apply; use the Attention tab's image mode or the Pruning lab"
+    )
+    if name in EMBEDDED_VISION_MODELS:
+        raise InputError(vision)
+    try:
+        config = AutoConfig.from_pretrained(source, **extra)
+    except (OSError, ValueError):
+        return  # the model load reports what is missing
+    model_type = str(getattr(config, "model_type", ""))
+    if model_type in VISION_MODEL_TYPES:
+        raise InputError(vision)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise InputError(
+            f"{name!r} (model type {model_type!r}) has no causal-LM head: it has no unembedding, so the "
+            "logit lens and attribution do not apply; give a decoder-only language model"
+        )
+
+
 def _load_language_model(
     name_or_path: str, settings: Settings, device: torch.device, progress: ProgressFn
 ) -> LanguageModel:
@@ -252,6 +286,7 @@ def _load_language_model(
         name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", "", 1)
     ):
         raise ModelNotAvailableError(f"model path {name_or_path!r} does not exist")
+    reject_non_causal_lm(name_or_path, source, hub_kwargs(is_local))
     progress(0.7, f"Loading {name_or_path}")
     dtype = torch.float32 if device.type == "cpu" else torch.float16
     try:

@@ -1,4 +1,5 @@
-"""Figures for attention results (kind "attention").
+"""Figures for attention results: kind "attention" (causal LMs) and kind "vision_attention"
+(vision transformers: [CLS] -> patch attention and rollout overlaid on the image, entropy).
 
 Every figure reads the stored `AttentionResult` only (no model): one head's query x key
 heatmap with the causal mask greyed, a thumbnail grid of all heads, the mean over heads, a
@@ -15,6 +16,7 @@ never receives millions of cells. The stored result and the data exports keep fu
 
 from __future__ import annotations
 
+import base64
 import html
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +27,8 @@ import pyarrow as pa
 from plotly.subplots import make_subplots
 
 from explorer.analysis.attention import AttentionResult, block_aggregate
+from explorer.analysis.vision_attention import upsample_map
+from explorer.analysis.vision_attention_result import VisionAttentionResult
 from explorer.errors import InputError
 from explorer.plots import base_layout, register_figure
 
@@ -643,3 +647,235 @@ register_figure(
 )
 register_figure(KIND, "entropy", "Entropy per head", entropy_heatmap, entropy_data)
 register_figure(KIND, "sinks", "Attention-sink share per head", sink_heatmap, sink_data)
+
+
+# ==== vision transformers (kind "vision_attention") ======================================
+# Overlays draw the stored model's view of the image (a `go.Image` from the run's PNG) under a
+# heatmap of a patch map bilinearly upsampled to the image size. The colour scale fades to
+# transparent at 0, so the picture stays visible where attention is low. Hover shows the
+# patch under the pointer and its exact (not interpolated) value.
+VISION_KIND = VisionAttentionResult.kind
+MAX_OVERLAY_SIDE = 112  # heatmap cells per side sent to the browser (224 px: a cell is 2x2 px)
+OVERLAY_SCALE = [
+    [0.0, "rgba(0,0,4,0.0)"],
+    [0.15, "rgba(40,11,84,0.35)"],
+    [0.35, "rgba(120,28,109,0.5)"],
+    [0.55, "rgba(188,55,84,0.6)"],
+    [0.75, "rgba(249,142,9,0.7)"],
+    [1.0, "rgba(252,255,164,0.8)"],
+]
+
+
+def _vision_layer(result: VisionAttentionResult, options: dict[str, Any]) -> int:
+    value = options.get("layer")
+    layer = int(result.view.get("layer", result.n_layers - 1) if value is None else value)
+    if layer < 0:
+        layer += result.n_layers
+    if not 0 <= layer < result.n_layers:
+        raise InputError(f"layer {layer} does not exist (0..{result.n_layers - 1})")
+    return layer
+
+
+def _vision_head(result: VisionAttentionResult, options: dict[str, Any]) -> int | None:
+    """A head index, or None for the mean over heads ("mean" or -1; the default)."""
+    head = options.get("head")
+    if head is None:
+        head = result.view.get("head", "mean")
+    if head in ("mean", -1, None):
+        return None
+    head = int(head)
+    if not 0 <= head < result.n_heads:
+        raise InputError(f"head {head} does not exist (0..{result.n_heads - 1})")
+    return head
+
+
+def _png_data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _patch_extent(result: VisionAttentionResult, height: int, width: int) -> tuple[int, int]:
+    """Pixels (rows, cols) covered by the patch grid: grid * patch size (<= the image size)."""
+    gh, gw = result.grid
+    return gh * (height // gh), gw * (width // gw)
+
+
+def overlay_figure(
+    result: VisionAttentionResult, values: np.ndarray, title: str, colorbar: str, value_label: str
+) -> go.Figure:
+    """The model's view of the image with a (grid_h, grid_w) patch map overlaid.
+
+    values: (grid_h, grid_w) float. The map is upsampled bilinearly to the pixels the patch grid
+    covers (at most MAX_OVERLAY_SIDE cells per side) and drawn with a colour scale that is
+    transparent at 0; hover reports the patch and its exact value."""
+    image = result.image_array()  # (H, W, 3) uint8
+    height, width = int(image.shape[0]), int(image.shape[1])
+    cover_h, cover_w = _patch_extent(result, height, width)
+    cells_h, cells_w = min(cover_h, MAX_OVERLAY_SIDE), min(cover_w, MAX_OVERLAY_SIDE)
+    smooth = upsample_map(values.astype(np.float32), (cells_h, cells_w))  # (cells_h, cells_w)
+    gh, gw = result.grid
+    rows = (np.arange(cells_h) * gh // cells_h).astype(np.int64)  # patch row of each cell
+    cols = (np.arange(cells_w) * gw // cells_w).astype(np.int64)
+    custom = np.empty((cells_h, cells_w, 3), dtype=np.float32)
+    custom[..., 0] = rows[:, None]
+    custom[..., 1] = cols[None, :]
+    custom[..., 2] = values[rows[:, None], cols[None, :]]
+    dy, dx = cover_h / cells_h, cover_w / cells_w
+    zmax = float(max(values.max(), 1e-12))
+    fig = go.Figure()
+    fig.add_trace(
+        go.Image(
+            source=_png_data_uri(result.image_png),
+            x0=0,
+            y0=0,
+            dx=1,
+            dy=1,
+            hoverinfo="skip",
+            name="image (model's view)",
+        )
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=smooth,
+            x0=-0.5 + dx / 2,
+            dx=dx,
+            y0=-0.5 + dy / 2,
+            dy=dy,
+            customdata=custom,
+            zmin=0.0,
+            zmax=zmax,
+            colorscale=OVERLAY_SCALE,
+            colorbar={"title": {"text": colorbar}},
+            hovertemplate="pixel x %{x:.0f}, y %{y:.0f}<br>patch row %{customdata[0]:.0f}, column "
+            f"%{{customdata[1]:.0f}}<br>{value_label} %{{customdata[2]:.4f}}<extra></extra>",
+            name=value_label,
+        )
+    )
+    fig.update_xaxes(
+        title=f"x (pixels; {gw} patch columns)", range=[-0.5, width - 0.5], showgrid=False, zeroline=False
+    )
+    fig.update_yaxes(
+        title=f"y (pixels; {gh} patch rows)",
+        range=[height - 0.5, -0.5],
+        showgrid=False,
+        zeroline=False,
+        scaleanchor="x",
+        constrain="domain",
+    )
+    fig.update_xaxes(constrain="domain")
+    return base_layout(fig, title, height=560)
+
+
+def cls_overlay(result: VisionAttentionResult, **options: Any) -> go.Figure:
+    """[CLS] -> patch attention of one layer and head (or the mean over heads) over the image."""
+    layer, head = _vision_layer(result, options), _vision_head(result, options)
+    which = f"mean over {result.n_heads} heads" if head is None else f"head {head}"
+    values = result.cls_map(layer, head)
+    return overlay_figure(
+        result,
+        values,
+        f"[CLS] → patch attention, layer {layer}, {which} (patches get {values.sum():.2f} of the row)",
+        "[CLS] → patch attention",
+        f"layer {layer}, {which}: attention",
+    )
+
+
+def rollout_overlay(result: VisionAttentionResult, **options: Any) -> go.Figure:
+    """Attention rollout of [CLS] over the patches (through every layer) over the image."""
+    w = float(result.params.get("residual_weight", 0.5))
+    return overlay_figure(
+        result,
+        result.rollout,
+        f"Attention rollout of [CLS], {result.n_layers} layers ({w:g}·I + {1 - w:g}·mean attention)",
+        "rollout relevance",
+        "rollout relevance",
+    )
+
+
+def vision_entropy_heatmap(result: VisionAttentionResult, **options: Any) -> go.Figure:
+    """Entropy (bits) of each head's [CLS] query row: low = focused on a few tokens."""
+    n_l, n_h = result.entropy.shape
+    uniform = float(np.log2(result.n_tokens))
+    custom = result.prefix_share.astype(np.float32)
+    fig = go.Figure(
+        go.Heatmap(
+            z=result.entropy.astype(np.float32),
+            x=np.arange(n_h),
+            y=np.arange(n_l),
+            customdata=custom,
+            colorscale=ATTENTION_SCALE,
+            zmin=0.0,
+            zmax=uniform,
+            colorbar={"title": {"text": "entropy (bits)"}},
+            hovertemplate="layer %{y}, head %{x}<br>entropy of the [CLS] row %{z:.3f} bits"
+            "<br>share to [CLS]/registers %{customdata:.3f}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title="head", tickmode="linear", dtick=1 if n_h <= 32 else None, showgrid=False)
+    fig.update_yaxes(
+        title="layer", tickmode="linear", dtick=1 if n_l <= 40 else None, showgrid=False, autorange="reversed"
+    )
+    row = "[CLS] query row" if result.has_cls else "query rows (mean; no [CLS])"
+    return base_layout(
+        fig,
+        f"Entropy of each head's {row} over {result.n_tokens} tokens (uniform = {uniform:.2f} bits)",
+        height=max(420, 22 * n_l + 180),
+    )
+
+
+def _patch_table(
+    result: VisionAttentionResult, values: np.ndarray, value_name: str, **extra: Any
+) -> pa.Table:
+    """Long form, one row per patch: extra columns, patch index/row/col, its pixel box in the
+    model's view (x0, y0 inclusive; x1, y1 exclusive) and `value_name` = values[row, col]."""
+    gh, gw = result.grid
+    image = result.image_array()
+    cover_h, cover_w = _patch_extent(result, int(image.shape[0]), int(image.shape[1]))
+    ph, pw = cover_h // gh, cover_w // gw
+    row, col = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+    n = gh * gw
+    cols: dict[str, Any] = {name: np.full(n, value) for name, value in extra.items()}
+    cols.update(
+        {
+            "patch_index": (row * gw + col).ravel().astype(np.int32),
+            "patch_row": row.ravel().astype(np.int16),
+            "patch_col": col.ravel().astype(np.int16),
+            "x0": (col * pw).ravel().astype(np.int32),
+            "y0": (row * ph).ravel().astype(np.int32),
+            "x1": ((col + 1) * pw).ravel().astype(np.int32),
+            "y1": ((row + 1) * ph).ravel().astype(np.int32),
+        }
+    )
+    cols[value_name] = np.asarray(values).ravel().astype(np.float32)
+    return pa.table(cols)
+
+
+def cls_overlay_data(result: VisionAttentionResult) -> pa.Table:
+    layer, head = _vision_layer(result, {}), _vision_head(result, {})
+    return _patch_table(
+        result, result.cls_map(layer, head), "cls_attention", layer=layer, head=-1 if head is None else head
+    )
+
+
+def rollout_overlay_data(result: VisionAttentionResult) -> pa.Table:
+    return _patch_table(result, result.rollout, "rollout_relevance")
+
+
+def vision_entropy_data(result: VisionAttentionResult) -> pa.Table:
+    layer, head = np.meshgrid(np.arange(result.n_layers), np.arange(result.n_heads), indexing="ij")
+    return pa.table(
+        {
+            "layer": layer.ravel().astype(np.int16),
+            "head": head.ravel().astype(np.int16),
+            "entropy_bits": result.entropy.ravel().astype(np.float32),
+            "prefix_share": result.prefix_share.ravel().astype(np.float32),
+        }
+    )
+
+
+register_figure(VISION_KIND, "cls_overlay", "[CLS] → patch attention overlay", cls_overlay, cls_overlay_data)
+register_figure(
+    VISION_KIND, "rollout_overlay", "Attention rollout overlay", rollout_overlay, rollout_overlay_data
+)
+register_figure(
+    VISION_KIND, "entropy", "Entropy of the [CLS] row per head", vision_entropy_heatmap, vision_entropy_data
+)

@@ -1,9 +1,16 @@
 """The "Attention" tab: one forward pass per run; every view re-renders from the stored result.
 
-Run -> `explorer.attention_api.attention` (one `capture`, stored in DuckDB) -> the result is held
-in a `gr.State`. Moving the layer / head / token / sink / rollout controls only rebuilds figures
-from that state (the display choices are written into `result.view`, so exports match what is
-on screen); no control other than the Run button reaches the model.
+An input-kind radio switches between two modes, each showing only the views that apply:
+
+- Text (language model): Run -> `explorer.attention_api.attention` (one `capture`, stored in
+  DuckDB): query x key matrices, token view, head grid, rollout, flow, sinks, entropy.
+- Image (vision model): upload / paste an image or pick a bundled sample, Run ->
+  `explorer.attention_api.attention_image`: [CLS] -> patch attention per layer/head (or the mean
+  over heads) and attention rollout overlaid on the image, entropy of each head's [CLS] row.
+
+The result is held in a `gr.State`. Moving a layer / head / token / sink / rollout control only
+rebuilds figures from that state (the display choices are written into `result.view`, so exports
+match what is on screen); no control other than a Run button reaches a model.
 """
 
 from __future__ import annotations
@@ -12,15 +19,34 @@ import dataclasses
 from typing import Any
 
 import gradio as gr
+import numpy as np
 
 from explorer.analysis.attention import MAX_FLOW_POSITIONS, MAX_FLOW_TOKENS, SINK_FIRST, AttentionResult
-from explorer.attention_api import attention
+from explorer.analysis.vision_attention_result import VisionAttentionResult
+from explorer.attention_api import attention, attention_image
 from explorer.errors import InputError
+from explorer.images import load_image, sample_images
 from explorer.models.loading import EMBEDDED_LMS
+from explorer.models.vision import EMBEDDED_VISION_MODELS
 from explorer.plots import attention as att_plots
 from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
 
 TITLE = "Attention"
+TEXT_MODE = "Text (language model)"
+IMAGE_MODE = "Image (vision model)"
+MODE_NOTES = {
+    TEXT_MODE: "A causal language model attends only to earlier tokens: query × key matrices (grey = causal "
+    "mask), rollout, flow, sinks and entropy. [CLS]→patch overlays apply to vision encoders: choose "
+    f"*{IMAGE_MODE}*.",
+    IMAGE_MODE: "A vision encoder has no causal mask and no unembedding: logit lens and attribution do not "
+    "apply, and the token × token views are replaced here by [CLS]→patch attention and rollout on the image.",
+}
+IMAGE_EXPLAIN = """**[CLS] → patch attention**: how much the [CLS] token's query attends to each patch in one
+layer and head (or the mean over heads); the remainder of its row goes to [CLS] itself and any register tokens.
+**Rollout** multiplies 0.5·(mean attention) + 0.5·I through every layer and reads the [CLS] row over the patches
+(re-normalised to sum to 1). **Entropy**: of each head's whole [CLS] row in bits (log2 of the token count =
+uniform). Overlays are drawn on the image exactly as the model sees it (resized, letterboxed for the embedded
+model); hover shows the patch and its exact value."""
 MAX_PROMPT_CHARS_PER_TOKEN = 32  # reject absurdly long text before tokenising it
 EXAMPLES = [
     ["The capital of France is Paris. The capital of Germany is"],
@@ -84,6 +110,152 @@ def _head_value(head: float, mean: bool) -> int | str:
 
 
 def build(ctx: UIContext) -> None:
+    """The tab: an input-kind radio, then the text mode's and the image mode's components."""
+    kind = gr.Radio([TEXT_MODE, IMAGE_MODE], value=TEXT_MODE, label="Input", elem_id="attention-input-kind")
+    note = gr.Markdown(MODE_NOTES[TEXT_MODE], elem_id="attention-mode-note")
+    with gr.Column(visible=True) as text_box:
+        _build_text_mode(ctx)
+    with gr.Column(visible=False) as image_box:
+        _build_image_mode(ctx)
+
+    def on_kind(kind_v: str) -> tuple[Any, ...]:
+        image = kind_v == IMAGE_MODE
+        return gr.Column(visible=not image), gr.Column(visible=image), MODE_NOTES.get(kind_v, "")
+
+    kind.change(on_kind, [kind], [text_box, image_box, note], api_visibility="private")
+
+
+# ---- image mode ------------------------------------------------------------------------------
+def vision_summary_markdown(r: VisionAttentionResult) -> str:
+    """Run facts and the heads that focus most, from the stored result alone."""
+    last = r.n_layers - 1
+    focus = int(r.entropy[last].argmin())
+    patches = 1.0 - float(r.prefix_share[last].mean())
+    lines = [
+        f"**Run** `{r.run_id}` · model `{r.model}` · patch grid {r.grid[0]}×{r.grid[1]} · {r.n_layers} layers × "
+        f"{r.n_heads} heads · image `{r.image_sha256[:12]}…` · computed in {r.seconds:.2f} s",
+        "",
+        f"Last layer: [CLS] gives **{patches:.2f}** of its attention to patches (mean over heads); the most "
+        f"focused head is {focus} ({float(r.entropy[last, focus]):.2f} bits of {float(np.log2(r.n_tokens)):.2f}).",
+    ]
+    top = np.unravel_index(int(r.rollout.argmax()), r.grid)
+    lines.append(
+        f"Rollout: the top patch (row {int(top[0])}, column {int(top[1])}) holds {float(r.rollout.max()):.3f} "
+        f"of the relevance (uniform: {1 / r.rollout.size:.4f})."
+    )
+    for text in r.notes:
+        lines.append(f"\n> {text}")
+    return "\n".join(lines)
+
+
+def _build_image_mode(ctx: UIContext) -> None:
+    state = gr.State(None)
+    samples = sample_images()
+    with gr.Row():
+        with gr.Column(scale=3):
+            image = gr.Image(
+                label="Image (upload, paste or drop)",
+                type="filepath",
+                sources=["upload", "clipboard"],
+                format="png",
+                height=320,
+                elem_id="attention-image-input",
+            )
+        with gr.Column(scale=2):
+            sample = gr.Dropdown(
+                choices=sorted(samples),
+                value=None,
+                label="Or pick a bundled sample image",
+                elem_id="attention-image-sample",
+            )
+            vision_model = gr.Dropdown(
+                choices=sorted(EMBEDDED_VISION_MODELS),
+                value=ctx.settings.default_vision_model,
+                allow_custom_value=True,
+                label="Vision model (embedded name, hub id or local dir: ViT, DINOv2, CLIP, SigLIP)",
+            )
+            run = gr.Button("Run image attention", variant="primary")
+    summary = gr.Markdown()
+    gr.Markdown(IMAGE_EXPLAIN)
+    with gr.Row():
+        layer = gr.Slider(0, 1, value=0, step=1, label="Layer", interactive=False)
+        head = gr.Slider(0, 1, value=0, step=1, label="Head", interactive=False)
+        mean_heads = gr.Checkbox(value=True, label="Mean over heads")
+    overlay_plot = gr.Plot(label="[CLS] → patch attention on the image", elem_id="vision-attention-overlay")
+    export_controls(state, "cls_overlay", "Export [CLS] overlay")
+    rollout_plot = gr.Plot(label="Attention rollout on the image", elem_id="vision-attention-rollout")
+    export_controls(state, "rollout_overlay", "Export rollout overlay")
+    entropy_plot = gr.Plot(
+        label="Entropy of the [CLS] row: layers × heads", elem_id="vision-attention-entropy"
+    )
+    export_controls(state, "entropy", "Export entropy")
+
+    @user_errors
+    def on_sample(name: str | None) -> Any:
+        if not name:
+            return gr.skip()
+        if name not in samples:
+            raise InputError(f"unknown sample {name!r}; choose from {sorted(samples)}")
+        return load_image(samples[name], ctx.settings)
+
+    sample.input(on_sample, [sample], [image], api_visibility="private")
+    image.upload(lambda: None, None, [sample], api_visibility="private")
+
+    @user_errors
+    def on_run(
+        image_v: str | None,
+        model_v: str | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[Any, ...]:
+        if not image_v:
+            raise InputError("no image: upload or paste one, or pick a bundled sample")
+        result = attention_image(
+            image_v,
+            model=(model_v or "").strip() or ctx.settings.default_vision_model,
+            settings=ctx.settings,
+            progress=progress_fn(progress),
+        )
+        last = result.n_layers - 1
+        result = dataclasses.replace(result, view={"layer": last, "head": "mean"})
+        return (
+            result,
+            vision_summary_markdown(result),
+            gr.Slider(0, max(1, last), value=last, step=1, interactive=result.n_layers > 1),
+            gr.Slider(0, max(1, result.n_heads - 1), value=0, step=1, interactive=result.n_heads > 1),
+            gr.Checkbox(value=True),
+            att_plots.cls_overlay(result),
+            att_plots.rollout_overlay(result),
+            att_plots.vision_entropy_heatmap(result),
+        )
+
+    outputs = [state, summary, layer, head, mean_heads, overlay_plot, rollout_plot, entropy_plot]
+    run.click(on_run, inputs=[image, vision_model], outputs=outputs, api_name="attention_image")
+
+    @user_errors
+    def on_layer_head(
+        result: VisionAttentionResult | None, layer_v: float, head_v: float, mean_v: bool
+    ) -> tuple[Any, ...]:
+        if result is None:
+            return gr.skip(), gr.skip()
+        result = dataclasses.replace(
+            result, view={**result.view, "layer": int(layer_v), "head": _head_value(head_v, mean_v)}
+        )
+        return result, att_plots.cls_overlay(result)
+
+    @user_errors
+    def on_head(result: VisionAttentionResult | None, layer_v: float, head_v: float) -> tuple[Any, ...]:
+        """Choosing a head shows that head: the mean-over-heads box is unticked."""
+        state_v, figure = on_layer_head(result, layer_v, head_v, False)
+        return state_v, figure, gr.Checkbox(value=False)
+
+    io = ([state, layer, head, mean_heads], [state, overlay_plot])
+    layer.release(on_layer_head, *io, api_visibility="private")
+    mean_heads.input(on_layer_head, *io, api_visibility="private")
+    head.release(on_head, [state, layer, head], [state, overlay_plot, mean_heads], api_visibility="private")
+
+
+# ---- text mode -------------------------------------------------------------------------------
+def _build_text_mode(ctx: UIContext) -> None:
     state = gr.State(None)
     with gr.Row():
         with gr.Column(scale=3):
