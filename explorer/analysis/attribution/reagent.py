@@ -1,0 +1,185 @@
+"""ReAGent: Recursive Attribution Generator (Zhao & Shan, 2024, arXiv:2402.00794).
+
+The algorithm, per probe (an independent chain; several run in parallel and are averaged):
+
+1. Initialise logit-scale importance s_i ~ U(0, 1) for every context token.
+2. Repeat:
+   a. Draw a random set R of context positions, each with probability r (replacing ratio),
+      and replace those tokens by the replacement model's predictions (see `replacement`).
+   b. Delta = p(y | x) - p(y | x with R replaced): the drop in the target's probability.
+   c. Update s_i += logit(0.5 + 0.5 * d_i) with d_i = +Delta for i in R and -Delta otherwise:
+      if replacing R hurt the prediction, R gains importance and the rest loses it.
+   d. Stopping criterion: keep the top-n most important tokens (by softmax(s)), replace all
+      the *unimportant* others; stop when the target is still within the model's top-k
+      predictions.
+3. The probe's importance is softmax(s). The result averages the probes that stopped.
+
+Implementation notes (ours, not the paper's):
+- Probes are batched: all active probes' replaced sequences, *and* their stopping checks, go
+  through the model in one forward pass per step. The stopping check for step t-1 and the
+  update for step t are independent, so they share a batch; if the check says "stop", the
+  update computed alongside it is discarded. This is exactly the sequential algorithm.
+- Stopped probes leave the batch; only the last position's logits are computed
+  (`logits_to_keep`).
+- Multi-token targets: p(y) is the joint probability of all target tokens (teacher forced);
+  the stopping criterion requires every target token within the top-k at its position.
+- If no probe stops within `max_steps`, all probes are averaged and the result says so
+  (Inseq's implementation returns NaN in that case).
+- Contrastive attribution is not supported: the update rule is defined on a probability
+  in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from explorer.analysis.attribution.replacement import REPLACEMENTS, Sampler, build_sampler
+from explorer.analysis.attribution.task import AttributionTask, continuation_logprob_ids
+from explorer.errors import InputError
+from explorer.models.loading import LanguageModel
+
+MAX_PROBES = 256
+MAX_STEPS = 10_000
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class ReagentParams:
+    """ReAGent's parameters. Defaults follow the paper/Inseq (r = 0.3, top-3, rational size 5)
+    except `num_probes` and `max_steps`, chosen so an attribution takes seconds on a CPU.
+
+    replacing_ratio: probability that a context token is replaced in an update step (r).
+    stop_top_k:      stop when the target is within the top-k after replacing the unimportant tokens.
+    keep_top_n:      rational size: tokens kept (by importance) in the stopping check.
+    num_probes:      parallel chains, averaged.
+    max_steps:       cap on update steps per probe.
+    replacement:     'auto' | 'causal' | 'mlm' | 'uniform' (see `replacement`).
+    mlm_model:       hub id or local dir of the masked LM (default FacebookAI/roberta-base).
+    candidates:      replacement candidates per position (1 = the replacement model's argmax).
+    """
+
+    replacing_ratio: float = 0.3
+    stop_top_k: int = 3
+    keep_top_n: int = 5
+    num_probes: int = 16
+    max_steps: int = 100
+    replacement: str = "auto"
+    mlm_model: str | None = None
+    candidates: int = 4
+
+    def validate(self) -> None:
+        if not 0.0 < self.replacing_ratio < 1.0:
+            raise InputError(f"replacing_ratio must be in (0, 1), got {self.replacing_ratio}")
+        if self.stop_top_k < 1:
+            raise InputError(f"stop_top_k must be >= 1, got {self.stop_top_k}")
+        if self.keep_top_n < 1:
+            raise InputError(f"keep_top_n must be >= 1, got {self.keep_top_n}")
+        if not 1 <= self.num_probes <= MAX_PROBES:
+            raise InputError(f"num_probes must be between 1 and {MAX_PROBES}, got {self.num_probes}")
+        if not 1 <= self.max_steps <= MAX_STEPS:
+            raise InputError(f"max_steps must be between 1 and {MAX_STEPS}, got {self.max_steps}")
+        if self.replacement not in REPLACEMENTS:
+            raise InputError(f"unknown replacement {self.replacement!r}; choose from {list(REPLACEMENTS)}")
+        if not 1 <= self.candidates <= 64:
+            raise InputError(f"candidates must be between 1 and 64, got {self.candidates}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _replace(
+    context: torch.Tensor, mask: torch.Tensor, sampler: Sampler, gen: torch.Generator
+) -> torch.Tensor:
+    """context (P,), mask (B, P) bool -> (B, P) ids with masked positions replaced."""
+    proposals = sampler.sample(mask.shape[0], gen)
+    return torch.where(mask, proposals, context.unsqueeze(0).expand_as(mask))
+
+
+def reagent(
+    lm: LanguageModel, task: AttributionTask, params: ReagentParams, seed: int = 0
+) -> tuple[torch.Tensor, dict[str, Any], list[str]]:
+    """Run ReAGent on `task`.
+
+    Returns scores (P,) float32 (a distribution: non-negative, sums to 1; larger = more
+    important), extras {replacement, steps, stopped_probes, converged}, and notes.
+    """
+    params.validate()
+    if task.foil_ids is not None:
+        raise InputError(
+            "ReAGent does not support contrastive attribution (--contrast); use a gradient method or occlusion"
+        )
+    ctx = task.context_ids.cpu()
+    p = int(ctx.shape[0])
+    sampler, notes = build_sampler(lm, ctx, params.replacement, params.mlm_model, params.candidates)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    n = params.num_probes
+    keep_n = min(params.keep_top_n, p)
+    target = task.target_ids.cpu()
+
+    def run(batch: torch.Tensor, need_hit: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.inference_mode(), lm.lock:
+            lp, hit = continuation_logprob_ids(lm, batch, target, top_k=params.stop_top_k if need_hit else 0)
+        return lp.cpu(), (hit.cpu() if hit is not None else None)
+
+    base_lp, _ = run(ctx.unsqueeze(0), False)
+    p_orig = float(base_lp.exp()[0])
+    scores = torch.rand(n, p, generator=gen)  # logit-scale importance
+    stopped = torch.zeros(n, dtype=torch.bool)
+    steps = 0
+
+    def stop_batch(rows: torch.Tensor) -> torch.Tensor:
+        """Replace everything except each probe's top-n important tokens."""
+        imp = torch.softmax(scores[rows], dim=-1)
+        keep = torch.zeros_like(imp, dtype=torch.bool)
+        keep.scatter_(1, imp.topk(keep_n, dim=-1).indices, True)
+        return _replace(ctx, ~keep, sampler, gen)
+
+    prev_rows: torch.Tensor | None = None  # probes whose check (on the last update) is pending
+    for step in range(params.max_steps):
+        rows = (~stopped).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            break
+        steps = step + 1
+        mask = torch.rand(rows.numel(), p, generator=gen) < params.replacing_ratio
+        upd = _replace(ctx, mask, sampler, gen)
+        checks = stop_batch(prev_rows) if prev_rows is not None else None
+        batch = upd if checks is None else torch.cat([upd, checks])
+        lp, hit = run(batch, checks is not None)
+        if checks is not None and prev_rows is not None and hit is not None:
+            stopped[prev_rows] |= hit[rows.numel() :]
+        go_on = ~stopped[rows]
+        delta = p_orig - lp[: rows.numel()].exp()  # (B,)
+        d = torch.where(mask, delta.unsqueeze(1), -delta.unsqueeze(1)).clamp(-1 + EPS, 1 - EPS)
+        upd_scores = scores[rows] + torch.logit(0.5 * d + 0.5)
+        scores[rows[go_on]] = upd_scores[go_on]
+        prev_rows = rows[go_on]
+    if prev_rows is not None and prev_rows.numel():  # the last update's stopping check
+        _, hit = run(stop_batch(prev_rows), True)
+        if hit is not None:
+            stopped[prev_rows] |= hit
+    probs = torch.softmax(scores, dim=-1)
+    n_stopped = int(stopped.sum())
+    if n_stopped:
+        final = probs[stopped].mean(dim=0)
+    else:
+        final = probs.mean(dim=0)
+        notes.append(
+            f"ReAGent: no probe met the stopping condition (target in the top-{params.stop_top_k} with only the "
+            f"{keep_n} most important tokens kept) within {params.max_steps} steps; the scores average all "
+            f"{n} probes. Raise max_steps for a converged result."
+        )
+    extras = {
+        "replacement": sampler.label,
+        "steps": steps,
+        "stopped_probes": n_stopped,
+        "num_probes": n,
+        "converged": n_stopped > 0,
+        "target_prob": p_orig,
+    }
+    if not math.isfinite(float(final.sum())):
+        raise RuntimeError("ReAGent produced non-finite scores")
+    return final.float(), extras, notes

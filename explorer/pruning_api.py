@@ -1,0 +1,245 @@
+"""Public API of the pruning lab (re-exported by `explorer` and `explorer.api`).
+
+`prune_text(model, prompt, ...)` prunes a text prompt (before the LM, or inside it with FastV)
+and `prune_image(image, ...)` prunes image patches inside a vision transformer; `prune(...)`
+dispatches on which of the two it is given. Every pruned input is really run through the model
+and compared with the unpruned run; the sweep is stored in DuckDB (one run per request, keyed by
+model, weights, prompt or image hash and parameters) and reopens without a model.
+
+Defaults: keep ratios 1.0, 0.9, 0.75, 0.5, 0.3, 0.2, 0.1, 0.05; keep count max(1, round(ratio *
+n)); for text the last prompt token is always kept. Bad input (keep ratio outside (0, 1], layer
+out of range, unknown strategy, unreadable / too large image) raises InputError before anything
+is computed or stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from explorer.analysis.pruning import text as _text
+from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.config import Settings
+from explorer.errors import InputError
+from explorer.images import ImageInput, load_image
+from explorer.models.loading import LanguageModel
+from explorer.models.vision import VisionModel, load_vision_model
+
+SWEEP_RATIOS = _text.SWEEP_RATIOS
+TextPruningResult = _text.TextPruningResult
+
+
+def prune_text(
+    model: str | LanguageModel | None,
+    prompt: str,
+    *,
+    strategies: Sequence[str] | str = "all",
+    keep_ratios: Sequence[float] | float = SWEEP_RATIOS,
+    layer: int = _text.DEFAULT_LAYER,
+    target: str | None = None,
+    continuation_tokens: int = 8,
+    seed: int = 0,
+    db: DbArg = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+) -> _text.TextPruningResult:
+    """Prune `prompt` with each strategy at each keep ratio; measure each against the unpruned run.
+
+    `model`: embedded name (default "smollm2-135m"), hub id, local dir or a loaded
+    `LanguageModel`. `strategies`: "all" or names from `text_strategy_names()`
+    (frugalprompt:<attribution method>, self_information, bottom_k:<method>, random, fastv).
+    `layer`: FastV's K (blocks 0..K-1 see every token). `target`: the token whose probability and
+    rank are tracked (default: the unpruned top-1 next token). `continuation_tokens`: N greedy
+    tokens compared. Returns a `TextPruningResult`; `.to_dict()` is the CLI's JSON.
+    """
+    settings = settings or Settings.from_env()
+    names = _text.resolve_strategies(strategies)
+    ratios = _text.resolve_keep_ratios(keep_ratios)
+    if progress is not None:
+        progress(0.0, "Loading model")
+    lm = get_model(model, settings, progress)
+    has_fastv = any(_text.split_strategy(n)[0].inside_lm for n in names)
+    layer = _text.validate_layer(lm, layer, needs_layer=has_fastv)
+    params: dict[str, Any] = {
+        "strategies": names,
+        "keep_ratios": ratios,
+        "layer": layer,
+        "target": target or None,
+        "continuation_tokens": int(continuation_tokens),
+        "seed": int(seed),
+        "max_tokens": settings.max_prompt_tokens,
+    }
+    return run_cached(
+        _text.TextPruningResult.kind,
+        model_id=lm.model_id,
+        weight_hash=lm.weight_hash,
+        prompt=prompt,
+        params=params,
+        compute=lambda: _text.prune_text(
+            lm,
+            prompt,
+            strategies=names,
+            keep_ratios=ratios,
+            layer=layer,
+            target=target,
+            continuation_tokens=continuation_tokens,
+            seed=seed,
+            max_tokens=settings.max_prompt_tokens,
+            progress=progress,
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
+def _image_engine() -> Any:
+    from explorer.analysis.pruning import image
+
+    return image
+
+
+def prune_image(
+    image: ImageInput,
+    *,
+    model: str | VisionModel | None = None,
+    strategies: Sequence[str] | str = "all",
+    keep_ratios: Sequence[float] | float = SWEEP_RATIOS,
+    layer: int = 0,
+    seed: int = 0,
+    db: DbArg = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """Prune patches of `image` inside a vision transformer with each strategy at each keep ratio.
+
+    `image`: a path, bytes or PIL image (validated: not an image / corrupt / too large ->
+    InputError, nothing stored). `model`: embedded name (default "dinov2-small-focus", DINOv2-small
+    with a saliency decoder), hub id, local dir or a loaded `VisionModel`. `layer`: blocks
+    0..layer-1 run on every patch, the rest on the kept ones. The run is keyed by the SHA-256 of
+    the decoded pixels (the prompt column reads "image sha256:<hex>"). Returns an
+    `ImagePruningResult`; `.to_dict()` is the CLI's JSON.
+    """
+    from explorer.analysis.vision_attention_result import image_sha256
+
+    engine = _image_engine()
+    settings = settings or Settings.from_env()
+    names = engine.resolve_strategies(strategies)
+    ratios = engine.resolve_keep_ratios(keep_ratios)
+    pil = load_image(image, settings)
+    if isinstance(model, VisionModel):
+        vm = model
+    else:
+        if progress is not None:
+            progress(0.0, "Loading vision model")
+        vm = load_vision_model(model or settings.default_vision_model, settings=settings, progress=progress)
+    layer = engine.validate_layer(vm, layer)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed must be an integer; got {seed!r}")
+    pre = vm.preprocessing
+    params: dict[str, Any] = {
+        "strategies": names,
+        "keep_ratios": ratios,
+        "layer": layer,
+        "seed": seed,
+        "image_size": pre.image_size,
+        "resize": pre.resize,
+        "mean": [float(v) for v in pre.mean],
+        "std": [float(v) for v in pre.std],
+    }
+    return run_cached(
+        engine.ImagePruningResult.kind,
+        model_id=vm.model_id,
+        weight_hash=vm.weight_hash,
+        prompt=f"image sha256:{image_sha256(pil)}",
+        params=params,
+        compute=lambda: engine.prune_image(vm, pil, names, ratios, layer, seed, progress),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
+def prune(
+    prompt: str | None = None,
+    image: ImageInput | None = None,
+    *,
+    model: str | LanguageModel | VisionModel | None = None,
+    strategies: Sequence[str] | str = "all",
+    keep_ratios: Sequence[float] | float = SWEEP_RATIOS,
+    layer: int | None = None,
+    target: str | None = None,
+    continuation_tokens: int = 8,
+    seed: int = 0,
+    db: DbArg = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """`prune_text` when given a `prompt`, `prune_image` when given an `image` (exactly one).
+
+    `layer` defaults to 2 for text (FastV's K) and 0 for images; `target` and
+    `continuation_tokens` apply to text only."""
+    if (prompt is None) == (image is None):
+        raise InputError("give exactly one of a prompt (text pruning) or an image (patch pruning)")
+    if image is not None:
+        if target:
+            raise InputError("--target applies to text prompts only")
+        if isinstance(model, LanguageModel):
+            raise InputError("image pruning needs a vision model, not a language model")
+        return prune_image(
+            image,
+            model=model,
+            strategies=strategies,
+            keep_ratios=keep_ratios,
+            layer=0 if layer is None else layer,
+            seed=seed,
+            db=db,
+            use_cache=use_cache,
+            settings=settings,
+            progress=progress,
+        )
+    if isinstance(model, VisionModel):
+        raise InputError("text pruning needs a language model, not a vision model")
+    assert prompt is not None
+    return prune_text(
+        model,
+        prompt,
+        strategies=strategies,
+        keep_ratios=keep_ratios,
+        layer=_text.DEFAULT_LAYER if layer is None else layer,
+        target=target,
+        continuation_tokens=continuation_tokens,
+        seed=seed,
+        db=db,
+        use_cache=use_cache,
+        settings=settings,
+        progress=progress,
+    )
+
+
+def text_strategy_names() -> list[str]:
+    """Selectable text strategies ("frugalprompt:<method>" and "bottom_k:<method>" per attribution method)."""
+    return _text.strategy_names()
+
+
+def image_strategy_names() -> list[str]:
+    """Registered image-patch strategies."""
+    return list(_image_engine().IMAGE_STRATEGIES)
+
+
+def deviations() -> dict[str, dict[str, str]]:
+    """Where each strategy departs from its paper: {"text": {...}, "image": {...}}."""
+    return {"text": dict(_text.DEVIATIONS), "image": dict(_image_engine().DEVIATIONS)}
+
+
+__all__ = [
+    "SWEEP_RATIOS",
+    "TextPruningResult",
+    "deviations",
+    "image_strategy_names",
+    "prune",
+    "prune_image",
+    "prune_text",
+    "text_strategy_names",
+]

@@ -1,0 +1,262 @@
+"""The "Attribution" tab: which prompt tokens made the model produce the target.
+
+Parse inputs -> `attribute(...)` -> figures from the plots registry. A single method is shown
+as a one-row comparison so the same figures and export buttons serve both cases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from explorer.analysis.attribution import ATTRIBUTION_METHODS, AttributionComparison, AttributionResult
+from explorer.analysis.attribution.replacement import DEFAULT_MLM
+from explorer.analysis.attribution.result import GenerationAttributionResult
+from explorer.attribution_api import attribute, attribute_generation
+from explorer.errors import InputError
+from explorer.models.loading import EMBEDDED_LMS
+from explorer.plots import figure_spec
+from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+
+TITLE = "Attribution"
+EXAMPLES = [
+    ["The capital of France is", " Paris", "all", ""],
+    [
+        "When my flight landed in Japan, I converted my currency and went to the capital city of",
+        " Tokyo",
+        "reagent",
+        "",
+    ],
+    ["The Eiffel Tower is located in the city of", " Paris", "integrated_gradients", " London"],
+]
+
+DEVIATIONS = """**How this follows the papers, and where it does not.**
+*ReAGent* (Zhao & Shan 2024): random context tokens (ratio r) are replaced, the drop in the target's
+probability updates every token's importance (logit scale, recursively), and a probe stops when keeping only
+its top-n tokens and replacing the rest still leaves the target in the model's top-k. Deviations: the paper's
+replacement model is RoBERTa; it is used when available locally (`auto`/`mlm`), otherwise the **analysed model
+itself proposes replacements** (top candidates from the left context, re-ranked by whole-sequence likelihood,
+never the original token) — the result says which was used. Replacement candidates are computed once per
+position from the original context (one masked position at a time). If no probe stops within the step cap,
+all probes are averaged (and a note says so) instead of returning NaN. Defaults: 16 probes, ≤100 steps.
+*Faithfulness* (Zhao & Aletras 2023): Soft-NC/Soft-NS mask embedding elements with Bernoulli draws using the
+importance normalised to a distribution; hard comprehensiveness/sufficiency **delete** the top 20% of tokens.
+Every metric: higher is better. Wall time excludes the faithfulness evaluation."""
+
+
+def _comparison(result: AttributionResult | AttributionComparison) -> AttributionComparison:
+    return result if isinstance(result, AttributionComparison) else AttributionComparison(results=[result])
+
+
+def summary_markdown(comp: AttributionComparison) -> str:
+    if not comp.results:
+        return "No method ran."
+    first = comp.results[0]
+    lines = [
+        f"**Target** `{first.target['token']}` after {len(first.tokens)} prompt tokens · model `{first.model}`"
+    ]
+    if first.contrast:
+        lines.append(f"· contrast foil `{first.contrast['token']}`")
+    best = comp.best()
+    shown = {k: v for k, v in best.items() if v}
+    if shown:
+        lines.append("\n**Best:** " + ", ".join(f"{k}: `{v}`" for k, v in shown.items()))
+    for r in comp.results:
+        extra = ""
+        if r.method == "reagent":
+            e = r.extras
+            extra = f" — replacement `{e.get('replacement')}`, {e.get('steps')} steps, {e.get('stopped_probes')}/{e.get('num_probes')} probes stopped"
+        lines.append(f"\n- `{r.method}` run `{r.run_id}` in {r.seconds:.2f} s{extra}")
+    for note in comp.notes + sorted({n for r in comp.results for n in r.notes}):
+        lines.append(f"\n> ⚠️ {note}")
+    return "\n".join(lines)
+
+
+def _figure(comp: AttributionComparison | None, name: str) -> go.Figure | None:
+    return None if comp is None else figure_spec(comp, name).build(comp)
+
+
+def _reagent_params(
+    replacement: str, mlm_model: str, ratio: float, top_k: float, keep_n: float, probes: float, steps: float
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "replacement": replacement,
+        "replacing_ratio": float(ratio),
+        "stop_top_k": int(top_k),
+        "keep_top_n": int(keep_n),
+        "num_probes": int(probes),
+        "max_steps": int(steps),
+    }
+    if mlm_model and mlm_model.strip():
+        params["mlm_model"] = mlm_model.strip()
+    return params
+
+
+def run_attribution(
+    model: str,
+    prompt: str,
+    target: str,
+    method: str,
+    contrast: str,
+    seed: float,
+    replacement: str,
+    mlm_model: str,
+    ratio: float,
+    top_k: float,
+    keep_n: float,
+    probes: float,
+    steps: float,
+    ctx: UIContext,
+    progress: gr.Progress,
+) -> tuple[AttributionComparison, str, go.Figure | None, go.Figure | None]:
+    """Handler: returns (state, summary, coloured-token heatmap, faithfulness table)."""
+    if not target:
+        raise InputError("give a target: the text the model should produce next, e.g. ' Paris'")
+    params = _reagent_params(replacement, mlm_model, ratio, top_k, keep_n, probes, steps)
+    if method not in ("all", "reagent"):
+        params = {}
+    result = attribute(
+        model or ctx.settings.default_model,
+        prompt,
+        target,
+        method=method,
+        contrast=contrast or None,
+        seed=int(seed or 0),
+        settings=ctx.settings,
+        progress=progress_fn(progress),
+        **params,
+    )
+    if isinstance(result, GenerationAttributionResult):
+        raise InputError("use the generation section for per-step attribution")
+    comp = _comparison(result)
+    return comp, summary_markdown(comp), _figure(comp, "text_heatmap"), _figure(comp, "faithfulness_table")
+
+
+def run_generation(
+    model: str, prompt: str, method: str, n: float, seed: float, ctx: UIContext, progress: gr.Progress
+) -> tuple[GenerationAttributionResult, go.Figure]:
+    """Handler: generate N tokens and attribute each to all preceding tokens."""
+    if method == "all":
+        raise InputError("per-step attribution runs one method: choose one in the dropdown")
+    result = attribute_generation(
+        model or ctx.settings.default_model,
+        prompt,
+        generate=int(n),
+        method=method,
+        seed=int(seed or 0),
+        settings=ctx.settings,
+        progress=progress_fn(progress),
+    )
+    return result, figure_spec(result, "steps_heatmap").build(result)
+
+
+def build(ctx: UIContext) -> None:
+    state = gr.State(None)
+    gen_state = gr.State(None)
+    methods = ["all"] + list(ATTRIBUTION_METHODS)
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="The capital of France is")
+            with gr.Row():
+                target = gr.Textbox(label="Target (mind the leading space: ' Paris')", placeholder=" Paris")
+                contrast = gr.Textbox(label="Contrast foil (optional)", placeholder=" London")
+        with gr.Column(scale=2):
+            model = gr.Dropdown(
+                choices=sorted(EMBEDDED_LMS),
+                value=ctx.settings.default_model,
+                allow_custom_value=True,
+                label="Model (embedded name, hub id or local dir)",
+            )
+            method = gr.Dropdown(
+                choices=methods, value="reagent", label="Method ('all' compares every method)"
+            )
+            seed = gr.Number(value=0, label="Seed", precision=0)
+            run = gr.Button("Attribute", variant="primary")
+    with gr.Accordion("ReAGent parameters", open=False):
+        with gr.Row():
+            replacement = gr.Radio(
+                [("auto (RoBERTa if available, else the analysed LM)", "auto"), ("analysed causal LM", "causal"),
+                 ("masked LM", "mlm"), ("uniform random tokens", "uniform")],
+                value="auto",
+                label="Replacement model",
+            )  # fmt: skip
+            mlm_model = gr.Textbox(label="Masked LM (hub id or local dir)", placeholder=DEFAULT_MLM)
+        with gr.Row():
+            ratio = gr.Slider(0.05, 0.95, value=0.3, step=0.05, label="Replacing ratio r")
+            top_k = gr.Slider(1, 20, value=3, step=1, label="Stop when target in top-k")
+            keep_n = gr.Slider(1, 20, value=5, step=1, label="Rational size n (kept in the stopping check)")
+            probes = gr.Slider(1, 64, value=16, step=1, label="Probes")
+            steps = gr.Slider(1, 1000, value=100, step=1, label="Max steps")
+    gr.Examples(EXAMPLES, inputs=[prompt, target, method, contrast])
+    summary = gr.Markdown()
+    tokens_plot = gr.Plot(label="Coloured tokens", elem_id="attribution-tokens")
+    export_controls(state, "text_heatmap", "Export coloured tokens")
+    table_plot = gr.Plot(label="Faithfulness and wall time", elem_id="attribution-table")
+    export_controls(state, "faithfulness_table", "Export table")
+    gr.Markdown(DEVIATIONS)
+    with gr.Accordion("Per generation step (steps × sources)", open=False):
+        with gr.Row():
+            n_gen = gr.Slider(1, 32, value=8, step=1, label="Generate N tokens")
+            gen_run = gr.Button("Generate and attribute each step")
+        gen_plot = gr.Plot(label="Steps × sources", elem_id="attribution-steps")
+        export_controls(gen_state, "steps_heatmap", "Export steps × sources")
+
+    def on_run(
+        model: str,
+        prompt: str,
+        target: str,
+        method: str,
+        contrast: str,
+        seed: float,
+        replacement: str,
+        mlm_model: str,
+        ratio: float,
+        top_k: float,
+        keep_n: float,
+        probes: float,
+        steps: float,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> Any:
+        return run_attribution(
+            model, prompt, target, method, contrast, seed, replacement, mlm_model, ratio, top_k, keep_n, probes, steps,
+            ctx=ctx, progress=progress,
+        )  # fmt: skip
+
+    def on_generate(
+        model: str,
+        prompt: str,
+        method: str,
+        n: float,
+        seed: float,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> Any:
+        return run_generation(model, prompt, method, n, seed, ctx=ctx, progress=progress)
+
+    run.click(
+        user_errors(on_run),
+        inputs=[
+            model,
+            prompt,
+            target,
+            method,
+            contrast,
+            seed,
+            replacement,
+            mlm_model,
+            ratio,
+            top_k,
+            keep_n,
+            probes,
+            steps,
+        ],
+        outputs=[state, summary, tokens_plot, table_plot],
+        api_name="attribute",
+    )
+    gen_run.click(
+        user_errors(on_generate),
+        inputs=[model, prompt, method, n_gen, seed],
+        outputs=[gen_state, gen_plot],
+        api_visibility="private",
+    )

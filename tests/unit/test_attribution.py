@@ -1,0 +1,253 @@
+"""Attribution on tiny random models: every registered method, invariants, store, CLI, plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from explorer.analysis.attribution import (
+    ATTRIBUTION_METHODS,
+    AttributionComparison,
+    AttributionResult,
+    build_task,
+    run_attribution,
+)
+from explorer.analysis.attribution.faithfulness import faithfulness, normalise_importance
+from explorer.analysis.attribution.gradients import IGParams, integrated_gradients
+from explorer.analysis.attribution.replacement import build_sampler, load_masked_lm
+from explorer.analysis.attribution.task import context_embeddings, objective_embeds
+from explorer.attribution_api import attribute, compare_runs
+from explorer.errors import InputError
+from tests.conftest import MAX_TINY_PARAMS, bert_tokenizer
+
+PROMPT = "the quick brown fox jumps over the lazy"
+TARGET = "dog"
+FAST = {"num_probes": 4, "max_steps": 8, "replacement": "causal", "n_steps": 16, "soft_samples": 4}
+
+
+def _params(method: str) -> dict[str, Any]:
+    names = ATTRIBUTION_METHODS[method].param_names()
+    return {k: v for k, v in FAST.items() if k in names}
+
+
+@pytest.mark.parametrize("method", list(ATTRIBUTION_METHODS))
+def test_every_method_one_finite_score_per_token_and_deterministic(tiny_llama: Any, method: str) -> None:
+    params = _params(method)
+    a = run_attribution(tiny_llama, PROMPT, TARGET, method=method, seed=3, params=params)
+    b = run_attribution(tiny_llama, PROMPT, TARGET, method=method, seed=3, params=params)
+    assert len(a.scores) == len(a.tokens) == len(a.input_ids)
+    assert np.all(np.isfinite(a.scores))
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-7)
+    assert set(a.faithfulness) == {"soft_nc", "soft_ns", "comprehensiveness", "sufficiency"}
+    assert a.faithfulness == b.faithfulness
+
+
+def test_methods_run_on_every_tiny_architecture(tiny_lm: Any) -> None:
+    for method in ("reagent", "input_x_gradient", "attention_rollout"):
+        r = run_attribution(tiny_lm, PROMPT, TARGET, method=method, params=_params(method))
+        assert np.all(np.isfinite(r.scores)) and len(r.scores) == len(r.tokens)
+
+
+def test_integrated_gradients_completeness(tiny_llama: Any) -> None:
+    task, *_ = build_task(tiny_llama, PROMPT, TARGET, None, 64)
+    scores, extras, _ = integrated_gradients(tiny_llama, task, IGParams(n_steps=128, internal_batch_size=32))
+    emb = context_embeddings(tiny_llama, task).unsqueeze(0)
+    with torch.no_grad():
+        f_x = float(objective_embeds(tiny_llama, task, emb)[0])
+        f_0 = float(objective_embeds(tiny_llama, task, torch.zeros_like(emb))[0])
+    assert float(scores.sum()) == pytest.approx(f_x - f_0, abs=0.02 * max(1.0, abs(f_x - f_0)))
+    assert abs(extras["convergence_delta"]) < 0.02 * max(1.0, abs(f_x - f_0))
+
+
+def test_model_weights_untouched(tiny_llama: Any) -> None:
+    before = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
+    flags = [p.requires_grad for p in tiny_llama.model.parameters()]
+    for method in ("integrated_gradients", "saliency", "reagent"):
+        run_attribution(tiny_llama, PROMPT, TARGET, method=method, params=_params(method))
+    assert flags == [p.requires_grad for p in tiny_llama.model.parameters()]
+    assert all(p.grad is None for p in tiny_llama.model.parameters())
+    for k, v in tiny_llama.model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_reagent_scores_are_a_distribution_and_report_details(tiny_llama: Any) -> None:
+    r = run_attribution(
+        tiny_llama,
+        PROMPT,
+        TARGET,
+        method="reagent",
+        params={"num_probes": 4, "max_steps": 5, "replacement": "uniform"},
+    )
+    assert r.scores.min() >= 0 and r.scores.sum() == pytest.approx(1.0, abs=1e-5)
+    assert r.extras["replacement"] == "uniform"
+    assert 1 <= r.extras["steps"] <= 5
+
+
+def test_replacement_never_proposes_the_original(tiny_llama: Any) -> None:
+    task, *_ = build_task(tiny_llama, PROMPT, TARGET, None, 64)
+    gen = torch.Generator().manual_seed(0)
+    for kind in ("causal", "uniform"):
+        sampler, _ = build_sampler(tiny_llama, task.context_ids, kind, None, 3)
+        draws = sampler.sample(64, gen)
+        assert draws.shape == (64, task.n_context)
+        assert not (draws == task.context_ids.unsqueeze(0)).any()
+
+
+def test_masked_lm_replacement_from_local_dir(tiny_llama: Any, tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForMaskedLM
+
+    tok = bert_tokenizer()
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
+    assert sum(p.numel() for p in mlm.parameters()) < MAX_TINY_PARAMS
+    mlm.save_pretrained(tmp_path / "mlm")
+    tok.save_pretrained(tmp_path / "mlm")
+    load_masked_lm(str(tmp_path / "mlm"), tiny_llama.device)
+    r = run_attribution(
+        tiny_llama, PROMPT, TARGET, method="reagent",
+        params={"num_probes": 4, "max_steps": 5, "replacement": "mlm", "mlm_model": str(tmp_path / "mlm")},
+    )  # fmt: skip
+    assert r.extras["replacement"] == f"mlm:{tmp_path / 'mlm'}"
+    assert np.all(np.isfinite(r.scores))
+
+
+def test_auto_replacement_falls_back_to_causal_offline(tiny_llama: Any) -> None:
+    r = run_attribution(
+        tiny_llama,
+        PROMPT,
+        TARGET,
+        method="reagent",
+        params={"num_probes": 2, "max_steps": 2, "mlm_model": "no-such-org/no-such-mlm"},
+    )
+    assert r.extras["replacement"].startswith("causal:")
+    assert any("not available locally" in n for n in r.notes)
+
+
+def test_contrast_and_multi_token_targets(tiny_llama: Any) -> None:
+    r = run_attribution(tiny_llama, PROMPT, TARGET, method="input_x_gradient", contrast="cat")
+    assert r.contrast is not None and r.contrast["token"] == "cat"
+    multi = run_attribution(tiny_llama, PROMPT, "dog and cat", method="occlusion")
+    assert len(multi.target["ids"]) == 3 and any("sum of their log-probabilities" in n for n in multi.notes)
+    with pytest.raises(InputError, match="contrastive"):
+        run_attribution(tiny_llama, PROMPT, TARGET, method="reagent", contrast="cat")
+
+
+def test_faithfulness_prefers_the_true_attribution(tiny_llama: Any) -> None:
+    task, *_ = build_task(tiny_llama, PROMPT, TARGET, None, 64)
+    occl = run_attribution(tiny_llama, PROMPT, TARGET, method="occlusion").scores
+    good = faithfulness(tiny_llama, task, torch.from_numpy(occl))
+    assert all(v is None or np.isfinite(v) for v in good.values())
+    assert normalise_importance(torch.tensor([-1.0, 1.0, 3.0])).tolist() == pytest.approx([0.0, 0.25, 0.75])
+
+
+def test_bad_input_is_rejected_and_nothing_stored(tiny_llama: Any, tmp_store: Any, settings: Any) -> None:
+    with pytest.raises(InputError, match="unknown attribution method"):
+        attribute(tiny_llama, PROMPT, TARGET, method="nope", db=tmp_store, settings=settings)
+    with pytest.raises(InputError, match="not producible"):
+        attribute(tiny_llama, PROMPT, "\u2603\u2603", method="saliency", db=tmp_store, settings=settings)
+    with pytest.raises(InputError, match="unknown parameter"):
+        attribute(
+            tiny_llama, PROMPT, TARGET, method="saliency", db=tmp_store, settings=settings, num_probes=3
+        )
+    with pytest.raises(InputError, match="budget"):
+        attribute(
+            tiny_llama,
+            " ".join(["word"] * 200),
+            TARGET,
+            method="reagent",
+            replacement="causal",
+            db=tmp_store,
+            settings=settings,
+        )
+    assert tmp_store.list_runs() == []
+
+
+def test_all_methods_store_reopen_and_compare(tiny_llama: Any, tmp_store: Any, settings: Any) -> None:
+    comp = attribute(tiny_llama, PROMPT, TARGET, method="all", db=tmp_store, settings=settings, **FAST)
+    assert isinstance(comp, AttributionComparison)
+    assert comp.methods == list(ATTRIBUTION_METHODS)
+    out = comp.to_dict()
+    assert isinstance(out, list) and all(
+        set(o) >= {"run_id", "model", "method", "tokens", "target", "scores", "seconds", "faithfulness"}
+        for o in out
+    )
+    json.dumps(out)
+    again = attribute(tiny_llama, PROMPT, TARGET, method="all", db=tmp_store, settings=settings, **FAST)
+    assert [r.run_id for r in again.results] == [r.run_id for r in comp.results]
+    reopened = tmp_store.load(comp.results[0].run_id)
+    assert isinstance(reopened, AttributionResult)
+    np.testing.assert_allclose(reopened.scores, comp.results[0].scores)
+    assert reopened.faithfulness == pytest.approx(comp.results[0].faithfulness)
+    assert compare_runs([r.run_id for r in comp.results], db=tmp_store).best() == comp.best()
+    assert set(comp.best()) == {"soft_nc", "soft_ns", "comprehensiveness", "sufficiency", "seconds"}
+
+
+def test_generation_matrix(tiny_llama: Any, tmp_store: Any, settings: Any) -> None:
+    g = attribute(tiny_llama, PROMPT, generate=3, method="input_x_gradient", db=tmp_store, settings=settings)
+    s, t = g.matrix.shape
+    p = len(g.prompt_tokens)
+    assert t == p + s - 1
+    for step in range(s):
+        assert np.isfinite(g.matrix[step, : p + step]).all() and np.isnan(g.matrix[step, p + step :]).all()
+    back = tmp_store.load(g.run_id)
+    np.testing.assert_allclose(back.matrix, g.matrix)
+
+
+def test_figures_and_data(tiny_llama: Any) -> None:
+    from explorer.plots import figures_for
+
+    comp = AttributionComparison(
+        results=[run_attribution(tiny_llama, PROMPT, TARGET, method=m) for m in ("saliency", "occlusion")]
+    )
+    for obj in (comp, comp.results[0]):
+        specs = figures_for(obj)
+        assert specs
+        for spec in specs:
+            fig = spec.build(obj)
+            assert fig.data and fig.data[0].colorbar.title.text
+            assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+            assert spec.data(obj).num_rows > 0
+
+
+def test_cli_attribute(tiny_llama: Any, tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+    from explorer import attribution_api
+    from explorer.cli import main
+
+    real = attribution_api.attribute
+    monkeypatch.setattr(attribution_api, "attribute", lambda model, *a, **k: real(tiny_llama, *a, **k))
+    db = str(tmp_path / "cli.duckdb")
+    assert (
+        main(
+            [
+                "attribute",
+                "--db",
+                db,
+                "--prompt",
+                PROMPT,
+                "--target",
+                TARGET,
+                "--method",
+                "saliency",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "saliency" and len(out["scores"]) == len(out["tokens"])
+    assert set(out["faithfulness"]) == {"soft_nc", "soft_ns", "comprehensiveness", "sufficiency"}
+    assert out["target"]["token"] == TARGET and isinstance(out["target"]["id"], int)
+    assert main(["attribute", "--db", db, "--prompt", PROMPT, "--target", TARGET, "--method", "bogus"]) == 2

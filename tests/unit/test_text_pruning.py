@@ -1,0 +1,276 @@
+"""Text pruning invariants on tiny random LMs; the strategy matrix comes from the registry."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_lm
+
+from explorer.analysis.pruning.text import (
+    DEFAULT_STRATEGIES,
+    FIDELITY_KEYS,
+    TEXT_STRATEGIES,
+    TextPruningResult,
+    _FastVCut,
+    keep_count,
+    prune_text,
+    reference_run,
+    resolve_strategies,
+    run_batch,
+    strategy_names,
+)
+from explorer.errors import InputError
+from explorer.store import Store
+
+PROMPT = "the quick brown fox jumps over the lazy dog and then runs far away into the dark forest"
+RATIOS = (1.0, 0.75, 0.5, 0.2, 0.05)
+ARCHS = ("llama", "gpt2", "gpt_neox", "qwen2", "gemma")
+_LMS: dict[str, Any] = {}
+
+
+def lm_of(arch: str) -> Any:
+    if arch not in _LMS:
+        _LMS[arch] = make_tiny_lm(arch)
+    return _LMS[arch]
+
+
+def _ids(lm: Any) -> torch.Tensor:
+    return lm.tokenizer(PROMPT, return_tensors="pt").input_ids[0]
+
+
+def test_registry_names_resolve() -> None:
+    names = strategy_names()
+    assert "fastv" in names and "random" in names and "frugalprompt:input_x_gradient" in names
+    assert resolve_strategies("all") == list(DEFAULT_STRATEGIES)
+    assert resolve_strategies(["frugalprompt", "bottom_k:saliency"]) == [
+        "frugalprompt:input_x_gradient",
+        "bottom_k:saliency",
+    ]
+    assert set(TEXT_STRATEGIES) == {s.split(":")[0] for s in DEFAULT_STRATEGIES}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_strategy_keeps_exact_counts_and_ratio_one_is_exact(arch: str) -> None:
+    lm = lm_of(arch)
+    n = int(_ids(lm).shape[0])
+    result = prune_text(lm, PROMPT, strategies="all", keep_ratios=RATIOS, layer=1, continuation_tokens=0)
+    assert len(result.rows) == len(DEFAULT_STRATEGIES) * len(RATIOS)
+    for row in result.rows:
+        assert row.keep_count == keep_count(row.keep_ratio, n) == len(row.kept)
+        assert row.kept == sorted(set(row.kept)), "order preserved, no duplicates"
+        assert row.kept[-1] == n - 1, "the last prompt token is always kept"
+        assert set(row.fidelity) == set(FIDELITY_KEYS)
+        if row.keep_ratio == 1.0:
+            assert row.kept == list(range(n))
+            assert row.fidelity["kl"] == 0.0
+            assert row.fidelity["target_prob_after"] == row.fidelity["target_prob_before"]
+            assert row.flops_ratio == pytest.approx(1.0)
+        else:
+            assert 0.0 < row.flops_ratio < 1.0
+    assert keep_count(0.05, n) == max(1, round(0.05 * n))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fastv_full_keep_reproduces_unpruned_logits_and_continuation_exactly(arch: str) -> None:
+    lm = lm_of(arch)
+    ids = _ids(lm)
+    n = int(ids.shape[0])
+    ref = reference_run(lm, ids, 4, layer=1)
+    run, _ = run_batch(lm, ids.unsqueeze(0), 4, _FastVCut(torch.arange(n).unsqueeze(0), n, 1))
+    assert torch.equal(run.last_logits[0], ref.last_logits)
+    assert torch.equal(run.continuation[0], ref.continuation)
+    plain = lm.model(input_ids=ids.unsqueeze(0)).logits[0, -1].float()
+    torch.testing.assert_close(ref.last_logits, plain, rtol=0, atol=1e-5)
+
+
+def _masked_fastv_logits(lm: Any, ids: torch.Tensor, kept: list[int], layer: int) -> torch.Tensor:
+    """FastV by masking instead of cutting: blocks >= K see all positions but dropped keys are -inf."""
+    n = int(ids.shape[0])
+    dropped = torch.tensor([p not in kept for p in range(n)])
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        def mask_of(m: torch.Tensor) -> torch.Tensor:
+            m = m.clone()
+            m[..., dropped] = torch.finfo(m.dtype).min
+            return m
+
+        args = tuple(mask_of(a) if isinstance(a, torch.Tensor) and a.dim() == 4 else a for a in args)
+        if isinstance(kwargs.get("attention_mask"), torch.Tensor):
+            kwargs = {**kwargs, "attention_mask": mask_of(kwargs["attention_mask"])}
+        return args, kwargs
+
+    blocks = lm.blocks()
+    handles = [blocks[i].register_forward_pre_hook(hook, with_kwargs=True) for i in range(layer, len(blocks))]
+    try:
+        with torch.inference_mode():
+            return lm.model(input_ids=ids.unsqueeze(0)).logits[0, -1].float()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("arch", ("llama", "gpt2", "gpt_neox"))
+def test_fastv_cut_equals_masking_the_dropped_tokens(arch: str) -> None:
+    lm = lm_of(arch)
+    ids = _ids(lm)
+    n = int(ids.shape[0])
+    kept = [0, 2, 3, 7, 8, 11, n - 1]
+    run, _ = run_batch(lm, ids.unsqueeze(0), 0, _FastVCut(torch.tensor([kept]), n, 1))
+    torch.testing.assert_close(run.last_logits[0], _masked_fastv_logits(lm, ids, kept, 1), rtol=0, atol=2e-5)
+
+
+def _stable(result: TextPruningResult) -> list[Any]:
+    return [
+        (r.strategy, r.keep_ratio, r.kept, r.continuation_ids, r.top_token)
+        + tuple(r.fidelity[k] for k in FIDELITY_KEYS if k != "prefill_time_saved")
+        for r in result.rows
+    ]
+
+
+def test_deterministic_under_a_seed_and_seed_changes_random() -> None:
+    lm = lm_of("llama")
+    kwargs: dict[str, Any] = dict(strategies=["random", "fastv", "self_information"], keep_ratios=(0.5, 0.3))
+    a = prune_text(lm, PROMPT, seed=3, layer=1, continuation_tokens=3, **kwargs)
+    b = prune_text(lm, PROMPT, seed=3, layer=1, continuation_tokens=3, **kwargs)
+    c = prune_text(lm, PROMPT, seed=4, layer=1, continuation_tokens=3, **kwargs)
+    assert _stable(a) == _stable(b)
+    assert [r.kept for r in a.rows if r.strategy == "random"] != [
+        r.kept for r in c.rows if r.strategy == "random"
+    ]
+    assert [r.kept for r in a.rows if r.strategy != "random"] == [
+        r.kept for r in c.rows if r.strategy != "random"
+    ]
+    for row in a.rows:
+        agreement, similarity = row.fidelity["continuation_agreement"], row.fidelity["semantic_similarity"]
+        assert agreement is not None and 0.0 <= agreement <= 1.0
+        assert similarity is not None and -1.0 <= similarity <= 1.0
+
+
+def test_frugalprompt_and_bottom_k_split_the_same_scores() -> None:
+    lm = lm_of("llama")
+    n = int(_ids(lm).shape[0])
+    result = prune_text(
+        lm, PROMPT, strategies=["frugalprompt", "bottom_k"], keep_ratios=(0.5,), continuation_tokens=0
+    )
+    scores = np.abs(result.scores["attribution:input_x_gradient"])[: n - 1]
+    top, bottom = (
+        set(result.row(s, 0.5).kept) - {n - 1}
+        for s in ("frugalprompt:input_x_gradient", "bottom_k:input_x_gradient")
+    )
+    assert min(scores[list(top)]) >= max(scores[list(bottom)])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"keep_ratios": (0.0,)}, "outside (0, 1]"),
+        ({"keep_ratios": (1.5,)}, "outside (0, 1]"),
+        ({"keep_ratios": (math.nan,)}, "outside (0, 1]"),
+        ({"keep_ratios": ()}, "at least one keep ratio"),
+        ({"layer": 0}, "out of range"),
+        ({"layer": 3}, "out of range"),
+        ({"strategies": ["nope"]}, "known: frugalprompt, self_information, bottom_k, random, fastv"),
+        ({"strategies": ["frugalprompt:nope"]}, "unknown attribution method"),
+        ({"strategies": ["random:x"]}, "takes no attribution method"),
+        ({"continuation_tokens": 1000}, "continuation tokens"),
+        ({"target": "\u2603\u2603"}, "target"),
+    ],
+)
+def test_bad_input_raises_input_error(kwargs: dict[str, Any], message: str) -> None:
+    lm = lm_of("llama")
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+        prune_text(lm, PROMPT, **{"continuation_tokens": 0, **kwargs})
+
+
+def test_api_stores_reopens_and_stores_nothing_on_bad_input(tmp_path: Path) -> None:
+    from explorer.api import load_run
+    from explorer.pruning_api import prune
+    from explorer.pruning_api import prune_text as api_prune_text
+
+    lm = lm_of("llama")
+    store = Store.open(tmp_path / "runs.duckdb")
+    try:
+        with pytest.raises(InputError):
+            api_prune_text(lm, PROMPT, keep_ratios=(2.0,), db=store)
+        with pytest.raises(InputError):
+            api_prune_text(lm, PROMPT, layer=99, db=store)
+        assert store.list_runs() == []
+        r = prune(
+            prompt=PROMPT,
+            model=lm,
+            strategies="all",
+            keep_ratios=(1.0, 0.5),
+            layer=1,
+            continuation_tokens=2,
+            db=store,
+        )
+        assert r.run_id is not None
+        again = api_prune_text(lm, PROMPT, keep_ratios=(1.0, 0.5), layer=1, continuation_tokens=2, db=store)
+        assert again.run_id == r.run_id
+        loaded = load_run(r.run_id, db=store)
+        assert isinstance(loaded, TextPruningResult)
+        assert json.dumps(loaded.to_dict(), sort_keys=True) == json.dumps(r.to_dict(), sort_keys=True)
+        np.testing.assert_array_equal(loaded.scores["self_information"], r.scores["self_information"])
+        with pytest.raises(InputError, match="exactly one"):
+            prune(model=lm, db=store)
+    finally:
+        store.close()
+
+
+def test_figures_build_with_data() -> None:
+    from explorer.plots import figures_for
+
+    lm = lm_of("gpt2")
+    result = prune_text(lm, PROMPT, keep_ratios=(1.0, 0.5, 0.2), layer=1, continuation_tokens=2)
+    specs = figures_for(result)
+    assert [s.name for s in specs] == ["retention", "pruned_prompt", "outputs"]
+    for spec in specs:
+        fig = spec.build(result)
+        assert fig.layout.title.text
+        assert spec.data(result).num_rows > 0
+    retention = specs[0].build(result, metric="continuation_agreement")
+    assert len(retention.data) == len(DEFAULT_STRATEGIES)
+    assert retention.layout.xaxis.title.text and retention.layout.yaxis.title.text
+
+
+def test_cli_prints_rows_and_exits_2_on_bad_keep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from explorer.cli import main
+
+    lm = lm_of("llama")
+    model_dir = tmp_path / "tiny-llama"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    db = str(tmp_path / "cli.duckdb")
+    base = ["--db", db, "prune", "--prompt", PROMPT, "--model", str(model_dir), "--layer", "1"]
+    code = main(
+        base
+        + [
+            "--strategy",
+            "random",
+            "--strategy",
+            "fastv",
+            "--keep",
+            "1.0",
+            "0.25",
+            "--continuation",
+            "0",
+            "--json",
+        ]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kind"] == "prune_text" and out["run_id"]
+    assert [(r["strategy"], r["keep_ratio"]) for r in out["rows"]] == [
+        ("random", 1.0), ("random", 0.25), ("fastv", 1.0), ("fastv", 0.25),
+    ]  # fmt: skip
+    for row in out["rows"]:
+        assert {"strategy", "keep_ratio", "layer", "kept", "fidelity", "seconds", "flops_ratio"} <= set(row)
+    assert main(base + ["--keep", "0"]) == 2
+    assert "outside (0, 1]" in capsys.readouterr().err
+    assert main(["--db", db, "prune", "--prompt", PROMPT, "--model", str(model_dir), "--layer", "7"]) == 2
