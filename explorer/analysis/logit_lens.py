@@ -356,10 +356,18 @@ def lens_from_trace(
     ranks = torch.empty(n_l * seq, n_t, dtype=torch.long)
     probs = torch.empty(n_l * seq, n_t)
     logits_t = torch.empty(n_l * seq, n_t)
+    # The last layer's lens *is* the model's output (final norm + unembedding of the last
+    # residual), which the forward pass already computed: reuse it instead of unembedding again.
+    n_unembed = (n_l - 1) * seq
     with torch.inference_mode():
-        for start in range(0, rows.shape[0], chunk_rows):
+        start = 0
+        while start < rows.shape[0]:
             stop = min(start + chunk_rows, rows.shape[0])
-            logits = lm.unembed(rows[start:stop].to(lm.device)).float()
+            if start >= n_unembed:
+                logits = trace.logits[start - n_unembed : stop - n_unembed].to(lm.device).float()
+            else:
+                stop = min(stop, n_unembed)
+                logits = lm.unembed(rows[start:stop].to(lm.device)).float()
             top_v, top_i = logits.topk(top_k, dim=-1)
             lse, tl, rk = fused_readout(logits, row_ids[start:stop])
             topk_ids[start:stop] = top_i.cpu()
@@ -367,6 +375,7 @@ def lens_from_trace(
             logits_t[start:stop] = tl.cpu()
             probs[start:stop] = (tl - lse).exp().cpu()
             ranks[start:stop] = rk.cpu()
+            start = stop
     layer = np.repeat(np.arange(n_l), seq)
     position = np.tile(np.arange(seq), n_l)
     roles = [ROLE_NEXT, ROLE_FINAL] + [ROLE_TARGET] * len(target_ids)
