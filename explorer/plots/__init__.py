@@ -84,6 +84,17 @@ def _load_builtin_figures() -> None:
                 raise
 
 
+# ---- labels ----------------------------------------------------------------------------
+def token_label(token: str) -> str:
+    """A token as a readable, HTML-safe plot label: whitespace-only tokens as "␣", the empty
+    token as "∅", newlines and tabs as \\n / \\t (plotly renders a subset of HTML)."""
+    import html
+
+    if not token.strip(" "):
+        return "␣" * len(token) if token else "∅"
+    return html.escape(token.replace("\n", "\\n").replace("\t", "\\t"), quote=False)
+
+
 # ---- styling ---------------------------------------------------------------------------
 FONT = "Helvetica, Arial, sans-serif"
 

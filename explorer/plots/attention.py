@@ -17,7 +17,6 @@ never receives millions of cells. The stored result and the data exports keep fu
 from __future__ import annotations
 
 import base64
-import html
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +29,7 @@ from explorer.analysis.attention import AttentionResult, block_aggregate
 from explorer.analysis.vision_attention import upsample_map
 from explorer.analysis.vision_attention_result import VisionAttentionResult
 from explorer.errors import InputError
-from explorer.plots import base_layout, register_figure
+from explorer.plots import base_layout, register_figure, token_label
 
 KIND = AttentionResult.kind
 MAX_MATRIX_POSITIONS = 128
@@ -42,11 +41,7 @@ ATTENTION_SCALE = "Viridis"
 
 
 # ---- labels ------------------------------------------------------------------------------
-def _esc(token: str) -> str:
-    """A token as a readable label: visible whitespace, escaped HTML."""
-    if not token.strip(" "):
-        return "␣" * len(token) if token else "∅"
-    return html.escape(token.replace("\n", "\\n").replace("\t", "\\t"))
+_esc = token_label
 
 
 def _span_labels(tokens: Sequence[str], spans: Sequence[tuple[int, int]]) -> list[str]:

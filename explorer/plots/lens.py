@@ -3,7 +3,6 @@ generation steps x layers ranks, and never-emitted candidates ("hidden genuine i
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,7 @@ import plotly.graph_objects as go
 import pyarrow as pa
 
 from explorer.analysis.logit_lens import ROLE_FINAL, ROLE_NEXT, ROLE_TARGET, LensResult
-from explorer.plots import base_layout, register_figure
+from explorer.plots import base_layout, register_figure, token_label
 
 MAX_CELL_TEXT_POSITIONS = 40  # above this, cells carry no text (hover still has everything)
 COLUMN_PX = 44
@@ -20,11 +19,7 @@ HOVER_K = 5
 ROLE_LABEL = {ROLE_FINAL: "final prediction", ROLE_NEXT: "next input token", ROLE_TARGET: "target"}
 
 
-def _esc(token: str) -> str:
-    """Tokens as readable labels: show whitespace, escape HTML."""
-    if not token.strip(" "):
-        return "␣" * len(token) if token else "∅"
-    return html.escape(token.replace("\n", "\\n").replace("\t", "\\t"))
+_esc = token_label
 
 
 def _tick_labels(tokens: list[str], positions: list[int]) -> list[str]:
