@@ -43,13 +43,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default=None,
         help="masked LM for --replacement mlm/auto (default FacebookAI/roberta-base)",
     )
-    p.add_argument("--num-probes", type=int, default=None, help="ReAGent parallel probes (default 16)")
+    p.add_argument("--num-probes", type=int, default=None, help="ReAGent parallel probes (default 8)")
     p.add_argument("--max-steps", type=int, default=None, help="ReAGent max update steps (default 100)")
     p.add_argument(
         "--replacing-ratio", type=float, default=None, help="ReAGent replacing ratio r (default 0.3)"
     )
     p.add_argument("--stop-top-k", type=int, default=None, help="ReAGent stopping top-k (default 3)")
     p.add_argument("--keep-top-n", type=int, default=None, help="ReAGent rational size n (default 5)")
+    p.add_argument(
+        "--max-keep-ratio",
+        type=float,
+        default=None,
+        help="ReAGent: cap n at this share of the prompt (default 0.5; 1.0 = the paper)",
+    )
     p.add_argument("--n-steps", type=int, default=None, help="integrated gradients steps (default 32)")
     p.add_argument("--no-cache", action="store_true", help="recompute even if the run is stored")
     return p
@@ -63,6 +69,7 @@ PARAM_FLAGS = (
     "replacing_ratio",
     "stop_top_k",
     "keep_top_n",
+    "max_keep_ratio",
     "n_steps",
 )
 

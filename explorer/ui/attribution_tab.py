@@ -40,9 +40,17 @@ replacement model is RoBERTa; it is used when available locally (`auto`/`mlm`), 
 itself proposes replacements** (top candidates from the left context, re-ranked by whole-sequence likelihood,
 never the original token) — the result says which was used. Replacement candidates are computed once per
 position from the original context (one masked position at a time). If no probe stops within the step cap,
-all probes are averaged (and a note says so) instead of returning NaN. Defaults: 16 probes, ≤100 steps.
-*Faithfulness* (Zhao & Aletras 2023): Soft-NC/Soft-NS mask embedding elements with Bernoulli draws using the
-importance normalised to a distribution; hard comprehensiveness/sufficiency **delete** the top 20% of tokens.
+all probes are averaged (and a note says so) instead of returning NaN. The rational size n of the stopping
+check is capped at half the prompt (`max_keep_ratio` 0.5): with the paper's fixed n = 5 a prompt of ≤5 tokens
+keeps every token, so the check passes at once and the scores stay near their random start.
+Defaults: 8 probes (the authors' configurations use 3–10; Inseq 16), ≤100 steps (the paper: 3000).
+*Faithfulness* (Zhao & Aletras 2023; as in the ReAGent authors' evaluation code): Soft-NC/Soft-NS mask
+embedding elements with Bernoulli draws whose keep-probability is the importance normalised to a
+distribution (summing to 1), normalised by the all-zero-embedding baseline. A distribution makes every
+keep-probability small, so Soft-NS is close to 0 for every method on all but the shortest prompts — a
+property of the metric as the authors compute it, not of one method. We score the target's probability
+(the paper's definition) where one version of the authors' code compares whole output distributions.
+Hard comprehensiveness/sufficiency **delete** the top 20% of tokens.
 Every metric: higher is better. Wall time excludes the faithfulness evaluation."""
 
 
@@ -187,7 +195,7 @@ def build(ctx: UIContext) -> None:
             ratio = gr.Slider(0.05, 0.95, value=0.3, step=0.05, label="Replacing ratio r")
             top_k = gr.Slider(1, 20, value=3, step=1, label="Stop when target in top-k")
             keep_n = gr.Slider(1, 20, value=5, step=1, label="Rational size n (kept in the stopping check)")
-            probes = gr.Slider(1, 64, value=16, step=1, label="Probes")
+            probes = gr.Slider(1, 64, value=8, step=1, label="Probes")
             steps = gr.Slider(1, 1000, value=100, step=1, label="Max steps")
     gr.Examples(EXAMPLES, inputs=[prompt, target, method, contrast])
     summary = gr.Markdown()

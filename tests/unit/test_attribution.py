@@ -14,6 +14,7 @@ from explorer.analysis.attribution import (
     ATTRIBUTION_METHODS,
     AttributionComparison,
     AttributionResult,
+    GenerationAttributionResult,
     build_task,
     run_attribution,
 )
@@ -27,7 +28,13 @@ from tests.conftest import MAX_TINY_PARAMS, bert_tokenizer
 
 PROMPT = "the quick brown fox jumps over the lazy"
 TARGET = "dog"
-FAST = {"num_probes": 4, "max_steps": 8, "replacement": "causal", "n_steps": 16, "soft_samples": 4}
+FAST: dict[str, Any] = {
+    "num_probes": 4,
+    "max_steps": 8,
+    "replacement": "causal",
+    "n_steps": 16,
+    "soft_samples": 4,
+}
 
 
 def _params(method: str) -> dict[str, Any]:
@@ -186,17 +193,19 @@ def test_all_methods_store_reopen_and_compare(tiny_llama: Any, tmp_store: Any, s
     )
     json.dumps(out)
     again = attribute(tiny_llama, PROMPT, TARGET, method="all", db=tmp_store, settings=settings, **FAST)
+    assert isinstance(again, AttributionComparison)
     assert [r.run_id for r in again.results] == [r.run_id for r in comp.results]
     reopened = tmp_store.load(comp.results[0].run_id)
     assert isinstance(reopened, AttributionResult)
     np.testing.assert_allclose(reopened.scores, comp.results[0].scores)
     assert reopened.faithfulness == pytest.approx(comp.results[0].faithfulness)
-    assert compare_runs([r.run_id for r in comp.results], db=tmp_store).best() == comp.best()
+    assert compare_runs([str(r.run_id) for r in comp.results], db=tmp_store).best() == comp.best()
     assert set(comp.best()) == {"soft_nc", "soft_ns", "comprehensiveness", "sufficiency", "seconds"}
 
 
 def test_generation_matrix(tiny_llama: Any, tmp_store: Any, settings: Any) -> None:
     g = attribute(tiny_llama, PROMPT, generate=3, method="input_x_gradient", db=tmp_store, settings=settings)
+    assert isinstance(g, GenerationAttributionResult)
     s, t = g.matrix.shape
     p = len(g.prompt_tokens)
     assert t == p + s - 1
@@ -251,3 +260,14 @@ def test_cli_attribute(tiny_llama: Any, tmp_path: Path, capsys: Any, monkeypatch
     assert set(out["faithfulness"]) == {"soft_nc", "soft_ns", "comprehensiveness", "sufficiency"}
     assert out["target"]["token"] == TARGET and isinstance(out["target"]["id"], int)
     assert main(["attribute", "--db", db, "--prompt", PROMPT, "--target", TARGET, "--method", "bogus"]) == 2
+
+
+def test_reagent_rational_size_never_keeps_a_short_prompt_whole() -> None:
+    from explorer.analysis.attribution.reagent import ReagentParams, rational_size
+
+    assert rational_size(5, 5, 0.5) == 3  # the paper's n = 5 would keep all 5 tokens
+    assert rational_size(20, 5, 0.5) == 5  # long prompts: the paper's n
+    assert rational_size(1, 5, 0.5) == 1
+    assert rational_size(5, 5, 1.0) == 5  # max_keep_ratio 1.0 restores the paper's rule
+    with pytest.raises(InputError, match="max_keep_ratio"):
+        ReagentParams(max_keep_ratio=0.0).validate()

@@ -5,9 +5,17 @@ comprehensiveness / sufficiency at k% deletion.
 Notation: p = p(y | x), the target's probability (joint over a multi-token target; with a
 contrastive foil we still measure the target's probability).
 
-Importance is normalised to a distribution, as in the ReAGent paper's evaluation (ReAGent's
-own scores already are one): s_i = max(a_i, 0) / sum_j max(a_j, 0); negative attributions
-count as unimportant; an attribution with no positive score becomes uniform.
+Importance is normalised to a distribution, as in the ReAGent authors' evaluation code
+(casszhao/ReAGent, src/evaluation: the stored scores — ReAGent's softmax, or Inseq's
+L1-normalised aggregates — are used directly as Bernoulli keep-probabilities):
+s_i = max(a_i, 0) / sum_j max(a_j, 0); negative attributions count as unimportant; an
+attribution with no positive score becomes uniform. Consequence: keep-probabilities for soft
+sufficiency are small (about 1/P each), the masked input is close to the all-zero baseline, and
+Soft-NS is close to 0 for every method on all but very short prompts. That is the metric as the
+authors compute it, not an artefact of one method; compare methods on it with that in mind.
+Where a version of the authors' code measures sufficiency/comprehensiveness as a distance
+between whole output distributions (Hellinger / KL), we keep the paper's definition on the
+target's probability, below.
 
 Soft erasure (Zhao & Aletras): for a causal LM, "removing" part of a token means zeroing
 elements of its *input embedding*; positions stay where they are. Each embedding element of

@@ -14,6 +14,16 @@ The algorithm, per probe (an independent chain; several run in parallel and are 
       predictions.
 3. The probe's importance is softmax(s). The result averages the probes that stopped.
 
+Deviations from the paper and the authors' code (casszhao/ReAGent), each a parameter:
+- Rational size: the authors keep a fixed n (5 or 8) in the stopping check. On a prompt of
+  <= n tokens nothing is replaced, the check passes after the first update, and the scores
+  stay close to their U(0, 1) start. We cap n at ceil(max_keep_ratio * P) (default 0.5;
+  1.0 restores the paper), see `rational_size`.
+- Defaults: 8 probes (the authors' configurations use 3-10, Inseq 16) and at most 100 steps
+  (the authors allow 3000), so an attribution takes seconds on a CPU.
+- Replacements come from a masked LM when one is available locally, else from the analysed
+  causal LM (see `replacement`); the authors use RoBERTa or POS-matched random tokens.
+
 Implementation notes (ours, not the paper's):
 - Probes are batched: all active probes' replaced sequences, *and* their stopping checks, go
   through the model in one forward pass per step. The stopping check for step t-1 and the
@@ -49,12 +59,15 @@ EPS = 1e-6
 
 @dataclass(frozen=True)
 class ReagentParams:
-    """ReAGent's parameters. Defaults follow the paper/Inseq (r = 0.3, top-3, rational size 5)
-    except `num_probes` and `max_steps`, chosen so an attribution takes seconds on a CPU.
+    """ReAGent's parameters. Defaults follow the paper/Inseq (r = 0.3, top-3, rational size 5),
+    except: `num_probes` 8 (the authors' configurations use 3-10 probes, Inseq 16), `max_steps`
+    100 (so an attribution takes seconds on a CPU; the paper allows 3000) and `max_keep_ratio`
+    (see `rational_size`).
 
     replacing_ratio: probability that a context token is replaced in an update step (r).
     stop_top_k:      stop when the target is within the top-k after replacing the unimportant tokens.
     keep_top_n:      rational size: tokens kept (by importance) in the stopping check.
+    max_keep_ratio:  cap on the rational size as a share of the prompt (ours; 1.0 = the paper).
     num_probes:      parallel chains, averaged.
     max_steps:       cap on update steps per probe.
     replacement:     'auto' | 'causal' | 'mlm' | 'uniform' (see `replacement`).
@@ -65,7 +78,8 @@ class ReagentParams:
     replacing_ratio: float = 0.3
     stop_top_k: int = 3
     keep_top_n: int = 5
-    num_probes: int = 16
+    max_keep_ratio: float = 0.5
+    num_probes: int = 8
     max_steps: int = 100
     replacement: str = "auto"
     mlm_model: str | None = None
@@ -78,6 +92,8 @@ class ReagentParams:
             raise InputError(f"stop_top_k must be >= 1, got {self.stop_top_k}")
         if self.keep_top_n < 1:
             raise InputError(f"keep_top_n must be >= 1, got {self.keep_top_n}")
+        if not 0.0 < self.max_keep_ratio <= 1.0:
+            raise InputError(f"max_keep_ratio must be in (0, 1], got {self.max_keep_ratio}")
         if not 1 <= self.num_probes <= MAX_PROBES:
             raise InputError(f"num_probes must be between 1 and {MAX_PROBES}, got {self.num_probes}")
         if not 1 <= self.max_steps <= MAX_STEPS:
@@ -89,6 +105,16 @@ class ReagentParams:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def rational_size(n_context: int, keep_top_n: int, max_keep_ratio: float) -> int:
+    """Tokens kept in the stopping check: min(keep_top_n, ceil(max_keep_ratio * P)), at least 1.
+
+    The paper (and Inseq) keep a fixed n = 5. On a prompt of <= 5 tokens that keeps *every*
+    token, so the check passes trivially after one update and the scores stay close to their
+    random start. Capping n at a share of the prompt keeps the check meaningful.
+    """
+    return max(1, min(keep_top_n, math.ceil(max_keep_ratio * n_context)))
 
 
 def _replace(
@@ -117,7 +143,7 @@ def reagent(
     sampler, notes = build_sampler(lm, ctx, params.replacement, params.mlm_model, params.candidates)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     n = params.num_probes
-    keep_n = min(params.keep_top_n, p)
+    keep_n = rational_size(p, params.keep_top_n, params.max_keep_ratio)
     target = task.target_ids.cpu()
 
     def run(batch: torch.Tensor, need_hit: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
