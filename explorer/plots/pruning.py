@@ -191,11 +191,15 @@ def outputs_figure(result: TextPruningResult, keep_ratios: list[float] | None = 
     def fmt(v: float | None, digits: int = 3) -> str:
         return "—" if v is None else f"{v:.{digits}g}"
 
+    def one_line(text: str) -> str:
+        """Line breaks shown as ⏎ so every row is one line tall and the table height is exact."""
+        return html.escape(text.replace("\r", "").replace("\n", " ⏎ "))
+
     cols = [
         ["unpruned"] + [r.strategy for r in rows],
         ["1"] + [f"{r.keep_ratio:g} ({r.keep_count})" for r in rows],
         [html.escape(result.reference["top_token"])] + [html.escape(r.top_token) for r in rows],
-        [html.escape(result.reference["continuation"])] + [html.escape(r.continuation) for r in rows],
+        [one_line(result.reference["continuation"])] + [one_line(r.continuation) for r in rows],
         ["0"] + [fmt(r.fidelity.get("kl")) for r in rows],
         [fmt(result.rows[0].fidelity.get("target_prob_before")) if result.rows else "—"]
         + [fmt(r.fidelity.get("target_prob_after")) for r in rows],
@@ -219,7 +223,10 @@ def outputs_figure(result: TextPruningResult, keep_ratios: list[float] | None = 
             cells={"values": cols, "align": "left", "height": 24},
         )
     )
-    return base_layout(fig, "Outputs side by side", height=max(300, 110 + 26 * (len(rows) + 1)))
+    # margins (60 + 70) + a two-line header (~50) + one 24-px line per row, with slack for wrapping
+    fig = base_layout(fig, "Outputs side by side", height=max(320, 200 + 28 * (len(rows) + 1)))
+    fig.update_layout(margin={"b": 20})
+    return fig
 
 
 def outputs_data(result: TextPruningResult) -> pa.Table:
@@ -296,7 +303,9 @@ def kept_patches_figure(result: Any, keep_ratio: float | None = None) -> go.Figu
         xref="paper",
         yref="paper",
         x=0,
-        y=-0.06,
+        y=0,
+        yshift=-12,
+        yanchor="top",
         showarrow=False,
     )
     return base_layout(fig, f"Kept patches per strategy (keep ratio {ratio:g})", height=260 * n_rows + 80)
@@ -350,10 +359,20 @@ def saliency_figure(result: Any, keep_ratio: float | None = None) -> go.Figure:
             row=i // n_cols + 1,
             col=i % n_cols + 1,
         )
-    fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor=None)
-    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    fig.update_xaxes(showticklabels=False, constrain="domain")
+    for i in range(len(maps)):  # square pixels: each map keeps the view's aspect ratio
+        suffix = "" if i == 0 else str(i + 1)
+        fig.update_layout({f"yaxis{suffix}": {"scaleanchor": f"x{suffix}", "constrain": "domain"}})
     fig.add_annotation(
-        text="x, y: pixels of the model's view", xref="paper", yref="paper", x=0, y=-0.06, showarrow=False
+        text="x, y: pixels of the model's view",
+        xref="paper",
+        yref="paper",
+        x=0,
+        y=0,
+        yshift=-12,
+        yanchor="top",
+        showarrow=False,
     )
     return base_layout(
         fig, f"Saliency before / after pruning (keep ratio {ratio:g})", height=260 * n_rows + 80

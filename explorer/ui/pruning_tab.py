@@ -111,11 +111,11 @@ def build(ctx: UIContext) -> None:
     samples = sample_images()
     text_choices = text_strategy_names()
     image_choices = image_strategy_names()
-    mode = gr.Radio(["Text", "Image"], value="Text", label="What to prune")
+    mode = gr.Radio(["Text", "Image"], value="Text", label="What to prune", elem_id="pruning-mode")
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Column(visible=True) as text_inputs:
-                prompt = gr.Textbox(label="Prompt", lines=3, value=EXAMPLE_PROMPT)
+                prompt = gr.Textbox(label="Prompt", lines=3, value=EXAMPLE_PROMPT, elem_id="pruning-prompt")
                 with gr.Row():
                     lm_name = gr.Dropdown(
                         choices=sorted(EMBEDDED_LMS),
@@ -132,31 +132,46 @@ def build(ctx: UIContext) -> None:
                     value=list(DEFAULT_STRATEGIES),
                     multiselect=True,
                     label="Text strategies (frugalprompt / bottom_k: one entry per attribution method)",
+                    elem_id="pruning-text-strategies",
                 )
             with gr.Column(visible=False) as image_inputs:
                 with gr.Row():
-                    image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image")
+                    image = gr.Image(
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        label="Image",
+                        elem_id="pruning-image",
+                    )
                     with gr.Column():
                         sample = gr.Dropdown(
                             choices=sorted(samples),
                             value=None,
                             label="…or a sample image (ships with the installed packages)",
+                            elem_id="pruning-image-sample",
                         )
                         vision_model = gr.Textbox(
                             value=ctx.settings.default_vision_model, label="Vision model"
                         )
                 image_strategies = gr.Dropdown(
-                    choices=image_choices, value=image_choices, multiselect=True, label="Image strategies"
+                    choices=image_choices,
+                    value=image_choices,
+                    multiselect=True,
+                    label="Image strategies",
+                    elem_id="pruning-image-strategies",
                 )
         with gr.Column(scale=2):
-            ratios = gr.Textbox(value=DEFAULT_RATIOS, label="Keep ratios (comma-separated, each in (0, 1])")
+            ratios = gr.Textbox(
+                value=DEFAULT_RATIOS,
+                label="Keep ratios (comma-separated, each in (0, 1])",
+                elem_id="pruning-ratios",
+            )
             with gr.Row():
                 layer = gr.Number(
                     value=2, precision=0, label="Layer (text: FastV's K; image: prune before block L)"
                 )
                 seed = gr.Number(value=0, precision=0, label="Seed (random strategy)")
             run = gr.Button("Run pruning sweep", variant="primary")
-    summary = gr.Markdown()
+    summary = gr.Markdown(elem_id="pruning-summary")
     with gr.Accordion("How it works, and where we deviate from the papers", open=False):
         gr.Markdown(EXPLAIN)
         gr.Markdown(deviations_markdown())
@@ -190,6 +205,12 @@ def build(ctx: UIContext) -> None:
         )
 
     mode.change(on_mode, [mode], [text_inputs, image_inputs, layer, metric], api_visibility="private")
+
+    def on_sample(sample_v: str | None) -> Any:
+        """Show the chosen sample in the image box (it is then what the sweep prunes)."""
+        return str(samples[sample_v]) if sample_v in samples else gr.skip()
+
+    sample.change(on_sample, [sample], [image], api_visibility="private")
 
     @user_errors
     def on_run(

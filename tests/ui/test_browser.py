@@ -170,3 +170,88 @@ def test_runs_tab_reopens_a_stored_run(app_url, browser, tmp_path) -> None:
     assert n_layers == 31
     page.screenshot(path=str(screenshot_dir(tmp_path) / "runs.png"), full_page=True)
     page.close()
+
+
+def _keep_only(page, elem_id: str, wanted: list[str]) -> None:
+    """Remove every selected token of a multiselect dropdown except `wanted` (by visible text)."""
+    tokens = page.locator(f"#{elem_id} .token")
+    tokens.first.wait_for(timeout=30_000)
+    for _ in range(50):
+        texts = [t.strip() for t in tokens.locator("span").all_inner_texts()]
+        extra = [i for i, text in enumerate(texts) if text not in wanted]
+        if not extra:
+            break
+        tokens.nth(extra[0]).locator(".token-remove").click()
+    assert sorted(t.strip() for t in tokens.locator("span").all_inner_texts()) == sorted(wanted)
+
+
+def _plot_traces(page, elem_id: str) -> list[dict]:
+    """Wait until the plotly element inside `elem_id` has rendered traces; return their type/name/size."""
+    page.wait_for_function(
+        f"() => {{ const el = document.querySelector('#{elem_id} .js-plotly-plot');"
+        " return el && el._fullData && el._fullData.length > 0; }",
+        timeout=300_000,
+    )
+    return page.evaluate(
+        f"() => document.querySelector('#{elem_id} .js-plotly-plot')._fullData.map(d => ({{"
+        " type: d.type, name: d.name, n: d.x ? d.x.length : (d.z ? d.z.length : 0),"
+        " x: d.x ? Array.from(d.x) : null }))"
+    )
+
+
+def test_pruning_lab_text_and_image_sweeps(app_url, browser, tmp_path) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 2200})
+    page.goto(app_url)
+    page.get_by_role("tab", name="Pruning lab").click()
+    page.locator("#pruning-prompt textarea").fill("The capital of France is Paris. The capital of Italy is")
+    _keep_only(page, "pruning-text-strategies", ["random", "fastv"])
+    page.locator("#pruning-ratios textarea, #pruning-ratios input").first.fill("1.0, 0.5")
+    page.get_by_role("button", name="Run pruning sweep").click()
+    traces = _plot_traces(page, "pruning-retention")
+    lines = [t for t in traces if t["type"] == "scatter" and t["name"] in ("random", "fastv")]
+    assert sorted(t["name"] for t in lines) == ["fastv", "random"], traces
+    assert all(sorted(t["x"]) == [0.5, 1.0] for t in lines), lines
+    page.locator("#pruning-summary").get_by_text("2 strategies × 2 ratios").wait_for(timeout=30_000)
+    assert page.get_by_text("unpruned", exact=True).count() >= 1  # the struck-prompts table
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "pruning_text.png"), full_page=True)
+
+    page.locator("#pruning-mode").get_by_label("Image").check()
+    page.locator("#pruning-image-sample input").click()
+    page.get_by_role("option", name="chelsea_cat").click()
+    page.wait_for_selector("#pruning-image img", timeout=30_000)
+    _keep_only(page, "pruning-image-strategies", ["cls_attention", "random"])
+    page.locator("#pruning-ratios textarea, #pruning-ratios input").first.fill("1.0, 0.3")
+    page.get_by_role("button", name="Run pruning sweep").click()
+    patches = _plot_traces(page, "pruning-patches")
+    assert any(t["type"] in ("image", "heatmap") for t in patches), patches
+    retention = _plot_traces(page, "pruning-retention")
+    assert {t["name"] for t in retention if t["type"] == "scatter"} >= {"cls_attention", "random"}, retention
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "pruning_image.png"), full_page=True)
+    page.close()
+
+
+def test_attribution_tab_renders_coloured_tokens(app_url, browser, tmp_path) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 2000})
+    page.goto(app_url)
+    page.get_by_role("tab", name="Attribution").click()
+    page.get_by_label("Prompt").filter(visible=True).first.fill("The capital of France is")
+    page.get_by_label("Target (mind the leading space: ' Paris')").fill(" Paris")
+    page.get_by_label("Method ('all' compares every method)").click()
+    page.get_by_role("option", name="input_x_gradient", exact=True).click()
+    page.get_by_role("button", name="Attribute", exact=True).click()
+    page.wait_for_function(
+        "() => { const el = document.querySelector('#attribution-tokens .js-plotly-plot');"
+        " return el && el._fullData && el._fullData[0] && el._fullData[0].z; }",
+        timeout=180_000,
+    )
+    cells = page.evaluate(
+        "() => { const d = document.querySelector('#attribution-tokens .js-plotly-plot')._fullData[0];"
+        " const z = Array.from(d.z, r => Array.from(r)).flat(); const t = Array.from(d.text, r => Array.from(r)).flat();"
+        " return {z: z.filter(v => Number.isFinite(v)), text: t.filter(s => s && s.trim()), title: d.type}; }"
+    )
+    assert cells["title"] == "heatmap"
+    assert len(cells["z"]) == 5  # one coloured cell per prompt token
+    assert all(0.0 <= v <= 1.0 for v in cells["z"]), cells
+    assert any("France" in t for t in cells["text"]), cells
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "attribution.png"), full_page=True)
+    page.close()

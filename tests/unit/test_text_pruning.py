@@ -19,6 +19,7 @@ from explorer.analysis.pruning.text import (
     TextPruningResult,
     _FastVCut,
     keep_count,
+    padded_fastv_batch,
     prune_text,
     reference_run,
     resolve_strategies,
@@ -123,6 +124,29 @@ def test_fastv_cut_equals_masking_the_dropped_tokens(arch: str) -> None:
     kept = [0, 2, 3, 7, 8, 11, n - 1]
     run, _ = run_batch(lm, ids.unsqueeze(0), 0, _FastVCut(torch.tensor([kept]), n, 1))
     torch.testing.assert_close(run.last_logits[0], _masked_fastv_logits(lm, ids, kept, 1), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_padded_ratio_batch_equals_separate_runs(arch: str) -> None:
+    """Pruned prompts left-padded next to a FastV row give the logits and greedy continuations
+    of running each alone (fresh k-token prompt; FastV row by itself)."""
+    lm = lm_of(arch)
+    ids = _ids(lm)
+    n = int(ids.shape[0])
+    prompt_sets = [np.array([0, 3, 5, 8, n - 1]), np.array([1, 2, 4, 9, n - 1])]
+    fastv_set = np.array([0, 2, 6, 7, n - 1])
+    batch, mask, positions, cut = padded_fastv_batch(ids, prompt_sets, [fastv_set], 1)
+    assert batch.shape == mask.shape == positions.shape == (3, n)
+    merged, _ = run_batch(lm, batch, 4, cut, attention_mask=mask, position_ids=positions)
+    for row, kept in enumerate(prompt_sets):
+        alone, _ = run_batch(lm, ids[torch.as_tensor(kept)].unsqueeze(0), 4)
+        torch.testing.assert_close(merged.last_logits[row], alone.last_logits[0], rtol=0, atol=1e-4)
+        assert torch.equal(merged.continuation[row], alone.continuation[0])
+    fastv_alone, _ = run_batch(
+        lm, ids.unsqueeze(0), 4, _FastVCut(torch.as_tensor(fastv_set).unsqueeze(0), n, 1)
+    )
+    torch.testing.assert_close(merged.last_logits[2], fastv_alone.last_logits[0], rtol=0, atol=1e-4)
+    assert torch.equal(merged.continuation[2], fastv_alone.continuation[0])
 
 
 def _stable(result: TextPruningResult) -> list[Any]:

@@ -36,11 +36,15 @@ Per row also `seconds` (prefill wall time; a batch's time is shared equally by i
 `flops_ratio` (analytic FLOPs of the blocks' weight matmuls 2*T*W plus attention 4*T^2*d per
 block, pruned over unpruned; the one-off scoring pass of a strategy is not included).
 
-Batching: the strategies that prune the prompt and keep the same number of tokens run as one
-batch per ratio (prefill and greedy decoding with a KV cache); identical kept sets run once,
-and a kept set equal to the whole prompt is the unpruned run itself. FastV runs the HF forward
-with hooks on blocks K..L-1 that cut the sequence, so the KV cache of those layers only holds
-the kept tokens and decoding continues with FastV's pruned cache.
+Batching: every row of one keep ratio keeps the same number of tokens, so all strategies at a
+ratio run as one batch (prefill and greedy decoding with a KV cache); identical kept sets run
+once, and a kept set equal to the whole prompt (or FastV keeping every token) is the unpruned
+run itself. FastV runs the HF forward with hooks on blocks K..L-1 that cut the sequence, so the
+KV cache of those layers only holds the kept tokens and decoding continues with FastV's pruned
+cache; when FastV is in the sweep the pruned prompts are left-padded to n tokens in the same
+batch (`padded_fastv_batch`). The signals (self-information, FastV's attention) come from the
+unpruned run and attribution runs once per method, not per ratio; the continuations of every
+row are compared in one MiniLM batch.
 """
 
 from __future__ import annotations
@@ -438,12 +442,24 @@ def run_batch(
     n_continue: int,
     cut: _FastVCut | None = None,
     output_attentions: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[BatchRun, Any]:
     """Prefill `input_ids` (B, T) (optionally with FastV's cut) then decode `n_continue` greedy
-    tokens with the KV cache. Returns the run and the prefill's model output (for attentions)."""
+    tokens with the KV cache. Returns the run and the prefill's model output (for attentions).
+
+    attention_mask (B, T) 0/1 and position_ids (B, T) describe left-padded rows (see
+    `padded_fastv_batch`); decoding extends the mask with ones and continues each row's positions.
+    Only the last position's logits are computed (`logits_to_keep=1`)."""
     cache_arg = _cache_arg(lm)
     ids = input_ids.to(lm.device)
-    extra = {"output_attentions": True} if output_attentions else {}
+    extra: dict[str, Any] = {"output_attentions": True} if output_attentions else {}
+    mask = attention_mask.to(lm.device) if attention_mask is not None else None
+    pos = position_ids.to(lm.device) if position_ids is not None else None
+    if mask is not None:
+        extra["attention_mask"] = mask
+    if pos is not None:
+        extra["position_ids"] = pos
     with _fastv_hooks(lm, cut):
         t0 = time.perf_counter()
         out = lm.model(input_ids=ids, use_cache=n_continue > 1, logits_to_keep=1, **extra)
@@ -454,8 +470,19 @@ def run_batch(
         if cut is not None:
             cut.prefill = False
         for _ in range(n_continue - 1):
+            step_extra: dict[str, Any] = {}
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (B, T + t)
+                step_extra["attention_mask"] = mask
+            if pos is not None:
+                pos = pos[:, -1:] + 1  # (B, 1)
+                step_extra["position_ids"] = pos
             step = lm.model(
-                input_ids=tokens[-1].unsqueeze(1), use_cache=True, logits_to_keep=1, **{cache_arg: cache}
+                input_ids=tokens[-1].unsqueeze(1),
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_arg: cache},
+                **step_extra,
             )
             cache = _out_cache(step)
             tokens.append(step.logits[:, -1].float().argmax(-1))
@@ -464,6 +491,36 @@ def run_batch(
     else:
         cont = torch.zeros(ids.shape[0], 0, dtype=torch.long)
     return BatchRun(last_logits=last.cpu(), continuation=cont.long().cpu(), prefill_seconds=prefill), out
+
+
+def padded_fastv_batch(
+    ids: torch.Tensor, prompt_kept: Sequence[np.ndarray], fastv_kept: Sequence[np.ndarray], layer: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, _FastVCut]:
+    """One batch for all rows of a keep ratio: pruned prompts and FastV rows together.
+
+    ids: (n,) the prompt; prompt_kept: U kept sets (k each) of strategies that prune the prompt;
+    fastv_kept: V kept sets (k each) of FastV. Returns input_ids, attention_mask, position_ids
+    (each (U + V, n)) and the cut. A pruned prompt is left-padded to n tokens (mask 0, position 0)
+    and its k real tokens get positions 0..k-1, so blocks 0..K-1 compute it exactly as a fresh
+    k-token prompt (the padded keys are masked); FastV rows are the whole prompt. At block K the
+    cut keeps, per row, the last k positions (pruned prompt) or FastV's kept set, so blocks
+    K..L-1 and their KV cache hold k tokens for every row, and decoding runs all rows as one batch.
+    The price is that blocks 0..K-1 run the U pruned prompts at length n instead of k."""
+    n = int(ids.shape[0])
+    rows, masks, positions, kept = [], [], [], []
+    for k_set in prompt_kept:
+        k = len(k_set)
+        rows.append(torch.cat([ids.new_zeros(n - k), ids[torch.as_tensor(k_set)]]))
+        masks.append(torch.cat([torch.zeros(n - k, dtype=torch.long), torch.ones(k, dtype=torch.long)]))
+        positions.append(torch.cat([torch.zeros(n - k, dtype=torch.long), torch.arange(k)]))
+        kept.append(torch.arange(n - k, n))
+    for k_set in fastv_kept:
+        rows.append(ids)
+        masks.append(torch.ones(n, dtype=torch.long))
+        positions.append(torch.arange(n))
+        kept.append(torch.as_tensor(k_set, dtype=torch.long))
+    cut = _FastVCut(torch.stack(kept), n, layer)
+    return torch.stack(rows), torch.stack(masks), torch.stack(positions), cut
 
 
 @dataclass
@@ -598,6 +655,9 @@ class TextPruningResult:
     reference: {"continuation", "continuation_ids", "top_token", "prefill_seconds"};
     scores: signal name -> (n,) scores the strategies ranked by ("self_information",
     "attribution:<method>", "fastv_attention"); deviations: strategy -> how it departs from its paper.
+    seconds: wall time of the sweep; timings: its breakdown in seconds ("reference": the unpruned
+    run with its signals, "attribution", "forward": the pruned batches' prefill + decoding,
+    "similarity": MiniLM, "other": selection, metrics and glue).
     """
 
     kind: ClassVar[str] = "prune_text"
@@ -615,6 +675,7 @@ class TextPruningResult:
     deviations: dict[str, str]
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
 
     @property
@@ -663,6 +724,7 @@ class TextPruningResult:
             "deviations": self.deviations,
             "notes": self.notes,
             "seconds": self.seconds,
+            "timings": self.timings,
         }
 
     def to_meta(self) -> dict[str, Any]:
@@ -678,6 +740,7 @@ class TextPruningResult:
             "deviations": self.deviations,
             "notes": self.notes,
             "seconds": self.seconds,
+            "timings": self.timings,
         }
 
     def to_tables(self) -> dict[str, pa.Table]:
@@ -753,6 +816,7 @@ class TextPruningResult:
             deviations=dict(meta.get("deviations", {})),
             notes=list(meta.get("notes", [])),
             seconds=float(meta.get("seconds", 0.0)),
+            timings={k: float(v) for k, v in meta.get("timings", {}).items()},
             run_id=meta.get("run_id"),
         )
 
@@ -830,9 +894,11 @@ def prune_text(
     t_start = time.perf_counter()
     notes: list[str] = []
 
+    timings = {"reference": 0.0, "attribution": 0.0, "forward": 0.0, "similarity": 0.0}
     with lm.lock:
         report(0.02, "Unpruned run")
         ref = reference_run(lm, ids, n_cont, layer if has_fastv else None)
+    timings["reference"] = time.perf_counter() - t_start
     target_ids, target_text = _resolve_target(lm, target, ref.last_logits)
     if len(target_ids) > 1:
         notes.append(
@@ -843,7 +909,9 @@ def prune_text(
     methods = list(dict.fromkeys(m for _, m in parsed.values() if m is not None))
     for i, method in enumerate(methods):
         report(0.05 + 0.15 * i / max(1, len(methods)), f"Attribution scores ({method})")
+        t_attr = time.perf_counter()
         signals.attribution[method] = attribution_scores(lm, ids, target_ids, method, int(seed))
+        timings["attribution"] += time.perf_counter() - t_attr
 
     ref_logp = torch.log_softmax(ref.last_logits.double(), dim=-1)
     first_target = target_ids[0]
@@ -859,27 +927,35 @@ def prune_text(
             report(0.2 + 0.7 * r_i / len(ratios), f"Keep ratio {ratio:g}")
             keep = keep_count(ratio, n)
             prompt_sets: dict[tuple[int, ...], list[str]] = {}
+            fastv_sets: dict[tuple[int, ...], list[str]] = {}
             for name in names:
                 kept = select_tokens(name, signals, keep, int(seed))
                 kept_of[(name, ratio)] = kept
-                if parsed[name][0].inside_lm:
-                    cut = _FastVCut(torch.as_tensor(kept).unsqueeze(0), n, layer)
-                    run, _ = run_batch(lm, ids.unsqueeze(0), n_cont, cut)
-                    outputs[(name, ratio)] = (run, 0, run.prefill_seconds)
-                else:
-                    prompt_sets.setdefault(tuple(kept.tolist()), []).append(name)
+                sets = fastv_sets if parsed[name][0].inside_lm else prompt_sets
+                sets.setdefault(tuple(kept.tolist()), []).append(name)
             full = tuple(range(n))
-            if full in prompt_sets:  # the pruned prompt is the prompt: that is the unpruned run
-                ref_run = BatchRun(ref.last_logits[None], ref.continuation[None], ref.prefill_seconds)
-                for name in prompt_sets.pop(full):
+            ref_run = BatchRun(ref.last_logits[None], ref.continuation[None], ref.prefill_seconds)
+            for sets in (prompt_sets, fastv_sets):
+                # a pruned prompt equal to the prompt, or FastV keeping every token (exact by
+                # construction), is the unpruned run itself
+                for name in sets.pop(full, []):
                     outputs[(name, ratio)] = (ref_run, 0, ref.prefill_seconds)
-            if prompt_sets:
-                batch = torch.stack([ids[list(k)] for k in prompt_sets])  # (U, keep)
-                run, _ = run_batch(lm, batch, n_cont)
-                share = run.prefill_seconds / len(prompt_sets)
-                for u, group in enumerate(prompt_sets.values()):
-                    for name in group:
-                        outputs[(name, ratio)] = (run, u, share)
+            if not prompt_sets and not fastv_sets:
+                continue
+            t_batch = time.perf_counter()
+            if fastv_sets:
+                batch, mask, positions, cut = padded_fastv_batch(
+                    ids, [np.asarray(k) for k in prompt_sets], [np.asarray(k) for k in fastv_sets], layer
+                )
+                run, _ = run_batch(lm, batch, n_cont, cut, attention_mask=mask, position_ids=positions)
+            else:
+                run, _ = run_batch(lm, torch.stack([ids[list(k)] for k in prompt_sets]), n_cont)  # (U, keep)
+            timings["forward"] += time.perf_counter() - t_batch
+            groups = [*prompt_sets.values(), *fastv_sets.values()]
+            share = run.prefill_seconds / len(groups)
+            for u, group in enumerate(groups):
+                for name in group:
+                    outputs[(name, ratio)] = (run, u, share)
 
     report(0.92, "Measuring continuations")
     texts: dict[tuple[str, float], str] = {}
@@ -889,9 +965,11 @@ def prune_text(
     if n_cont:
         from explorer.text_similarity import semantic_similarity
 
-        keys = list(outputs)
+        t_sim = time.perf_counter()
+        keys = list(outputs)  # one MiniLM batch for every continuation
         for key, value in zip(keys, semantic_similarity(ref_text, [texts[k] for k in keys]), strict=True):
             similarity[key] = value
+        timings["similarity"] = time.perf_counter() - t_sim
 
     rows: list[TextPruningRow] = []
     ref_p = ref_logp.exp()
@@ -944,6 +1022,8 @@ def prune_text(
     if signals.fastv_attention is not None:
         scores["fastv_attention"] = signals.fastv_attention
     report(1.0, "Done")
+    seconds = time.perf_counter() - t_start
+    timings["other"] = max(0.0, seconds - sum(timings.values()))
     return TextPruningResult(
         model_id=lm.model_id,
         tokens=lm.tokens_str(ids.tolist()),
@@ -962,5 +1042,6 @@ def prune_text(
         scores=scores,
         deviations={parsed[n_][0].name: DEVIATIONS[parsed[n_][0].name] for n_ in names},
         notes=notes,
-        seconds=time.perf_counter() - t_start,
+        seconds=seconds,
+        timings=timings,
     )
