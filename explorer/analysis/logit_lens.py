@@ -359,6 +359,8 @@ def lens_from_trace(
     # The last layer's lens *is* the model's output (final norm + unembedding of the last
     # residual), which the forward pass already computed: reuse it instead of unembedding again.
     n_unembed = (n_l - 1) * seq
+    head_weight: torch.Tensor = lm.unembed_module().weight  # type: ignore[assignment]
+    buffer = torch.empty(chunk_rows, lm.vocab_size, dtype=head_weight.dtype, device=lm.device)
     with torch.inference_mode():
         start = 0
         while start < rows.shape[0]:
@@ -367,7 +369,7 @@ def lens_from_trace(
                 logits = trace.logits[start - n_unembed : stop - n_unembed].to(lm.device).float()
             else:
                 stop = min(stop, n_unembed)
-                logits = lm.unembed(rows[start:stop].to(lm.device)).float()
+                logits = lm.unembed(rows[start:stop].to(lm.device), out=buffer).float()
             top_v, top_i = logits.topk(top_k, dim=-1)
             lse, tl, rk = fused_readout(logits, row_ids[start:stop])
             topk_ids[start:stop] = top_i.cpu()

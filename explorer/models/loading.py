@@ -127,13 +127,28 @@ class LanguageModel:
     def embed_module(self) -> torch.nn.Module:
         return _get_submodule(self.model, self.spec.embed)
 
-    def unembed(self, residual: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    def unembed(
+        self, residual: torch.Tensor, normalize: bool = True, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Residual [..., d_model] -> logits [..., vocab]: final norm (if `normalize`), LM head,
-        and the architecture's logit soft-cap, exactly as the model computes its output."""
+        and the architecture's logit soft-cap, exactly as the model computes its output.
+
+        `out` (rows, vocab), for 2-D input under no_grad: write the logits into this buffer.
+        Reusing one buffer across chunks avoids re-faulting hundreds of MB of fresh pages."""
         x = self.final_norm_module()(residual) if normalize else residual
-        logits = self.unembed_module()(x)
+        head = self.unembed_module()
         cap_attr = self.spec.logit_softcap_attr
         cap = getattr(self.config, cap_attr, None) if cap_attr else None
+        weight = getattr(head, "weight", None)
+        if out is not None and isinstance(head, torch.nn.Linear) and x.dim() == 2 and weight is not None:
+            logits = out[: x.shape[0]]
+            torch.mm(x.to(weight.dtype), weight.t(), out=logits)
+            if head.bias is not None:
+                logits += head.bias
+            if cap:
+                logits.div_(cap).tanh_().mul_(cap)
+            return logits
+        logits = head(x)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
