@@ -76,8 +76,7 @@ def test_image_sweep_on_dinov2_stored_and_plotted(store: Store) -> None:
     from explorer.pruning_api import prune
 
     samples = sample_images()
-    if not samples:
-        pytest.skip("no sample images installed")
+    assert samples, "matplotlib / scikit-image sample images are installed by make setup"
     image = next(iter(samples.values()))
     result = prune(image=image, strategies=["cls_attention", "random"], keep_ratios=(1.0, 0.5), db=store)
     assert result.kind == "prune_image" and result.run_id

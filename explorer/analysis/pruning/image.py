@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from explorer.analysis.pruning.common import row_columns
 from explorer.errors import InputError
 from explorer.images import ImageInput, image_to_png, load_image, model_view, normalize, png_to_array
 from explorer.models.vision import VisionModel
@@ -534,19 +535,10 @@ class ImagePruningResult:
 
     def to_tables(self) -> dict[str, pa.Table]:
         rows = self.rows
-        fid = {k: pa.array([r.fidelity.get(k) for r in rows], type=pa.float64()) for k in _FIDELITY_KEYS}
         rows_table = pa.table(
             {
-                "idx": pa.array(range(len(rows)), type=pa.int32()),
-                "strategy": pa.array([r.strategy for r in rows], type=pa.string()),
-                "keep_ratio": pa.array([r.keep_ratio for r in rows], type=pa.float64()),
-                "keep_count": pa.array([r.keep_count for r in rows], type=pa.int32()),
-                "layer": pa.array([r.layer for r in rows], type=pa.int32()),
-                "kept": pa.array([r.kept for r in rows], type=pa.list_(pa.int32())),
-                **fid,
-                "seconds": pa.array([r.seconds for r in rows], type=pa.float64()),
+                **row_columns(rows, _FIDELITY_KEYS),
                 "time_ratio": pa.array([r.time_ratio for r in rows], type=pa.float64()),
-                "flops_ratio": pa.array([r.flops_ratio for r in rows], type=pa.float64()),
             }
         )
         maps: list[tuple[str, float, np.ndarray]] = []

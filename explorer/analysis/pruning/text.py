@@ -61,6 +61,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from explorer.analysis.pruning.common import row_columns
 from explorer.errors import InputError
 from explorer.models.loading import LanguageModel
 from explorer.results import register_result
@@ -745,18 +746,9 @@ class TextPruningResult:
 
     def to_tables(self) -> dict[str, pa.Table]:
         rows = self.rows
-        fid = {k: pa.array([r.fidelity.get(k) for r in rows], type=pa.float64()) for k in FIDELITY_KEYS}
         rows_table = pa.table(
             {
-                "idx": pa.array(range(len(rows)), type=pa.int32()),
-                "strategy": pa.array([r.strategy for r in rows], type=pa.string()),
-                "keep_ratio": pa.array([r.keep_ratio for r in rows], type=pa.float64()),
-                "keep_count": pa.array([r.keep_count for r in rows], type=pa.int32()),
-                "layer": pa.array([r.layer for r in rows], type=pa.int32()),
-                "kept": pa.array([r.kept for r in rows], type=pa.list_(pa.int32())),
-                **fid,
-                "seconds": pa.array([r.seconds for r in rows], type=pa.float64()),
-                "flops_ratio": pa.array([r.flops_ratio for r in rows], type=pa.float64()),
+                **row_columns(rows, FIDELITY_KEYS),
                 "continuation": pa.array([r.continuation for r in rows], type=pa.string()),
                 "continuation_ids": pa.array([r.continuation_ids for r in rows], type=pa.list_(pa.int32())),
                 "top_token": pa.array([r.top_token for r in rows], type=pa.string()),
