@@ -82,6 +82,12 @@ def write_pos_cache(tokenizer: Any, name: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inseq-steps", type=int, default=30, help="Inseq max_probe_steps (default 30)")
+    parser.add_argument(
+        "--ours-steps",
+        type=int,
+        default=None,
+        help="our ReAGent's max_steps (default: the same probe-step budget as --inseq-steps)",
+    )
     parser.add_argument("--prompts", type=int, default=len(PROMPTS))
     parser.add_argument("--out", default=str(ROOT / "bench" / "attribution.json"))
     args = parser.parse_args()
@@ -110,7 +116,8 @@ def main() -> None:
     captum_fa = LLMAttribution(FeatureAblation(lm.model), lm.tokenizer)
     faith_params = FaithfulnessParams()
     ours = method("reagent")
-    ours_params = ours.make_params({"replacement": "causal"}).to_json()
+    ours_steps = args.ours_steps if args.ours_steps is not None else args.inseq_steps
+    ours_params = ours.make_params({"replacement": "causal", "max_steps": ours_steps}).to_json()
 
     with torch.inference_mode():  # warm-up: the first forwards after loading are several times slower
         for _ in range(3):

@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="masked LM for --replacement mlm/auto (default FacebookAI/roberta-base)",
     )
     p.add_argument("--num-probes", type=int, default=None, help="ReAGent parallel probes (default 8)")
-    p.add_argument("--max-steps", type=int, default=None, help="ReAGent max update steps (default 100)")
+    p.add_argument("--max-steps", type=int, default=None, help="ReAGent max update steps (default 30)")
     p.add_argument(
         "--replacing-ratio", type=float, default=None, help="ReAGent replacing ratio r (default 0.3)"
     )

@@ -43,7 +43,7 @@ position from the original context (one masked position at a time). If no probe 
 all probes are averaged (and a note says so) instead of returning NaN. The rational size n of the stopping
 check is capped at half the prompt (`max_keep_ratio` 0.5): with the paper's fixed n = 5 a prompt of ≤5 tokens
 keeps every token, so the check passes at once and the scores stay near their random start.
-Defaults: 8 probes (the authors' configurations use 3–10; Inseq 16), ≤100 steps (the paper: 3000).
+Defaults: 8 probes (the authors' configurations use 3–10; Inseq 16), ≤30 steps (the paper: 3000).
 *Faithfulness* (Zhao & Aletras 2023; as in the ReAGent authors' evaluation code): Soft-NC/Soft-NS mask
 embedding elements with Bernoulli draws whose keep-probability is the importance normalised to a
 distribution (summing to 1), normalised by the all-zero-embedding baseline. A distribution makes every
@@ -196,7 +196,7 @@ def build(ctx: UIContext) -> None:
             top_k = gr.Slider(1, 20, value=3, step=1, label="Stop when target in top-k")
             keep_n = gr.Slider(1, 20, value=5, step=1, label="Rational size n (kept in the stopping check)")
             probes = gr.Slider(1, 64, value=8, step=1, label="Probes")
-            steps = gr.Slider(1, 1000, value=100, step=1, label="Max steps")
+            steps = gr.Slider(1, 1000, value=30, step=1, label="Max steps")
     gr.Examples(EXAMPLES, inputs=[prompt, target, method, contrast])
     summary = gr.Markdown()
     tokens_plot = gr.Plot(label="Coloured tokens", elem_id="attribution-tokens")

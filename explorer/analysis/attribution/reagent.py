@@ -19,7 +19,7 @@ Deviations from the paper and the authors' code (casszhao/ReAGent), each a param
   <= n tokens nothing is replaced, the check passes after the first update, and the scores
   stay close to their U(0, 1) start. We cap n at ceil(max_keep_ratio * P) (default 0.5;
   1.0 restores the paper), see `rational_size`.
-- Defaults: 8 probes (the authors' configurations use 3-10, Inseq 16) and at most 100 steps
+- Defaults: 8 probes (the authors' configurations use 3-10, Inseq 16) and at most 30 steps
   (the authors allow 3000), so an attribution takes seconds on a CPU.
 - Replacements come from a masked LM when one is available locally, else from the analysed
   causal LM (see `replacement`); the authors use RoBERTa or POS-matched random tokens.
@@ -61,7 +61,7 @@ EPS = 1e-6
 class ReagentParams:
     """ReAGent's parameters. Defaults follow the paper/Inseq (r = 0.3, top-3, rational size 5),
     except: `num_probes` 8 (the authors' configurations use 3-10 probes, Inseq 16), `max_steps`
-    100 (so an attribution takes seconds on a CPU; the paper allows 3000) and `max_keep_ratio`
+    30 (so an attribution takes seconds on a CPU; the paper allows 3000) and `max_keep_ratio`
     (see `rational_size`).
 
     replacing_ratio: probability that a context token is replaced in an update step (r).
@@ -80,7 +80,7 @@ class ReagentParams:
     keep_top_n: int = 5
     max_keep_ratio: float = 0.5
     num_probes: int = 8
-    max_steps: int = 100
+    max_steps: int = 30
     replacement: str = "auto"
     mlm_model: str | None = None
     candidates: int = 4
