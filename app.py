@@ -26,10 +26,13 @@ def main() -> None:
 
     settings = Settings.from_env(host=args.host, port=args.port, default_model=args.model, db_path=args.db)
     if not args.no_warmup:
+        from explorer.analysis.logit_lens import logit_lens
         from explorer.models.loading import load_model
 
         print(f"Loading {settings.default_model} (the first run converts the embedded weights, ~20 s)...")
-        load_model(settings.default_model, settings=settings)
+        lm = load_model(settings.default_model, settings=settings)
+        # compile the fused lens read-out now rather than on the first user request (not stored)
+        logit_lens(lm, "Warm-up.", top_k=1)
     print(f"Token Explorer on http://{settings.host}:{settings.port}")
     launch(settings)
 
