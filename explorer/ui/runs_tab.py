@@ -57,9 +57,7 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
             allow_custom_value=True,
         )
         refresh = gr.Button("Refresh", size="sm")
-    table = gr.Dataframe(
-        value=lambda: runs_table(ctx), headers=COLUMNS, interactive=False, wrap=True, elem_id="runs-table"
-    )
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="runs-table")
     with gr.Row():
         run_id = gr.Dropdown(
             choices=run_choices(ctx),
