@@ -33,8 +33,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default=None,
         metavar="NAME",
         help="strategy (repeatable) or 'all' (default). Text: frugalprompt[:METHOD], self_information, "
-        "bottom_k[:METHOD], random, fastv. Image: cls_attention, cls_attention_ensemble, kcenter, "
-        "idpruner_mmr, transprune_ttv, uniform, random",
+        "bottom_k[:METHOD], random, fastv. Image: cls_attention, cls_attention_last, cls_attention_ensemble, "
+        "kcenter, idpruner_mmr, transprune_ttv, uniform, random",
     )
     p.add_argument(
         "--keep",

@@ -66,6 +66,8 @@ class PruningSignals:
                      Models without [CLS] use the mean over all query rows.
     patch_history:   (S + 1, P, D) float32 patch hidden states at layers 0..S
     grid:            (grid_h, grid_w), P = grid_h * grid_w, row-major
+    last_attention:  (P,) float32 head-mean [CLS]->patch attention of the encoder's *last* block in
+                     the unpruned pass (the signal VTC-CLS reads), or None when not computed
     """
 
     layer: int
@@ -73,6 +75,7 @@ class PruningSignals:
     patch_attention: torch.Tensor
     patch_history: torch.Tensor
     grid: tuple[int, int]
+    last_attention: torch.Tensor | None = None
 
     @property
     def n_patches(self) -> int:
@@ -120,6 +123,23 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
 def cls_attention(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
     """Top-`keep` patches by head-mean [CLS] attention of block L-1 (the block-0 probe at L=0)."""
     return _top_k(signals.patch_attention[-1], keep)
+
+
+@register_image_strategy(
+    "cls_attention_last",
+    "VTC-CLS with the paper's signal: [CLS] attention of the encoder's last block, read from the "
+    "unpruned pass. Scoring therefore costs a full encoder pass (counted in seconds and flops_ratio): "
+    "the paper prunes before the LLM, where that pass is needed anyway; inside the ViT it saves nothing.",
+)
+def cls_attention_last(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+    """Top-`keep` patches by head-mean [CLS] attention of the last encoder block (unpruned pass)."""
+    if signals.last_attention is None:
+        raise InputError("cls_attention_last needs the last block's attention from the unpruned pass")
+    return _top_k(signals.last_attention, keep)
+
+
+# strategies whose scores need the whole unpruned encoder pass (charged to their rows)
+NEEDS_FULL_PASS = frozenset({"cls_attention_last"})
 
 
 @register_image_strategy(
@@ -323,17 +343,26 @@ def unpruned_pass(vm: VisionModel, pixel_values: torch.Tensor, layer: int) -> Un
     states = [hidden]
     attentions: list[torch.Tensor] = []
     block_seconds = []
+    last_block: list[torch.Tensor] = []
     for block in range(vm.n_layers):
+        is_last = block == vm.n_layers - 1
         t0 = time.perf_counter()
-        hidden, captured = vm.run_blocks(hidden, block, block + 1, attentions=block < scoring_blocks)
+        hidden, captured = vm.run_blocks(
+            hidden, block, block + 1, attentions=block < scoring_blocks or is_last
+        )
         block_seconds.append(time.perf_counter() - t0)
         states.append(hidden)
-        attentions.extend(captured)
+        if block < scoring_blocks:
+            attentions.extend(captured)
+        if is_last:
+            last_block.extend(captured)
     t0 = time.perf_counter()
     final = vm.final_norm(hidden)
     norm_seconds = time.perf_counter() - t0
     attn = torch.stack([a[0].float().mean(dim=0) for a in attentions])  # [S, T, T]
     rows = attn[:, 0, :] if vm.has_cls else attn.mean(dim=1)
+    last = last_block[0][0].float().mean(dim=0)  # [T, T]
+    last_row = last[0] if vm.has_cls else last.mean(dim=0)
     grid = vm.grid(int(pixel_values.shape[2]), int(pixel_values.shape[3]))
     signals = PruningSignals(
         layer=layer,
@@ -341,6 +370,7 @@ def unpruned_pass(vm: VisionModel, pixel_values: torch.Tensor, layer: int) -> Un
         patch_attention=rows[:, n_prefix:].contiguous(),
         patch_history=torch.stack([s[0, n_prefix:] for s in states[: scoring_blocks + 1]]).float(),
         grid=grid,
+        last_attention=last_row[n_prefix:].contiguous(),
     )
     return UnprunedPass(states, final, signals, block_seconds, embed_seconds, norm_seconds)
 
@@ -709,6 +739,10 @@ def prune_image(
                     fidelity["saliency_corr"], fidelity["saliency_iou"] = corr, iou
                     maps[(name, ratio)] = pruned_maps[u]
                 seconds = shared_seconds + select_seconds[name] + suffix_seconds + ref.norm_seconds
+                row_flops = flops_ratio
+                if name in NEEDS_FULL_PASS:  # its scores come from the whole unpruned encoder pass
+                    seconds += sum(ref.block_seconds[max(layer, 1) :])
+                    row_flops += (vm.n_layers - max(layer, 1)) * block_flops(vm, n_tokens) / full_flops
                 rows.append(
                     PruningRow(
                         strategy=name,
@@ -719,7 +753,7 @@ def prune_image(
                         fidelity=fidelity,
                         seconds=seconds,
                         time_ratio=seconds / ref.seconds,
-                        flops_ratio=flops_ratio,
+                        flops_ratio=row_flops,
                     )
                 )
     order = {name: i for i, name in enumerate(names)}
