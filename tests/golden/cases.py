@@ -23,7 +23,7 @@ VOLATILE_KEYS = frozenset(
 
 
 def _image() -> str:
-    from explorer.images import sample_images
+    from explorer.backends.images import sample_images
 
     return str(sample_images()["grace_hopper"])
 
