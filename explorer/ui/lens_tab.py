@@ -8,6 +8,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from explorer import api
+from explorer.analysis.logit_lens import DEVIATIONS as LENS_DEVIATIONS
 from explorer.analysis.logit_lens import MAX_GENERATE, ROLE_FINAL, ROLE_NEXT, LensResult
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.plots import lens as lens_plots
@@ -25,6 +26,11 @@ EXPLAIN = """Each cell decodes the residual stream at (layer, position) with the
 unembedding** (so the last layer equals the model's own output). Colour: probability (or rank) of the token
 the model finally predicts at that position, or of the actual next input token. Cell text: the lens's own
 top-1; hover for the top-5. *Early excitation*: the final prediction peaks before the last layer."""
+
+
+def deviations_markdown() -> str:
+    """The lens's deviations from its papers (from `explorer.analysis.logit_lens.DEVIATIONS`)."""
+    return "\n".join(f"* **{name.replace('_', ' ')}**: {text}" for name, text in LENS_DEVIATIONS.items())
 
 
 def parse_targets(text: str) -> list[str]:
@@ -48,9 +54,9 @@ def summary_markdown(r: LensResult) -> str:
     lines.append(f"\nPositions whose prediction peaks before the last layer: {len(excited)} of {r.seq_len}.")
     if r.generated:
         lines.append(f"\n**Generated** ({len(r.generated)} tokens): `{''.join(r.generated)}`")
-        if r.hidden:
-            top = ", ".join(f"`{h['token']}` ({h['cells']} cells)" for h in r.hidden[:5])
-            lines.append(f"\n**Hidden candidates** (top-10 at some layer, never emitted): {top}")
+        if r.never_emitted:
+            top = ", ".join(f"`{h['token']}` ({h['cells']} cells)" for h in r.never_emitted[:5])
+            lines.append(f"\n**Never-emitted candidates** (top-10 at some layer, never emitted): {top}")
     for note in r.notes:
         lines.append(f"\n> ⚠️ {note}")
     return "\n".join(lines)
@@ -96,6 +102,8 @@ def build(ctx: UIContext) -> None:
     gr.Examples(EXAMPLES, inputs=[prompt, targets])
     summary = gr.Markdown()
     gr.Markdown(EXPLAIN)
+    with gr.Accordion("How this follows the papers, and where it does not", open=False):
+        gr.Markdown(deviations_markdown())
     with gr.Row():
         metric = gr.Radio([("probability", "prob"), ("log rank", "rank")], value="prob", label="Colour")
         role = gr.Radio(
@@ -170,7 +178,7 @@ def build(ctx: UIContext) -> None:
             _tracked(result, last),
             gr.Column(visible=has_gen),
             lens_plots.generation_ranks(result) if has_gen else None,
-            lens_plots.hidden_candidates_figure(result) if has_gen and result.hidden else None,
+            lens_plots.never_emitted_figure(result) if has_gen and result.never_emitted else None,
         )
 
     outputs = [state, summary, window, heatmap, position, tracked, gen_box, generation, hidden]
