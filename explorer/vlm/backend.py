@@ -221,77 +221,87 @@ def _stop_ids(vlm: VisionLanguageModel) -> set[int]:
 # ---------------------------------------------------------------------------------------------
 # The embedded demo VLM
 # ---------------------------------------------------------------------------------------------
-def _tiny_vlm(settings: Settings, weights: Path, progress: ProgressFn | None) -> VisionLanguageModel:
+def projector_vlm(
+    lm: LanguageModel, vision: Any, projector: Any, model_id: str = TINY_VLM, weights_digest: str = ""
+) -> VisionLanguageModel:
+    """A LLaVA-style VLM from parts: `vision` (a VisionModel) -> `projector` -> `lm`.
+
+    The chat prompt's `<image>` placeholder is replaced by the projector's visual tokens; the
+    image-token id shown at those positions is the tokenizer's unknown token (never a real
+    input). Used for the embedded "tiny-vlm" and for tiny test models built in code."""
+    from explorer.images import model_view, normalize
+    from explorer.vlm.tiny_vlm import IMAGE_PLACEHOLDER, chat_prompt, visual_features
+
+    tok = lm.tokenizer
+    image_token_id = int(tok.unk_token_id if tok.unk_token_id is not None else 0)
+    grid = int(projector.config.grid)
+
+    def embed_ids(ids: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            return lm.embed_module()(torch.tensor(ids, dtype=torch.long, device=lm.device)).float().cpu()
+
+    def prepare(prompt: str, image: Image.Image | None) -> VLMInputs:
+        text = chat_prompt(prompt)
+        if image is None:
+            ids = list(tok(text.replace(IMAGE_PLACEHOLDER + "\n", ""), add_special_tokens=False).input_ids)
+            return VLMInputs(
+                embed_ids(ids), torch.tensor(ids, dtype=torch.long), [MODALITY_TEXT] * len(ids), None, None
+            )
+        before, after = text.split(IMAGE_PLACEHOLDER)
+        ids_before = list(tok(before, add_special_tokens=False).input_ids)
+        ids_after = list(tok(after, add_special_tokens=False).input_ids)
+        view = model_view(vision, image)
+        with torch.inference_mode():
+            feats = visual_features(
+                vision,
+                normalize(view, vision.preprocessing).to(vision.device),
+                projector.config.feature_layers,
+            )
+            visual = projector(feats.cpu())[0].float()
+        n = int(visual.shape[0])
+        ids = ids_before + [image_token_id] * n + ids_after
+        modality = [MODALITY_TEXT] * len(ids_before) + [MODALITY_IMAGE] * n + [MODALITY_TEXT] * len(ids_after)
+        embeds = torch.cat([embed_ids(ids_before), visual, embed_ids(ids_after)])
+        return VLMInputs(embeds, torch.tensor(ids, dtype=torch.long), modality, (grid, grid), view)
+
+    return VisionLanguageModel(
+        model_id=model_id,
+        lm=lm,
+        weight_hash=f"{lm.weight_hash[:8]}{vision.weight_hash[:4]}{weights_digest}",
+        prepare_fn=prepare,
+        image_token_id=image_token_id,
+        chat=lambda q, img: chat_prompt(q),
+        n_visual_tokens=grid * grid,
+    )
+
+
+def load_projector(path: Path) -> Any:
+    """The trained projector (fp16 safetensors with its config in the metadata), in float32."""
     from safetensors import safe_open
 
-    from explorer.images import model_view, normalize
+    from explorer.vlm.tiny_vlm import Projector, ProjectorConfig
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
+    projector = Projector(ProjectorConfig(**json.loads(meta.get("config", "{}"))))
+    projector.load_state_dict(state)
+    return projector.eval()
+
+
+def _tiny_vlm(settings: Settings, weights: Path, progress: ProgressFn | None) -> VisionLanguageModel:
     from explorer.models.loading import load_model
     from explorer.models.vision import load_vision_model
-    from explorer.vlm.tiny_vlm import (
-        IMAGE_PLACEHOLDER,
-        Projector,
-        ProjectorConfig,
-        chat_prompt,
-        visual_features,
-    )
 
     path = weights / "projector.safetensors"
     if not path.exists():
         raise InputError(
-            f"the demo VLM's projector weights are missing ({path.name}); "
-            "run `explorer train-demo-vlm` to train them"
+            "the demo VLM's projector weights are missing; run `explorer train-demo-vlm --out DIR` to train them"
         )
     lm = load_model("smollm2-135m", settings=settings, progress=progress)
     vision = load_vision_model("dinov2-small-focus", settings=settings, progress=progress)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
-    config = ProjectorConfig(**json.loads(meta.get("config", "{}")))
-    projector = Projector(config)
-    projector.load_state_dict(state)
-    projector.eval()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-    tok = lm.tokenizer
-    image_token_id = int(tok.unk_token_id if tok.unk_token_id is not None else 0)
-
-    def prepare(prompt: str, image: Image.Image | None) -> VLMInputs:
-        text = chat_prompt(prompt)
-        embed = lm.embed_module()
-        if image is None:
-            ids = tok(text.replace(IMAGE_PLACEHOLDER + "\n", ""), add_special_tokens=False).input_ids
-            ids_t = torch.tensor(ids, dtype=torch.long)
-            with torch.inference_mode():
-                emb = embed(ids_t.to(lm.device)).float().cpu()
-            return VLMInputs(emb, ids_t, [MODALITY_TEXT] * len(ids), None, None)
-        before, after = text.split(IMAGE_PLACEHOLDER)
-        ids_before = tok(before, add_special_tokens=False).input_ids
-        ids_after = tok(after, add_special_tokens=False).input_ids
-        view = model_view(vision, image)
-        with torch.inference_mode():
-            feats = visual_features(vision, normalize(view, vision.preprocessing).to(vision.device))
-            visual = projector(feats.cpu())[0]
-            emb_b = embed(torch.tensor(ids_before, device=lm.device)).float().cpu()
-            emb_a = embed(torch.tensor(ids_after, device=lm.device)).float().cpu()
-        n = visual.shape[0]
-        ids = ids_before + [image_token_id] * n + ids_after
-        modality = [MODALITY_TEXT] * len(ids_before) + [MODALITY_IMAGE] * n + [MODALITY_TEXT] * len(ids_after)
-        return VLMInputs(
-            torch.cat([emb_b, visual, emb_a]),
-            torch.tensor(ids, dtype=torch.long),
-            modality,
-            (config.grid, config.grid),
-            view,
-        )
-
-    return VisionLanguageModel(
-        model_id=TINY_VLM,
-        lm=lm,
-        weight_hash=f"{lm.weight_hash[:8]}{vision.weight_hash[:4]}{digest}",
-        prepare_fn=prepare,
-        image_token_id=image_token_id,
-        chat=lambda q, img: chat_prompt(q),
-        n_visual_tokens=config.n_visual_tokens,
-    )
+    return projector_vlm(lm, vision, load_projector(path), TINY_VLM, digest)
 
 
 def load_vlm(

@@ -11,6 +11,7 @@ so image positions can be drawn as a grid on the picture with each patch's top t
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from explorer.analysis.logit_lens import (
     resolve_targets,
     summarize_positions,
 )
+from explorer.errors import InputError
 from explorer.images import image_to_png
 from explorer.results import register_result
 from explorer.vlm.backend import MODALITY_IMAGE, VisionLanguageModel, generate
@@ -74,11 +76,27 @@ class VLMLensResult(LensResult):
         probs = self.topk_probs[layer, pos, 0].reshape(rows, cols)
         return tokens, probs
 
+    @property
+    def target_tokens(self) -> list[str]:
+        """The tracked targets, as the tokenizer decodes them, in order."""
+        roles = self.tracked["role"] == "target"
+        return list(dict.fromkeys(str(t) for t in self.tracked["token"][roles]))
+
+    def target_name(self, target: str) -> str:
+        """`target` as stored: the tokenizer may decode " red" without its space."""
+        names = self.target_tokens
+        if target in names:
+            return target
+        stripped = [t for t in names if t.strip() == target.strip()]
+        if not stripped:
+            raise InputError(f"{target!r} is not a tracked target of this run; tracked: {names}")
+        return stripped[0]
+
     def patch_target(self, target: str, value: str = "prob") -> np.ndarray:
         """(n_layers + 1, rows, cols): a tracked target's probability (or rank) at every patch."""
         if self.grid is None:
             raise ValueError("this run has no image")
-        m = self.tracked_matrix("target", value, target=target)
+        m = self.tracked_matrix("target", value, target=self.target_name(target))
         return m[:, self.image_positions].reshape(m.shape[0], *self.grid)
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,7 +127,7 @@ class VLMLensResult(LensResult):
     @classmethod
     def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VLMLensResult:
         base = LensResult.from_store(meta, tables)
-        values = {f: getattr(base, f) for f in base.__dataclass_fields__}
+        values = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
         return cls(
             **values,
             modality=meta["modality"],

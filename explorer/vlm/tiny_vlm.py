@@ -26,10 +26,16 @@ IMAGE_PLACEHOLDER = "<image>"
 
 @dataclass(frozen=True)
 class ProjectorConfig:
+    """vision_dim = vision hidden size x len(feature_layers); grid = visual tokens per side."""
+
     vision_dim: int = 384 * len(FEATURE_LAYERS)
     lm_dim: int = 576
     hidden_dim: int = 1152
     grid: int = 8
+    feature_layers: tuple[int, ...] = FEATURE_LAYERS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feature_layers", tuple(int(v) for v in self.feature_layers))
 
     @property
     def n_visual_tokens(self) -> int:
@@ -57,17 +63,22 @@ class Projector(nn.Module):
 
 
 @torch.inference_mode()
-def visual_features(vision: Any, pixel_values: torch.Tensor) -> torch.Tensor:
-    """pixel_values (B, 3, 224, 224) -> pooled patch features (B, 64, 384 * len(FEATURE_LAYERS)).
+def visual_features(
+    vision: Any, pixel_values: torch.Tensor, layers: tuple[int, ...] = FEATURE_LAYERS
+) -> torch.Tensor:
+    """pixel_values (B, 3, 224, 224) -> pooled patch features (B, 64, 384 * len(layers)).
 
-    `vision` is the embedded DINOv2 `VisionModel`; feature i is the concatenation of the
-    chosen layers' patch tokens, averaged over 2 x 2 patches, in row-major grid order."""
+    `vision` is a `VisionModel` (the embedded DINOv2); feature i is the concatenation of the
+    outputs of blocks `layers` (the last one final-normed) at the patch tokens, averaged over
+    2 x 2 patches, in row-major grid order."""
     hidden = vision.embed(pixel_values)
     picked = []
-    last = max(FEATURE_LAYERS)
+    last = max(layers)
+    if last > vision.n_layers:
+        raise ValueError(f"feature layer {last} > the vision model's {vision.n_layers} layers")
     for layer in range(last):
         hidden, _ = vision.run_blocks(hidden, layer, layer + 1)
-        if layer + 1 in FEATURE_LAYERS:
+        if layer + 1 in layers:
             picked.append(vision.final_norm(hidden) if layer + 1 == vision.n_layers else hidden)
     out = []
     n_prefix = vision.n_prefix
