@@ -117,9 +117,7 @@ def logit_lens(
 
     if image is not None or vlm_api.is_vlm(model):
         if isinstance(model, LanguageModel):
-            raise InputError(
-                f"{model.model_id!r} is a text-only language model and cannot take an image"
-            )
+            raise InputError(f"{model.model_id!r} is a text-only language model and cannot take an image")
         return vlm_api.vlm_lens(
             model,
             prompt,

@@ -300,8 +300,38 @@ def _tiny_vlm(settings: Settings, weights: Path, progress: ProgressFn | None) ->
         )
     lm = load_model("smollm2-135m", settings=settings, progress=progress)
     vision = load_vision_model("dinov2-small-focus", settings=settings, progress=progress)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-    return projector_vlm(lm, vision, load_projector(path), TINY_VLM, digest)
+    digest = hashlib.sha256(path.read_bytes())
+    lora = weights / "lora.safetensors"
+    if lora.exists():
+        digest.update(lora.read_bytes())
+        lm = _with_lora(lm, lora)
+    return projector_vlm(lm, vision, load_projector(path), TINY_VLM, digest.hexdigest()[:8])
+
+
+def _with_lora(lm: LanguageModel, path: Path) -> LanguageModel:
+    """A private copy of `lm` with the LoRA adapters in `path` merged into its weights (the
+    shared, cached text model stays untouched)."""
+    import copy
+
+    from safetensors import safe_open
+
+    from explorer.models.loading import weight_fingerprint
+    from explorer.vlm.tiny_vlm import merge_lora
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    model = copy.deepcopy(lm.model)
+    merge_lora(model, state, float(meta["alpha"]) / float(meta["rank"]))
+    model.eval()
+    return LanguageModel(
+        model_id=f"{TINY_VLM}:language",
+        model=model,
+        tokenizer=lm.tokenizer,
+        spec=lm.spec,
+        weight_hash=weight_fingerprint(model),
+        device=lm.device,
+    )
 
 
 def load_vlm(

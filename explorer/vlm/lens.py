@@ -99,8 +99,36 @@ class VLMLensResult(LensResult):
         m = self.tracked_matrix("target", value, target=self.target_name(target))
         return m[:, self.image_positions].reshape(m.shape[0], *self.grid)
 
+    def surfacing(self) -> list[dict[str, Any]]:
+        """Per tracked target, over the image tokens: the first layer where it is top-1 (and
+        top-10) at any patch, the layer where its best patch probability peaks, and how many
+        patches have it as top-1 at that layer."""
+        if self.grid is None:
+            return []
+        out = []
+        pos = self.image_positions
+        for target in self.target_tokens:
+            ranks = self.tracked_matrix("target", "rank", target=target)[:, pos]
+            probs = self.tracked_matrix("target", "prob", target=target)[:, pos]
+            best = np.nanmax(probs, axis=1)
+            top1 = np.nonzero((ranks == 1).any(axis=1))[0]
+            top10 = np.nonzero((ranks <= 10).any(axis=1))[0]
+            peak = int(np.nanargmax(best))
+            out.append(
+                {
+                    "target": target,
+                    "first_top1_layer": int(top1[0]) if len(top1) else None,
+                    "first_top10_layer": int(top10[0]) if len(top10) else None,
+                    "peak_layer": peak,
+                    "peak_prob": float(best[peak]),
+                    "patches_top1_at_peak": int((ranks[peak] == 1).sum()),
+                }
+            )
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
+        out["surfacing"] = self.surfacing()
         out["kind"] = self.kind
         out["modality"] = self.modality
         out["grid"] = self.grid

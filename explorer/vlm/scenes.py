@@ -201,6 +201,29 @@ def make_scene(seed: int, n_objects: int | None = None) -> Scene:
     return Scene(seed=seed, objects=objects, background=background, image=image)
 
 
+def compose_scene(
+    objects: list[tuple[str, str, str]], seed: int = 0, size: str = "large", background: str = "plain"
+) -> Scene:
+    """A scene with exactly these (colour, shape, position) objects, e.g.
+    [("red", "circle", "left"), ("blue", "square", "right")]: for examples and planted tests."""
+    rng = random.Random(seed)
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}")
+    image = _background(background, rng)
+    draw = ImageDraw.Draw(image)
+    cell = IMAGE_SIZE / 3
+    placed = []
+    for colour, shape, position in objects:
+        if colour not in COLOURS or shape not in SHAPES or position not in POSITIONS:
+            raise ValueError(f"unknown object ({colour!r}, {shape!r}, {position!r})")
+        row, col = divmod(POSITIONS.index(position), 3)
+        centre = (int(col * cell + cell / 2), int(row * cell + cell / 2))
+        obj = SceneObject(shape, colour, size, position, centre)
+        _draw(draw, obj, SIZES[size], rng)
+        placed.append(obj)
+    return Scene(seed=seed, objects=placed, background=background, image=image)
+
+
 # Seeds of the training scenes and of the held-out scenes never overlap.
 TRAIN_SEED_BASE = 0
 HELDOUT_SEED_BASE = 10_000_000

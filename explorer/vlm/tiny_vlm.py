@@ -99,3 +99,55 @@ def chat_prompt(question: str) -> str:
 
 
 ANSWER_END = "<|im_end|>"
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA on the language model (stage 2 of the demo VLM's training)
+# ---------------------------------------------------------------------------------------------
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (alpha / r) * B(A(x)); base frozen, A random, B zero (starts as the identity change)."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.base = base
+        self.scale = alpha / rank
+        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) / rank**0.5 * 0.01)
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_a.t().to(x.dtype)) @ self.lora_b.t().to(x.dtype) * self.scale  # type: ignore[no-any-return]
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...] = LORA_TARGETS) -> list[str]:
+    """Wrap every Linear named in `targets` with a LoRALinear (in place); returns their names."""
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name in targets and isinstance(child, nn.Linear):
+                setattr(module, child_name, LoRALinear(child, rank, alpha))
+                wrapped.append(f"{name}.{child_name}" if name else child_name)
+    return wrapped
+
+
+def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapters only: {"<linear name>.lora_a": (r, in), "<linear name>.lora_b": (out, r)}."""
+    return {k: v.detach() for k, v in model.state_dict().items() if ".lora_a" in k or ".lora_b" in k}
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module, state: dict[str, torch.Tensor], scale: float) -> int:
+    """Add scale * B @ A into each adapted Linear's weight of a plain (unwrapped) model."""
+    merged = 0
+    for key, a in state.items():
+        if not key.endswith(".lora_a"):
+            continue
+        prefix = key[: -len(".lora_a")]
+        b = state[prefix + ".lora_b"]
+        linear = model.get_submodule(prefix.replace(".base", ""))
+        assert isinstance(linear, nn.Linear)
+        linear.weight += (b.float() @ a.float() * scale).to(linear.weight.dtype)
+        merged += 1
+    return merged

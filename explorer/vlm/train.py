@@ -42,6 +42,11 @@ class TrainConfig:
     warmup: int = 40
     weight_decay: float = 0.0
     bf16: bool = True  # autocast the frozen LM's matmuls in bfloat16 on CPU (fast on AVX512-BF16)
+    lora_rank: int = 0  # > 0: also train LoRA adapters on the LM's attention projections
+    lora_alpha: float = 16.0
+    init_from: str | None = None  # a directory with a projector.safetensors to start from
+    # how often each question type is drawn (caption, colour, presence, count, position)
+    type_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0)
 
 
 def _log(message: str) -> None:
@@ -147,8 +152,21 @@ def train(
     scenes = [make_scene(s) for s in train_seeds]
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    projector = Projector(ProjectorConfig(lm_dim=int(lm.config.hidden_size)))
-    opt = torch.optim.AdamW(projector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.init_from:
+        from explorer.vlm.backend import load_projector
+
+        projector = load_projector(Path(config.init_from) / "projector.safetensors").train()
+    else:
+        projector = Projector(ProjectorConfig(lm_dim=int(lm.config.hidden_size)))
+    params = list(projector.parameters())
+    if config.lora_rank > 0:
+        from explorer.vlm.tiny_vlm import add_lora
+
+        add_lora(lm.model, config.lora_rank, config.lora_alpha)
+        params += [p for n, p in lm.model.named_parameters() if "lora_" in n]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    kinds = ("caption", "colour", "presence", "count", "position")
+    weights = dict(zip(kinds, config.type_weights, strict=True))
     codec = PromptCodec(lm.tokenizer)
     embed = lm.embed_module()
     losses: list[float] = []
@@ -159,7 +177,10 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr
         idx = [rng.randrange(len(scenes)) for _ in range(config.batch_size)]
-        qas = [rng.choice(scenes[i].questions(rng)) for i in idx]
+        qas = []
+        for i in idx:
+            options = scenes[i].questions(rng)
+            qas.append(rng.choices(options, weights=[weights[qa.kind] for qa in options])[0])
         visual = projector(feats[idx].float())
         embeds, mask, labels = _batch(codec, embed, visual, qas)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
@@ -170,7 +191,7 @@ def train(
         )
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(loss.item())
         if step % 10 == 0 or step == config.steps - 1:
@@ -179,17 +200,50 @@ def train(
                 f"step {step + 1}/{config.steps} loss {recent:.4f} lr {lr:.2e} ({time.perf_counter() - t0:.0f} s)"
             )
         if (step + 1) % 100 == 0:
-            _save(projector, out_dir, save_file)
+            _save(projector, out_dir, save_file, lm.model, config)
     train_seconds = time.perf_counter() - t0
-    _save(projector, out_dir, save_file)
-    (out_dir / "loss.json").write_text(json.dumps({"loss": losses}))
+    _save(projector, out_dir, save_file, lm.model, config)
+    (out_dir / "loss.json").write_text(json.dumps({"loss": [round(v, 4) for v in losses]}))
+    plot_loss(out_dir)
     info = {"config": asdict(config), "train_seconds": round(train_seconds, 1)}
     (out_dir / "training.json").write_text(json.dumps(info, indent=2))
     return info
 
 
-def _save(projector: Projector, out_dir: Path, save_file: Any) -> None:
+def plot_loss(out_dir: Path) -> Path:
+    """loss.json -> loss.png: the per-step loss and its 50-step running mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = np.asarray(json.loads((out_dir / "loss.json").read_text())["loss"])
+    window = max(1, min(50, len(losses) // 4))
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=150)
+    ax.plot(np.arange(1, len(losses) + 1), losses, color="#bbbbbb", linewidth=0.6, label="per step")
+    ax.plot(np.arange(window, len(losses) + 1), smooth, color="#0072B2", label=f"{window}-step mean")
+    ax.set_xlabel("step (batch of 8)")
+    ax.set_ylabel("answer-token cross-entropy")
+    ax.set_ylim(0, min(4.0, float(losses.max())))
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    path = out_dir / "loss.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _save(projector: Projector, out_dir: Path, save_file: Any, lm_model: Any, config: TrainConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
+    if config.lora_rank > 0:
+        from explorer.vlm.tiny_vlm import lora_state
+
+        lora = {k: v.to(torch.float16).contiguous() for k, v in lora_state(lm_model).items()}
+        meta = {"rank": str(config.lora_rank), "alpha": str(config.lora_alpha)}
+        tmp_lora = out_dir / "lora.safetensors.tmp"
+        save_file(lora, str(tmp_lora), metadata=meta)
+        tmp_lora.rename(out_dir / "lora.safetensors")
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in projector.state_dict().items()}
     tmp = out_dir / "projector.safetensors.tmp"
     save_file(state, str(tmp), metadata={"config": json.dumps(asdict(projector.config))})
@@ -212,10 +266,22 @@ if __name__ == "__main__":
     parser.add_argument("--scenes", type=int, default=TrainConfig.n_train_scenes)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
     parser.add_argument("--features-only", action="store_true")
+    parser.add_argument("--lora-rank", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--init-from", default=None)
+    parser.add_argument("--type-weights", default="1,1,1,1,1", help="caption,colour,presence,count,position")
     args = parser.parse_args()
     settings = Settings.from_env()
     cache = settings.cache_dir / "tiny-vlm"
-    cfg = TrainConfig(seed=args.seed, steps=args.steps, n_train_scenes=args.scenes)
+    cfg = TrainConfig(
+        seed=args.seed,
+        steps=args.steps,
+        n_train_scenes=args.scenes,
+        lora_rank=args.lora_rank,
+        lr=args.lr,
+        init_from=args.init_from,
+        type_weights=tuple(float(v) for v in args.type_weights.split(",")),
+    )
     if args.features_only:
         from explorer.models.vision import load_vision_model
 

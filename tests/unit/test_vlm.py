@@ -256,3 +256,27 @@ def test_patch_figures_build_with_a_layer_slider(tiny_vlm: Any) -> None:
         assert spec.data(r).num_rows > 0
     with pytest.raises(InputError):
         patch_lens_overlay(r, target=" never-tracked")
+
+
+def test_merged_lora_equals_the_adapted_model() -> None:
+    import copy
+
+    from explorer.vlm.tiny_vlm import add_lora, lora_state, merge_lora
+
+    lm = make_tiny_lm("llama", seed=3)
+    plain = copy.deepcopy(lm.model)
+    adapted = copy.deepcopy(lm.model)
+    names = add_lora(adapted, rank=4, alpha=8.0)
+    assert len(names) == 4 * lm.n_layers
+    with torch.no_grad():
+        for n, p in adapted.named_parameters():
+            if "lora_b" in n:
+                p.normal_(0, 0.5)
+    ids = torch.tensor([[5, 17, 230, 9, 41]])
+    with torch.no_grad():
+        expected = adapted(input_ids=ids).logits
+        before = plain(input_ids=ids).logits
+        assert merge_lora(plain, lora_state(adapted), 8.0 / 4) == len(names)
+        merged = plain(input_ids=ids).logits
+    assert (expected - before).abs().max() > 1e-3  # the adapters do something
+    assert torch.allclose(merged, expected, atol=1e-4)
