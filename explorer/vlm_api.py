@@ -15,11 +15,11 @@ from typing import Any
 from PIL import Image
 
 from explorer.analysis.logit_lens import LensParams
+from explorer.backends.embedded import EMBEDDED_LMS
+from explorer.backends.images import ImageInput, image_to_png, load_image
+from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM, VisionLanguageModel, load_vlm
 from explorer.config import Settings
 from explorer.errors import InputError
-from explorer.images import ImageInput, image_to_png, load_image
-from explorer.models.loading import EMBEDDED_LMS
-from explorer.vlm.backend import EMBEDDED_VLMS, TINY_VLM, VisionLanguageModel, load_vlm
 from explorer.vlm.lens import VLMLensResult, vlm_logit_lens
 
 ProgressFn = Callable[[float, str], None]
@@ -44,7 +44,7 @@ def _config_has_vision(name: str) -> bool:
 
     from transformers import AutoConfig
 
-    from explorer.models.loading import hub_kwargs
+    from explorer.backends.loading import hub_kwargs
 
     try:
         config = AutoConfig.from_pretrained(name, **hub_kwargs(Path(name).exists()))
@@ -54,7 +54,10 @@ def _config_has_vision(name: str) -> bool:
 
 
 def resolve_vlm(
-    model: str | VisionLanguageModel | None, settings: Settings, progress: ProgressFn | None
+    model: str | VisionLanguageModel | None,
+    settings: Settings,
+    progress: ProgressFn | None,
+    dtype: str | None = None,
 ) -> VisionLanguageModel:
     if isinstance(model, VisionLanguageModel):
         return model
@@ -64,7 +67,7 @@ def resolve_vlm(
             f"{name!r} is a text-only language model and cannot take an image; "
             f"use a vision-language model ({', '.join(EMBEDDED_VLMS)} or a hub VLM)"
         )
-    return load_vlm(name, settings=settings, progress=progress)
+    return load_vlm(name, settings=settings, progress=progress, dtype=dtype)
 
 
 def open_image(image: ImageInput | None, settings: Settings) -> Image.Image | None:
@@ -84,6 +87,7 @@ def vlm_lens(
     db: Any = None,
     use_cache: bool = True,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
 ) -> VLMLensResult:
     """Logit lens of a VLM over (image, prompt) [+ generated tokens]; stored as kind "vlm_lens"."""
@@ -92,7 +96,7 @@ def vlm_lens(
     settings = settings or Settings.from_env()
     params.validate()
     picture = open_image(image, settings)
-    vlm = resolve_vlm(model, settings, progress)
+    vlm = resolve_vlm(model, settings, progress, dtype)
     return run_cached(
         VLMLensResult.kind,
         model_id=vlm.model_id,

@@ -34,7 +34,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from explorer.vlm.backend import load_vlm
+    from explorer.backends.vlm import load_vlm
     from explorer.vlm.evaluate import evaluate
     from explorer.vlm.train import TrainConfig, train
 

@@ -19,8 +19,8 @@ import numpy as np
 import plotly.graph_objects as go
 import pyarrow as pa
 
+from explorer.backends.images import image_to_png
 from explorer.errors import InputError
-from explorer.images import image_to_png
 from explorer.plots import base_layout, register_figure, token_label
 from explorer.plots import lens as lens_plots
 from explorer.vlm.lens import VLMLensResult

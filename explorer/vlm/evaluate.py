@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from explorer.vlm.backend import VisionLanguageModel, generate
+from explorer.backends.vlm import VisionLanguageModel, generate
 from explorer.vlm.scenes import COLOURS, SHAPES, Scene, heldout_seeds, make_scene
 
 ProgressFn = Callable[[float, str], None]
@@ -88,7 +88,7 @@ if __name__ == "__main__":
     import json
     from pathlib import Path
 
-    from explorer.vlm.backend import WEIGHTS_DIR, load_vlm
+    from explorer.backends.vlm import WEIGHTS_DIR, load_vlm
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--scenes", type=int, default=300)

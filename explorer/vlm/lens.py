@@ -29,11 +29,10 @@ from explorer.analysis.logit_lens import (
     resolve_targets,
     summarize_positions,
 )
+from explorer.backends.images import image_to_png
+from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm, generate
 from explorer.errors import InputError
-from explorer.images import image_to_png
 from explorer.results import register_result
-from explorer.vlm.backend import MODALITY_IMAGE, VisionLanguageModel, generate
-from explorer.vlm.capture import capture_vlm
 
 ProgressFn = Callable[[float, str], None]
 

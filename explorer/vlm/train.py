@@ -55,7 +55,7 @@ def _log(message: str) -> None:
 
 def extract_features(seeds: list[int], path: Path, vision: Any, batch: int = 25) -> np.ndarray:
     """Pooled DINOv2 features of the scenes of `seeds`: (n, 64, D) float16, cached at `path`."""
-    from explorer.images import preprocess
+    from explorer.backends.images import preprocess
     from explorer.vlm.tiny_vlm import visual_features
 
     if path.exists():
@@ -138,8 +138,8 @@ def train(
     """Train the projector; write weights, loss curve and metrics to `out_dir`."""
     from safetensors.torch import save_file
 
-    from explorer.models.loading import load_model
-    from explorer.models.vision import load_vision_model
+    from explorer.backends.language import load_model
+    from explorer.backends.vision import load_vision_model
 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
@@ -150,20 +150,18 @@ def train(
         extract_features(train_seeds, cache_dir / f"train-s{config.seed}-n{len(train_seeds)}.npy", vision)
     )
     scenes = [make_scene(s) for s in train_seeds]
-    for p in lm.model.parameters():
-        p.requires_grad_(False)
+    from explorer.backends.vlm import attach_lora, freeze_language_model, lora_weights
+
+    freeze_language_model(lm)
     if config.init_from:
-        from explorer.vlm.backend import load_projector
+        from explorer.backends.vlm import load_projector
 
         projector = load_projector(Path(config.init_from) / "projector.safetensors").train()
     else:
         projector = Projector(ProjectorConfig(lm_dim=int(lm.config.hidden_size)))
     params = list(projector.parameters())
     if config.lora_rank > 0:
-        from explorer.vlm.tiny_vlm import add_lora
-
-        add_lora(lm.model, config.lora_rank, config.lora_alpha)
-        params += [p for n, p in lm.model.named_parameters() if "lora_" in n]
+        params += attach_lora(lm, config.lora_rank, config.lora_alpha)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     kinds = ("caption", "colour", "presence", "count", "position")
     weights = dict(zip(kinds, config.type_weights, strict=True))
@@ -184,7 +182,7 @@ def train(
         visual = projector(feats[idx].float())
         embeds, mask, labels = _batch(codec, embed, visual, qas)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-            logits = lm.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+            logits = lm.forward(inputs_embeds=embeds, attention_mask=mask).logits
         logits = logits.float()[:, :-1]
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
@@ -200,9 +198,9 @@ def train(
                 f"step {step + 1}/{config.steps} loss {recent:.4f} lr {lr:.2e} ({time.perf_counter() - t0:.0f} s)"
             )
         if (step + 1) % 100 == 0:
-            _save(projector, out_dir, save_file, lm.model, config)
+            _save(projector, out_dir, save_file, lora_weights(lm), config)
     train_seconds = time.perf_counter() - t0
-    _save(projector, out_dir, save_file, lm.model, config)
+    _save(projector, out_dir, save_file, lora_weights(lm), config)
     (out_dir / "loss.json").write_text(json.dumps({"loss": [round(v, 4) for v in losses]}))
     plot_loss(out_dir)
     info = {"config": asdict(config), "train_seconds": round(train_seconds, 1)}
@@ -234,12 +232,16 @@ def plot_loss(out_dir: Path) -> Path:
     return path
 
 
-def _save(projector: Projector, out_dir: Path, save_file: Any, lm_model: Any, config: TrainConfig) -> None:
+def _save(
+    projector: Projector,
+    out_dir: Path,
+    save_file: Any,
+    adapters: dict[str, torch.Tensor],
+    config: TrainConfig,
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.lora_rank > 0:
-        from explorer.vlm.tiny_vlm import lora_state
-
-        lora = {k: v.to(torch.float16).contiguous() for k, v in lora_state(lm_model).items()}
+        lora = {k: v.to(torch.float16).contiguous() for k, v in adapters.items()}
         meta = {"rank": str(config.lora_rank), "alpha": str(config.lora_alpha)}
         tmp_lora = out_dir / "lora.safetensors.tmp"
         save_file(lora, str(tmp_lora), metadata=meta)
@@ -283,7 +285,7 @@ if __name__ == "__main__":
         type_weights=tuple(float(v) for v in args.type_weights.split(",")),
     )
     if args.features_only:
-        from explorer.models.vision import load_vision_model
+        from explorer.backends.vision import load_vision_model
 
         vm = load_vision_model("dinov2-small-focus")
         seeds = [TRAIN_SEED_BASE + cfg.seed * 1_000_000 + i for i in range(cfg.n_train_scenes)]

@@ -12,10 +12,9 @@ from conftest import make_tiny_lm
 from PIL import Image
 
 from explorer.analysis.logit_lens import LensParams
+from explorer.backends.vision import Preprocessing, wrap_vision_model
+from explorer.backends.vlm import MODALITY_IMAGE, capture_vlm, generate, projector_vlm
 from explorer.errors import InputError
-from explorer.models.vision import Preprocessing, wrap_vision_model
-from explorer.vlm.backend import MODALITY_IMAGE, generate, projector_vlm
-from explorer.vlm.capture import capture_vlm
 from explorer.vlm.lens import VLMLensResult, vlm_logit_lens
 from explorer.vlm.scenes import (
     COLOURS,
@@ -161,8 +160,7 @@ def test_last_layer_lens_equals_the_models_logits(tiny_vlm: Any) -> None:
 def test_capture_equals_a_plain_forward_with_embeddings(tiny_vlm: Any) -> None:
     inputs = tiny_vlm.prepare("Hi", _image())
     trace, modality = capture_vlm(tiny_vlm, inputs)
-    with torch.no_grad():
-        out = tiny_vlm.lm.model(inputs_embeds=inputs.inputs_embeds[None]).logits[0]
+    out = tiny_vlm.lm.forward(inputs_embeds=inputs.inputs_embeds[None]).logits[0].float()
     assert torch.allclose(trace.logits, out, atol=1e-5)
     assert torch.allclose(trace.residual[0], inputs.inputs_embeds, atol=1e-6)  # layer 0 = the embeddings
     assert modality == inputs.modality
@@ -264,8 +262,8 @@ def test_merged_lora_equals_the_adapted_model() -> None:
     from explorer.vlm.tiny_vlm import add_lora, lora_state, merge_lora
 
     lm = make_tiny_lm("llama", seed=3)
-    plain = copy.deepcopy(lm.model)
-    adapted = copy.deepcopy(lm.model)
+    plain = copy.deepcopy(lm.hf_model)
+    adapted = copy.deepcopy(lm.hf_model)
     names = add_lora(adapted, rank=4, alpha=8.0)
     assert len(names) == 4 * lm.n_layers
     with torch.no_grad():

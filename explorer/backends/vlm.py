@@ -10,6 +10,8 @@ position ("text" / "image") plus the patch grid the image tokens cover.
 Two implementations of `prepare`:
 - the embedded demo VLM ("tiny-vlm"): DINOv2-S -> trained projector -> SmolLM2 (this module);
 - hub VLMs (LLaVA, Idefics3/SmolVLM, Qwen2-VL, PaliGemma, Gemma 3): explorer.vlm.hub.
+
+This module (with explorer.vlm.hub) is the only door to a VLM's transformers modules.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from explorer.backends.language import LanguageModel, _first_tensor
+from explorer.backends.loading import MODEL_CACHE
+from explorer.backends.trace import Trace
 from explorer.config import Settings
 from explorer.errors import InputError
-from explorer.models.loading import MODEL_CACHE, LanguageModel
 
 ProgressFn = Callable[[float, str], None]
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "vlm" / "weights"  # the shipped demo VLM
 TINY_VLM = "tiny-vlm"
 EMBEDDED_VLMS = (TINY_VLM,)
 MODALITY_TEXT = "text"
@@ -107,24 +111,24 @@ class VisionLanguageModel:
         inputs: VLMInputs,
         extra_ids: list[int] | None = None,
         output_attentions: bool = False,
-        past: Any = None,
         use_cache: bool = False,
     ) -> Any:
-        """One forward pass of the whole sequence (plus `extra_ids` text tokens after it)."""
+        """One forward pass of the whole sequence (plus `extra_ids` text tokens after it).
+
+        Returns an object with `.logits` (1, T, vocab), `.attentions` and the KV cache."""
         embeds, ids = _with_extra(self, inputs, extra_ids or [])
-        dev = self.lm.device
         if self.uses_model_forward:
-            return self.lm.model(
-                input_ids=ids.unsqueeze(0).to(dev),
-                output_attentions=output_attentions,
-                use_cache=use_cache,
-                **inputs.model_inputs,
-            )
+            dev = self.lm.device
+            with self.lm.lock:
+                return self.lm.hf_model(
+                    input_ids=ids.unsqueeze(0).to(dev),
+                    output_attentions=output_attentions,
+                    use_cache=use_cache,
+                    **inputs.model_inputs,
+                )
         assert embeds is not None
-        return self.lm.model(
-            inputs_embeds=embeds.unsqueeze(0).to(dev, self.lm.model.dtype),
-            output_attentions=output_attentions,
-            use_cache=use_cache,
+        return self.lm.forward(
+            inputs_embeds=embeds.unsqueeze(0), output_attentions=output_attentions, use_cache=use_cache
         )
 
 
@@ -152,16 +156,28 @@ def generate(
     temperature: float = 1.0,
     seed: int = 0,
     stop_at_eos: bool = True,
-    step_hook: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
     progress: ProgressFn | None = None,
 ) -> list[int]:
-    """Decode up to `max_new_tokens` after the multimodal prompt. `step_hook(step, logits)` may
-    return replacement logits (steering). Stops after the end-of-turn / EOS token (kept)."""
+    """Decode up to `max_new_tokens` after the multimodal prompt (KV cache; greedy or seeded
+    sampling). Stops after the end-of-turn / EOS token, which is kept."""
+    if not vlm.uses_model_forward:
+        assert inputs.inputs_embeds is not None
+        if progress is not None:
+            progress(0.0, f"Generating up to {max_new_tokens} tokens")
+        out = vlm.lm.generate(
+            inputs_embeds=inputs.inputs_embeds,
+            max_new_tokens=max_new_tokens,
+            sample=sample,
+            temperature=temperature,
+            seed=seed,
+            stop_at_eos=stop_at_eos,
+        )
+        return out.ids()
+    # hub VLMs: their own forward (pixel values, M-RoPE, image attention masks) for the prefill
     lm = vlm.lm
     stops = _stop_ids(vlm)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    out: list[int] = []
-    past = None
+    out_ids: list[int] = []
     with vlm.lock, lm.lock:
         res = vlm.forward(inputs, use_cache=True)
         for step in range(max_new_tokens):
@@ -169,19 +185,16 @@ def generate(
                 progress(step / max(1, max_new_tokens), f"Generating token {step + 1} of {max_new_tokens}")
             past = _cache_of(res)
             logits = res.logits[0, -1].float()
-            if step_hook is not None:
-                replaced = step_hook(step, logits)
-                logits = replaced if replaced is not None else logits
             if sample:
                 probs = torch.softmax(logits / temperature, dim=-1).cpu()
                 nxt = int(torch.multinomial(probs, 1, generator=gen).item())
             else:
                 nxt = int(logits.argmax().item())
-            out.append(nxt)
+            out_ids.append(nxt)
             if stop_at_eos and nxt in stops:
                 break
-            res = _decode_step(vlm, nxt, past, len(inputs.input_ids) + len(out))
-    return out
+            res = _decode_step(vlm, nxt, past, len(inputs.input_ids) + len(out_ids))
+    return out_ids
 
 
 def _cache_of(res: Any) -> Any:
@@ -197,7 +210,7 @@ def _cache_kwarg(model: Any) -> str:
 
 
 def _decode_step(vlm: VisionLanguageModel, token: int, past: Any, total_len: int) -> Any:
-    model = vlm.lm.model
+    model = vlm.lm.hf_model
     ids = torch.tensor([[token]], device=vlm.lm.device)
     kwargs = {_cache_kwarg(model): past}
     if vlm.uses_model_forward:
@@ -229,7 +242,7 @@ def projector_vlm(
     The chat prompt's `<image>` placeholder is replaced by the projector's visual tokens; the
     image-token id shown at those positions is the tokenizer's unknown token (never a real
     input). Used for the embedded "tiny-vlm" and for tiny test models built in code."""
-    from explorer.images import model_view, normalize
+    from explorer.backends.images import model_view, normalize
     from explorer.vlm.tiny_vlm import IMAGE_PLACEHOLDER, chat_prompt, visual_features
 
     tok = lm.tokenizer
@@ -289,16 +302,18 @@ def load_projector(path: Path) -> Any:
     return projector.eval()
 
 
-def _tiny_vlm(settings: Settings, weights: Path, progress: ProgressFn | None) -> VisionLanguageModel:
-    from explorer.models.loading import load_model
-    from explorer.models.vision import load_vision_model
+def _tiny_vlm(
+    settings: Settings, weights: Path, progress: ProgressFn | None, dtype: str | None = None
+) -> VisionLanguageModel:
+    from explorer.backends.language import load_model
+    from explorer.backends.vision import load_vision_model
 
     path = weights / "projector.safetensors"
     if not path.exists():
         raise InputError(
             "the demo VLM's projector weights are missing; run `explorer train-demo-vlm --out DIR` to train them"
         )
-    lm = load_model("smollm2-135m", settings=settings, progress=progress)
+    lm = load_model("smollm2-135m", settings=settings, progress=progress, dtype=dtype)
     vision = load_vision_model("dinov2-small-focus", settings=settings, progress=progress)
     digest = hashlib.sha256(path.read_bytes())
     lora = weights / "lora.safetensors"
@@ -315,18 +330,18 @@ def _with_lora(lm: LanguageModel, path: Path) -> LanguageModel:
 
     from safetensors import safe_open
 
-    from explorer.models.loading import weight_fingerprint
+    from explorer.backends.loading import weight_fingerprint
     from explorer.vlm.tiny_vlm import merge_lora
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    model = copy.deepcopy(lm.model)
+    model = copy.deepcopy(lm.hf_model)
     merge_lora(model, state, float(meta["alpha"]) / float(meta["rank"]))
     model.eval()
     return LanguageModel(
         model_id=f"{TINY_VLM}:language",
-        model=model,
+        hf_model=model,
         tokenizer=lm.tokenizer,
         spec=lm.spec,
         weight_hash=weight_fingerprint(model),
@@ -340,13 +355,20 @@ def load_vlm(
     settings: Settings | None = None,
     progress: ProgressFn | None = None,
     weights: Path | None = None,
+    dtype: str | None = None,
 ) -> VisionLanguageModel:
-    """Load (once per process) a VLM: "tiny-vlm" (embedded demo), or a hub id / local dir."""
+    """Load (once per process) a VLM: "tiny-vlm" (embedded demo), or a hub id / local dir.
+
+    `dtype` ("auto", "float32", "float16", "bfloat16") applies to the demo VLM's language
+    model (the vision encoder and projector stay in float32); hub VLMs load in "auto"."""
     settings = settings or Settings.from_env()
     name = (name_or_path or TINY_VLM).strip()
     if name == TINY_VLM:
         w = weights or WEIGHTS_DIR
-        return MODEL_CACHE.get(("vlm:" + name, str(w)), lambda: _tiny_vlm(settings, w, progress))  # type: ignore[no-any-return]
+        key = ("vlm:" + name, str(w), str(dtype or "auto"))
+        return MODEL_CACHE.get(key, lambda: _tiny_vlm(settings, w, progress, dtype))  # type: ignore[no-any-return]
+    if dtype not in (None, "auto"):
+        raise InputError(f"dtype {dtype!r}: hub vision-language models load in 'auto' only (float16 on CUDA)")
     from explorer.vlm.hub import load_hub_vlm
 
     return MODEL_CACHE.get(("vlm:" + name, "auto"), lambda: load_hub_vlm(name, settings, progress))  # type: ignore[no-any-return]
@@ -359,3 +381,116 @@ def is_vlm_name(name: str | None) -> bool:
 def image_token_grid(values: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """(n_image_tokens, ...) -> (rows, cols, ...) in row-major order."""
     return values.reshape(grid[0], grid[1], *values.shape[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# One traced forward pass
+# ---------------------------------------------------------------------------------------------
+def position_labels(vlm: VisionLanguageModel, ids: list[int], modality: list[str], grid: Any) -> list[str]:
+    """Text positions by their token; image positions as `<img r,c>` (row, column of the grid)."""
+    labels = []
+    image_index = 0
+    cols = grid[1] if grid else 1
+    for tid, mod in zip(ids, modality, strict=True):
+        if mod == MODALITY_IMAGE:
+            r, c = divmod(image_index, cols)
+            labels.append(f"<img {r},{c}>")
+            image_index += 1
+        else:
+            labels.append(vlm.lm.token_str(tid))
+    return labels
+
+
+@torch.no_grad()
+def capture_vlm(
+    vlm: VisionLanguageModel,
+    inputs: VLMInputs,
+    extra_ids: list[int] | None = None,
+    attentions: bool = False,
+) -> tuple[Trace, list[str]]:
+    """Trace of the LM over prompt (+ `extra_ids`, e.g. generated tokens) -> (Trace, modality).
+
+    Residuals of every LM block (layer 0 = the input embeddings, text and projected image
+    tokens alike), attentions when asked for, and the model's own logits."""
+    extra = list(extra_ids or [])
+    ids = torch.cat([inputs.input_ids, torch.tensor(extra, dtype=torch.long)])
+    modality = inputs.modality + [MODALITY_TEXT] * len(extra)
+    if not vlm.uses_model_forward:
+        embeds, _ = _with_extra(vlm, inputs, extra)
+        trace = vlm.lm.capture(ids, inputs_embeds=embeds, modality=modality, attentions=attentions)
+    else:
+        trace = _capture_model_forward(vlm, inputs, extra, ids, modality, attentions)
+    trace.tokens = position_labels(vlm, ids.tolist(), modality, inputs.grid)
+    return trace, modality
+
+
+def _capture_model_forward(
+    vlm: VisionLanguageModel,
+    inputs: VLMInputs,
+    extra: list[int],
+    ids: torch.Tensor,
+    modality: list[str],
+    attentions: bool,
+) -> Trace:
+    """Hub VLMs: hook the LM blocks while the model runs its own multimodal forward."""
+    blocks = vlm.lm.blocks()
+    captured: list[torch.Tensor | None] = [None] * (len(blocks) + 1)
+
+    def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        captured[0] = _first_tensor(hidden)
+
+    def make_hook(i: int) -> Any:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            captured[i + 1] = _first_tensor(output)
+
+        return hook
+
+    with vlm.lock, vlm.lm.lock:
+        handles = [blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        handles += [block.register_forward_hook(make_hook(i)) for i, block in enumerate(blocks)]
+        try:
+            out = vlm.forward(inputs, extra_ids=extra, output_attentions=attentions)
+        finally:
+            for h in handles:
+                h.remove()
+    if any(c is None for c in captured):
+        raise RuntimeError("a block did not run: the architecture spec points at the wrong modules")
+    residual = torch.stack([c[0].float() for c in captured if c is not None]).cpu()
+    att = None
+    if attentions:
+        if not out.attentions or out.attentions[0] is None:
+            raise RuntimeError("the model returned no attentions; load it with attn_implementation='eager'")
+        att = torch.stack([a[0].float() for a in out.attentions]).cpu()
+    return Trace(
+        input_ids=ids,
+        tokens=[""] * len(modality),
+        residual=residual,
+        attentions=att,
+        logits=out.logits[0].float().cpu(),
+        modality=modality,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Training hooks for the demo VLM (explorer.vlm.train)
+# ---------------------------------------------------------------------------------------------
+def freeze_language_model(lm: LanguageModel) -> None:
+    """requires_grad off for every LM weight (the demo VLM trains a projector and adapters)."""
+    for p in lm.hf_model.parameters():
+        p.requires_grad_(False)
+
+
+def attach_lora(lm: LanguageModel, rank: int, alpha: float) -> list[torch.nn.Parameter]:
+    """Wrap the LM's attention projections with trainable LoRA adapters (in place, for training
+    only); returns the adapter parameters."""
+    from explorer.vlm.tiny_vlm import add_lora
+
+    add_lora(lm.hf_model, rank, alpha)
+    return [p for n, p in lm.hf_model.named_parameters() if "lora_" in n]
+
+
+def lora_weights(lm: LanguageModel) -> dict[str, torch.Tensor]:
+    from explorer.vlm.tiny_vlm import lora_state
+
+    return lora_state(lm.hf_model)
