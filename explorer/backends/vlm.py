@@ -33,8 +33,8 @@ from explorer.backends.loading import MODEL_CACHE
 from explorer.backends.trace import Trace
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 
-ProgressFn = Callable[[float, str], None]
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "vlm" / "weights"  # the shipped demo VLM
 TINY_VLM = "tiny-vlm"
 EMBEDDED_VLMS = (TINY_VLM,)

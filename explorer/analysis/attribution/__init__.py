@@ -30,8 +30,8 @@ from explorer.analysis.attribution.result import (
 from explorer.analysis.attribution.task import AttributionTask, resolve_continuation
 from explorer.backends.language import LanguageModel, encode
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 
-ProgressFn = Callable[[float, str], None]
 MethodFn = Callable[
     [LanguageModel, AttributionTask, Any, int], tuple[torch.Tensor, dict[str, Any], list[str]]
 ]

@@ -46,9 +46,8 @@ from explorer.analysis.pruning.common import row_columns
 from explorer.backends.images import ImageInput, image_to_png, load_image, model_view, normalize, png_to_array
 from explorer.backends.vision import VisionModel
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
-
-ProgressFn = Callable[[float, str], None]
 
 SALIENCY_TOP_FRACTION = 0.2  # IoU mask: the top 20% pixels of each saliency map
 MMR_LAMBDA = 0.5  # IDPruner trade-off: lambda * importance - (1 - lambda) * max similarity

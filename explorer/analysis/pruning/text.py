@@ -69,9 +69,8 @@ import torch
 from explorer.analysis.pruning.common import row_columns
 from explorer.backends.language import LanguageModel, encode
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
-
-ProgressFn = Callable[[float, str], None]
 
 DEFAULT_ATTRIBUTION = "input_x_gradient"
 SWEEP_RATIOS: tuple[float, ...] = (1.0, 0.9, 0.75, 0.5, 0.3, 0.2, 0.1, 0.05)
