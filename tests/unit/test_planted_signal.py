@@ -4,7 +4,9 @@ attribution method must find it, and faithfulness must score the true attributio
 The fake model is a bag of words: the hidden state at position t is the sum of the input
 embeddings at positions <= t; the LM head reads only dimension 0 of it, and only the key token's
 embedding has a non-zero dimension 0 (pointing at the target). So log p(target) depends on the
-key token alone, and without it every logit is exactly 0 (the empty input predicts as well).
+key token alone, and without it the logits are a constant bias (the empty input predicts as
+well); the bias puts a few other tokens above the target then, so "target in the top-3" (ReAGent's
+stopping check) holds exactly when the key token is kept.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class PlantedLM(nn.Module):
         self.embed = nn.Embedding(vocab, D_MODEL)
         self.blocks = nn.ModuleList([PrefixSum()])
         self.norm = nn.Identity()
-        self.lm_head = nn.Linear(D_MODEL, vocab, bias=False)
+        self.lm_head = nn.Linear(D_MODEL, vocab, bias=True)
         with torch.no_grad():
             generator = torch.Generator().manual_seed(0)
             self.embed.weight.copy_(torch.randn(vocab, D_MODEL, generator=generator))
@@ -52,6 +54,9 @@ class PlantedLM(nn.Module):
             self.embed.weight[key_id, 0] = 5.0
             self.lm_head.weight.zero_()
             self.lm_head.weight[target_id, 0] = 3.0
+            self.lm_head.bias.zero_()
+            others = [i for i in range(1, 10) if i != target_id][:5]
+            self.lm_head.bias[others] = 1.0  # above the target unless the key token is present
 
     def forward(
         self,
