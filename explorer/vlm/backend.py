@@ -81,6 +81,9 @@ class VisionLanguageModel:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # hub VLMs run their own forward (M-RoPE, bidirectional image attention...): True for those
     uses_model_forward: bool = False
+    # (model_inputs, n_appended) -> model_inputs whose per-position entries (token types) also
+    # cover `n_appended` text tokens after the prompt; None when nothing is per-position
+    extend_model_inputs: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -114,11 +117,14 @@ class VisionLanguageModel:
         embeds, ids = _with_extra(self, inputs, extra_ids or [])
         dev = self.lm.device
         if self.uses_model_forward:
+            model_inputs = inputs.model_inputs
+            if extra_ids and self.extend_model_inputs is not None:
+                model_inputs = self.extend_model_inputs(model_inputs, len(extra_ids))
             return self.lm.model(
                 input_ids=ids.unsqueeze(0).to(dev),
                 output_attentions=output_attentions,
                 use_cache=use_cache,
-                **inputs.model_inputs,
+                **model_inputs,
             )
         assert embeds is not None
         return self.lm.model(
@@ -197,12 +203,12 @@ def _cache_kwarg(model: Any) -> str:
 
 
 def _decode_step(vlm: VisionLanguageModel, token: int, past: Any, total_len: int) -> Any:
+    """One cached step. No attention mask: one unpadded sequence needs none, and from a mask
+    Qwen2-VL derives positions for the whole sequence instead of the new token's M-RoPE position
+    (cache length + its stored rope delta)."""
     model = vlm.lm.model
     ids = torch.tensor([[token]], device=vlm.lm.device)
     kwargs = {_cache_kwarg(model): past}
-    if vlm.uses_model_forward:
-        mask = torch.ones(1, total_len, dtype=torch.long, device=vlm.lm.device)
-        return model(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
     return model(input_ids=ids, use_cache=True, **kwargs)
 
 
