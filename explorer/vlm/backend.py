@@ -120,15 +120,15 @@ class VisionLanguageModel:
             model_inputs = inputs.model_inputs
             if extra_ids and self.extend_model_inputs is not None:
                 model_inputs = self.extend_model_inputs(model_inputs, len(extra_ids))
-            return self.lm.model(
+            return self.lm.hf_model(
                 input_ids=ids.unsqueeze(0).to(dev),
                 output_attentions=output_attentions,
                 use_cache=use_cache,
                 **model_inputs,
             )
         assert embeds is not None
-        return self.lm.model(
-            inputs_embeds=embeds.unsqueeze(0).to(dev, self.lm.model.dtype),
+        return self.lm.hf_model(
+            inputs_embeds=embeds.unsqueeze(0).to(dev, self.lm.hf_model.dtype),
             output_attentions=output_attentions,
             use_cache=use_cache,
         )
@@ -206,7 +206,7 @@ def _decode_step(vlm: VisionLanguageModel, token: int, past: Any, total_len: int
     """One cached step. No attention mask: one unpadded sequence needs none, and from a mask
     Qwen2-VL derives positions for the whole sequence instead of the new token's M-RoPE position
     (cache length + its stored rope delta)."""
-    model = vlm.lm.model
+    model = vlm.lm.hf_model
     ids = torch.tensor([[token]], device=vlm.lm.device)
     kwargs = {_cache_kwarg(model): past}
     return model(input_ids=ids, use_cache=True, **kwargs)

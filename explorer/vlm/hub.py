@@ -42,10 +42,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from explorer.backends.architectures import ArchitectureSpec
+from explorer.backends.language import LanguageModel
+from explorer.backends.loading import default_device, hub_kwargs, weight_fingerprint
 from explorer.config import Settings
 from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
-from explorer.models.architectures import ArchitectureSpec
-from explorer.models.loading import LanguageModel, default_device, hub_kwargs, weight_fingerprint
 from explorer.vlm.backend import MODALITY_IMAGE, MODALITY_TEXT, VisionLanguageModel, VLMInputs
 
 ProgressFn = Callable[[float, str], None]
@@ -340,7 +341,7 @@ def wrap_hub_vlm(model: Any, processor: Any, model_id: str = "in-memory") -> Vis
     tokenizer = processor.tokenizer
     lm = LanguageModel(
         model_id=model_id,
-        model=model,
+        hf_model=model,
         tokenizer=tokenizer,
         spec=arch.lm,
         weight_hash=weight_fingerprint(model),

@@ -145,7 +145,7 @@ def train(
         extract_features(train_seeds, cache_dir / f"train-s{config.seed}-n{len(train_seeds)}.npy", vision)
     )
     scenes = [make_scene(s) for s in train_seeds]
-    for p in lm.model.parameters():
+    for p in lm.hf_model.parameters():
         p.requires_grad_(False)
     projector = Projector(ProjectorConfig(lm_dim=int(lm.config.hidden_size)))
     opt = torch.optim.AdamW(projector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -163,7 +163,7 @@ def train(
         visual = projector(feats[idx].float())
         embeds, mask, labels = _batch(codec, embed, visual, qas)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-            logits = lm.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+            logits = lm.hf_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
         logits = logits.float()[:, :-1]
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100

@@ -315,7 +315,7 @@ def test_image_positions_match_the_models_image_features(arch: str) -> None:
     assert inputs.modality.count(MODALITY_IMAGE) == int((inputs.input_ids == vlm.image_token_id).sum())
     # the model's own count of image features: its forward checks tokens == features, and
     # get_image_features gives the features themselves
-    model = vlm.lm.model
+    model = vlm.lm.hf_model
     feature_kwargs = {
         k: v for k, v in inputs.model_inputs.items() if k != "token_type_ids" and "mm_token" not in k
     }
@@ -410,7 +410,7 @@ def test_missing_model_fails_fast(settings: Any) -> None:
 def test_loads_from_a_local_directory(tmp_path: Any, settings: Any) -> None:
     """save_pretrained + load_hub_vlm(dir): the same logits as the in-memory model."""
     vlm = tiny_hub_vlm("llava")
-    vlm.lm.model.save_pretrained(tmp_path)
+    vlm.lm.hf_model.save_pretrained(tmp_path)
     # the processor's tokenizer and image processor round-trip through the directory too
     from transformers import LlavaProcessor
 
@@ -418,7 +418,7 @@ def test_loads_from_a_local_directory(tmp_path: Any, settings: Any) -> None:
     processor.save_pretrained(tmp_path)
     assert isinstance(processor, LlavaProcessor)
     loaded = load_hub_vlm(str(tmp_path), settings)
-    assert loaded.uses_model_forward and loaded.lm.model.config._attn_implementation == "eager"
+    assert loaded.uses_model_forward and loaded.lm.hf_model.config._attn_implementation == "eager"
     a = capture_vlm(vlm, vlm.prepare("Hi", _picture()))[0].logits
     b = capture_vlm(loaded, loaded.prepare("Hi", _picture()))[0].logits
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
