@@ -67,11 +67,19 @@ class VLMLensResult(LensResult):
         """(rows, cols) top-1 lens token and its probability at `layer` for every image token."""
         if self.grid is None:
             raise ValueError("this run has no image")
-        pos = self.image_positions
         rows, cols = self.grid
+        pos = self.grid_positions
         tokens = self.topk_tokens[layer, pos, 0].reshape(rows, cols)
         probs = self.topk_probs[layer, pos, 0].reshape(rows, cols)
         return tokens, probs
+
+    @property
+    def grid_positions(self) -> list[int]:
+        """The image positions that form the patch grid (row-major). Models that add tiles after
+        a base view (LLaVA-NeXT) have more image positions than grid cells: the grid is the base view."""
+        if self.grid is None:
+            return []
+        return self.image_positions[: self.grid[0] * self.grid[1]]
 
     @property
     def target_tokens(self) -> list[str]:
@@ -94,7 +102,7 @@ class VLMLensResult(LensResult):
         if self.grid is None:
             raise ValueError("this run has no image")
         m = self.tracked_matrix("target", value, target=self.target_name(target))
-        return m[:, self.image_positions].reshape(m.shape[0], *self.grid)
+        return m[:, self.grid_positions].reshape(m.shape[0], *self.grid)
 
     def surfacing(self) -> list[dict[str, Any]]:
         """Per tracked target, over the image tokens: the first layer where it is top-1 (and
@@ -103,7 +111,7 @@ class VLMLensResult(LensResult):
         if self.grid is None:
             return []
         out = []
-        pos = self.image_positions
+        pos = self.grid_positions
         for target in self.target_tokens:
             ranks = self.tracked_matrix("target", "rank", target=target)[:, pos]
             probs = self.tracked_matrix("target", "prob", target=target)[:, pos]
