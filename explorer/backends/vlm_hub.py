@@ -48,8 +48,8 @@ from explorer.backends.loading import default_device, hub_kwargs, weight_fingerp
 from explorer.backends.vlm import MODALITY_IMAGE, MODALITY_TEXT, VisionLanguageModel, VLMInputs
 from explorer.config import Settings
 from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
+from explorer.progress import ProgressFn
 
-ProgressFn = Callable[[float, str], None]
 GridFn = Callable[[Any, dict[str, Any], int], tuple[int, int] | None]
 
 
