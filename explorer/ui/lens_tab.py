@@ -11,7 +11,7 @@ from explorer import api
 from explorer.analysis.logit_lens import MAX_GENERATE, ROLE_FINAL, ROLE_NEXT, LensResult
 from explorer.models.loading import EMBEDDED_LMS
 from explorer.plots import lens as lens_plots
-from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, export_controls, progress_fn, ui_figure, user_errors
 
 TITLE = "Logit lens"
 WINDOW = 48  # positions shown at once for long prompts
@@ -60,11 +60,13 @@ def _heatmap(r: LensResult | None, metric: str, role: str, start: int) -> go.Fig
     if r is None:
         return None
     width = WINDOW if r.seq_len > WINDOW else None
-    return lens_plots.lens_heatmap(r, metric=metric, role=role, start=start, width=width)
+    return ui_figure(
+        "heatmap", lens_plots.lens_heatmap, r, metric=metric, role=role, start=start, width=width
+    )
 
 
 def _tracked(r: LensResult | None, position: int) -> go.Figure | None:
-    return None if r is None else lens_plots.tracked_ranks(r, position)
+    return None if r is None else ui_figure("tracked", lens_plots.tracked_ranks, r, position)
 
 
 def build(ctx: UIContext) -> None:
@@ -166,8 +168,10 @@ def build(ctx: UIContext) -> None:
             gr.Slider(0, max(1, result.seq_len - 1), value=last, step=1, interactive=result.seq_len > 1),
             _tracked(result, last),
             gr.Column(visible=has_gen),
-            lens_plots.generation_ranks(result) if has_gen else None,
-            lens_plots.hidden_candidates_figure(result) if has_gen and result.hidden else None,
+            ui_figure("generation", lens_plots.generation_ranks, result) if has_gen else None,
+            ui_figure("hidden", lens_plots.hidden_candidates_figure, result)
+            if has_gen and result.hidden
+            else None,
         )
 
     outputs = [state, summary, window, heatmap, position, tracked, gen_box, generation, hidden]
