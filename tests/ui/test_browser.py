@@ -61,7 +61,7 @@ def app_settings(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def app_url(app_settings: Any):
-    from explorer.models.loading import load_model
+    from explorer.backends.language import load_model
     from explorer.ui.app import CSS, build_demo
 
     load_model(app_settings.default_model, settings=app_settings)
