@@ -13,7 +13,7 @@ from explorer.analysis.logit_lens import MAX_GENERATE, ROLE_FINAL, ROLE_NEXT, Le
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
 from explorer.plots import lens as lens_plots
-from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, ui_figure, user_errors
 from explorer.vlm.lens import VLMLensResult
 
 TITLE = "Logit lens"
@@ -90,11 +90,13 @@ def _heatmap(r: LensResult | None, metric: str, role: str, start: int) -> go.Fig
     if r is None:
         return None
     width = WINDOW if r.seq_len > WINDOW else None
-    return lens_plots.lens_heatmap(r, metric=metric, role=role, start=start, width=width)
+    return ui_figure(
+        "heatmap", lens_plots.lens_heatmap, r, metric=metric, role=role, start=start, width=width
+    )
 
 
 def _tracked(r: LensResult | None, position: int) -> go.Figure | None:
-    return None if r is None else lens_plots.tracked_ranks(r, position)
+    return None if r is None else ui_figure("tracked", lens_plots.tracked_ranks, r, position)
 
 
 def _patches(r: Any, by_target: bool) -> go.Figure:
@@ -255,11 +257,13 @@ def build(ctx: UIContext) -> None:
             gr.Slider(0, max(1, result.seq_len - 1), value=last, step=1, interactive=result.seq_len > 1),
             _tracked(result, last),
             gr.Column(visible=has_gen),
-            lens_plots.generation_ranks(result) if has_gen else None,
-            lens_plots.never_emitted_figure(result) if has_gen and result.never_emitted else None,
+            ui_figure("generation", lens_plots.generation_ranks, result) if has_gen else None,
+            ui_figure("never emitted", lens_plots.never_emitted_figure, result)
+            if has_gen and result.never_emitted
+            else None,
             gr.Column(visible=has_image),
-            _patches(result, has_target) if has_image else None,
-            _surfacing(result) if has_target else None,
+            ui_figure("patches", _patches, result, has_target) if has_image else None,
+            ui_figure("surfacing", _surfacing, result) if has_target else None,
         )
 
     outputs = [

@@ -10,7 +10,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from explorer.plots import figure_spec, figures_for
-from explorer.ui.common import UIContext, user_errors
+from explorer.ui.common import UIContext, ui_figure, user_errors
 
 TITLE = "Runs"
 COLUMNS = ["run_id", "created", "kind", "model", "prompt", "params", "seconds"]
@@ -51,7 +51,16 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     )
     with gr.Row():
         kind = gr.Dropdown(
-            ["", "lens", "attention", "attribution", "prune_text", "prune_image"],
+            [
+                "",
+                "lens",
+                "attention",
+                "vision_attention",
+                "attribution",
+                "attribution_generation",
+                "prune_text",
+                "prune_image",
+            ],
             value="",
             label="Kind",
             allow_custom_value=True,
@@ -68,8 +77,8 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
             elem_id="runs-choice",
         )
         open_btn = gr.Button("Open", variant="primary", scale=1)
-    info = gr.Markdown()
-    figure = gr.Dropdown(choices=[], label="Figure")
+    info = gr.Markdown(elem_id="runs-info")
+    figure = gr.Dropdown(choices=[], label="Figure", elem_id="runs-figure")
     plot = gr.Plot(label="Figure", elem_id="runs-plot", elem_classes=["scroll-plot"])
     figure_state = gr.State("")
     _export_any(state, figure_state)
@@ -150,7 +159,7 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
 def _figure(result: Any, name: str | None) -> go.Figure | None:
     if result is None or not name:
         return None
-    return figure_spec(result, name).build(result)
+    return ui_figure(name, figure_spec(result, name).build, result, run_id=getattr(result, "run_id", None))
 
 
 def _export_any(state: gr.State, figure_state: gr.State) -> gr.File:
