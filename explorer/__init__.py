@@ -49,6 +49,8 @@ _LAZY = {
     "prune_text": "explorer.pruning_api",
     "prune_image": "explorer.pruning_api",
     "load_vision_model": "explorer.models.vision",
+    "token_map": "explorer.atlas_api",
+    "map_scores": "explorer.atlas_api",
 }
 
 
