@@ -51,6 +51,9 @@ _LAZY = {
     "load_vision_model": "explorer.models.vision",
     "token_map": "explorer.atlas_api",
     "map_scores": "explorer.atlas_api",
+    "vocab_health": "explorer.atlas_api",
+    "microscope": "explorer.atlas_api",
+    "inspect_tokenizers": "explorer.atlas_api",
 }
 
 

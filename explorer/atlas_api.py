@@ -4,6 +4,10 @@
   one layer or all layers in one aligned fit; stored, never refitted for the same inputs.
 - `map_scores(result)`: per-point values of other stored runs on the same model and prompt
   (logit-lens rank, attribution, pruning signals), for colouring a map.
+- `vocab_health(model)`: under-trained / glitch tokens of the whole vocabulary (Magikarp indicators
+  and tokenizer analysis, verification by prompting, GlitchHunter-style clustering, agreement).
+- `microscope(model, prompt)`: LLM-Microscope measures per layer and token.
+- `inspect_tokenizers(text, tokenizers)`: how a text splits under each tokenizer, side by side.
 
 Each call validates its input before a model loads, serves a stored run when the same request was
 made before, and returns a result whose `.to_dict()` is exactly the CLI's JSON.
@@ -17,7 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from explorer.analysis.atlas import microscope as _micro
 from explorer.analysis.atlas import token_map as _map
+from explorer.analysis.atlas import tokenizers as _tok
+from explorer.analysis.atlas import vocab as _vocab
 from explorer.analysis.atlas.projection import ProjectionParams
 from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
 from explorer.config import Settings
@@ -165,4 +172,129 @@ def _run_values(
 
 TokenMapResult = _map.TokenMapResult
 
-__all__ = ["TokenMapResult", "map_scores", "token_map"]
+
+def vocab_health(
+    model: str | LanguageModel | None = None,
+    *,
+    n_verify: int = 300,
+    map_points: int = 5000,
+    gh_cluster_size: int = 200,
+    gh_sample: int = 4,
+    steps: int = 3,
+    seed: int = 0,
+    db: DbArg = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+) -> _vocab.VocabHealthResult:
+    """Under-trained and glitch tokens over the whole vocabulary of `model`: the Magikarp tokenizer
+    analysis and indicators, verification of the `n_verify` top suspects by prompting, a
+    GlitchHunter-style clustering detector, their agreement, and a UMAP of the unembedding.
+    Returns a `VocabHealthResult`; `.to_dict()` is the CLI's JSON (summary + verified suspects)."""
+    settings = settings or Settings.from_env()
+    params = _vocab.VocabParams(
+        n_verify=int(n_verify),
+        map_points=int(map_points),
+        gh_cluster_size=int(gh_cluster_size),
+        gh_sample=int(gh_sample),
+        steps=int(steps),
+        seed=int(seed),
+    )
+    params.validate()
+    lm = get_model(model, settings, progress)
+    return run_cached(
+        _vocab.VocabHealthResult.kind,
+        model_id=lm.model_id,
+        weight_hash=lm.weight_hash,
+        prompt="",
+        params=params.to_json(),
+        compute=lambda: _vocab.vocab_health(
+            lm, params=params, cache_dir=settings.cache_dir, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
+VocabHealthResult = _vocab.VocabHealthResult
+
+
+def microscope(
+    model: str | LanguageModel | None,
+    prompt: str,
+    *,
+    db: DbArg = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+) -> _micro.MicroscopeResult:
+    """LLM-Microscope measures of `prompt` per layer and token: token-level non-linearity, a
+    contextualisation proxy, intrinsic dimension per layer, and the paper's logit lens next to ours.
+    Returns a `MicroscopeResult`; `.to_dict()` is the CLI's JSON."""
+    settings = settings or Settings.from_env()
+    if prompt is None or not prompt.strip():
+        from explorer.errors import InputError
+
+        raise InputError("the prompt is empty: type some text to analyse")
+    lm = get_model(model, settings, progress)
+    return run_cached(
+        _micro.MicroscopeResult.kind,
+        model_id=lm.model_id,
+        weight_hash=lm.weight_hash,
+        prompt=prompt,
+        params={
+            "reference_tokens": _micro.REFERENCE_TOKENS,
+            "prefix_window": _micro.PREFIX_WINDOW,
+            "max_tokens": settings.max_prompt_tokens,
+        },
+        compute=lambda: _micro.microscope(
+            lm, prompt, max_tokens=settings.max_prompt_tokens, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
+MicroscopeResult = _micro.MicroscopeResult
+
+
+def inspect_tokenizers(
+    text: str,
+    tokenizers: Sequence[str] = _tok.EMBEDDED_TOKENIZERS,
+    *,
+    db: DbArg = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+) -> _tok.TokenizerResult:
+    """How `text` splits under each of `tokenizers` (embedded names, hub ids or local dirs), side by
+    side: ids, pieces, character spans, byte fallback, partial UTF-8 and special tokens, the chat
+    template applied, token counts and the token premium relative to the first tokenizer."""
+    settings = settings or Settings.from_env()
+    names = [n.strip() for n in tokenizers if n and n.strip()]
+    _tok.validate(text, names)
+    named = [(n, _tok.load_tokenizer(n, settings)) for n in names]
+    return run_cached(
+        _tok.TokenizerResult.kind,
+        model_id=",".join(names),
+        weight_hash=",".join(_tok.tokenizer_fingerprint(t) for _, t in named),
+        prompt=text,
+        params={},
+        compute=lambda: _tok.inspect(text, named),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
+TokenizerResult = _tok.TokenizerResult
+
+__all__ = [
+    "MicroscopeResult",
+    "TokenizerResult",
+    "inspect_tokenizers",
+    "TokenMapResult",
+    "VocabHealthResult",
+    "map_scores",
+    "microscope",
+    "token_map",
+    "vocab_health",
+]

@@ -18,6 +18,7 @@ from explorer.errors import InputError
 
 METHODS = ("umap", "pca")
 MIN_UMAP_POINTS = 5
+LARGE_MAP = 4000
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ def fit_umap(x: np.ndarray, params: ProjectionParams, cache_dir: Path | None = N
         min_dist=params.min_dist,
         random_state=params.seed,
         init="spectral" if n > 20 else "random",
+        # umap-learn runs 500 layout epochs up to 10,000 points and 200 above; we use its large-data
+        # setting from 4,000 points on (the layout phase of a 10,000-point map takes 2.5x less time)
+        n_epochs=200 if n > LARGE_MAP else None,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden by random_state", spectral-init fallbacks
