@@ -122,7 +122,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace, settings: Settings) -> Any:
     from explorer import atlas_api
 
-    model = args.model or settings.default_model
+    model = getattr(args, "model", None) or settings.default_model
     if args.atlas_command == "map":
         return atlas_api.token_map(
             model,

@@ -73,7 +73,7 @@ class PromptTemplate:
 def choose_placeholder(tokenizer: object, decoded: Sequence[str], ok: np.ndarray) -> int:
     """A long, alphabetic, round-tripping token that also survives being doubled."""
     order = sorted(
-        (i for i in np.flatnonzero(ok)),
+        (int(i) for i in np.flatnonzero(ok)),
         key=lambda i: (decoded[i].isalpha(), len(set(decoded[i])), len(decoded[i])),
         reverse=True,
     )

@@ -304,8 +304,8 @@ def vocab_health(
             for j in np.flatnonzero(better):
                 outs[j] = gen[j]
         max_prob[ids] = best
-        for j, i in enumerate(ids):
-            output[int(i)] = str(lm.tokenizer.decode(outs[j]))
+        for k, tid in enumerate(ids.tolist()):
+            output[tid] = str(lm.tokenizer.decode(outs[k]))
 
     verify_full(candidates, 0.1, 0.5, f"Verifying {candidates.size} Magikarp candidates")
     timings["verify_magikarp_s"] = time.perf_counter() - t1
