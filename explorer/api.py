@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from explorer.analysis import logit_lens as _lens
+from explorer.backends.language import LanguageModel, load_model
 from explorer.config import Settings
-from explorer.models.loading import LanguageModel, load_model
 from explorer.results import StoredResult
 from explorer.store import RunInfo, Store
 
@@ -35,11 +35,15 @@ def open_store(db: DbArg = None, settings: Settings | None = None) -> Store | No
 
 
 def get_model(
-    model: str | LanguageModel | None, settings: Settings | None = None, progress: ProgressFn | None = None
+    model: str | LanguageModel | None,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+    dtype: str | None = None,
 ) -> LanguageModel:
+    """A loaded LanguageModel as given, or load one by name in `dtype` (default: settings.dtype)."""
     if isinstance(model, LanguageModel):
         return model
-    return load_model(model, settings=settings, progress=progress)
+    return load_model(model, settings=settings, progress=progress, dtype=dtype)
 
 
 def run_cached(
@@ -91,6 +95,7 @@ def logit_lens(
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
 ) -> _lens.LensResult:
     """Logit lens over every layer and position of `prompt` (and `generate` new tokens).
@@ -100,7 +105,7 @@ def logit_lens(
     token; a note says so). Returns a `LensResult`; `.to_dict()` is the CLI's JSON.
     """
     settings = settings or Settings.from_env()
-    lm = get_model(model, settings, progress)
+    lm = get_model(model, settings, progress, dtype)
     params = _lens.LensParams(
         top_k=int(top_k),
         targets=tuple(targets),

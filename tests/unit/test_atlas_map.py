@@ -124,7 +124,7 @@ def test_cli_map_and_bad_layer(tmp_path, capsys) -> None:
 
     lm = make_tiny_lm("gpt2")
     d = tmp_path / "tiny"
-    lm.model.save_pretrained(d)
+    lm.hf_model.save_pretrained(d)
     lm.tokenizer.save_pretrained(d)
     code, out, _ = run_cli(
         [

@@ -78,7 +78,7 @@ def test_probe_matches_a_plain_forward(vocab_run) -> None:
         x = template.ids.clone()
         x[template.slots] = tid
         with torch.no_grad():
-            logits = lm.model(input_ids=x.unsqueeze(0)).logits[0, -1]
+            logits = lm.forward(x.unsqueeze(0)).logits[0, -1]
         assert abs(float(torch.softmax(logits.float(), -1)[tid]) - p) < 1e-5
 
 

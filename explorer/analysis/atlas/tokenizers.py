@@ -36,7 +36,7 @@ def load_tokenizer(name: str, settings: Any) -> Any:
     from explorer.models.loading import hub_kwargs, resolve_model_source
 
     if name == "all-minilm-l6-v2":
-        from explorer.text_similarity import sentence_model_dir
+        from explorer.backends.sentence import sentence_model_dir
 
         return AutoTokenizer.from_pretrained(sentence_model_dir())
     source = resolve_model_source(name, settings)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -105,15 +104,6 @@ def build_templates(tokenizer: object, placeholder: int, names: Sequence[str]) -
     return out
 
 
-def _last_logits(model: Any, x: torch.Tensor, past: Any) -> Any:
-    """One forward step that computes the LM head on the last position only (`logits_to_keep`), which
-    saves a (batch x length x vocab) tensor; models without that argument compute all positions."""
-    try:
-        return model(input_ids=x, past_key_values=past, use_cache=True, logits_to_keep=1)
-    except TypeError:
-        return model(input_ids=x, past_key_values=past, use_cache=True)
-
-
 @torch.inference_mode()
 def probe(
     lm: object,
@@ -124,8 +114,6 @@ def probe(
 ) -> tuple[np.ndarray, list[list[int]]]:
     """For each candidate id: the highest probability of that id over `steps` greedy steps after the
     prompt with the candidate written into the placeholder slots, and the generated ids."""
-    model = lm.model  # type: ignore[attr-defined]
-    device = lm.device  # type: ignore[attr-defined]
     length = int(template.ids.numel())
     batch = max(1, MAX_BATCH_TOKENS // length)
     best = np.zeros(len(token_ids), dtype=np.float64)
@@ -134,20 +122,20 @@ def probe(
         cand = torch.tensor(token_ids[start : start + batch], dtype=torch.long)
         x = template.ids.unsqueeze(0).repeat(cand.numel(), 1)
         x[:, template.slots] = cand.unsqueeze(1)
-        x = x.to(device)
         past = None
         gen = []
         probs_max = torch.zeros(cand.numel())
         with lm.lock:  # type: ignore[attr-defined]
             for _ in range(steps):
-                out = _last_logits(model, x, past)
-                past = out.past_key_values
+                # the LM head on the last position only (logits_to_keep); the backend adapts to the model
+                out = lm.forward(x, cache=past, use_cache=True, logits_to_keep=1)  # type: ignore[attr-defined]
+                past = out.cache
                 logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
                 p = logp.gather(1, cand.unsqueeze(1)).squeeze(1).exp()
                 probs_max = torch.maximum(probs_max, p)
                 nxt = logp.argmax(dim=-1)
                 gen.append(nxt)
-                x = nxt.unsqueeze(1).to(device)
+                x = nxt.unsqueeze(1)
         best[start : start + cand.numel()] = probs_max.numpy()
         generated += torch.stack(gen, dim=1).tolist()
         if progress is not None:
