@@ -20,6 +20,7 @@ import torch
 
 from explorer.errors import InputError
 from explorer.models.loading import LanguageModel
+from explorer.text_input import check_prompt
 
 
 @dataclass
@@ -61,8 +62,7 @@ def _first_tensor(output: Any) -> torch.Tensor:
 
 def encode(lm: LanguageModel, prompt: str, max_tokens: int, add_special_tokens: bool = True) -> torch.Tensor:
     """Tokenise `prompt` -> (seq,) ids, with the user-facing checks (empty, too long)."""
-    if prompt is None or not prompt.strip():
-        raise InputError("the prompt is empty: type some text to analyse")
+    check_prompt(prompt, max_tokens)
     ids = lm.tokenizer(prompt, add_special_tokens=add_special_tokens, return_tensors="pt").input_ids[0]
     if ids.numel() == 0:
         raise InputError("the prompt produced no tokens")
