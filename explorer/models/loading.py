@@ -22,6 +22,7 @@ import torch
 
 from explorer.config import Settings
 from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
+from explorer.model_policy import ModelLRU, admit_model, load_errors_hidden
 from explorer.models.architectures import ArchitectureSpec, architecture_for
 
 EMBEDDED_LMS = {
@@ -174,34 +175,7 @@ def weight_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-class _ModelCache:
-    """One instance per process: name -> loaded model, each loaded once even under concurrency."""
-
-    def __init__(self) -> None:
-        self._models: dict[tuple[str, str], Any] = {}
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def get(self, key: tuple[str, str], factory: Callable[[], Any]) -> Any:
-        with self._guard:
-            if key in self._models:
-                return self._models[key]
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            with self._guard:
-                if key in self._models:
-                    return self._models[key]
-            value = factory()
-            with self._guard:
-                self._models[key] = value
-            return value
-
-    def clear(self) -> None:
-        with self._guard:
-            self._models.clear()
-
-
-MODEL_CACHE = _ModelCache()
+MODEL_CACHE = ModelLRU()  # bounded by EXPLORER_MODEL_MEMORY_GB (see explorer.model_policy)
 
 
 def embedded_package_dir(package: str) -> Path:
@@ -351,11 +325,15 @@ def load_model(
     """
     settings = settings or Settings.from_env()
     name = (name_or_path or settings.default_model).strip()
+    if not name:
+        raise ModelNotAvailableError("no model given")
     dev = torch.device(device) if device is not None else default_device()
     prog = progress or _no_progress
-    model: LanguageModel = MODEL_CACHE.get(
-        ("lm:" + name, str(dev)), lambda: _load_language_model(name, settings, dev, prog)
-    )
+    with load_errors_hidden(name, settings):
+        name = admit_model(name, EMBEDDED_LMS)  # the host's allow-list; one spelling per local dir
+        model: LanguageModel = MODEL_CACHE.get(
+            ("lm:" + name, str(dev)), lambda: _load_language_model(name, settings, dev, prog)
+        )
     return model
 
 

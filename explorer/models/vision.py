@@ -31,6 +31,7 @@ from torch import nn
 
 from explorer.config import Settings
 from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
+from explorer.model_policy import admit_model, load_errors_hidden
 from explorer.models.loading import (
     MODEL_CACHE,
     default_device,
@@ -595,7 +596,9 @@ def load_vision_model(
         raise ModelNotAvailableError("no vision model given")
     dev = torch.device(device) if device is not None else default_device()
     prog = progress or _no_progress
-    vm: VisionModel = MODEL_CACHE.get(
-        ("vision:" + name, str(dev)), lambda: _load_vision(name, settings, dev, prog)
-    )
+    with load_errors_hidden(name, settings):
+        name = admit_model(name, EMBEDDED_VISION_MODELS)  # the host's allow-list; one spelling per dir
+        vm: VisionModel = MODEL_CACHE.get(
+            ("vision:" + name, str(dev)), lambda: _load_vision(name, settings, dev, prog)
+        )
     return vm

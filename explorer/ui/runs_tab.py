@@ -9,8 +9,9 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
+from explorer.api import query_limits
 from explorer.plots import figure_spec, figures_for
-from explorer.ui.common import UIContext, user_errors
+from explorer.ui.common import UIContext, client_gone, user_errors
 
 TITLE = "Runs"
 COLUMNS = ["run_id", "created", "kind", "model", "prompt", "params", "seconds"]
@@ -90,10 +91,12 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
 
     @user_errors
     def on_sql(query: str) -> Any:
-        table = ctx.store().query(query, limit=1000)
-        return table.to_pandas()
+        # bounded: EXPLORER_SQL_TIMEOUT_S, cell and response limits; stops when the client goes away
+        limits = query_limits(ctx.settings, max_rows=1000)
+        return ctx.store().query(query, limits=limits, cancelled=client_gone()).to_pandas()
 
-    sql_btn.click(on_sql, [sql], [sql_out], api_name="query_runs")
+    # its own pool of workers: a slow query never makes another user's query (or analysis) wait
+    sql_btn.click(on_sql, [sql], [sql_out], api_name="query_runs", concurrency_limit=4, concurrency_id="sql")
 
     @user_errors
     def on_refresh(kind_v: str) -> tuple[list[list[Any]], Any]:

@@ -33,6 +33,7 @@ import torch
 
 from explorer.analysis.attribution.task import sequence_loglik
 from explorer.errors import InputError, ModelNotAvailableError
+from explorer.model_policy import admit_model, load_errors_hidden
 from explorer.models.loading import MODEL_CACHE, LanguageModel
 
 REPLACEMENTS = ("auto", "causal", "mlm", "uniform")
@@ -201,7 +202,9 @@ def load_masked_lm(name: str, device: torch.device, local_only: bool = False) ->
         model.to(device).eval()
         return MaskedLM(name=name, model=model, tokenizer=tok, lock=threading.Lock())
 
-    result: MaskedLM = MODEL_CACHE.get(("mlm:" + name, str(device)), factory)
+    with load_errors_hidden(name, None):
+        name = admit_model(name)  # the host's allow-list covers masked LMs too
+        result: MaskedLM = MODEL_CACHE.get(("mlm:" + name, str(device)), factory)
     return result
 
 
