@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-COMMAND_MODULES = ("lens", "runs", "export", "sql", "attention", "attribute", "prune")
+COMMAND_MODULES = ("lens", "runs", "export", "sql", "attention", "attribute", "prune", "compare")
 
 
 def _json_default(obj: Any) -> Any:

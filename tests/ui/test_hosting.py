@@ -109,3 +109,28 @@ def test_model_errors_name_no_server_facts(app, monkeypatch, tmp_path: Path) -> 
         assert "is not an available model" in answer
         assert "exist" not in answer and "JSON" not in answer and str(tmp_path) not in answer
         assert "/etc" not in answer
+
+
+def test_non_image_upload_names_no_server_path(app, tmp_path: Path) -> None:
+    from gradio_client import handle_file
+
+    _, client, _ = app
+    fake = tmp_path / "notes.png"
+    fake.write_text("this is not an image")
+    with pytest.raises(Exception) as info:
+        client.predict(handle_file(str(fake)), "dinov2-small-focus", api_name="/attention_image")
+    text = str(info.value)
+    assert "/tmp" not in text and "gradio" not in text.lower().replace("gradio_client", "")
+
+
+def test_compare_tab_api(app, tiny_llama) -> None:
+    from explorer import api
+
+    _, client, settings = app
+    a = api.logit_lens(tiny_llama, "compare one", db=settings.database)
+    b = api.logit_lens(tiny_llama, "compare two", db=settings.database)
+    out = client.predict(a.run_id, b.run_id, api_name="/compare_runs")
+    shown = str(out)
+    assert a.run_id in shown and b.run_id in shown and "aligned positions" in shown
+    with pytest.raises(Exception, match="Choose two runs"):
+        client.predict(a.run_id, "", api_name="/compare_runs")
