@@ -27,7 +27,7 @@ def main() -> None:
     settings = Settings.from_env(host=args.host, port=args.port, default_model=args.model, db_path=args.db)
     if not args.no_warmup:
         from explorer.analysis.logit_lens import logit_lens
-        from explorer.models.loading import load_model
+        from explorer.backends.language import load_model
 
         print(f"Loading {settings.default_model} (the first run converts the embedded weights, ~20 s)...")
         lm = load_model(settings.default_model, settings=settings)

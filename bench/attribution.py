@@ -97,7 +97,8 @@ def main() -> None:
     from explorer.analysis.attribution import build_task, run_method
     from explorer.analysis.attribution import get_method as method
     from explorer.analysis.attribution.faithfulness import FaithfulnessParams, faithfulness
-    from explorer.models.loading import load_model, resolve_model_source
+    from explorer.backends.embedded import resolve_model_source
+    from explorer.backends.language import load_model
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     lm = load_model("smollm2-135m")
@@ -113,7 +114,7 @@ def main() -> None:
     )
     from captum.attr import FeatureAblation, LLMAttribution, TextTokenInput
 
-    captum_fa = LLMAttribution(FeatureAblation(lm.model), lm.tokenizer)
+    captum_fa = LLMAttribution(FeatureAblation(lm.hf_model), lm.tokenizer)
     faith_params = FaithfulnessParams()
     ours = method("reagent")
     ours_steps = args.ours_steps if args.ours_steps is not None else args.inseq_steps
@@ -121,7 +122,7 @@ def main() -> None:
 
     with torch.inference_mode():  # warm-up: the first forwards after loading are several times slower
         for _ in range(3):
-            lm.model(input_ids=lm.tokenizer(PROMPTS[0], return_tensors="pt").input_ids, use_cache=False)
+            lm.hf_model(input_ids=lm.tokenizer(PROMPTS[0], return_tensors="pt").input_ids, use_cache=False)
     rows: dict[str, list[dict[str, Any]]] = {
         "ours_reagent": [],
         "inseq_reagent": [],
@@ -131,7 +132,7 @@ def main() -> None:
     for n, prompt in enumerate(PROMPTS[: args.prompts]):
         ids = lm.tokenizer(prompt, return_tensors="pt").input_ids[0]
         with torch.inference_mode():
-            target_id = int(lm.model(input_ids=ids.unsqueeze(0)).logits[0, -1].argmax())
+            target_id = int(lm.hf_model(input_ids=ids.unsqueeze(0)).logits[0, -1].argmax())
         target = lm.token_str(target_id)
         task, *_ = build_task(lm, prompt, target, None, 512)
 

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from explorer import api  # noqa: E402
 from explorer.analysis.logit_lens import logit_lens  # noqa: E402
-from explorer.models.loading import load_model  # noqa: E402
+from explorer.backends.language import load_model  # noqa: E402
 
 N_TOKENS = 128
 REPEATS = 7
@@ -60,7 +60,7 @@ def main() -> dict[str, object]:
 
     @torch.inference_mode()
     def floor() -> None:
-        out = lm.model(input_ids=ids, output_hidden_states=True)
+        out = lm.hf_model(input_ids=ids, output_hidden_states=True)  # the raw HF floor
         hidden = torch.stack(out.hidden_states)[:, 0]  # (L+1, seq, d)
         lm.unembed(hidden.reshape(-1, hidden.shape[-1]))
 

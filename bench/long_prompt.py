@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, {root!r})
 from bench.lens import prompt_of_tokens
 from explorer.analysis.logit_lens import logit_lens
-from explorer.models.loading import load_model
+from explorer.backends.language import load_model
 
 mode, n = sys.argv[1], int(sys.argv[2])
 lm = load_model("smollm2-135m")

@@ -44,12 +44,10 @@ import torch  # noqa: E402
 from explorer.analysis.pruning.text import (  # noqa: E402
     DEFAULT_STRATEGIES,
     SWEEP_RATIOS,
-    _cache_arg,
-    _out_cache,
     keep_count,
     prune_text,
 )
-from explorer.models.loading import LanguageModel, load_model  # noqa: E402
+from explorer.backends.language import LanguageModel, load_model  # noqa: E402
 
 TARGET = 1.5
 PROMPT_TOKENS = 128
@@ -75,16 +73,13 @@ def text_floor(
     """Plain forward passes at the pruned sizes: per ratio one batch of n_strategies rows of k
     tokens (prefill, last-position logits), then n_continue - 1 greedy decode steps with the cache."""
     n = int(ids.shape[0])
-    cache_arg = _cache_arg(lm)
     for ratio in ratios:
         k = keep_count(ratio, n)
-        batch = ids[n - k :].unsqueeze(0).expand(n_strategies, -1).to(lm.device)
-        out = lm.model(input_ids=batch, use_cache=n_continue > 1, logits_to_keep=1)
-        cache = _out_cache(out)
+        batch = ids[n - k :].unsqueeze(0).expand(n_strategies, -1)
+        out = lm.forward(batch, use_cache=n_continue > 1, logits_to_keep=1)
         token = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
         for _ in range(n_continue - 1):
-            out = lm.model(input_ids=token, use_cache=True, logits_to_keep=1, **{cache_arg: cache})
-            cache = _out_cache(out)
+            out = lm.forward(token, cache=out.cache, use_cache=True, logits_to_keep=1)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
 
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from explorer.analysis.pruning.image import IMAGE_STRATEGIES, keep_count, prune_image  # noqa: E402
-from explorer.images import load_image, sample_images  # noqa: E402
-from explorer.models.vision import VisionModel, load_vision_model  # noqa: E402
+from explorer.backends.images import load_image, sample_images  # noqa: E402
+from explorer.backends.vision import VisionModel, load_vision_model  # noqa: E402
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0)
 TARGET = 1.5

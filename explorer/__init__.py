@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from explorer.api import list_runs, load_run, logit_lens, open_store
+from explorer.backends.architectures import ArchitectureSpec, register_architecture
+from explorer.backends.language import LanguageModel, load_model, wrap_model
 from explorer.config import Settings
 from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
-from explorer.models.architectures import ArchitectureSpec, register_architecture
-from explorer.models.loading import LanguageModel, load_model, wrap_model
 from explorer.store import Store
 
 __all__ = [
@@ -48,7 +48,7 @@ _LAZY = {
     "prune": "explorer.pruning_api",
     "prune_text": "explorer.pruning_api",
     "prune_image": "explorer.pruning_api",
-    "load_vision_model": "explorer.models.vision",
+    "load_vision_model": "explorer.backends.vision",
     "compare": "explorer.compare",
 }
 

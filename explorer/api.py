@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from explorer.analysis import logit_lens as _lens
+from explorer.backends.language import LanguageModel, load_model
 from explorer.config import Settings
-from explorer.models.loading import LanguageModel, load_model
 from explorer.results import StoredResult
 from explorer.store import PendingRun, QueryLimits, RunInfo, Store, cache_key
 from explorer.text_input import check_text
@@ -51,11 +51,15 @@ def query_limits(settings: Settings | None = None, max_rows: int = 1000) -> Quer
 
 
 def get_model(
-    model: str | LanguageModel | None, settings: Settings | None = None, progress: ProgressFn | None = None
+    model: str | LanguageModel | None,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+    dtype: str | None = None,
 ) -> LanguageModel:
+    """A loaded LanguageModel as given, or load one by name in `dtype` (default: settings.dtype)."""
     if isinstance(model, LanguageModel):
         return model
-    return load_model(model, settings=settings, progress=progress)
+    return load_model(model, settings=settings, progress=progress, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ def logit_lens(
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
 ) -> _lens.LensResult:
     """Logit lens over every layer and position of `prompt` (and `generate` new tokens).
@@ -182,7 +187,7 @@ def logit_lens(
     token; a note says so). Returns a `LensResult`; `.to_dict()` is the CLI's JSON.
     """
     settings = settings or Settings.from_env()
-    lm = get_model(model, settings, progress)
+    lm = get_model(model, settings, progress, dtype)
     params = _lens.LensParams(
         top_k=int(top_k),
         targets=tuple(targets),

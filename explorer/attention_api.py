@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from explorer.analysis import attention as _att
 from explorer.analysis import vision_attention_result as _vatt
 from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.backends.embedded import EMBEDDED_LMS
+from explorer.backends.images import ImageInput, load_image
+from explorer.backends.language import LanguageModel
+from explorer.backends.vision import VisionModel, load_vision_model
 from explorer.config import Settings
 from explorer.errors import InputError
-from explorer.images import ImageInput, load_image
-from explorer.models.loading import EMBEDDED_LMS, LanguageModel
-from explorer.models.vision import VisionModel, load_vision_model
 
 
 def attention(
@@ -34,6 +35,7 @@ def attention(
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
 ) -> _att.AttentionResult:
     """Attention of every layer and head over `prompt`, plus rollout, entropy and sink shares.
@@ -47,7 +49,7 @@ def attention(
     settings = settings or Settings.from_env()
     params = _att.AttentionParams(flow=bool(flow), flow_positions=tuple(int(p) for p in flow_positions))
     params.validate()
-    lm = get_model(model, settings, progress)
+    lm = get_model(model, settings, progress, dtype)
     return run_cached(
         _att.AttentionResult.kind,
         model_id=lm.model_id,
@@ -70,6 +72,7 @@ def attention_image(
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
 ) -> _vatt.VisionAttentionResult:
     """[CLS] -> patch attention of every layer and head of a vision transformer over `image`,
@@ -97,7 +100,9 @@ def attention_image(
     else:
         if progress is not None:
             progress(0.0, "Loading vision model")
-        vm = load_vision_model(model or settings.default_vision_model, settings=settings, progress=progress)
+        vm = load_vision_model(
+            model or settings.default_vision_model, settings=settings, progress=progress, dtype=dtype
+        )
     return run_cached(
         _vatt.VisionAttentionResult.kind,
         model_id=vm.model_id,

@@ -52,6 +52,7 @@ def attribute(
     seed: int = 0,
     db: DbArg = None,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
     use_cache: bool = True,
     **method_params: Any,
@@ -99,7 +100,7 @@ def attribute(
         if skipped:
             notes.append(f"skipped (no contrastive attribution): {', '.join(skipped)}")
     per_method, faith = split_params(methods, method_params)
-    lm = get_model(model, settings, _scaled(progress, 0.0, 0.05))
+    lm = get_model(model, settings, _scaled(progress, 0.0, 0.05), dtype)
     # validate prompt/target/contrast once, before any method runs or anything is stored
     build_task(lm, prompt, target, contrast, settings.max_prompt_tokens)
     store = open_store(db, settings)
@@ -154,6 +155,7 @@ def attribute_generation(
     seed: int = 0,
     db: DbArg = None,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
     use_cache: bool = True,
     **method_params: Any,
@@ -163,7 +165,7 @@ def attribute_generation(
     settings = settings or Settings.from_env()
     m = get_method(method)
     per_method, faith = split_params([m], method_params)
-    lm = get_model(model, settings, _scaled(progress, 0.0, 0.05))
+    lm = get_model(model, settings, _scaled(progress, 0.0, 0.05), dtype)
     key = {
         "method": m.name,
         "generate": int(generate),

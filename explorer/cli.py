@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+# The names of explorer.backends.loading.DTYPES (not imported: `explorer -h` must not import torch).
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 COMMAND_MODULES = ("lens", "runs", "export", "sql", "attention", "attribute", "prune", "compare")
 
 
@@ -36,6 +38,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     )
     parser.add_argument("--db", help="DuckDB run store (default: $EXPLORER_DB or cache/explorer.duckdb)")
     parser.add_argument("--cache-dir", help="cache directory (default: $EXPLORER_CACHE_DIR or ./cache)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default=None,
+        help="weights' dtype (default: $EXPLORER_DTYPE or auto = float16 on CUDA, float32 on CPU)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers: dict[str, Any] = {}
     for name in COMMAND_MODULES:
@@ -47,6 +55,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
             raise
         p = module.add_parser(sub)
         p.add_argument("--db", dest="sub_db", help=argparse.SUPPRESS)
+        p.add_argument(
+            "--dtype",
+            dest="sub_dtype",
+            choices=DTYPE_CHOICES,
+            default=None,
+            help="weights' dtype (see explorer -h)",
+        )
         p.add_argument("--json", action="store_true", help="print JSON (the default; kept for explicitness)")
         handlers[p.prog.split()[-1]] = module.run
     return parser, handlers
@@ -82,8 +97,9 @@ def _main(argv: list[str] | None) -> int:
     try:
         _check_arguments(args)
         db = getattr(args, "sub_db", None) or args.db
+        dtype = getattr(args, "sub_dtype", None) or args.dtype
         try:
-            settings = Settings.from_env(db_path=db, cache_dir=args.cache_dir)
+            settings = Settings.from_env(db_path=db, cache_dir=args.cache_dir, dtype=dtype)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
         out = handlers[args.command](args, settings)

@@ -36,6 +36,7 @@ class Settings:
     db_path: Path | None = None  # default: <cache_dir>/explorer.duckdb
     default_model: str = DEFAULT_MODEL
     default_vision_model: str = DEFAULT_VISION_MODEL
+    dtype: str = "auto"  # weights' dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16
     max_prompt_tokens: int = 512
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
@@ -79,6 +80,8 @@ class Settings:
             values["db_path"] = Path(env["EXPLORER_DB"]).expanduser().resolve()
         if "EXPLORER_MODEL" in env:
             values["default_model"] = env["EXPLORER_MODEL"]
+        if "EXPLORER_DTYPE" in env:
+            values["dtype"] = env["EXPLORER_DTYPE"]
         if "EXPLORER_MAX_PROMPT_TOKENS" in env:
             values["max_prompt_tokens"] = int(env["EXPLORER_MAX_PROMPT_TOKENS"])
         if "EXPLORER_MAX_IMAGE_BYTES" in env:

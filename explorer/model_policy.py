@@ -130,13 +130,16 @@ def memory_budget_bytes() -> int:
 
 
 def model_bytes(value: Any) -> int:
-    """Bytes of parameters and buffers of a cached model (a backend wrapping `.model`, or a module)."""
+    """Bytes of parameters and buffers of a cached model: a module, or a backend holding modules
+    (`hf_model`, `model`, `backbone`, `decoder`); tied weights count once."""
     import torch
 
-    module = value if isinstance(value, torch.nn.Module) else getattr(value, "model", None)
-    if not isinstance(module, torch.nn.Module):
-        return 0
-    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}  # tied weights once
+    modules = [value] if isinstance(value, torch.nn.Module) else []
+    for attr in ("hf_model", "model", "backbone", "decoder"):
+        part = getattr(value, attr, None)
+        if isinstance(part, torch.nn.Module):
+            modules.append(part)
+    tensors = {id(t): t for m in modules for t in [*m.parameters(), *m.buffers()]}
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
@@ -146,11 +149,11 @@ class ModelLRU:
 
     def __init__(self, budget: Callable[[], int] = memory_budget_bytes) -> None:
         self._budget = budget
-        self._models: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._models: OrderedDict[tuple[str, ...], tuple[Any, int]] = OrderedDict()
+        self._locks: dict[tuple[str, ...], threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def get(self, key: tuple[str, str], factory: Callable[[], Any]) -> Any:
+    def get(self, key: tuple[str, ...], factory: Callable[[], Any]) -> Any:
         with self._guard:
             if key in self._models:
                 self._models.move_to_end(key)
@@ -168,7 +171,7 @@ class ModelLRU:
                 self._evict(keep=key)
             return value
 
-    def _evict(self, keep: tuple[str, str]) -> None:
+    def _evict(self, keep: tuple[str, ...]) -> None:
         budget = self._budget()
         total = sum(size for _, size in self._models.values())
         for key in list(self._models):
@@ -185,7 +188,7 @@ class ModelLRU:
                 budget / 1024**3,
             )
 
-    def keys(self) -> list[tuple[str, str]]:
+    def keys(self) -> list[tuple[str, ...]]:
         with self._guard:
             return list(self._models)
 

@@ -19,11 +19,11 @@ from typing import Any
 
 from explorer.analysis.pruning import text as _text
 from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.backends.images import ImageInput, load_image
+from explorer.backends.language import LanguageModel
+from explorer.backends.vision import VisionModel, load_vision_model
 from explorer.config import Settings
 from explorer.errors import InputError
-from explorer.images import ImageInput, load_image
-from explorer.models.loading import LanguageModel
-from explorer.models.vision import VisionModel, load_vision_model
 
 SWEEP_RATIOS = _text.SWEEP_RATIOS
 TextPruningResult = _text.TextPruningResult
@@ -42,6 +42,7 @@ def prune_text(
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
 ) -> _text.TextPruningResult:
     """Prune `prompt` with each strategy at each keep ratio; measure each against the unpruned run.
@@ -58,7 +59,7 @@ def prune_text(
     ratios = _text.resolve_keep_ratios(keep_ratios)
     if progress is not None:
         progress(0.0, "Loading model")
-    lm = get_model(model, settings, progress)
+    lm = get_model(model, settings, progress, dtype)
     has_fastv = any(_text.split_strategy(n)[0].inside_lm for n in names)
     layer = _text.validate_layer(lm, layer, needs_layer=has_fastv)
     params: dict[str, Any] = {
@@ -110,6 +111,7 @@ def prune_image(
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
 ) -> Any:
     """Prune patches of `image` inside a vision transformer with each strategy at each keep ratio.
@@ -133,7 +135,9 @@ def prune_image(
     else:
         if progress is not None:
             progress(0.0, "Loading vision model")
-        vm = load_vision_model(model or settings.default_vision_model, settings=settings, progress=progress)
+        vm = load_vision_model(
+            model or settings.default_vision_model, settings=settings, progress=progress, dtype=dtype
+        )
     layer = engine.validate_layer(vm, layer)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed must be an integer; got {seed!r}")
@@ -174,6 +178,7 @@ def prune(
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
 ) -> Any:
     """`prune_text` when given a `prompt`, `prune_image` when given an `image` (exactly one).
@@ -197,6 +202,7 @@ def prune(
             db=db,
             use_cache=use_cache,
             settings=settings,
+            dtype=dtype,
             progress=progress,
         )
     if isinstance(model, VisionModel):
@@ -214,6 +220,7 @@ def prune(
         db=db,
         use_cache=use_cache,
         settings=settings,
+        dtype=dtype,
         progress=progress,
     )
 

@@ -68,11 +68,12 @@ def tiny_config(arch: str, vocab: int) -> Any:
     raise ValueError(arch)
 
 
-def make_tiny_lm(arch: str, seed: int = 0) -> Any:
-    """A randomly initialised causal LM of `arch`, wrapped as a LanguageModel backend."""
+def make_tiny_lm(arch: str, seed: int = 0, dtype: str | None = None) -> Any:
+    """A randomly initialised causal LM of `arch`, wrapped as a LanguageModel backend
+    (weights drawn in float32, then converted to `dtype` when given)."""
     from transformers import AutoModelForCausalLM
 
-    from explorer.models.loading import wrap_model
+    from explorer.backends.language import wrap_model
 
     if not _TOKENIZER:
         _TOKENIZER.append(bert_tokenizer())
@@ -83,7 +84,7 @@ def make_tiny_lm(arch: str, seed: int = 0) -> Any:
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params < MAX_TINY_PARAMS, f"test model {arch} is not tiny: {n_params} params"
-    return wrap_model(model, tok, model_id=f"tiny-{arch}")
+    return wrap_model(model, tok, model_id=f"tiny-{arch}", dtype=dtype)
 
 
 _TINY_CACHE: dict[str, Any] = {}
@@ -125,7 +126,7 @@ def settings(tmp_path: Path) -> Any:
 @pytest.fixture(scope="session")
 def smollm() -> Any:
     """The embedded SmolLM2-135M (converted once into cache/models)."""
-    from explorer.models.loading import load_model
+    from explorer.backends.language import load_model
 
     return load_model("smollm2-135m")
 

@@ -36,10 +36,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from explorer.backends.language import LanguageModel, capture, encode
+from explorer.backends.trace import Trace
 from explorer.errors import InputError
-from explorer.models.loading import LanguageModel
 from explorer.results import register_result
-from explorer.trace import Trace, capture, encode
 
 ProgressFn = Callable[[float, str], None]
 

@@ -15,7 +15,6 @@ position P-1+s holds step s.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,12 +25,12 @@ import pyarrow as pa
 import torch
 
 from explorer.analysis.ranks import fused_readout
+from explorer.backends.language import LanguageModel, capture, encode
+from explorer.backends.trace import Trace
 from explorer.errors import InputError
-from explorer.models.loading import LanguageModel
+from explorer.progress import ProgressFn, or_silent
 from explorer.results import register_result
-from explorer.trace import Trace, capture, encode
 
-ProgressFn = Callable[[float, str], None]
 MAX_GENERATE = 256
 MAX_TOP_K = 100
 ROLE_NEXT = "next_input"
@@ -291,38 +290,26 @@ def resolve_targets(lm: LanguageModel, targets: tuple[str, ...]) -> tuple[list[i
     return ids, notes
 
 
-@torch.inference_mode()
 def generate_ids(
     lm: LanguageModel, prompt_ids: torch.Tensor, params: LensParams, progress: ProgressFn | None = None
 ) -> list[int]:
     """Decode `params.generate` tokens after `prompt_ids` (seq,), greedy or seeded sampling.
     Stops early at the end-of-sequence token (which is kept)."""
-    gen = torch.Generator(device="cpu").manual_seed(params.seed)
-    eos = lm.tokenizer.eos_token_id
-    out: list[int] = []
-    ids = prompt_ids.unsqueeze(0).to(lm.device)
-    # transformers >= 5.x calls the KV cache `cache`; older versions `past_key_values`
-    cache_arg = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
-    past = None
-    with lm.lock:
-        for step in range(params.generate):
-            if progress is not None:
-                progress(
-                    0.1 + 0.4 * step / params.generate, f"Generating token {step + 1} of {params.generate}"
-                )
-            res = lm.model(input_ids=ids, use_cache=True, **{cache_arg: past})
-            past = getattr(res, cache_arg)
-            logits = res.logits[0, -1].float()
-            if params.sample:
-                probs = torch.softmax(logits / params.temperature, dim=-1).cpu()
-                nxt = int(torch.multinomial(probs, 1, generator=gen).item())
-            else:
-                nxt = int(logits.argmax().item())
-            out.append(nxt)
-            if eos is not None and nxt == eos:
-                break
-            ids = torch.tensor([[nxt]], device=lm.device)
-    return out
+    report = or_silent(progress)
+    n = params.generate
+
+    def step_done(step: int, tokens: torch.Tensor) -> None:
+        report(0.1 + 0.4 * (step + 1) / n, f"Generated token {step + 1} of {n}")
+
+    generation = lm.generate(
+        prompt_ids,
+        n,
+        sample=params.sample,
+        temperature=params.temperature,
+        seed=params.seed,
+        step_hook=step_done,
+    )
+    return generation.ids()
 
 
 def lens_from_trace(

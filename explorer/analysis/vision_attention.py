@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from explorer.backends.vision import VisionModel
 from explorer.errors import InputError
-from explorer.models.vision import VisionModel
 
 
 @dataclass

@@ -35,10 +35,10 @@ import torch
 from PIL import Image
 
 from explorer.analysis.vision_attention import attention_rollout, cls_attention_maps, trace_image
+from explorer.backends.images import ImageInput, image_to_png, load_image, model_view, normalize, png_to_array
+from explorer.backends.vision import VisionModel
 from explorer.config import Settings
 from explorer.errors import InputError
-from explorer.images import ImageInput, image_to_png, load_image, model_view, normalize, png_to_array
-from explorer.models.vision import VisionModel
 from explorer.results import register_result
 
 ProgressFn = Callable[[float, str], None]

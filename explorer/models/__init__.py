@@ -1,1 +1,3 @@
-"""Model loading: embedded defaults, hub ids, local dirs; architecture table as data."""
+"""Old import paths (before the backends package); use `explorer.backends` instead.
+
+Kept only while other branches move over; nothing inside `explorer` imports from here."""

@@ -24,12 +24,12 @@ import numpy as np
 from explorer.analysis.attention import MAX_FLOW_POSITIONS, MAX_FLOW_TOKENS, SINK_FIRST, AttentionResult
 from explorer.analysis.vision_attention_result import VisionAttentionResult
 from explorer.attention_api import attention, attention_image
+from explorer.backends.embedded import EMBEDDED_LMS
+from explorer.backends.images import load_image, sample_images
+from explorer.backends.vision import EMBEDDED_VISION_MODELS
 from explorer.errors import InputError
-from explorer.images import load_image, sample_images
-from explorer.models.loading import EMBEDDED_LMS
-from explorer.models.vision import EMBEDDED_VISION_MODELS
 from explorer.plots import attention as att_plots
-from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, user_errors
 
 TITLE = "Attention"
 TEXT_MODE = "Text (language model)"
@@ -267,6 +267,7 @@ def _build_text_mode(ctx: UIContext) -> None:
                 allow_custom_value=True,
                 label="Model (embedded name, hub id or local dir)",
             )
+            dtype = dtype_dropdown(ctx)
             with gr.Row():
                 flow = gr.Checkbox(
                     value=False,
@@ -321,6 +322,7 @@ def _build_text_mode(ctx: UIContext) -> None:
         model_v: str,
         flow_v: bool,
         flow_positions_v: str,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
         limit = ctx.settings.max_prompt_tokens * MAX_PROMPT_CHARS_PER_TOKEN
@@ -334,6 +336,7 @@ def _build_text_mode(ctx: UIContext) -> None:
             flow=bool(flow_v),
             flow_positions=parse_positions(flow_positions_v) if flow_v else (-1,),
             settings=ctx.settings,
+            dtype=dtype_v or None,
             progress=report,
         )
         return render(result)
@@ -387,7 +390,7 @@ def _build_text_mode(ctx: UIContext) -> None:
         sink_plot,
         entropy_plot,
     ]
-    inputs = [prompt, model, flow, flow_positions]
+    inputs = [prompt, model, flow, flow_positions, dtype]
     run.click(on_run, inputs=inputs, outputs=outputs, api_name="attention")
 
     # ---- re-render from the stored result only (no model call) --------------------------

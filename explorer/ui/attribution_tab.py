@@ -15,8 +15,8 @@ from explorer.analysis.attribution import ATTRIBUTION_METHODS, AttributionCompar
 from explorer.analysis.attribution.replacement import DEFAULT_MLM
 from explorer.analysis.attribution.result import GenerationAttributionResult
 from explorer.attribution_api import attribute, attribute_generation
+from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.errors import InputError
-from explorer.models.loading import EMBEDDED_LMS
 from explorer.plots import figure_spec
 from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
 

@@ -32,6 +32,17 @@ class UIContext:
         return Store.open(self.settings.database)
 
 
+def dtype_dropdown(ctx: UIContext) -> gr.Dropdown:
+    """The weights' dtype control every model-running tab shows (choices from the backends)."""
+    from explorer.backends.loading import DTYPE_NAMES
+
+    return gr.Dropdown(
+        choices=list(DTYPE_NAMES),
+        value=ctx.settings.dtype,
+        label="Weights dtype (auto: float16 on CUDA, float32 on CPU)",
+    )
+
+
 def progress_fn(progress: gr.Progress) -> ProgressFn:
     """Adapt a Gradio progress tracker to the API's `progress(fraction, message)`."""
 

@@ -9,9 +9,9 @@ import plotly.graph_objects as go
 
 from explorer import api
 from explorer.analysis.logit_lens import MAX_GENERATE, ROLE_FINAL, ROLE_NEXT, LensResult
-from explorer.models.loading import EMBEDDED_LMS
+from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.plots import lens as lens_plots
-from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, user_errors
 
 TITLE = "Logit lens"
 WINDOW = 48  # positions shown at once for long prompts
@@ -85,6 +85,7 @@ def build(ctx: UIContext) -> None:
                 allow_custom_value=True,
                 label="Model (embedded name, hub id or local dir)",
             )
+            dtype = dtype_dropdown(ctx)
             with gr.Row():
                 top_k = gr.Slider(1, 50, value=10, step=1, label="Top-k per cell")
                 generate = gr.Slider(0, min(64, MAX_GENERATE), value=0, step=1, label="Generate N tokens")
@@ -136,6 +137,7 @@ def build(ctx: UIContext) -> None:
         seed_v: float,
         metric_v: str,
         role_v: str,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
         report = progress_fn(progress)
@@ -150,6 +152,7 @@ def build(ctx: UIContext) -> None:
             temperature=float(temperature_v or 1.0),
             seed=int(seed_v or 0),
             settings=ctx.settings,
+            dtype=dtype_v or None,
             progress=report,
         )
         return render(result, metric_v, role_v)
@@ -172,7 +175,7 @@ def build(ctx: UIContext) -> None:
         )
 
     outputs = [state, summary, window, heatmap, position, tracked, gen_box, generation, hidden]
-    inputs = [prompt, targets, model, top_k, generate, sample, temperature, seed, metric, role]
+    inputs = [prompt, targets, model, top_k, generate, sample, temperature, seed, metric, role, dtype]
     run.click(on_run, inputs=inputs, outputs=outputs, api_name="logit_lens")
     prompt.submit(on_run, inputs=inputs, outputs=outputs, api_visibility="private")
 

@@ -12,9 +12,9 @@ from typing import Any
 import gradio as gr
 
 from explorer.analysis.pruning.text import DEFAULT_STRATEGIES, TextPruningResult
+from explorer.backends.embedded import EMBEDDED_LMS
+from explorer.backends.images import sample_images
 from explorer.errors import InputError
-from explorer.images import sample_images
-from explorer.models.loading import EMBEDDED_LMS
 from explorer.plots import pruning as plots
 from explorer.pruning_api import (
     deviations,

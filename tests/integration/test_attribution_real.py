@@ -23,7 +23,7 @@ REAGENT_PARAMS = {"replacement": "causal", "num_probes": 8, "max_steps": 40}
 
 @pytest.fixture(scope="module")
 def lm() -> Any:
-    from explorer.models.loading import load_model
+    from explorer.backends.language import load_model
 
     return load_model("smollm2-135m")
 

@@ -15,9 +15,9 @@ import torch
 
 from explorer.analysis.pruning.image import _top_k, keep_count, run_pruned, select_patches, unpruned_pass
 from explorer.analysis.vision_attention import attention_rollout, cls_attention_maps, trace_image
-from explorer.images import load_image, preprocess, sample_images
-from explorer.models.loading import embedded_package_dir
-from explorer.models.vision import EMBEDDED_VISION_MODELS, VisionModel, load_vision_model
+from explorer.backends.images import load_image, preprocess, sample_images
+from explorer.backends.loading import embedded_package_dir
+from explorer.backends.vision import EMBEDDED_VISION_MODELS, VisionModel, load_vision_model
 
 pytestmark = pytest.mark.real
 

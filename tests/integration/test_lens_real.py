@@ -8,7 +8,7 @@ import torch
 
 from explorer import api
 from explorer.analysis.logit_lens import ROLE_FINAL, ROLE_TARGET
-from explorer.trace import capture, encode
+from explorer.backends.language import capture, encode
 
 pytestmark = pytest.mark.real
 
@@ -29,7 +29,7 @@ def test_last_layer_lens_equals_model_output(smollm) -> None:
     ids = encode(smollm, "Interpretability researchers compare logit lenses.", 512)
     trace = capture(smollm, ids)
     with torch.no_grad():
-        direct = smollm.model(input_ids=ids.unsqueeze(0)).logits[0]
+        direct = smollm.hf_model(input_ids=ids.unsqueeze(0)).logits[0]
     torch.testing.assert_close(smollm.unembed(trace.residual[-1]), direct, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(
         trace.attentions.sum(-1), torch.ones(trace.attentions.shape[:-1]), atol=1e-4, rtol=0

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from explorer.analysis.pruning.text import _FastVCut, reference_run, run_batch
+from explorer.backends.language import LanguageModel, load_model
 from explorer.errors import InputError
-from explorer.models.loading import LanguageModel, load_model
 from explorer.store import Store
 
 pytestmark = pytest.mark.real
@@ -62,7 +62,7 @@ def test_text_sweep_on_smollm2(lm: LanguageModel, store: Store) -> None:
 
 
 def test_minilm_similarity_ranks_paraphrase_above_unrelated() -> None:
-    from explorer.text_similarity import semantic_similarity
+    from explorer.backends.sentence import semantic_similarity
 
     para, unrelated = semantic_similarity(
         "The cat sat on the mat.", ["A cat is sitting on a mat.", "Stocks fell."]
@@ -71,7 +71,7 @@ def test_minilm_similarity_ranks_paraphrase_above_unrelated() -> None:
 
 
 def test_image_sweep_on_dinov2_stored_and_plotted(store: Store) -> None:
-    from explorer.images import sample_images
+    from explorer.backends.images import sample_images
     from explorer.plots import figures_for
     from explorer.pruning_api import prune
 

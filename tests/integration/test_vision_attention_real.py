@@ -17,8 +17,8 @@ import pytest
 
 from explorer.analysis.vision_attention_result import VisionAttentionResult
 from explorer.attention_api import attention_image
-from explorer.images import sample_images
-from explorer.models.vision import VisionModel, load_vision_model
+from explorer.backends.images import sample_images
+from explorer.backends.vision import VisionModel, load_vision_model
 
 pytestmark = pytest.mark.real
 

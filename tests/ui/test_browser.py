@@ -26,8 +26,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory: pytest.TempPathFactory):
+    from explorer.backends.language import load_model
     from explorer.config import Settings
-    from explorer.models.loading import load_model
     from explorer.ui.app import CSS, build_demo
 
     db = tmp_path_factory.mktemp("ui") / "ui.duckdb"

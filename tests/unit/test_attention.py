@@ -92,7 +92,7 @@ def test_flow_entropy_and_sinks_are_consistent(arch_result: tuple[Any, Attention
 
 def test_one_forward_pass_per_request(tiny_llama: Any, tmp_store: Any) -> None:
     calls = []
-    handle = tiny_llama.model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    handle = tiny_llama.hf_model.register_forward_pre_hook(lambda m, a: calls.append(1))
     try:
         res = attention(tiny_llama, PROMPT, flow=True, db=tmp_store)
         assert len(calls) == 1
@@ -211,7 +211,7 @@ def test_input_errors(tiny_llama: Any) -> None:
 
 def test_single_token_trace_is_rejected(tiny_llama: Any) -> None:
     from explorer.analysis.attention import attention_from_trace
-    from explorer.trace import capture
+    from explorer.backends.language import capture
 
     trace = capture(tiny_llama, torch.tensor([5]), attentions=True)
     with pytest.raises(InputError, match="at least 2 tokens"):
@@ -279,5 +279,5 @@ def test_long_prompt_figures_are_downsampled() -> None:
 
 def test_tiny_models_are_tiny(arch_result: tuple[Any, AttentionResult]) -> None:
     lm, _ = arch_result
-    assert sum(p.numel() for p in lm.model.parameters()) < 3_000_000
-    assert isinstance(lm.model, torch.nn.Module)
+    assert sum(p.numel() for p in lm.hf_model.parameters()) < 3_000_000
+    assert isinstance(lm.hf_model, torch.nn.Module)

@@ -20,9 +20,10 @@ from explorer.analysis.attribution import (
 )
 from explorer.analysis.attribution.faithfulness import faithfulness, normalise_importance
 from explorer.analysis.attribution.gradients import IGParams, integrated_gradients
-from explorer.analysis.attribution.replacement import build_sampler, load_masked_lm
+from explorer.analysis.attribution.replacement import build_sampler
 from explorer.analysis.attribution.task import context_embeddings, objective_embeds
 from explorer.attribution_api import attribute, compare_runs
+from explorer.backends.masked import load_masked_lm
 from explorer.errors import InputError
 from tests.conftest import MAX_TINY_PARAMS, bert_tokenizer
 
@@ -72,13 +73,13 @@ def test_integrated_gradients_completeness(tiny_llama: Any) -> None:
 
 
 def test_model_weights_untouched(tiny_llama: Any) -> None:
-    before = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
-    flags = [p.requires_grad for p in tiny_llama.model.parameters()]
+    before = {k: v.clone() for k, v in tiny_llama.hf_model.state_dict().items()}
+    flags = [p.requires_grad for p in tiny_llama.hf_model.parameters()]
     for method in ("integrated_gradients", "saliency", "reagent"):
         run_attribution(tiny_llama, PROMPT, TARGET, method=method, params=_params(method))
-    assert flags == [p.requires_grad for p in tiny_llama.model.parameters()]
-    assert all(p.grad is None for p in tiny_llama.model.parameters())
-    for k, v in tiny_llama.model.state_dict().items():
+    assert flags == [p.requires_grad for p in tiny_llama.hf_model.parameters()]
+    assert all(p.grad is None for p in tiny_llama.hf_model.parameters())
+    for k, v in tiny_llama.hf_model.state_dict().items():
         assert torch.equal(v, before[k])
 
 

@@ -30,9 +30,9 @@ from explorer.analysis.pruning.image import (
     saliency_similarity,
     unpruned_pass,
 )
+from explorer.backends.images import preprocess
+from explorer.backends.vision import Preprocessing, SaliencyDecoder, VisionModel, wrap_vision_model
 from explorer.errors import InputError
-from explorer.images import preprocess
-from explorer.models.vision import Preprocessing, SaliencyDecoder, VisionModel, wrap_vision_model
 from explorer.store import Store
 
 IMAGE_SIZE = 48

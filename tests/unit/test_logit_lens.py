@@ -8,8 +8,8 @@ import torch
 
 from explorer.analysis.logit_lens import ROLE_FINAL, ROLE_NEXT, ROLE_TARGET, logit_lens
 from explorer.analysis.ranks import readout
+from explorer.backends.language import capture, encode
 from explorer.errors import InputError
-from explorer.trace import capture, encode
 
 PROMPT = "the quick brown fox jumps over the lazy dog"
 
@@ -19,7 +19,7 @@ def test_last_layer_lens_equals_model_logits(tiny_lm) -> None:
     trace = capture(tiny_lm, ids)
     with torch.no_grad():
         lens_last = tiny_lm.unembed(trace.residual[-1])
-        direct = tiny_lm.model(input_ids=ids.unsqueeze(0)).logits[0]
+        direct = tiny_lm.hf_model(input_ids=ids.unsqueeze(0)).logits[0]
     torch.testing.assert_close(lens_last, direct, atol=1e-5, rtol=1e-5)
     # and the final norm matters: skipping it gives something else
     assert not torch.allclose(tiny_lm.unembed(trace.residual[-1], normalize=False), direct, atol=1e-3)
@@ -44,7 +44,7 @@ def test_lens_result_last_layer_matches_model_distribution(tiny_lm) -> None:
     r = logit_lens(tiny_lm, PROMPT, top_k=5)
     ids = torch.tensor(r.input_ids)
     with torch.no_grad():
-        probs = torch.softmax(tiny_lm.model(input_ids=ids.unsqueeze(0)).logits[0], -1)
+        probs = torch.softmax(tiny_lm.hf_model(input_ids=ids.unsqueeze(0)).logits[0], -1)
     top_p, top_i = probs.topk(5, -1)
     np.testing.assert_array_equal(r.topk_ids[-1], top_i.numpy())
     np.testing.assert_allclose(r.topk_probs[-1], top_p.numpy(), atol=1e-5)

@@ -23,7 +23,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_four_spellings_of_one_folder_load_once(tiny_dir: Path, monkeypatch) -> None:
-    from explorer.models.loading import MODEL_CACHE, load_model
+    from explorer.backends.language import load_model
+    from explorer.backends.loading import MODEL_CACHE
 
     monkeypatch.chdir(tiny_dir.parent.parent)
     rel = os.path.relpath(tiny_dir)
@@ -56,9 +57,9 @@ def test_allow_list_admits_names_hub_globs_and_folders(tiny_dir: Path, monkeypat
 def test_allow_list_covers_every_model_field(monkeypatch, tiny_dir: Path) -> None:
     import torch
 
-    from explorer.analysis.attribution.replacement import load_masked_lm
-    from explorer.models.loading import load_model
-    from explorer.models.vision import load_vision_model
+    from explorer.backends.language import load_model
+    from explorer.backends.masked import load_masked_lm
+    from explorer.backends.vision import load_vision_model
 
     monkeypatch.setenv("EXPLORER_ALLOWED_MODELS", "smollm2-135m")
     for load in (
@@ -71,7 +72,7 @@ def test_allow_list_covers_every_model_field(monkeypatch, tiny_dir: Path) -> Non
 
 
 def test_local_mode_keeps_detailed_messages(tmp_path: Path, monkeypatch) -> None:
-    from explorer.models.loading import load_model
+    from explorer.backends.language import load_model
 
     monkeypatch.delenv("EXPLORER_ALLOWED_MODELS", raising=False)
     with pytest.raises(ModelNotAvailableError, match="does not exist"):
@@ -79,7 +80,7 @@ def test_local_mode_keeps_detailed_messages(tmp_path: Path, monkeypatch) -> None
 
 
 def test_hosted_load_failure_says_nothing_more(tmp_path: Path, monkeypatch) -> None:
-    from explorer.models.loading import load_model
+    from explorer.backends.language import load_model
 
     bad = tmp_path / "models" / "broken"
     bad.mkdir(parents=True)

@@ -86,7 +86,7 @@ def test_fastv_full_keep_reproduces_unpruned_logits_and_continuation_exactly(arc
     run, _ = run_batch(lm, ids.unsqueeze(0), 4, _FastVCut(torch.arange(n).unsqueeze(0), n, 1))
     assert torch.equal(run.last_logits[0], ref.last_logits)
     assert torch.equal(run.continuation[0], ref.continuation)
-    plain = lm.model(input_ids=ids.unsqueeze(0)).logits[0, -1].float()
+    plain = lm.hf_model(input_ids=ids.unsqueeze(0)).logits[0, -1].float()
     torch.testing.assert_close(ref.last_logits, plain, rtol=0, atol=1e-5)
 
 
@@ -110,7 +110,7 @@ def _masked_fastv_logits(lm: Any, ids: torch.Tensor, kept: list[int], layer: int
     handles = [blocks[i].register_forward_pre_hook(hook, with_kwargs=True) for i in range(layer, len(blocks))]
     try:
         with torch.inference_mode():
-            return lm.model(input_ids=ids.unsqueeze(0)).logits[0, -1].float()
+            return lm.hf_model(input_ids=ids.unsqueeze(0)).logits[0, -1].float()
     finally:
         for h in handles:
             h.remove()
@@ -268,7 +268,7 @@ def test_cli_prints_rows_and_exits_2_on_bad_keep(tmp_path: Path, capsys: pytest.
 
     lm = lm_of("llama")
     model_dir = tmp_path / "tiny-llama"
-    lm.model.save_pretrained(model_dir)
+    lm.hf_model.save_pretrained(model_dir)
     lm.tokenizer.save_pretrained(model_dir)
     db = str(tmp_path / "cli.duckdb")
     base = ["--db", db, "prune", "--prompt", PROMPT, "--model", str(model_dir), "--layer", "1"]

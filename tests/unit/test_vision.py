@@ -22,16 +22,16 @@ from explorer.analysis.vision_attention import (
     trace_image,
     upsample_map,
 )
-from explorer.config import Settings
-from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
-from explorer.images import load_image, model_view, preprocess, sample_images
-from explorer.models.vision import (
+from explorer.backends.images import load_image, model_view, preprocess, sample_images
+from explorer.backends.vision import (
     Preprocessing,
     SaliencyDecoder,
     VisionModel,
     load_vision_model,
     wrap_vision_model,
 )
+from explorer.config import Settings
+from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
 
 IMAGE_SIZE = 32
 PATCH = 8
@@ -263,7 +263,7 @@ def test_model_view_is_square_at_image_size(tiny_vm: VisionModel, mode: str) -> 
 def test_preprocess_default_is_224() -> None:
     pre = Preprocessing()
     assert pre.image_size == 224
-    from explorer.images import normalize
+    from explorer.backends.images import normalize
 
     pixels = normalize(_random_image().resize((224, 224)), pre)
     assert pixels.shape == (1, 3, 224, 224) and pixels.dtype == torch.float32

@@ -26,10 +26,10 @@ from explorer.analysis.vision_attention_result import (
     image_sha256,
 )
 from explorer.attention_api import attention_image
+from explorer.backends.vision import Preprocessing, VisionModel, wrap_vision_model
 from explorer.cli import main
 from explorer.config import Settings
 from explorer.errors import InputError
-from explorer.models.vision import Preprocessing, VisionModel, wrap_vision_model
 
 IMAGE_SIZE = 32
 PATCH = 8
@@ -111,7 +111,7 @@ def test_rollout_sums_to_one_and_entropy_is_bounded(result: VisionAttentionResul
 
 def test_entropy_matches_the_trace(tiny_vm: VisionModel, result: VisionAttentionResult) -> None:
     from explorer.analysis.vision_attention import trace_image
-    from explorer.images import preprocess
+    from explorer.backends.images import preprocess
 
     trace = trace_image(tiny_vm, preprocess(tiny_vm, random_image()))
     assert trace.attentions is not None
@@ -261,7 +261,7 @@ def test_cli_rejects_bad_image_and_bad_flags(
 
 # ---- the LM loader refuses vision models -------------------------------------------------
 def test_language_model_loader_refuses_vision_models(tiny_dir: Path, tmp_path: Path) -> None:
-    from explorer.models.loading import load_model
+    from explorer.backends.language import load_model
 
     settings = Settings.from_env(cache_dir=tmp_path)
     with pytest.raises(InputError, match="is a vision model: it has no unembedding") as exc:

@@ -12,7 +12,6 @@ attention-based scores (`attention_based`). Faithfulness: `faithfulness`.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,10 +28,9 @@ from explorer.analysis.attribution.result import (
     GenerationAttributionResult,
 )
 from explorer.analysis.attribution.task import AttributionTask, resolve_continuation
+from explorer.backends.language import LanguageModel, encode
 from explorer.errors import InputError
-from explorer.models.loading import LanguageModel
 from explorer.text_input import check_text
-from explorer.trace import encode
 
 ProgressFn = Callable[[float, str], None]
 MethodFn = Callable[
@@ -233,25 +231,9 @@ def run_attribution(
     )
 
 
-@torch.inference_mode()
 def greedy_generate(lm: LanguageModel, prompt_ids: torch.Tensor, n: int) -> list[int]:
     """Greedy-decode up to `n` tokens after `prompt_ids` (P,); stops after the EOS token."""
-    eos = lm.tokenizer.eos_token_id
-    out: list[int] = []
-    ids = prompt_ids.unsqueeze(0).to(lm.device)
-    past = None
-    # transformers renamed `past_key_values` to `cache`; use whichever this version accepts
-    cache_arg = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
-    with lm.lock:
-        for _ in range(n):
-            res = lm.model(input_ids=ids, use_cache=True, **{cache_arg: past})
-            past = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
-            nxt = int(res.logits[0, -1].argmax())
-            out.append(nxt)
-            if eos is not None and nxt == eos:
-                break
-            ids = torch.tensor([[nxt]], device=lm.device)
-    return out
+    return lm.generate(prompt_ids, n).ids()
 
 
 def run_generation(

@@ -18,9 +18,8 @@ import torch
 
 from explorer.analysis.attribution.gradients import NoParams
 from explorer.analysis.attribution.task import AttributionTask
+from explorer.backends.language import LanguageModel, capture
 from explorer.errors import InputError
-from explorer.models.loading import LanguageModel
-from explorer.trace import capture
 
 MAX_ATTENTION_TOKENS = 2048
 

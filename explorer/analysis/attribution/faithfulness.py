@@ -50,8 +50,8 @@ from explorer.analysis.attribution.task import (
     continuation_logprob_embeds,
     continuation_logprob_ids,
 )
+from explorer.backends.language import LanguageModel
 from explorer.errors import InputError
-from explorer.models.loading import LanguageModel
 
 METRICS = ("soft_nc", "soft_ns", "comprehensiveness", "sufficiency")
 MAX_ROWS_PER_FORWARD = 32

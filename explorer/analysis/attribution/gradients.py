@@ -24,12 +24,11 @@ import torch
 
 from explorer.analysis.attribution.task import (
     AttributionTask,
-    FrozenParameters,
     context_embeddings,
     objective_embeds,
 )
+from explorer.backends.language import LanguageModel
 from explorer.errors import InputError
-from explorer.models.loading import LanguageModel
 
 # Memory budget: an IG chunk holds internal_batch_size x P x d activations for every layer.
 MAX_GRADIENT_TOKENS = 1024
@@ -103,7 +102,7 @@ def saliency(
 
     _check_budget(task)
     emb = context_embeddings(lm, task).unsqueeze(0)
-    with lm.lock, FrozenParameters(lm.model):
+    with lm.frozen_weights():
         attr = Saliency(_forward(lm, task)).attribute(emb, abs=False)
     return attr[0].float().norm(dim=-1).detach().cpu(), {}, []
 
@@ -116,7 +115,7 @@ def input_x_gradient(
 
     _check_budget(task)
     emb = context_embeddings(lm, task).unsqueeze(0)
-    with lm.lock, FrozenParameters(lm.model):
+    with lm.frozen_weights():
         attr = InputXGradient(_forward(lm, task)).attribute(emb)
     return attr[0].float().sum(dim=-1).detach().cpu(), {}, []
 
@@ -143,7 +142,7 @@ def integrated_gradients(
     _check_budget(task)
     emb = context_embeddings(lm, task).unsqueeze(0)
     total = torch.zeros_like(emb)
-    with lm.lock, FrozenParameters(lm.model):
+    with lm.frozen_weights():
         ig = IntegratedGradients(_forward(lm, task))
         for a, b, share in IG_SEGMENTS:
             total = total + ig.attribute(

@@ -49,8 +49,8 @@ import torch
 
 from explorer.analysis.attribution.replacement import REPLACEMENTS, Sampler, build_sampler
 from explorer.analysis.attribution.task import AttributionTask, continuation_logprob_ids
+from explorer.backends.language import LanguageModel
 from explorer.errors import InputError
-from explorer.models.loading import LanguageModel
 
 MAX_PROBES = 256
 MAX_STEPS = 10_000

@@ -25,16 +25,15 @@ with more, each replacement is drawn in proportion to the replacement model's sc
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from explorer.analysis.attribution.task import sequence_loglik
+from explorer.backends.language import LanguageModel
+from explorer.backends.masked import MaskedLM, load_masked_lm
 from explorer.errors import InputError, ModelNotAvailableError
-from explorer.model_policy import admit_model, load_errors_hidden
-from explorer.models.loading import MODEL_CACHE, LanguageModel
 
 REPLACEMENTS = ("auto", "causal", "mlm", "uniform")
 DEFAULT_MLM = "FacebookAI/roberta-base"
@@ -107,13 +106,8 @@ def causal_candidates(
             f"of at most {int((CAUSAL_RERANK_BUDGET / pool) ** 0.5)} tokens, or replacement='uniform' / an MLM"
         )
     special = _special_ids(lm.tokenizer)
-    with torch.inference_mode(), lm.lock:
-        logits = (
-            lm.model(input_ids=context_ids.unsqueeze(0).to(lm.device), use_cache=False)
-            .logits[0]
-            .float()
-            .cpu()
-        )
+    with torch.inference_mode():
+        logits = lm.forward(context_ids.unsqueeze(0)).logits[0].float().cpu()
     # logits[i] predicts position i + 1
     banned = torch.zeros(logits.shape[-1], dtype=torch.bool)
     for s in special:
@@ -165,49 +159,6 @@ def causal_candidates(
     return CandidateTable(ids=ids, probs=weights, label=f"causal:{lm.model_id}")
 
 
-@dataclass
-class MaskedLM:
-    """A loaded masked LM used as ReAGent's replacement model."""
-
-    name: str
-    model: Any
-    tokenizer: Any
-    lock: Any
-
-
-def load_masked_lm(name: str, device: torch.device, local_only: bool = False) -> MaskedLM:
-    """Load (once per process) a masked LM by hub id or local directory.
-
-    Raises ModelNotAvailableError with a clear message when it cannot be loaded here.
-    `local_only` never touches the network (used by replacement='auto').
-    """
-    import threading
-
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-    def factory() -> MaskedLM:
-        offline = local_only or os.environ.get("HF_HUB_OFFLINE") == "1"
-        try:
-            tok = AutoTokenizer.from_pretrained(name, local_files_only=offline)
-            model = AutoModelForMaskedLM.from_pretrained(name, local_files_only=offline, dtype=torch.float32)
-        except (OSError, ValueError) as exc:
-            raise ModelNotAvailableError(
-                f"masked LM {name!r} for ReAGent's replacements is not available here"
-                f"{' (offline: only local directories and the Hugging Face cache)' if offline else ''}; "
-                f"use replacement='causal' (the analysed model proposes replacements) or 'uniform'. "
-                f"Details: {str(exc).splitlines()[0][:200]}"
-            ) from exc
-        if tok.mask_token is None:
-            raise ModelNotAvailableError(f"{name!r} has no mask token: it is not a masked LM")
-        model.to(device).eval()
-        return MaskedLM(name=name, model=model, tokenizer=tok, lock=threading.Lock())
-
-    with load_errors_hidden(name, None):
-        name = admit_model(name)  # the host's allow-list covers masked LMs too
-        result: MaskedLM = MODEL_CACHE.get(("mlm:" + name, str(device)), factory)
-    return result
-
-
 def mlm_candidates(
     lm: LanguageModel, context_ids: torch.Tensor, mlm: MaskedLM, candidates: int = 4
 ) -> CandidateTable:
@@ -227,13 +178,7 @@ def mlm_candidates(
         suffix = "".join(pieces[i + 1 :])
         lead = " " if pieces[i].startswith(" ") and prefix else ""
         texts.append(prefix + lead + mask + suffix)
-    enc = mlm.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=512)
-    with torch.inference_mode(), mlm.lock:
-        logits = (
-            mlm.model(**{k: v.to(next(mlm.model.parameters()).device) for k, v in enc.items()})
-            .logits.float()
-            .cpu()
-        )
+    enc, logits = mlm.predict(texts)
     special_mlm = _special_ids(mlm.tokenizer)
     ids = torch.zeros(p, candidates, dtype=torch.long)
     weights = torch.zeros(p, candidates)

@@ -16,14 +16,12 @@ only (`logits_to_keep`), which skips the LM head for every other position.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from explorer.backends.language import LanguageModel
 from explorer.errors import InputError
-from explorer.models.loading import LanguageModel
 
 # Rows x positions x vocab floats per chunk when full-sequence logits are needed (256 MB of float32).
 LOGIT_CHUNK_FLOATS = 64 * 1024 * 1024
@@ -83,13 +81,6 @@ def resolve_continuation(
     return ids, decoded, lm.tokens_str(ids)
 
 
-def _supports_logits_to_keep(lm: LanguageModel) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(lm.model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def last_logits(
     lm: LanguageModel,
     k: int,
@@ -102,14 +93,7 @@ def last_logits(
     Give either `input_ids` (B, T) or `inputs_embeds` (B, T, d). No cache, no attention mask
     (every row has the same length). Gradients flow if the inputs require them.
     """
-    kwargs: dict[str, Any] = {"use_cache": False}
-    if input_ids is not None:
-        kwargs["input_ids"] = input_ids.to(lm.device)
-    else:
-        kwargs["inputs_embeds"] = inputs_embeds
-    if _supports_logits_to_keep(lm):
-        kwargs["logits_to_keep"] = k
-    out = lm.model(**kwargs)
+    out = lm.forward(input_ids, inputs_embeds=inputs_embeds, logits_to_keep=k)
     return out.logits[:, -k:, :].float()
 
 
@@ -171,7 +155,7 @@ def objective_embeds(lm: LanguageModel, task: AttributionTask, context_embeds: t
 def context_embeddings(lm: LanguageModel, task: AttributionTask) -> torch.Tensor:
     """Input embeddings of the context: (P, d), detached, in the model's dtype."""
     with torch.no_grad():
-        return lm.embed_module()(task.context_ids.to(lm.device)).detach()
+        return lm.embed(task.context_ids).detach()
 
 
 def sequence_loglik(lm: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
@@ -188,29 +172,7 @@ def sequence_loglik(lm: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         for start in range(0, b, rows):
             chunk = ids[start : start + rows].to(lm.device)
-            logits = lm.model(input_ids=chunk, use_cache=False).logits[:, :-1, :].float()
+            logits = lm.forward(chunk).logits[:, :-1, :].float()
             logp = torch.log_softmax(logits, dim=-1).gather(-1, chunk[:, 1:].unsqueeze(-1)).squeeze(-1)
             out.append(logp.sum(dim=1).cpu())
     return torch.cat(out)
-
-
-class FrozenParameters:
-    """Context manager: turn off `requires_grad` on every parameter, restore it on exit.
-
-    Gradient methods then build graphs only for the input embeddings: the model's weights are
-    never touched and no `.grad` is accumulated on them.
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.saved: list[tuple[torch.nn.Parameter, bool]] = []
-
-    def __enter__(self) -> FrozenParameters:
-        self.saved = [(p, p.requires_grad) for p in self.model.parameters()]
-        for p, _ in self.saved:
-            p.requires_grad_(False)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for p, flag in self.saved:
-            p.requires_grad_(flag)

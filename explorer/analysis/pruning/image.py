@@ -40,9 +40,9 @@ import pyarrow as pa
 import torch
 
 from explorer.analysis.pruning.common import row_columns
+from explorer.backends.images import ImageInput, image_to_png, load_image, model_view, normalize, png_to_array
+from explorer.backends.vision import VisionModel
 from explorer.errors import InputError
-from explorer.images import ImageInput, image_to_png, load_image, model_view, normalize, png_to_array
-from explorer.models.vision import VisionModel
 from explorer.results import register_result
 
 ProgressFn = Callable[[float, str], None]

@@ -49,7 +49,6 @@ row are compared in one MiniLM batch.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -62,10 +61,9 @@ import pyarrow as pa
 import torch
 
 from explorer.analysis.pruning.common import row_columns
+from explorer.backends.language import LanguageModel, encode
 from explorer.errors import InputError
-from explorer.models.loading import LanguageModel
 from explorer.results import register_result
-from explorer.trace import encode
 
 ProgressFn = Callable[[float, str], None]
 
@@ -315,17 +313,6 @@ def select_tokens(name: str, signals: TextSignals, keep: int, seed: int = 0) -> 
 # ---------------------------------------------------------------------------------------------
 # Forward passes
 # ---------------------------------------------------------------------------------------------
-def _cache_arg(lm: LanguageModel) -> str:
-    """transformers >= 5 calls the KV cache `cache`; older versions `past_key_values`."""
-    params = inspect.signature(lm.model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _out_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
-
-
 def _gather_rows(x: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     """Per-row index along `dim` (>= 1): x (b0 in {1, B}, ...), index (B, k) -> (B, ..., k, ...)."""
     b = index.shape[0]
@@ -436,7 +423,6 @@ class BatchRun:
     prefill_seconds: float
 
 
-@torch.inference_mode()
 def run_batch(
     lm: LanguageModel,
     input_ids: torch.Tensor,
@@ -445,53 +431,34 @@ def run_batch(
     output_attentions: bool = False,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
-) -> tuple[BatchRun, Any]:
+) -> tuple[BatchRun, tuple[torch.Tensor, ...] | None]:
     """Prefill `input_ids` (B, T) (optionally with FastV's cut) then decode `n_continue` greedy
-    tokens with the KV cache. Returns the run and the prefill's model output (for attentions).
+    tokens with the KV cache. Returns the run and the prefill's attentions (when asked for).
 
     attention_mask (B, T) 0/1 and position_ids (B, T) describe left-padded rows (see
     `padded_fastv_batch`); decoding extends the mask with ones and continues each row's positions.
-    Only the last position's logits are computed (`logits_to_keep=1`)."""
-    cache_arg = _cache_arg(lm)
-    ids = input_ids.to(lm.device)
-    extra: dict[str, Any] = {"output_attentions": True} if output_attentions else {}
-    mask = attention_mask.to(lm.device) if attention_mask is not None else None
-    pos = position_ids.to(lm.device) if position_ids is not None else None
-    if mask is not None:
-        extra["attention_mask"] = mask
-    if pos is not None:
-        extra["position_ids"] = pos
-    with _fastv_hooks(lm, cut):
-        t0 = time.perf_counter()
-        out = lm.model(input_ids=ids, use_cache=n_continue > 1, logits_to_keep=1, **extra)
-        prefill = time.perf_counter() - t0
-        last = out.logits[:, -1].float()
-        tokens = [last.argmax(-1)]
-        cache = _out_cache(out)
+    Only the last position's logits are computed."""
+
+    def after_step(step: int, tokens: torch.Tensor) -> None:
         if cut is not None:
-            cut.prefill = False
-        for _ in range(n_continue - 1):
-            step_extra: dict[str, Any] = {}
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (B, T + t)
-                step_extra["attention_mask"] = mask
-            if pos is not None:
-                pos = pos[:, -1:] + 1  # (B, 1)
-                step_extra["position_ids"] = pos
-            step = lm.model(
-                input_ids=tokens[-1].unsqueeze(1),
-                use_cache=True,
-                logits_to_keep=1,
-                **{cache_arg: cache},
-                **step_extra,
-            )
-            cache = _out_cache(step)
-            tokens.append(step.logits[:, -1].float().argmax(-1))
-    if n_continue:
-        cont = torch.stack(tokens, dim=1)[:, :n_continue]
-    else:
-        cont = torch.zeros(ids.shape[0], 0, dtype=torch.long)
-    return BatchRun(last_logits=last.cpu(), continuation=cont.long().cpu(), prefill_seconds=prefill), out
+            cut.prefill = False  # the prefill has run: later passes see only the new tokens
+
+    with _fastv_hooks(lm, cut):
+        generation = lm.generate(
+            input_ids,
+            n_continue,
+            stop_at_eos=False,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_attentions=output_attentions,
+            step_hook=after_step,
+        )
+    run = BatchRun(
+        last_logits=generation.first_logits,
+        continuation=generation.tokens,
+        prefill_seconds=generation.prefill_seconds,
+    )
+    return run, generation.prefill_attentions
 
 
 def padded_fastv_batch(
@@ -553,10 +520,10 @@ def reference_run(lm: LanguageModel, ids: torch.Tensor, n_continue: int, layer: 
         if not normed:
             normed.append(output[0] if isinstance(output, tuple) else output)
 
-    lm.model(input_ids=ids[:1].unsqueeze(0).to(lm.device), use_cache=False, logits_to_keep=1)  # warm-up
+    lm.forward(ids[:1].unsqueeze(0), logits_to_keep=1)  # warm-up
     handle = lm.final_norm_module().register_forward_hook(grab)
     try:
-        base, out = run_batch(lm, ids.unsqueeze(0), n_continue, output_attentions=layer is not None)
+        base, attentions = run_batch(lm, ids.unsqueeze(0), n_continue, output_attentions=layer is not None)
     finally:
         handle.remove()
     logp = torch.log_softmax(lm.unembed(normed[0][0], normalize=False).float(), dim=-1)  # (n, vocab)
@@ -567,9 +534,9 @@ def reference_run(lm: LanguageModel, ids: torch.Tensor, n_continue: int, layer: 
         info[1:] = (-logp[:-1].gather(-1, nxt.unsqueeze(-1)).squeeze(-1)).double().cpu().numpy()
     attention = None
     if layer is not None:
-        if not out.attentions or out.attentions[layer - 1] is None:
+        if attentions is None:
             raise RuntimeError("the model returned no attentions; load it with attn_implementation='eager'")
-        att = out.attentions[layer - 1][0].float()  # (H, n, n) query x key
+        att = attentions[layer - 1][0].float()  # (H, n, n) query x key
         attention = att.mean(dim=0).mean(dim=0).double().cpu().numpy()  # (n,)
     return ReferenceRun(
         last_logits=base.last_logits[0],
@@ -955,7 +922,7 @@ def prune_text(
         texts[key] = _decode(lm, run.continuation[u].tolist())
     similarity: dict[tuple[str, float], float | None] = {key: None for key in outputs}
     if n_cont:
-        from explorer.text_similarity import semantic_similarity
+        from explorer.backends.sentence import semantic_similarity
 
         t_sim = time.perf_counter()
         keys = list(outputs)  # one MiniLM batch for every continuation
