@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from explorer.analysis import logit_lens as _lens
 from explorer.backends.language import LanguageModel, load_model
 from explorer.config import Settings
+from explorer.errors import InputError
 from explorer.results import StoredResult
 from explorer.store import PendingRun, QueryLimits, RunInfo, Store, cache_key
 from explorer.text_input import check_text
@@ -165,7 +166,7 @@ def run_cached(
 
 
 def logit_lens(
-    model: str | LanguageModel | None,
+    model: Any,
     prompt: str,
     *,
     top_k: int = 10,
@@ -174,6 +175,7 @@ def logit_lens(
     sample: bool = False,
     temperature: float = 1.0,
     seed: int = 0,
+    image: Any = None,
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
@@ -182,12 +184,13 @@ def logit_lens(
 ) -> _lens.LensResult:
     """Logit lens over every layer and position of `prompt` (and `generate` new tokens).
 
-    `model`: embedded name (default "smollm2-135m"), hub id, local dir, or a loaded
-    `LanguageModel`. `targets`: token strings to track (multi-token targets use their first
-    token; a note says so). Returns a `LensResult`; `.to_dict()` is the CLI's JSON.
+    `model`: embedded name (default "smollm2-135m"; "tiny-vlm" whenever an `image` is given),
+    hub id, local dir, or a loaded `LanguageModel` / `VisionLanguageModel`. `image`: a path,
+    bytes or PIL image for a vision-language model; its patches enter the LM as visual tokens
+    and the result is a `VLMLensResult`. `targets`: token strings to track (multi-token
+    targets use their first token; a note says so). `.to_dict()` is the CLI's JSON.
     """
     settings = settings or Settings.from_env()
-    lm = get_model(model, settings, progress, dtype)
     params = _lens.LensParams(
         top_k=int(top_k),
         targets=tuple(targets),
@@ -197,6 +200,23 @@ def logit_lens(
         seed=int(seed),
     )
     params.validate()
+    from explorer import vlm_api
+
+    if image is not None or vlm_api.is_vlm(model):
+        if isinstance(model, LanguageModel):
+            raise InputError(f"{model.model_id!r} is a text-only language model and cannot take an image")
+        return vlm_api.vlm_lens(
+            model,
+            prompt,
+            image,
+            params=params,
+            db=db,
+            use_cache=use_cache,
+            settings=settings,
+            dtype=dtype,
+            progress=progress,
+        )
+    lm = get_model(model, settings, progress, dtype)
     return run_cached(
         _lens.LensResult.kind,
         model_id=lm.model_id,

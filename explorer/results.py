@@ -72,6 +72,7 @@ RESULT_MODULES = (
     "explorer.analysis.attribution",
     "explorer.analysis.pruning",
     "explorer.analysis.pruning.text",
+    "explorer.vlm.lens",
 )
 
 

@@ -16,7 +16,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "Prints {run_id, model, n_layers, tokens, lens, tracked, summary[, generated, hidden_candidates]}.",
     )
     p.add_argument("--prompt", required=True, help="text to analyse")
-    p.add_argument("--model", default=None, help="embedded name (smollm2-135m), hub id or local dir")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="embedded name (smollm2-135m; tiny-vlm, the default with --image), hub id or local dir",
+    )
+    p.add_argument(
+        "--image",
+        default=None,
+        metavar="PATH",
+        help="an image for a vision-language model: its patches enter the LM as visual tokens",
+    )
     p.add_argument("--target", action="append", default=[], help="token string to track (repeatable)")
     p.add_argument("--top-k", type=int, default=10, help="tokens kept per layer and position (default 10)")
     p.add_argument("--generate", type=int, default=0, metavar="N", help="generate N tokens first (default 0)")
@@ -31,8 +41,9 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from explorer.api import logit_lens
 
     result = logit_lens(
-        args.model or settings.default_model,
+        args.model or (None if args.image else settings.default_model),
         args.prompt,
+        image=args.image,
         top_k=args.top_k,
         targets=args.target,
         generate=args.generate,

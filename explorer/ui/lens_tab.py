@@ -10,8 +10,10 @@ import plotly.graph_objects as go
 from explorer import api
 from explorer.analysis.logit_lens import MAX_GENERATE, ROLE_FINAL, ROLE_NEXT, LensResult
 from explorer.backends.embedded import EMBEDDED_LMS
+from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
 from explorer.plots import lens as lens_plots
 from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, user_errors
+from explorer.vlm.lens import VLMLensResult
 
 TITLE = "Logit lens"
 WINDOW = 48  # positions shown at once for long prompts
@@ -20,6 +22,14 @@ EXAMPLES = [
     ["The Eiffel Tower is located in the city of", " Paris"],
     ["def fibonacci(n):\n    if n <", " 2"],
 ]
+
+VLM_EXPLAIN = """**With an image** the model is a vision-language model (default: the embedded demo
+`tiny-vlm`: DINOv2-S patches → a projector trained here → SmolLM2-135M, 64 visual tokens). The image's
+visual tokens are decoded like text tokens: each patch cell shows the lens's top-1 token at that visual
+token; the slider inside the figure steps through the LM's layers (0 = the projected patches as the LM
+receives them). Track a target (e.g. ` red`) to colour the patches by its probability and see at which
+layer it surfaces. Deviation: the demo projector reads DINOv2 layers 6 and 12 (not only the last), because
+the last layer keeps little colour."""
 
 EXPLAIN = """Each cell decodes the residual stream at (layer, position) with the model's **final norm and
 unembedding** (so the last layer equals the model's own output). Colour: probability (or rank) of the token
@@ -35,7 +45,9 @@ def parse_targets(text: str) -> list[str]:
 def summary_markdown(r: LensResult) -> str:
     last = r.summaries[r.prompt_len - 1]
     lines = [
-        f"**Run** `{r.run_id}` · model `{r.model}` · {r.seq_len} tokens · {r.n_layers} layers"
+        f"**Run** `{r.run_id}` · model `{r.model}` · {r.seq_len} tokens"
+        + (f" ({r.modality.count('image')} visual)" if isinstance(r, VLMLensResult) else "")
+        + f" · {r.n_layers} layers"
         f" · computed in {r.seconds:.2f} s"
         + (f" · [link to this run](?run={r.run_id}&tab=runs_tab)" if r.run_id else ""),
         "",
@@ -52,6 +64,18 @@ def summary_markdown(r: LensResult) -> str:
         if r.hidden:
             top = ", ".join(f"`{h['token']}` ({h['cells']} cells)" for h in r.hidden[:5])
             lines.append(f"\n**Hidden candidates** (top-10 at some layer, never emitted): {top}")
+    for row in getattr(r, "surfacing", lambda: [])():
+        first = row["first_top1_layer"]
+        lines.append(
+            f"\n**`{row['target']}` on the image tokens:** "
+            + (
+                f"first top-1 at some patch at layer {first}; "
+                if first is not None
+                else "never top-1 at a patch; "
+            )
+            + f"best patch probability peaks at layer {row['peak_layer']} (p = {row['peak_prob']:.3f}, "
+            f"top-1 at {row['patches_top1_at_peak']} patches there)."
+        )
     for note in r.notes:
         lines.append(f"\n> ⚠️ {note}")
     return "\n".join(lines)
@@ -68,6 +92,40 @@ def _tracked(r: LensResult | None, position: int) -> go.Figure | None:
     return None if r is None else lens_plots.tracked_ranks(r, position)
 
 
+def _patches(r: Any, by_target: bool) -> go.Figure:
+    from explorer.plots.vlm import patch_lens_overlay
+
+    return patch_lens_overlay(r, target=r.target_tokens[0] if by_target else None)
+
+
+def _surfacing(r: Any) -> go.Figure:
+    from explorer.plots.vlm import target_surfacing
+
+    return target_surfacing(r)
+
+
+def vlm_examples(ctx: UIContext) -> list[list[Any]]:
+    """Synthetic scenes (drawn once into the cache dir) with questions for the demo VLM."""
+    from explorer.vlm.scenes import compose_scene
+
+    folder = ctx.settings.cache_dir / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    scenes = [
+        ("red-circle-blue-square", [("red", "circle", "left"), ("blue", "square", "right")],
+         "What is in the picture?", " red"),
+        ("green-triangle", [("green", "triangle", "top left")], "What color is the triangle?", " green"),
+        ("yellow-star-purple-circle", [("yellow", "star", "bottom"), ("purple", "circle", "top right")],
+         "Is there a purple circle?", " yes"),
+    ]  # fmt: skip
+    rows = []
+    for name, objects, question, target in scenes:
+        path = folder / f"{name}.png"
+        if not path.exists():
+            compose_scene(objects).image.save(path)
+        rows.append([str(path), question, target, TINY_VLM, 12])
+    return rows
+
+
 def build(ctx: UIContext) -> None:
     state = gr.State(None)
     with gr.Row():
@@ -79,8 +137,14 @@ def build(ctx: UIContext) -> None:
                 placeholder=" Paris",
             )
         with gr.Column(scale=2):
+            image = gr.Image(
+                label="Image (optional: for a vision-language model)",
+                type="pil",
+                sources=["upload", "clipboard"],
+                height=180,
+            )
             model = gr.Dropdown(
-                choices=sorted(EMBEDDED_LMS),
+                choices=sorted(EMBEDDED_LMS) + list(EMBEDDED_VLMS),
                 value=ctx.settings.default_model,
                 allow_custom_value=True,
                 label="Model (embedded name, hub id or local dir)",
@@ -95,8 +159,17 @@ def build(ctx: UIContext) -> None:
                 seed = gr.Number(value=0, label="Seed", precision=0)
             run = gr.Button("Run logit lens", variant="primary")
     gr.Examples(EXAMPLES, inputs=[prompt, targets])
+    gr.Examples(
+        vlm_examples(ctx), inputs=[image, prompt, targets, model, generate], label="Vision-language examples"
+    )
     summary = gr.Markdown()
     gr.Markdown(EXPLAIN)
+    with gr.Column(visible=False) as vlm_box:
+        gr.Markdown(VLM_EXPLAIN)
+        patches = gr.Plot(label="Logit lens on the image patches", elem_id="lens-patches")
+        export_controls(state, "patches", "Export patch overlay")
+        surfacing = gr.Plot(label="Where the target surfaces", elem_id="lens-surfacing")
+        export_controls(state, "surfacing", "Export surfacing curve")
     with gr.Row():
         metric = gr.Radio([("probability", "prob"), ("log rank", "rank")], value="prob", label="Colour")
         role = gr.Radio(
@@ -127,6 +200,7 @@ def build(ctx: UIContext) -> None:
 
     @user_errors
     def on_run(
+        image_v: Any,
         prompt_v: str,
         targets_v: str,
         model_v: str,
@@ -142,9 +216,11 @@ def build(ctx: UIContext) -> None:
     ) -> tuple[Any, ...]:
         report = progress_fn(progress)
         report(0.0, "Loading model")
+        chosen = model_v or (TINY_VLM if image_v is not None else ctx.settings.default_model)
         result = api.logit_lens(
-            model_v or ctx.settings.default_model,
+            chosen,
             prompt_v,
+            image=image_v,
             top_k=int(top_k_v),
             targets=parse_targets(targets_v),
             generate=int(generate_v),
@@ -162,6 +238,8 @@ def build(ctx: UIContext) -> None:
         max_start = max(0, result.seq_len - WINDOW)
         start = max(0, min(max_start, last - WINDOW + 1 + len(result.generated)))
         has_gen = bool(result.generated)
+        has_image = getattr(result, "grid", None) is not None
+        has_target = has_image and bool((result.tracked["role"] == "target").any())
         return (
             result,
             summary_markdown(result),
@@ -172,10 +250,16 @@ def build(ctx: UIContext) -> None:
             gr.Column(visible=has_gen),
             lens_plots.generation_ranks(result) if has_gen else None,
             lens_plots.hidden_candidates_figure(result) if has_gen and result.hidden else None,
+            gr.Column(visible=has_image),
+            _patches(result, has_target) if has_image else None,
+            _surfacing(result) if has_target else None,
         )
 
-    outputs = [state, summary, window, heatmap, position, tracked, gen_box, generation, hidden]
-    inputs = [prompt, targets, model, top_k, generate, sample, temperature, seed, metric, role, dtype]
+    outputs = [
+        state, summary, window, heatmap, position, tracked, gen_box, generation, hidden, vlm_box, patches, surfacing
+    ]  # fmt: skip
+    inputs = [image, prompt, targets, model, top_k, generate, sample, temperature, seed, metric, role, dtype]
+    image.upload(lambda m: TINY_VLM if m in EMBEDDED_LMS else m, [model], [model], api_visibility="private")
     run.click(on_run, inputs=inputs, outputs=outputs, api_name="logit_lens")
     prompt.submit(on_run, inputs=inputs, outputs=outputs, api_visibility="private")
 

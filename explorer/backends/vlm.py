@@ -1,0 +1,496 @@
+"""Vision-language models behind one interface: images enter the LM as embeddings.
+
+`VisionLanguageModel` is the backend every VLM view uses. It holds the language side as a
+`LanguageModel` (blocks, final norm, unembedding, tokenizer: so the logit lens, attention and
+attribution code work on it unchanged) and knows how to turn (prompt, image) into the LM's
+input: `prepare` returns a `VLMInputs` with the full sequence of input embeddings, the
+token ids (image positions hold the model's image-token id), and the modality of every
+position ("text" / "image") plus the patch grid the image tokens cover.
+
+Two implementations of `prepare`:
+- the embedded demo VLM ("tiny-vlm"): DINOv2-S -> trained projector -> SmolLM2 (this module);
+- hub VLMs (LLaVA, Idefics3/SmolVLM, Qwen2-VL, PaliGemma, Gemma 3): explorer.vlm.hub.
+
+This module (with explorer.vlm.hub) is the only door to a VLM's transformers modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from explorer.backends.language import LanguageModel, _first_tensor
+from explorer.backends.loading import MODEL_CACHE
+from explorer.backends.trace import Trace
+from explorer.config import Settings
+from explorer.errors import InputError
+
+ProgressFn = Callable[[float, str], None]
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "vlm" / "weights"  # the shipped demo VLM
+TINY_VLM = "tiny-vlm"
+EMBEDDED_VLMS = (TINY_VLM,)
+MODALITY_TEXT = "text"
+MODALITY_IMAGE = "image"
+
+
+@dataclass
+class VLMInputs:
+    """One multimodal sequence, ready for the language model.
+
+    inputs_embeds: (seq, d_model) float, what block 0's input embedding layer would give
+    input_ids:     (seq,) int64; image positions hold `image_token_id`
+    modality:      seq strings, "text" or "image"
+    grid:          (rows, cols) of the image tokens (row-major), or None without an image
+    image:         the image as the model sees it (square RGB), for overlays; None without one
+    model_inputs:  extra keyword arguments for a hub VLM's own forward (pixel_values, ...)
+    """
+
+    inputs_embeds: torch.Tensor | None
+    input_ids: torch.Tensor
+    modality: list[str]
+    grid: tuple[int, int] | None
+    image: Image.Image | None
+    model_inputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def image_positions(self) -> list[int]:
+        return [i for i, m in enumerate(self.modality) if m == MODALITY_IMAGE]
+
+
+@dataclass
+class VisionLanguageModel:
+    """A VLM: `lm` is its language side; `prepare` builds its inputs; `image_token_id` marks
+    image positions in `input_ids`; `image_label` is how image positions are shown."""
+
+    model_id: str
+    lm: LanguageModel
+    weight_hash: str
+    prepare_fn: Callable[[str, Image.Image | None], VLMInputs]
+    image_token_id: int
+    chat: Callable[[str, bool], str]
+    n_visual_tokens: int
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # hub VLMs run their own forward (M-RoPE, bidirectional image attention...): True for those
+    uses_model_forward: bool = False
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.lm.tokenizer
+
+    @property
+    def n_layers(self) -> int:
+        return self.lm.n_layers
+
+    def prepare(self, prompt: str, image: Image.Image | None, max_tokens: int = 512) -> VLMInputs:
+        if prompt is None or not prompt.strip():
+            raise InputError("the prompt is empty: type a question about the image")
+        inputs = self.prepare_fn(prompt, image)
+        if inputs.seq_len > max_tokens:
+            n_img = len(inputs.image_positions)
+            raise InputError(
+                f"the prompt is {inputs.seq_len} tokens long including {n_img} visual tokens; the maximum "
+                f"is {max_tokens} (set EXPLORER_MAX_PROMPT_TOKENS to raise it)"
+            )
+        return inputs
+
+    def forward(
+        self,
+        inputs: VLMInputs,
+        extra_ids: list[int] | None = None,
+        output_attentions: bool = False,
+        use_cache: bool = False,
+    ) -> Any:
+        """One forward pass of the whole sequence (plus `extra_ids` text tokens after it).
+
+        Returns an object with `.logits` (1, T, vocab), `.attentions` and the KV cache."""
+        embeds, ids = _with_extra(self, inputs, extra_ids or [])
+        if self.uses_model_forward:
+            dev = self.lm.device
+            with self.lm.lock:
+                return self.lm.hf_model(
+                    input_ids=ids.unsqueeze(0).to(dev),
+                    output_attentions=output_attentions,
+                    use_cache=use_cache,
+                    **inputs.model_inputs,
+                )
+        assert embeds is not None
+        return self.lm.forward(
+            inputs_embeds=embeds.unsqueeze(0), output_attentions=output_attentions, use_cache=use_cache
+        )
+
+
+def _with_extra(
+    vlm: VisionLanguageModel, inputs: VLMInputs, extra: list[int]
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    ids = torch.cat([inputs.input_ids, torch.tensor(extra, dtype=torch.long)])
+    if inputs.inputs_embeds is None or not extra:
+        return inputs.inputs_embeds, ids
+    with torch.inference_mode():
+        more = vlm.lm.embed_module()(torch.tensor(extra, device=vlm.lm.device)).float().cpu()
+    return torch.cat([inputs.inputs_embeds, more]), ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation (KV cache; greedy or seeded sampling)
+# ---------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def generate(
+    vlm: VisionLanguageModel,
+    inputs: VLMInputs,
+    max_new_tokens: int,
+    *,
+    sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    stop_at_eos: bool = True,
+    progress: ProgressFn | None = None,
+) -> list[int]:
+    """Decode up to `max_new_tokens` after the multimodal prompt (KV cache; greedy or seeded
+    sampling). Stops after the end-of-turn / EOS token, which is kept."""
+    if not vlm.uses_model_forward:
+        assert inputs.inputs_embeds is not None
+        if progress is not None:
+            progress(0.0, f"Generating up to {max_new_tokens} tokens")
+        out = vlm.lm.generate(
+            inputs_embeds=inputs.inputs_embeds,
+            max_new_tokens=max_new_tokens,
+            sample=sample,
+            temperature=temperature,
+            seed=seed,
+            stop_at_eos=stop_at_eos,
+        )
+        return out.ids()
+    # hub VLMs: their own forward (pixel values, M-RoPE, image attention masks) for the prefill
+    lm = vlm.lm
+    stops = _stop_ids(vlm)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out_ids: list[int] = []
+    with vlm.lock, lm.lock:
+        res = vlm.forward(inputs, use_cache=True)
+        for step in range(max_new_tokens):
+            if progress is not None:
+                progress(step / max(1, max_new_tokens), f"Generating token {step + 1} of {max_new_tokens}")
+            past = _cache_of(res)
+            logits = res.logits[0, -1].float()
+            if sample:
+                probs = torch.softmax(logits / temperature, dim=-1).cpu()
+                nxt = int(torch.multinomial(probs, 1, generator=gen).item())
+            else:
+                nxt = int(logits.argmax().item())
+            out_ids.append(nxt)
+            if stop_at_eos and nxt in stops:
+                break
+            res = _decode_step(vlm, nxt, past, len(inputs.input_ids) + len(out_ids))
+    return out_ids
+
+
+def _cache_of(res: Any) -> Any:
+    cache = getattr(res, "cache", None)
+    return cache if cache is not None else getattr(res, "past_key_values", None)
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers >= 5.x calls the KV cache `cache`; older versions `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _decode_step(vlm: VisionLanguageModel, token: int, past: Any, total_len: int) -> Any:
+    model = vlm.lm.hf_model
+    ids = torch.tensor([[token]], device=vlm.lm.device)
+    kwargs = {_cache_kwarg(model): past}
+    if vlm.uses_model_forward:
+        mask = torch.ones(1, total_len, dtype=torch.long, device=vlm.lm.device)
+        return model(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
+    return model(input_ids=ids, use_cache=True, **kwargs)
+
+
+def _stop_ids(vlm: VisionLanguageModel) -> set[int]:
+    tok = vlm.tokenizer
+    stops = set()
+    if tok.eos_token_id is not None:
+        stops.add(int(tok.eos_token_id))
+    for text in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<end_of_utterance>"):
+        tid = tok.convert_tokens_to_ids(text) if hasattr(tok, "convert_tokens_to_ids") else None
+        if isinstance(tid, int) and tid != getattr(tok, "unk_token_id", None) and tid >= 0:
+            stops.add(tid)
+    return stops
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded demo VLM
+# ---------------------------------------------------------------------------------------------
+def projector_vlm(
+    lm: LanguageModel, vision: Any, projector: Any, model_id: str = TINY_VLM, weights_digest: str = ""
+) -> VisionLanguageModel:
+    """A LLaVA-style VLM from parts: `vision` (a VisionModel) -> `projector` -> `lm`.
+
+    The chat prompt's `<image>` placeholder is replaced by the projector's visual tokens; the
+    image-token id shown at those positions is the tokenizer's unknown token (never a real
+    input). Used for the embedded "tiny-vlm" and for tiny test models built in code."""
+    from explorer.backends.images import model_view, normalize
+    from explorer.vlm.tiny_vlm import IMAGE_PLACEHOLDER, chat_prompt, visual_features
+
+    tok = lm.tokenizer
+    image_token_id = int(tok.unk_token_id if tok.unk_token_id is not None else 0)
+    grid = int(projector.config.grid)
+
+    def embed_ids(ids: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            return lm.embed_module()(torch.tensor(ids, dtype=torch.long, device=lm.device)).float().cpu()
+
+    def prepare(prompt: str, image: Image.Image | None) -> VLMInputs:
+        text = chat_prompt(prompt)
+        if image is None:
+            ids = list(tok(text.replace(IMAGE_PLACEHOLDER + "\n", ""), add_special_tokens=False).input_ids)
+            return VLMInputs(
+                embed_ids(ids), torch.tensor(ids, dtype=torch.long), [MODALITY_TEXT] * len(ids), None, None
+            )
+        before, after = text.split(IMAGE_PLACEHOLDER)
+        ids_before = list(tok(before, add_special_tokens=False).input_ids)
+        ids_after = list(tok(after, add_special_tokens=False).input_ids)
+        view = model_view(vision, image)
+        with torch.inference_mode():
+            feats = visual_features(
+                vision,
+                normalize(view, vision.preprocessing).to(vision.device),
+                projector.config.feature_layers,
+            )
+            visual = projector(feats.cpu())[0].float()
+        n = int(visual.shape[0])
+        ids = ids_before + [image_token_id] * n + ids_after
+        modality = [MODALITY_TEXT] * len(ids_before) + [MODALITY_IMAGE] * n + [MODALITY_TEXT] * len(ids_after)
+        embeds = torch.cat([embed_ids(ids_before), visual, embed_ids(ids_after)])
+        return VLMInputs(embeds, torch.tensor(ids, dtype=torch.long), modality, (grid, grid), view)
+
+    return VisionLanguageModel(
+        model_id=model_id,
+        lm=lm,
+        weight_hash=f"{lm.weight_hash[:8]}{vision.weight_hash[:4]}{weights_digest}",
+        prepare_fn=prepare,
+        image_token_id=image_token_id,
+        chat=lambda q, img: chat_prompt(q),
+        n_visual_tokens=grid * grid,
+    )
+
+
+def load_projector(path: Path) -> Any:
+    """The trained projector (fp16 safetensors with its config in the metadata), in float32."""
+    from safetensors import safe_open
+
+    from explorer.vlm.tiny_vlm import Projector, ProjectorConfig
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
+    projector = Projector(ProjectorConfig(**json.loads(meta.get("config", "{}"))))
+    projector.load_state_dict(state)
+    return projector.eval()
+
+
+def _tiny_vlm(
+    settings: Settings, weights: Path, progress: ProgressFn | None, dtype: str | None = None
+) -> VisionLanguageModel:
+    from explorer.backends.language import load_model
+    from explorer.backends.vision import load_vision_model
+
+    path = weights / "projector.safetensors"
+    if not path.exists():
+        raise InputError(
+            "the demo VLM's projector weights are missing; run `explorer train-demo-vlm --out DIR` to train them"
+        )
+    lm = load_model("smollm2-135m", settings=settings, progress=progress, dtype=dtype)
+    vision = load_vision_model("dinov2-small-focus", settings=settings, progress=progress)
+    digest = hashlib.sha256(path.read_bytes())
+    lora = weights / "lora.safetensors"
+    if lora.exists():
+        digest.update(lora.read_bytes())
+        lm = _with_lora(lm, lora)
+    return projector_vlm(lm, vision, load_projector(path), TINY_VLM, digest.hexdigest()[:8])
+
+
+def _with_lora(lm: LanguageModel, path: Path) -> LanguageModel:
+    """A private copy of `lm` with the LoRA adapters in `path` merged into its weights (the
+    shared, cached text model stays untouched)."""
+    import copy
+
+    from safetensors import safe_open
+
+    from explorer.backends.loading import weight_fingerprint
+    from explorer.vlm.tiny_vlm import merge_lora
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    model = copy.deepcopy(lm.hf_model)
+    merge_lora(model, state, float(meta["alpha"]) / float(meta["rank"]))
+    model.eval()
+    return LanguageModel(
+        model_id=f"{TINY_VLM}:language",
+        hf_model=model,
+        tokenizer=lm.tokenizer,
+        spec=lm.spec,
+        weight_hash=weight_fingerprint(model),
+        device=lm.device,
+    )
+
+
+def load_vlm(
+    name_or_path: str | None = None,
+    *,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+    weights: Path | None = None,
+    dtype: str | None = None,
+) -> VisionLanguageModel:
+    """Load (once per process) a VLM: "tiny-vlm" (embedded demo), or a hub id / local dir.
+
+    `dtype` ("auto", "float32", "float16", "bfloat16") applies to the demo VLM's language
+    model (the vision encoder and projector stay in float32); hub VLMs load in "auto"."""
+    settings = settings or Settings.from_env()
+    name = (name_or_path or TINY_VLM).strip()
+    if name == TINY_VLM:
+        w = weights or WEIGHTS_DIR
+        key = ("vlm:" + name, str(w), str(dtype or "auto"))
+        return MODEL_CACHE.get(key, lambda: _tiny_vlm(settings, w, progress, dtype))  # type: ignore[no-any-return]
+    if dtype not in (None, "auto"):
+        raise InputError(f"dtype {dtype!r}: hub vision-language models load in 'auto' only (float16 on CUDA)")
+    from explorer.vlm.hub import load_hub_vlm
+
+    return MODEL_CACHE.get(("vlm:" + name, "auto"), lambda: load_hub_vlm(name, settings, progress))  # type: ignore[no-any-return]
+
+
+def is_vlm_name(name: str | None) -> bool:
+    return bool(name) and name in EMBEDDED_VLMS
+
+
+def image_token_grid(values: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(n_image_tokens, ...) -> (rows, cols, ...) in row-major order."""
+    return values.reshape(grid[0], grid[1], *values.shape[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# One traced forward pass
+# ---------------------------------------------------------------------------------------------
+def position_labels(vlm: VisionLanguageModel, ids: list[int], modality: list[str], grid: Any) -> list[str]:
+    """Text positions by their token; image positions as `<img r,c>` (row, column of the grid)."""
+    labels = []
+    image_index = 0
+    cols = grid[1] if grid else 1
+    for tid, mod in zip(ids, modality, strict=True):
+        if mod == MODALITY_IMAGE:
+            r, c = divmod(image_index, cols)
+            labels.append(f"<img {r},{c}>")
+            image_index += 1
+        else:
+            labels.append(vlm.lm.token_str(tid))
+    return labels
+
+
+@torch.no_grad()
+def capture_vlm(
+    vlm: VisionLanguageModel,
+    inputs: VLMInputs,
+    extra_ids: list[int] | None = None,
+    attentions: bool = False,
+) -> tuple[Trace, list[str]]:
+    """Trace of the LM over prompt (+ `extra_ids`, e.g. generated tokens) -> (Trace, modality).
+
+    Residuals of every LM block (layer 0 = the input embeddings, text and projected image
+    tokens alike), attentions when asked for, and the model's own logits."""
+    extra = list(extra_ids or [])
+    ids = torch.cat([inputs.input_ids, torch.tensor(extra, dtype=torch.long)])
+    modality = inputs.modality + [MODALITY_TEXT] * len(extra)
+    if not vlm.uses_model_forward:
+        embeds, _ = _with_extra(vlm, inputs, extra)
+        trace = vlm.lm.capture(ids, inputs_embeds=embeds, modality=modality, attentions=attentions)
+    else:
+        trace = _capture_model_forward(vlm, inputs, extra, ids, modality, attentions)
+    trace.tokens = position_labels(vlm, ids.tolist(), modality, inputs.grid)
+    return trace, modality
+
+
+def _capture_model_forward(
+    vlm: VisionLanguageModel,
+    inputs: VLMInputs,
+    extra: list[int],
+    ids: torch.Tensor,
+    modality: list[str],
+    attentions: bool,
+) -> Trace:
+    """Hub VLMs: hook the LM blocks while the model runs its own multimodal forward."""
+    blocks = vlm.lm.blocks()
+    captured: list[torch.Tensor | None] = [None] * (len(blocks) + 1)
+
+    def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        captured[0] = _first_tensor(hidden)
+
+    def make_hook(i: int) -> Any:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            captured[i + 1] = _first_tensor(output)
+
+        return hook
+
+    with vlm.lock, vlm.lm.lock:
+        handles = [blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        handles += [block.register_forward_hook(make_hook(i)) for i, block in enumerate(blocks)]
+        try:
+            out = vlm.forward(inputs, extra_ids=extra, output_attentions=attentions)
+        finally:
+            for h in handles:
+                h.remove()
+    if any(c is None for c in captured):
+        raise RuntimeError("a block did not run: the architecture spec points at the wrong modules")
+    residual = torch.stack([c[0].float() for c in captured if c is not None]).cpu()
+    att = None
+    if attentions:
+        if not out.attentions or out.attentions[0] is None:
+            raise RuntimeError("the model returned no attentions; load it with attn_implementation='eager'")
+        att = torch.stack([a[0].float() for a in out.attentions]).cpu()
+    return Trace(
+        input_ids=ids,
+        tokens=[""] * len(modality),
+        residual=residual,
+        attentions=att,
+        logits=out.logits[0].float().cpu(),
+        modality=modality,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Training hooks for the demo VLM (explorer.vlm.train)
+# ---------------------------------------------------------------------------------------------
+def freeze_language_model(lm: LanguageModel) -> None:
+    """requires_grad off for every LM weight (the demo VLM trains a projector and adapters)."""
+    for p in lm.hf_model.parameters():
+        p.requires_grad_(False)
+
+
+def attach_lora(lm: LanguageModel, rank: int, alpha: float) -> list[torch.nn.Parameter]:
+    """Wrap the LM's attention projections with trainable LoRA adapters (in place, for training
+    only); returns the adapter parameters."""
+    from explorer.vlm.tiny_vlm import add_lora
+
+    add_lora(lm.hf_model, rank, alpha)
+    return [p for n, p in lm.hf_model.named_parameters() if "lora_" in n]
+
+
+def lora_weights(lm: LanguageModel) -> dict[str, torch.Tensor]:
+    from explorer.vlm.tiny_vlm import lora_state
+
+    return lora_state(lm.hf_model)
