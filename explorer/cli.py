@@ -15,7 +15,17 @@ from typing import Any
 
 # The names of explorer.backends.loading.DTYPES (not imported: `explorer -h` must not import torch).
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
-COMMAND_MODULES = ("lens", "runs", "export", "sql", "attention", "attribute", "prune", "train_demo_vlm")
+COMMAND_MODULES = (
+    "lens",
+    "runs",
+    "export",
+    "sql",
+    "attention",
+    "attribute",
+    "prune",
+    "train_demo_vlm",
+    "visual_tokens",
+)
 
 
 def _json_default(obj: Any) -> Any:
