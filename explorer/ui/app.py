@@ -11,7 +11,14 @@ from explorer.config import Settings
 from explorer.ui.common import UIContext
 
 log = logging.getLogger(__name__)
-TAB_MODULES = ("lens_tab", "attention_tab", "attribution_tab", "pruning_tab", "runs_tab")
+TAB_MODULES = (
+    "lens_tab",
+    "attention_tab",
+    "attribution_tab",
+    "pruning_tab",
+    "visual_tokens_tab",
+    "runs_tab",
+)
 
 CSS = """
 .export-row { align-items: center; gap: 6px; flex-wrap: nowrap; }

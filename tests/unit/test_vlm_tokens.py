@@ -133,3 +133,17 @@ def test_cli_bad_input_exits_2_with_one_line(capsys: Any) -> None:
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "does not exist" in err
     assert main(["visual-tokens", "--prompt", "hi", "--image", "/x.png", "--sink-norm-k", "0.5"]) == 2
+
+
+def test_visual_tokens_tab_is_registered_and_builds(tmp_path: Any) -> None:
+    import gradio as gr
+
+    from explorer.config import Settings
+    from explorer.ui import visual_tokens_tab
+    from explorer.ui.app import TAB_MODULES
+    from explorer.ui.common import UIContext
+
+    assert "visual_tokens_tab" in TAB_MODULES
+    ctx = UIContext(Settings.from_env(db_path=str(tmp_path / "db.duckdb"), cache_dir=str(tmp_path)))
+    with gr.Blocks():
+        visual_tokens_tab.build(ctx)
