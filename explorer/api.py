@@ -16,10 +16,10 @@ from explorer.analysis import logit_lens as _lens
 from explorer.backends.language import LanguageModel, load_model
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import StoredResult
 from explorer.store import RunInfo, Store
 
-ProgressFn = Callable[[float, str], None]
 DbArg = str | Path | Store | bool | None
 R = TypeVar("R", bound=StoredResult)
 

@@ -10,7 +10,6 @@ registered method (each served from the store when already computed) and returns
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 from explorer.analysis.attribution import (
@@ -27,8 +26,8 @@ from explorer.analysis.attribution import (
 from explorer.api import DbArg, get_model, open_store, run_cached
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 
-ProgressFn = Callable[[float, str], None]
 DEFAULT_GENERATION_METHOD = "input_x_gradient"
 
 

@@ -40,6 +40,21 @@ def cache_key(kind: str, model_id: str, weight_hash: str, prompt: str, params: d
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _add_new_columns(cur: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Add to `table` the columns of the registered `incoming` relation it does not have yet (a
+    result class that gained a field), so stores written by older versions keep accepting runs;
+    their old rows read NULL there."""
+    have = {
+        str(r[0])
+        for r in cur.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+        ).fetchall()
+    }
+    for name, dtype, *_ in cur.execute("DESCRIBE SELECT * FROM incoming").fetchall():
+        if name not in have:
+            cur.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {dtype}')
+
+
 @dataclass(frozen=True)
 class RunInfo:
     run_id: str
@@ -162,6 +177,7 @@ class Store:
                     cur.execute(
                         f"CREATE TABLE IF NOT EXISTS {full} AS SELECT ''::VARCHAR AS run_id, * FROM incoming LIMIT 0"
                     )
+                    _add_new_columns(cur, full)
                     cur.execute(f"INSERT INTO {full} BY NAME SELECT ? AS run_id, * FROM incoming", [run_id])
                     cur.unregister("incoming")
                 cur.execute("COMMIT")

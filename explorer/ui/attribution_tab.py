@@ -44,6 +44,8 @@ all probes are averaged (and a note says so) instead of returning NaN. The ratio
 check is capped at half the prompt (`max_keep_ratio` 0.5): with the paper's fixed n = 5 a prompt of ≤5 tokens
 keeps every token, so the check passes at once and the scores stay near their random start.
 Defaults: 8 probes (the authors' configurations use 3–10; Inseq 16), ≤30 steps (the paper: 3000).
+Replacement choice: the replacement model's argmax, as the paper (`candidates` = 1, the default);
+`candidates` > 1 draws among the top candidates instead (an option, listed in the JSON `deviations`).
 *Faithfulness* (Zhao & Aletras 2023; as in the ReAGent authors' evaluation code): Soft-NC/Soft-NS mask
 embedding elements with Bernoulli draws whose keep-probability is the importance normalised to a
 distribution (summing to 1), normalised by the all-zero-embedding baseline. A distribution makes every

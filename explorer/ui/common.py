@@ -16,10 +16,10 @@ import gradio as gr
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.plots import DATA_FORMATS, FIGURE_FORMATS, export, figure_spec
+from explorer.progress import ProgressFn
 from explorer.store import Store
 
 log = logging.getLogger(__name__)
-ProgressFn = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)

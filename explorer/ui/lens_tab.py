@@ -8,6 +8,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from explorer import api
+from explorer.analysis.logit_lens import DEVIATIONS as LENS_DEVIATIONS
 from explorer.analysis.logit_lens import MAX_GENERATE, ROLE_FINAL, ROLE_NEXT, LensResult
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
@@ -37,6 +38,11 @@ the model finally predicts at that position, or of the actual next input token. 
 top-1; hover for the top-5. *Early excitation*: the final prediction peaks before the last layer."""
 
 
+def deviations_markdown() -> str:
+    """The lens's deviations from its papers (from `explorer.analysis.logit_lens.DEVIATIONS`)."""
+    return "\n".join(f"* **{name.replace('_', ' ')}**: {text}" for name, text in LENS_DEVIATIONS.items())
+
+
 def parse_targets(text: str) -> list[str]:
     """One target per line; leading spaces are kept (" Paris" and "Paris" are different tokens)."""
     return [line.rstrip("\n") for line in (text or "").split("\n") if line.strip()]
@@ -60,9 +66,9 @@ def summary_markdown(r: LensResult) -> str:
     lines.append(f"\nPositions whose prediction peaks before the last layer: {len(excited)} of {r.seq_len}.")
     if r.generated:
         lines.append(f"\n**Generated** ({len(r.generated)} tokens): `{''.join(r.generated)}`")
-        if r.hidden:
-            top = ", ".join(f"`{h['token']}` ({h['cells']} cells)" for h in r.hidden[:5])
-            lines.append(f"\n**Hidden candidates** (top-10 at some layer, never emitted): {top}")
+        if r.never_emitted:
+            top = ", ".join(f"`{h['token']}` ({h['cells']} cells)" for h in r.never_emitted[:5])
+            lines.append(f"\n**Never-emitted candidates** (top-10 at some layer, never emitted): {top}")
     for row in getattr(r, "surfacing", lambda: [])():
         first = row["first_top1_layer"]
         lines.append(
@@ -163,6 +169,8 @@ def build(ctx: UIContext) -> None:
     )
     summary = gr.Markdown()
     gr.Markdown(EXPLAIN)
+    with gr.Accordion("How this follows the papers, and where it does not", open=False):
+        gr.Markdown(deviations_markdown())
     with gr.Column(visible=False) as vlm_box:
         gr.Markdown(VLM_EXPLAIN)
         patches = gr.Plot(label="Logit lens on the image patches", elem_id="lens-patches")
@@ -195,7 +203,7 @@ def build(ctx: UIContext) -> None:
         generation = gr.Plot(label="Generation: steps × layers", elem_id="lens-generation")
         export_controls(state, "generation", "Export generation heatmap")
         hidden = gr.Plot(label="Never-emitted candidates", elem_id="lens-hidden")
-        export_controls(state, "hidden", "Export hidden candidates")
+        export_controls(state, "hidden", "Export never-emitted candidates")
 
     @user_errors
     def on_run(
@@ -248,7 +256,7 @@ def build(ctx: UIContext) -> None:
             _tracked(result, last),
             gr.Column(visible=has_gen),
             lens_plots.generation_ranks(result) if has_gen else None,
-            lens_plots.hidden_candidates_figure(result) if has_gen and result.hidden else None,
+            lens_plots.never_emitted_figure(result) if has_gen and result.never_emitted else None,
             gr.Column(visible=has_image),
             _patches(result, has_target) if has_image else None,
             _surfacing(result) if has_target else None,

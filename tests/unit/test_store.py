@@ -90,3 +90,23 @@ def test_query_is_read_only_and_sandboxed(tiny_llama, tmp_store, tmp_path) -> No
     with pytest.raises(InputError, match="failed"):
         tmp_store.query(f"SELECT * FROM read_csv('{tmp_path}/x.csv')")
     assert len(tmp_store.list_runs()) == 1
+
+
+def test_a_result_class_that_gains_a_column_still_saves_into_an_old_table(tmp_store) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+
+    cur = tmp_store.cursor()
+    cur.execute("CREATE TABLE widen_rows (run_id VARCHAR, a INTEGER)")
+
+    class Widened:
+        kind = "widen"
+
+        def to_meta(self) -> dict:  # type: ignore[type-arg]
+            return {}
+
+        def to_tables(self) -> dict:  # type: ignore[type-arg]
+            return {"rows": pa.table({"a": pa.array([1], pa.int32()), "b": pa.array([2.5])})}
+
+    run_id = tmp_store.save(Widened(), model_id="m", weight_hash="h", prompt="p", params={}, duration_s=0.0)
+    rows = cur.execute("SELECT a, b FROM widen_rows WHERE run_id = ?", [run_id]).fetchall()
+    assert rows == [(1, 2.5)]

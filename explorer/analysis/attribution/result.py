@@ -30,6 +30,14 @@ def _clean(value: Any) -> float | None:
 
 
 @register_result
+def method_deviations(method: str) -> list[str]:
+    """The registered method's deviations from its paper ([] for unknown or faithful methods)."""
+    from explorer.analysis.attribution import ATTRIBUTION_METHODS
+
+    registered = ATTRIBUTION_METHODS.get(method)
+    return list(registered.deviations) if registered is not None else []
+
+
 @dataclass
 class AttributionResult:
     """One attribution method's scores for one (prompt, target).
@@ -82,6 +90,9 @@ class AttributionResult:
             out["details"] = self.extras
         if self.notes:
             out["notes"] = self.notes
+        deviations = method_deviations(self.method)
+        if deviations:
+            out["deviations"] = deviations
         return out
 
     def to_meta(self) -> dict[str, Any]:
