@@ -73,6 +73,10 @@ RESULT_MODULES = (
     "explorer.analysis.pruning",
     "explorer.analysis.pruning.text",
     "explorer.vlm.lens",
+    "explorer.analysis.atlas.token_map",
+    "explorer.analysis.atlas.vocab",
+    "explorer.analysis.atlas.microscope",
+    "explorer.analysis.atlas.tokenizers",
     "explorer.vlm.tokens",
 )
 

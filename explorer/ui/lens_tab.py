@@ -13,7 +13,7 @@ from explorer.analysis.logit_lens import MAX_GENERATE, ROLE_FINAL, ROLE_NEXT, Le
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
 from explorer.plots import lens as lens_plots
-from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, ui_figure, user_errors
 from explorer.vlm.lens import VLMLensResult
 
 TITLE = "Logit lens"
@@ -54,7 +54,8 @@ def summary_markdown(r: LensResult) -> str:
         f"**Run** `{r.run_id}` · model `{r.model}` · {r.seq_len} tokens"
         + (f" ({r.modality.count('image')} visual)" if isinstance(r, VLMLensResult) else "")
         + f" · {r.n_layers} layers"
-        f" · computed in {r.seconds:.2f} s",
+        f" · computed in {r.seconds:.2f} s"
+        + (f" · [link to this run](?run={r.run_id}&tab=runs_tab)" if r.run_id else ""),
         "",
         f"**Next-token prediction** at the last prompt position: `{last.token}` (p = {last.final_prob:.3f}); "
         f"enters the top-10 at layer {last.first_top10_layer}, becomes top-1 at layer {last.first_top1_layer}, "
@@ -90,11 +91,13 @@ def _heatmap(r: LensResult | None, metric: str, role: str, start: int) -> go.Fig
     if r is None:
         return None
     width = WINDOW if r.seq_len > WINDOW else None
-    return lens_plots.lens_heatmap(r, metric=metric, role=role, start=start, width=width)
+    return ui_figure(
+        "heatmap", lens_plots.lens_heatmap, r, metric=metric, role=role, start=start, width=width
+    )
 
 
 def _tracked(r: LensResult | None, position: int) -> go.Figure | None:
-    return None if r is None else lens_plots.tracked_ranks(r, position)
+    return None if r is None else ui_figure("tracked", lens_plots.tracked_ranks, r, position)
 
 
 def _patches(r: Any, by_target: bool) -> go.Figure:
@@ -255,11 +258,13 @@ def build(ctx: UIContext) -> None:
             gr.Slider(0, max(1, result.seq_len - 1), value=last, step=1, interactive=result.seq_len > 1),
             _tracked(result, last),
             gr.Column(visible=has_gen),
-            lens_plots.generation_ranks(result) if has_gen else None,
-            lens_plots.never_emitted_figure(result) if has_gen and result.never_emitted else None,
+            ui_figure("generation", lens_plots.generation_ranks, result) if has_gen else None,
+            ui_figure("never emitted", lens_plots.never_emitted_figure, result)
+            if has_gen and result.never_emitted
+            else None,
             gr.Column(visible=has_image),
-            _patches(result, has_target) if has_image else None,
-            _surfacing(result) if has_target else None,
+            ui_figure("patches", _patches, result, has_target) if has_image else None,
+            ui_figure("surfacing", _surfacing, result) if has_target else None,
         )
 
     outputs = [

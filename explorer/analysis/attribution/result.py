@@ -253,6 +253,8 @@ class AttributionComparison:
     """Several methods on the same prompt and target (each stored as its own run).
 
     `to_dict()` returns the CLI's JSON for `--method all`: a list of the results' objects.
+    `references`: other methods' results on the same prompt and target that are shown only
+    as a yardstick for the faithfulness of `results` (e.g. occlusion beside one ReAGent run).
     """
 
     kind: ClassVar[str] = "attribution_comparison"
@@ -260,6 +262,7 @@ class AttributionComparison:
     results: list[AttributionResult]
     notes: list[str] = field(default_factory=list)
     run_id: str | None = None
+    references: list[AttributionResult] = field(default_factory=list)
 
     @property
     def tokens(self) -> list[str]:
