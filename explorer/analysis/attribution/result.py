@@ -29,7 +29,6 @@ def _clean(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-@register_result
 def method_deviations(method: str) -> list[str]:
     """The registered method's deviations from its paper ([] for unknown or faithful methods)."""
     from explorer.analysis.attribution import ATTRIBUTION_METHODS
@@ -38,6 +37,7 @@ def method_deviations(method: str) -> list[str]:
     return list(registered.deviations) if registered is not None else []
 
 
+@register_result
 @dataclass
 class AttributionResult:
     """One attribution method's scores for one (prompt, target).
