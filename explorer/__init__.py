@@ -49,6 +49,7 @@ _LAZY = {
     "prune_text": "explorer.pruning_api",
     "prune_image": "explorer.pruning_api",
     "load_vision_model": "explorer.backends.vision",
+    "visual_tokens": "explorer.vlm_api",
     "token_map": "explorer.atlas_api",
     "map_scores": "explorer.atlas_api",
     "vocab_health": "explorer.atlas_api",

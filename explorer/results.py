@@ -77,6 +77,7 @@ RESULT_MODULES = (
     "explorer.analysis.atlas.vocab",
     "explorer.analysis.atlas.microscope",
     "explorer.analysis.atlas.tokenizers",
+    "explorer.vlm.tokens",
 )
 
 

@@ -107,3 +107,42 @@ def vlm_lens(
         store=open_store(db, settings),
         use_cache=use_cache,
     )
+
+
+def visual_tokens(
+    model: str | VisionLanguageModel | None,
+    prompt: str,
+    image: ImageInput | None,
+    *,
+    params: Any = None,
+    db: Any = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """EmbedLens-style sink / dead / alive visual tokens and text->image attention; stored as
+    kind "vlm_tokens". `params` is an `explorer.vlm.tokens.TokenParams` (default thresholds)."""
+    from explorer.api import open_store, run_cached
+    from explorer.vlm.tokens import TokenParams, VisualTokensResult
+    from explorer.vlm.tokens import visual_tokens as compute_tokens
+
+    settings = settings or Settings.from_env()
+    params = params or TokenParams()
+    params.validate()
+    picture = open_image(image, settings)
+    if picture is None:
+        raise InputError("visual-token analysis needs an image")
+    vlm = resolve_vlm(model, settings, progress, dtype)
+    return run_cached(
+        VisualTokensResult.kind,
+        model_id=vlm.model_id,
+        weight_hash=vlm.weight_hash,
+        prompt=prompt,
+        params={**params.to_json(), "image": image_digest(picture), "max_tokens": settings.max_prompt_tokens},
+        compute=lambda: compute_tokens(
+            vlm, prompt, picture, params=params, max_tokens=settings.max_prompt_tokens, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )

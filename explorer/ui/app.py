@@ -16,6 +16,7 @@ TAB_MODULES = (
     "attention_tab",
     "attribution_tab",
     "pruning_tab",
+    "visual_tokens_tab",
     "atlas_tab",
     "runs_tab",
     "compare_tab",

@@ -1,0 +1,146 @@
+"""The "Visual tokens" tab: sink / dead / alive visual tokens and where text tokens look in the image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
+from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+
+TITLE = "Visual tokens"
+
+EXPLAIN = """**Visual tokens inside the language model** (EmbedLens, Fan et al. 2026, with operational
+definitions). At every LM block each visual token is a **sink** (its input norm is > K× the median
+visual-token norm *and* text tokens give it > K'× its uniform share of their image attention), **dead**
+(dropping it from the input changes the greedy answer's log-probability by < ε nats *and* the answering
+position's logits by < ε' relative L2; one ablation per token, batched) or **alive**.
+*Deviations from the paper:* the paper clusters tokens at the LM input; we use these thresholds instead,
+and "dead" is an input-level property shown at every block. Text → image attention: one text query
+(prompt text after the image, or a generated token) to every patch, per block, for one head, the mean
+over heads, or rolled out (0.5·mean + 0.5·I multiplied through the blocks, Abnar & Zuidema 2020)."""
+
+
+def _summary(r: Any) -> str:
+    counts = r.counts()
+    first, last = counts[0], counts[-1]
+    p = r.params
+    return (
+        f"**Run {r.run_id}** · {r.model} · {r.n_image} visual tokens · answer: `{''.join(r.answer)}` · "
+        f"{r.seconds:.1f} s  \nBlock 1: {first['alive']} alive, {first['dead']} dead, {first['sink']} sink · "
+        f"block {last['layer']}: {last['alive']} alive, {last['dead']} dead, {last['sink']} sink  \n"
+        f"Thresholds: sink norm > {p['sink_norm_k']}× median and attention > {p['sink_share_k']}× uniform; "
+        f"dead |Δ log p| < {p['dead_logprob_eps']} and Δ output < {p['dead_hidden_eps']}"
+    )
+
+
+def build(ctx: UIContext) -> None:
+    from explorer.ui.lens_tab import vlm_examples
+
+    state = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=2):
+            image = gr.Image(label="Image", type="pil", sources=["upload", "clipboard"], height=220)
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Question about the image", lines=2, value="What is in the picture?")
+            model = gr.Dropdown(
+                choices=list(EMBEDDED_VLMS),
+                value=TINY_VLM,
+                allow_custom_value=True,
+                label="Vision-language model",
+            )
+            with gr.Row():
+                norm_k = gr.Number(value=4.0, label="Sink: norm > K × median", minimum=1.01)
+                share_k = gr.Number(value=2.0, label="Sink: attention > K' × uniform", minimum=0.01)
+            with gr.Row():
+                eps_lp = gr.Number(value=0.05, label="Dead: |Δ log p(answer)| < ε", minimum=0)
+                eps_out = gr.Number(value=0.02, label="Dead: Δ output < ε'", minimum=0)
+                answer_tokens = gr.Slider(1, 8, value=3, step=1, label="Answer tokens scored")
+            run = gr.Button("Analyse visual tokens", variant="primary")
+    gr.Examples(
+        [[row[0], row[1]] for row in vlm_examples(ctx)], inputs=[image, prompt], label="Synthetic scenes"
+    )
+    summary = gr.Markdown()
+    gr.Markdown(EXPLAIN)
+    categories = gr.Plot(label="Sink / dead / alive on the image", elem_id="vt-categories")
+    export_controls(state, "token_categories", "Export categories")
+    counts = gr.Plot(label="Counts per block", elem_id="vt-counts")
+    export_controls(state, "category_counts", "Export counts")
+    with gr.Row():
+        query = gr.Dropdown(choices=[], label="Text query (position · token)")
+        view = gr.Radio(
+            [("mean over heads", "mean"), ("one head", "head"), ("rollout", "rollout")],
+            value="mean",
+            label="View",
+        )
+        head = gr.Slider(0, 1, value=0, step=1, label="Head (for 'one head')")
+    attention = gr.Plot(label="Text → image attention", elem_id="vt-attention")
+    export_controls(state, "text_to_image_attention", "Export attention")
+    shares = gr.Plot(label="Attention shares", elem_id="vt-shares")
+    export_controls(state, "attention_shares", "Export shares")
+
+    @user_errors
+    def analyse(
+        image_v: Any,
+        prompt_v: str,
+        model_v: str,
+        nk: float,
+        sk: float,
+        elp: float,
+        eout: float,
+        n_ans: int,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[Any, ...]:
+        from explorer.plots.vlm_tokens import (
+            attention_shares,
+            category_counts,
+            text_to_image_attention,
+            token_categories,
+        )
+        from explorer.vlm.tokens import TokenParams
+        from explorer.vlm_api import visual_tokens
+
+        params = TokenParams(
+            sink_norm_k=float(nk),
+            sink_share_k=float(sk),
+            dead_logprob_eps=float(elp),
+            dead_hidden_eps=float(eout),
+            answer_tokens=int(n_ans),
+        )
+        r = visual_tokens(
+            model_v or TINY_VLM,
+            prompt_v,
+            image_v,
+            params=params,
+            settings=ctx.settings,
+            progress=progress_fn(progress),
+        )
+        choices = [(f"{q} · {r.tokens[q]!r}", q) for q in r.query_positions]
+        return (
+            r,
+            _summary(r),
+            token_categories(r),
+            category_counts(r),
+            gr.Dropdown(choices=choices, value=r.query_positions[-1]),
+            gr.Slider(0, r.n_heads - 1, value=0, step=1),
+            text_to_image_attention(r),
+            attention_shares(r),
+        )
+
+    run.click(
+        analyse,
+        inputs=[image, prompt, model, norm_k, share_k, eps_lp, eps_out, answer_tokens],
+        outputs=[state, summary, categories, counts, query, head, attention, shares],
+    )
+
+    @user_errors
+    def redraw(r: Any, q: Any, v: str, h: int) -> Any:
+        from explorer.plots.vlm_tokens import text_to_image_attention
+
+        if r is None:
+            return None
+        return text_to_image_attention(r, query=None if q is None else int(q), view=v, head=int(h))
+
+    for control in (query, view, head):
+        control.change(redraw, [state, query, view, head], [attention], api_visibility="private")
