@@ -50,6 +50,12 @@ _LAZY = {
     "prune_text": "explorer.pruning_api",
     "prune_image": "explorer.pruning_api",
     "load_vision_model": "explorer.backends.vision",
+    "token_map": "explorer.atlas_api",
+    "map_scores": "explorer.atlas_api",
+    "vocab_health": "explorer.atlas_api",
+    "microscope": "explorer.atlas_api",
+    "inspect_tokenizers": "explorer.atlas_api",
+    "compare": "explorer.compare",
 }
 
 

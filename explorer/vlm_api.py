@@ -9,7 +9,6 @@ recompute.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
@@ -20,9 +19,8 @@ from explorer.backends.images import ImageInput, image_to_png, load_image
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM, VisionLanguageModel, load_vlm
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.vlm.lens import VLMLensResult, vlm_logit_lens
-
-ProgressFn = Callable[[float, str], None]
 
 
 def is_vlm(model: str | Any | None) -> bool:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 import unicodedata
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,9 +39,8 @@ import pyarrow as pa
 from explorer.backends.language import LanguageModel, capture, encode
 from explorer.backends.trace import Trace
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
-
-ProgressFn = Callable[[float, str], None]
 
 MAX_FLOW_TOKENS = 64
 # Every head's full matrix is kept (store, JSON): 30 layers x 9 heads x 256^2 is 17.7M weights.

@@ -38,6 +38,21 @@ ROLE_FINAL = "final_top1"
 ROLE_TARGET = "target"
 HIDDEN_TOP_K = 10  # "highly ranked" = in the lens top-10 at some layer
 
+# Where this logit lens departs from the papers it draws on; shown in the Logit lens tab, the README
+# and the JSON (`deviations`).
+DEVIATIONS: dict[str, str] = {
+    "final_norm": "Every layer is decoded with the model's final norm and unembedding (the logit lens of "
+    "nostalgebraist 2020); no learned per-layer translators (tuned lens), so early layers read poorly.",
+    "early_excitation": 'Early excitation ("The Hidden Life of Tokens"): the final prediction\'s probability '
+    "peaks before the last layer. The peak is searched from layer 1: layer 0 is the input embedding read "
+    "through the unembedding, which with tied embeddings is the input token itself.",
+    "never_emitted_candidates": "Never-emitted candidates are related to VISTA's \"hidden genuine "
+    'information" but are a different statistic: tokens in the lens top-10 at some layer >= 1 of a '
+    "generation step that are never emitted, ranked by how many (layer, step) cells they occupy.",
+    "generation": "Generation is traced in one pass over the prompt plus the generated tokens (step s at "
+    "position prompt_len - 1 + s), greedy or seeded sampling, no other decoding strategies.",
+}
+
 
 @dataclass(frozen=True)
 class LensParams:
@@ -76,8 +91,12 @@ class PositionSummary:
     """Hidden-life summary of the final prediction at one position.
 
     first_top1_layer / first_top10_layer: first layer where it is rank 1 / within the top 10
-    (None if never); peak_layer: layer of its highest probability; early_excitation: the peak
-    comes before the last layer.
+    (None if never); peak_layer: layer >= 1 of its highest probability; early_excitation: the
+    peak comes before the last layer.
+
+    The peak search starts at layer 1, as `never_emitted_candidates` does: layer 0 is the embedding
+    read through the unembedding, which with tied embeddings is the input token itself, not
+    something the model computed.
     """
 
     position: int
@@ -116,7 +135,7 @@ class LensResult:
     summaries: list[PositionSummary]
     params: dict[str, Any]
     generated: list[str] = field(default_factory=list)
-    hidden: list[dict[str, Any]] = field(default_factory=list)
+    never_emitted: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     run_id: str | None = None
     seconds: float = 0.0
@@ -187,9 +206,10 @@ class LensResult:
         }
         if self.generated:
             out["generated"] = self.generated
-            out["hidden_candidates"] = self.hidden
+            out["never_emitted_candidates"] = self.never_emitted
         if self.notes:
             out["notes"] = self.notes
+        out["deviations"] = dict(DEVIATIONS)
         return out
 
     def to_meta(self) -> dict[str, Any]:
@@ -202,7 +222,7 @@ class LensResult:
             "summaries": [s.__dict__ for s in self.summaries],
             "params": self.params,
             "generated": self.generated,
-            "hidden": self.hidden,
+            "never_emitted": self.never_emitted,
             "notes": self.notes,
             "seconds": self.seconds,
             "top_k": int(self.topk_ids.shape[2]),
@@ -266,7 +286,7 @@ class LensResult:
             summaries=[PositionSummary(**s) for s in meta["summaries"]],
             params=meta["params"],
             generated=meta["generated"],
-            hidden=meta["hidden"],
+            never_emitted=meta.get("never_emitted", meta.get("hidden", [])),
             notes=meta["notes"],
             run_id=meta.get("run_id"),
             seconds=meta.get("seconds", 0.0),
@@ -405,7 +425,8 @@ def summarize_positions(
     for p in range(seq):
         top1 = np.nonzero(rank[:, p] == 1)[0]
         top10 = np.nonzero(rank[:, p] <= 10)[0]
-        peak = int(np.argmax(prob[:, p]))
+        first = 1 if n_layers >= 1 else 0  # layer 0 is the input embedding, not a computed state
+        peak = first + int(np.argmax(prob[first:, p]))
         out.append(
             PositionSummary(
                 position=p,
@@ -422,7 +443,7 @@ def summarize_positions(
     return out
 
 
-def hidden_candidates(
+def never_emitted_candidates(
     topk_ids: np.ndarray,
     topk_probs: np.ndarray,
     topk_tokens: np.ndarray,
@@ -431,7 +452,10 @@ def hidden_candidates(
     limit: int = 20,
 ) -> list[dict[str, Any]]:
     """Tokens that reach the lens top-10 at some (layer >= 1, generation step) but are never
-    emitted: the "hidden genuine information" candidates, most persistent first."""
+    emitted, most persistent first (`cells`: how many (layer, step) cells they occupy).
+
+    Related to VISTA's "hidden genuine information" ("The Hidden Life of Tokens") but a different,
+    simpler statistic: a count of top-10 lens cells, not VISTA's measure (see `DEVIATIONS`)."""
     emitted_set = set(emitted)
     k = min(HIDDEN_TOP_K, topk_ids.shape[2])
     stats: dict[int, dict[str, Any]] = {}
@@ -508,7 +532,9 @@ def logit_lens(
     summaries = summarize_positions(trace.n_layers, tok, tracked, trace.seq_len)
     prompt_len = int(prompt_ids.numel())
     steps = list(range(prompt_len - 1, prompt_len - 1 + len(generated)))
-    hidden = hidden_candidates(topk_ids, topk_probs, topk_tokens, steps, generated) if generated else []
+    never_emitted = (
+        never_emitted_candidates(topk_ids, topk_probs, topk_tokens, steps, generated) if generated else []
+    )
     prog(1.0, "Done")
     return LensResult(
         model=lm.model_id,
@@ -523,7 +549,7 @@ def logit_lens(
         summaries=summaries,
         params=params.to_json(),
         generated=[tok(i) for i in generated],
-        hidden=hidden,
+        never_emitted=never_emitted,
         notes=notes,
         seconds=time.perf_counter() - t0,
     )

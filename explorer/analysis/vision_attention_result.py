@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,9 +38,8 @@ from explorer.backends.images import ImageInput, image_to_png, load_image, model
 from explorer.backends.vision import VisionModel
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
-
-ProgressFn = Callable[[float, str], None]
 
 
 def image_sha256(image: Image.Image) -> str:

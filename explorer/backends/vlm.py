@@ -9,9 +9,9 @@ position ("text" / "image") plus the patch grid the image tokens cover.
 
 Two implementations of `prepare`:
 - the embedded demo VLM ("tiny-vlm"): DINOv2-S -> trained projector -> SmolLM2 (this module);
-- hub VLMs (LLaVA, Idefics3/SmolVLM, Qwen2-VL, PaliGemma, Gemma 3): explorer.vlm.hub.
+- hub VLMs (LLaVA, Idefics3/SmolVLM, Qwen2-VL, PaliGemma, Gemma 3): explorer.backends.vlm_hub.
 
-This module (with explorer.vlm.hub) is the only door to a VLM's transformers modules.
+This module (with explorer.backends.vlm_hub) is the only door to a VLM's transformers modules.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from explorer.backends.loading import MODEL_CACHE
 from explorer.backends.trace import Trace
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.model_policy import admit_model, load_errors_hidden
+from explorer.progress import ProgressFn
 
-ProgressFn = Callable[[float, str], None]
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "vlm" / "weights"  # the shipped demo VLM
 TINY_VLM = "tiny-vlm"
 EMBEDDED_VLMS = (TINY_VLM,)
@@ -85,6 +86,9 @@ class VisionLanguageModel:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     # hub VLMs run their own forward (M-RoPE, bidirectional image attention...): True for those
     uses_model_forward: bool = False
+    # (model_inputs, n_appended) -> model_inputs whose per-position entries (token types) also
+    # cover `n_appended` text tokens after the prompt; None when nothing is per-position
+    extend_model_inputs: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -119,12 +123,15 @@ class VisionLanguageModel:
         embeds, ids = _with_extra(self, inputs, extra_ids or [])
         if self.uses_model_forward:
             dev = self.lm.device
+            model_inputs = inputs.model_inputs
+            if extra_ids and self.extend_model_inputs is not None:
+                model_inputs = self.extend_model_inputs(model_inputs, len(extra_ids))
             with self.lm.lock:
                 return self.lm.hf_model(
                     input_ids=ids.unsqueeze(0).to(dev),
                     output_attentions=output_attentions,
                     use_cache=use_cache,
-                    **inputs.model_inputs,
+                    **model_inputs,
                 )
         assert embeds is not None
         return self.lm.forward(
@@ -210,12 +217,12 @@ def _cache_kwarg(model: Any) -> str:
 
 
 def _decode_step(vlm: VisionLanguageModel, token: int, past: Any, total_len: int) -> Any:
+    """One cached step. No attention mask: one unpadded sequence needs none, and from a mask
+    Qwen2-VL derives positions for the whole sequence instead of the new token's M-RoPE position
+    (cache length + its stored rope delta)."""
     model = vlm.lm.hf_model
     ids = torch.tensor([[token]], device=vlm.lm.device)
     kwargs = {_cache_kwarg(model): past}
-    if vlm.uses_model_forward:
-        mask = torch.ones(1, total_len, dtype=torch.long, device=vlm.lm.device)
-        return model(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
     return model(input_ids=ids, use_cache=True, **kwargs)
 
 
@@ -362,16 +369,17 @@ def load_vlm(
     `dtype` ("auto", "float32", "float16", "bfloat16") applies to the demo VLM's language
     model (the vision encoder and projector stay in float32); hub VLMs load in "auto"."""
     settings = settings or Settings.from_env()
-    name = (name_or_path or TINY_VLM).strip()
+    name = admit_model((name_or_path or TINY_VLM).strip(), {TINY_VLM})  # the host's allow-list
     if name == TINY_VLM:
         w = weights or WEIGHTS_DIR
         key = ("vlm:" + name, str(w), str(dtype or "auto"))
         return MODEL_CACHE.get(key, lambda: _tiny_vlm(settings, w, progress, dtype))  # type: ignore[no-any-return]
     if dtype not in (None, "auto"):
         raise InputError(f"dtype {dtype!r}: hub vision-language models load in 'auto' only (float16 on CUDA)")
-    from explorer.vlm.hub import load_hub_vlm
+    from explorer.backends.vlm_hub import load_hub_vlm
 
-    return MODEL_CACHE.get(("vlm:" + name, "auto"), lambda: load_hub_vlm(name, settings, progress))  # type: ignore[no-any-return]
+    with load_errors_hidden(name, settings):
+        return MODEL_CACHE.get(("vlm:" + name, "auto"), lambda: load_hub_vlm(name, settings, progress))  # type: ignore[no-any-return]
 
 
 def is_vlm_name(name: str | None) -> bool:

@@ -13,7 +13,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "lens",
         help="logit lens: top-k tokens and tracked ranks at every layer and position",
         description="Decode every layer's residual stream with the final norm and unembedding. "
-        "Prints {run_id, model, n_layers, tokens, lens, tracked, summary[, generated, hidden_candidates]}.",
+        "Prints {run_id, model, n_layers, tokens, lens, tracked, summary, deviations[, generated, never_emitted_candidates]}.",
     )
     p.add_argument("--prompt", required=True, help="text to analyse")
     p.add_argument(

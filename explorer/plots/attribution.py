@@ -20,6 +20,7 @@ from explorer.plots import base_layout, register_figure
 
 TOKENS_PER_ROW = 14
 SCALE = "Blues"
+GOOD_FILL = "#dcefdc"
 
 
 def _visible(token: str) -> str:
@@ -34,23 +35,25 @@ def _normalised(scores: np.ndarray) -> np.ndarray:
 
 
 def text_heatmap(result: AttributionResult, tokens_per_row: int = TOKENS_PER_ROW) -> go.Figure:
-    """One method's scores as coloured tokens, wrapped into rows of `tokens_per_row`."""
+    """One method's scores as coloured tokens, wrapped into rows of `tokens_per_row`: darker =
+    more important (min-max scaled; the colour bar is the legend); hover gives the raw score."""
     p = len(result.tokens)
     rows = max(1, math.ceil(p / tokens_per_row))
-    z = np.full((rows, tokens_per_row), np.nan)
-    text = np.full((rows, tokens_per_row), "", dtype=object)
-    hover = np.full((rows, tokens_per_row), "", dtype=object)
+    cols = min(p, tokens_per_row) or 1
+    z = np.full((rows, cols), np.nan)
+    text = np.full((rows, cols), "", dtype=object)
+    hover = np.full((rows, cols), "", dtype=object)
     norm = _normalised(result.scores)
     for i, tok in enumerate(result.tokens):
-        r, c = divmod(i, tokens_per_row)
+        r, c = divmod(i, cols)
         z[r, c] = norm[i]
         text[r, c] = _visible(tok)
         hover[r, c] = f"#{i} {tok!r}<br>score {result.scores[i]:.4g}<br>normalised {norm[i]:.2f}"
     fig = go.Figure(
         go.Heatmap(
-            z=z[::-1],
-            text=text[::-1],
-            customdata=hover[::-1],
+            z=z,
+            text=text,
+            customdata=hover,
             texttemplate="%{text}",
             hovertemplate="%{customdata}<extra></extra>",
             colorscale=SCALE,
@@ -61,18 +64,27 @@ def text_heatmap(result: AttributionResult, tokens_per_row: int = TOKENS_PER_ROW
             colorbar={"title": {"text": "importance<br>(min-max)"}},
         )
     )
-    fig.update_xaxes(title_text="token in row", showticklabels=False)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(
-        title_text="row",
+        title_text="row" if rows > 1 else "",
         tickvals=list(range(rows)),
-        ticktext=[str(rows - r) for r in range(rows)],
+        ticktext=[str(r + 1) for r in range(rows)] if rows > 1 else [""],
+        autorange="reversed",
+        showgrid=False,
+        zeroline=False,
     )
     target = result.target.get("token", "")
-    return base_layout(fig, f"{result.method}: importance for {target!r}", height=140 + 45 * rows)
+    fig = base_layout(
+        fig, f"{result.method}: importance of each token for {target!r}", height=80 + max(120, 42 * rows)
+    )
+    return fig.update_layout(margin={"t": 60, "b": 20})
 
 
 def comparison_heatmap(comp: AttributionComparison) -> go.Figure:
-    """All methods' scores (min-max per method) as coloured tokens: methods x tokens."""
+    """All methods' scores (min-max per method) as coloured tokens: methods x tokens. One
+    method alone is shown as its wrapped coloured text (`text_heatmap`)."""
+    if len(comp.results) == 1:
+        return text_heatmap(comp.results[0])
     tokens = comp.tokens
     z = np.array([_normalised(r.scores) for r in comp.results]) if comp.results else np.zeros((0, 0))
     text = [[_visible(t) for t in tokens] for _ in comp.results]
@@ -109,9 +121,65 @@ def comparison_heatmap(comp: AttributionComparison) -> go.Figure:
     )
 
 
+def _metric_value(result: AttributionResult, key: str) -> float:
+    value = result.seconds if key == "seconds" else result.faithfulness.get(key)
+    return float("nan") if value is None else float(value)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else "n/a"
+
+
+def method_faithfulness(
+    result: AttributionResult, references: list[AttributionResult] | tuple[()] = ()
+) -> go.Figure:
+    """One method's own faithfulness values and wall time as a table, beside reference methods
+    run on the same prompt and target (e.g. occlusion) and the difference to the first one.
+    A cell is green where this method does at least as well as that reference."""
+    keys = [*METRIC_LABELS, "seconds"]
+    labels = [f"{METRIC_LABELS[k]} ↑" for k in METRIC_LABELS] + ["wall time, s ↓"]
+    own = [_metric_value(result, k) for k in keys]
+    header = ["metric", f"<b>{result.method}</b>"]
+    columns: list[list[str]] = [labels, [_fmt(v) for v in own]]
+    fill = ["white"] * len(keys)
+    for ref in references:
+        header.append(f"{ref.method} (reference)")
+        columns.append([_fmt(_metric_value(ref, k)) for k in keys])
+    if references:
+        ref_vals = [_metric_value(references[0], k) for k in keys]
+        diff = [round(o - r, 3) + 0.0 for o, r in zip(own, ref_vals, strict=True)]  # + 0.0: no "-0.000"
+        header.append(f"difference to {references[0].method}")
+        columns.append([("n/a" if not math.isfinite(d) else f"{d:+.3f}") for d in diff])
+        better = [
+            math.isfinite(d) and (d <= 0 if k == "seconds" else d >= 0)
+            for d, k in zip(diff, keys, strict=True)
+        ]
+        fill = [GOOD_FILL if b else "white" for b in better]
+    n_cols = len(header)
+    fig = go.Figure(
+        go.Table(
+            header={"values": header, "align": "left", "fill_color": "#eef2f7", "height": 28},
+            cells={
+                "values": columns,
+                "align": "left",
+                "height": 26,
+                "fill_color": [["white"] * len(keys), fill] + [["white"] * len(keys)] * (n_cols - 2),
+            },
+        )
+    )
+    target = result.target.get("token", "")
+    title = f"Faithfulness of {result.method} for {target!r} (↑ higher is better)"
+    fig = base_layout(fig, title, height=60 + 28 + 26 * len(keys) + 20)
+    return fig.update_layout(margin={"l": 20, "r": 20, "t": 60, "b": 10})
+
+
 def faithfulness_table(comp: AttributionComparison) -> go.Figure:
     """Methods x (faithfulness metrics, seconds): colour = value relative to the column's
-    range (darker = better; for seconds, faster = better); the best in each column is starred."""
+    range (darker = better; for seconds, faster = better); the best in each column is starred.
+    One method alone is shown as a table of its own values beside its references
+    (`method_faithfulness`): "best" means nothing with one method."""
+    if len(comp.results) == 1:
+        return method_faithfulness(comp.results[0], comp.references)
     metrics = list(METRIC_LABELS)
     cols = [METRIC_LABELS[m] for m in metrics] + ["Seconds"]
     best = comp.best()
@@ -213,7 +281,19 @@ def _always(result: Any) -> bool:
     return True
 
 
+def _faithfulness_data(result: AttributionResult) -> pa.Table:
+    return AttributionComparison(results=[result]).table()
+
+
 register_figure("attribution", "text_heatmap", "Coloured tokens", text_heatmap, _result_data, _always)
+register_figure(
+    "attribution",
+    "faithfulness",
+    "Faithfulness and wall time",
+    method_faithfulness,
+    _faithfulness_data,
+    _always,
+)
 register_figure(
     "attribution_comparison",
     "text_heatmap",

@@ -1,5 +1,5 @@
 """Figures for logit-lens results: layer x position heatmap, tracked ranks across layers,
-generation steps x layers ranks, and never-emitted candidates ("hidden genuine information")."""
+generation steps x layers ranks, and never-emitted candidates (related to, but not the same statistic as, VISTA's "hidden genuine information")."""
 
 from __future__ import annotations
 
@@ -227,9 +227,9 @@ def generation_data(result: LensResult) -> pa.Table:
     )
 
 
-def hidden_candidates_figure(result: LensResult) -> go.Figure:
+def never_emitted_figure(result: LensResult) -> go.Figure:
     """Top-10 lens candidates that were never emitted: how many (layer, step) cells they occupy."""
-    rows = result.hidden[:15]
+    rows = result.never_emitted[:15]
     labels = [_esc(r["token"]) for r in rows][::-1]
     cells = [r["cells"] for r in rows][::-1]
     hover = [
@@ -253,7 +253,7 @@ def hidden_candidates_figure(result: LensResult) -> go.Figure:
 
 
 def hidden_data(result: LensResult) -> pa.Table:
-    rows = result.hidden
+    rows = result.never_emitted
     return pa.table(
         {
             "token": [r["token"] for r in rows],
@@ -281,5 +281,5 @@ register_figure(
     "lens", "generation", "Emitted tokens: steps x layers", generation_ranks, generation_data, _has_generation
 )
 register_figure(
-    "lens", "hidden", "Never-emitted candidates", hidden_candidates_figure, hidden_data, _has_generation
+    "lens", "hidden", "Never-emitted candidates", never_emitted_figure, hidden_data, _has_generation
 )

@@ -62,7 +62,7 @@ def _cells(
     rows, cols = _require_image(result)
     tokens, probs = result.patch_top_tokens(layer)
     values = probs.astype(float) if target is None else result.patch_target(target)[layer]
-    pos = result.image_positions
+    pos = result.grid_positions
     k = min(5, result.topk_ids.shape[2])
     hover = np.empty((rows, cols), dtype=object)
     text = np.empty((rows, cols), dtype=object)
@@ -161,7 +161,7 @@ def patch_lens_overlay(
 def patch_lens_data(result: VLMLensResult) -> pa.Table:
     """Every (layer, visual token): grid row/col, lens top-1 token and probability."""
     rows, cols = _require_image(result)
-    pos = np.asarray(result.image_positions)
+    pos = np.asarray(result.grid_positions)
     n_l = result.n_layers + 1
     layer = np.repeat(np.arange(n_l), len(pos))
     idx = np.tile(np.arange(len(pos)), n_l)

@@ -29,7 +29,7 @@ from explorer.backends.images import load_image, sample_images
 from explorer.backends.vision import EMBEDDED_VISION_MODELS
 from explorer.errors import InputError
 from explorer.plots import attention as att_plots
-from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, ui_figure, user_errors
 
 TITLE = "Attention"
 TEXT_MODE = "Text (language model)"
@@ -223,9 +223,9 @@ def _build_image_mode(ctx: UIContext) -> None:
             gr.Slider(0, max(1, last), value=last, step=1, interactive=result.n_layers > 1),
             gr.Slider(0, max(1, result.n_heads - 1), value=0, step=1, interactive=result.n_heads > 1),
             gr.Checkbox(value=True),
-            att_plots.cls_overlay(result),
-            att_plots.rollout_overlay(result),
-            att_plots.vision_entropy_heatmap(result),
+            ui_figure("cls_overlay", att_plots.cls_overlay, result),
+            ui_figure("rollout_overlay", att_plots.rollout_overlay, result),
+            ui_figure("entropy", att_plots.vision_entropy_heatmap, result),
         )
 
     outputs = [state, summary, layer, head, mean_heads, overlay_plot, rollout_plot, entropy_plot]
@@ -240,7 +240,7 @@ def _build_image_mode(ctx: UIContext) -> None:
         result = dataclasses.replace(
             result, view={**result.view, "layer": int(layer_v), "head": _head_value(head_v, mean_v)}
         )
-        return result, att_plots.cls_overlay(result)
+        return result, ui_figure("cls_overlay", att_plots.cls_overlay, result)
 
     @user_errors
     def on_head(result: VisionAttentionResult | None, layer_v: float, head_v: float) -> tuple[Any, ...]:
@@ -351,11 +351,11 @@ def _build_text_mode(ctx: UIContext) -> None:
             gr.Slider(0, max(1, result.n_layers - 1), value=0, step=1, interactive=result.n_layers > 1),
             gr.Slider(0, max(1, result.n_heads - 1), value=0, step=1, interactive=result.n_heads > 1),
             gr.Checkbox(value=False),
-            att_plots.head_heatmap(result),
-            att_plots.mean_heatmap(result),
+            ui_figure("head", att_plots.head_heatmap, result),
+            ui_figure("mean_heads", att_plots.mean_heatmap, result),
             gr.Dropdown(choices=choices, value=last),
-            att_plots.token_view(result),
-            att_plots.heads_grid(result),
+            ui_figure("token", att_plots.token_view, result),
+            ui_figure("heads_grid", att_plots.heads_grid, result),
             gr.Slider(
                 0,
                 max(1, result.n_layers - 1),
@@ -363,12 +363,12 @@ def _build_text_mode(ctx: UIContext) -> None:
                 step=1,
                 interactive=result.n_layers > 1,
             ),
-            att_plots.rollout_heatmap(result),
+            ui_figure("rollout", att_plots.rollout_heatmap, result),
             gr.Column(visible=result.flow is not None),
-            att_plots.flow_heatmap(result) if result.flow is not None else None,
+            ui_figure("flow", att_plots.flow_heatmap, result) if result.flow is not None else None,
             gr.Dropdown(choices=choices, value=[0], multiselect=True),
-            att_plots.sink_heatmap(result),
-            att_plots.entropy_heatmap(result),
+            ui_figure("sinks", att_plots.sink_heatmap, result),
+            ui_figure("entropy", att_plots.entropy_heatmap, result),
         )
 
     outputs = [
@@ -403,9 +403,9 @@ def _build_text_mode(ctx: UIContext) -> None:
         result = with_view(result, layer=int(layer_v), head=_head_value(head_v, mean_v))
         return (
             result,
-            att_plots.head_heatmap(result),
-            att_plots.mean_heatmap(result),
-            att_plots.token_view(result),
+            ui_figure("head", att_plots.head_heatmap, result),
+            ui_figure("mean_heads", att_plots.mean_heatmap, result),
+            ui_figure("token", att_plots.token_view, result),
         )
 
     layer_head_io = ([state, layer, head, mean_heads], [state, head_plot, mean_plot, token_plot])
@@ -418,7 +418,7 @@ def _build_text_mode(ctx: UIContext) -> None:
         if result is None or token_v is None:
             return gr.skip(), gr.skip()
         result = with_view(result, token=int(token_v))
-        return result, att_plots.token_view(result)
+        return result, ui_figure("token", att_plots.token_view, result)
 
     token.input(on_token, [state, token], [state, token_plot], api_visibility="private")
 
@@ -427,7 +427,7 @@ def _build_text_mode(ctx: UIContext) -> None:
         if result is None:
             return gr.skip(), gr.skip()
         result = with_view(result, rollout_layer=int(layer_v))
-        return result, att_plots.rollout_heatmap(result)
+        return result, ui_figure("rollout", att_plots.rollout_heatmap, result)
 
     rollout_layer.release(on_rollout, [state, rollout_layer], [state, rollout_plot], api_visibility="private")
 
@@ -436,6 +436,6 @@ def _build_text_mode(ctx: UIContext) -> None:
         if result is None:
             return gr.skip(), gr.skip()
         result = with_view(result, sinks=[int(p) for p in (sinks_v or [])])
-        return result, att_plots.sink_heatmap(result)
+        return result, ui_figure("sinks", att_plots.sink_heatmap, result)
 
     sinks.input(on_sinks, [state, sinks], [state, sink_plot], api_visibility="private")

@@ -1,7 +1,8 @@
 """The "Attribution" tab: which prompt tokens made the model produce the target.
 
 Parse inputs -> `attribute(...)` -> figures from the plots registry. A single method is shown
-as a one-row comparison so the same figures and export buttons serve both cases.
+as a comparison of one (its coloured text, and a table of its own faithfulness beside occlusion's
+on the same prompt as a reference), so the same export buttons serve both cases.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import plotly.graph_objects as go
 
 from explorer.analysis.attribution import ATTRIBUTION_METHODS, AttributionComparison, AttributionResult
 from explorer.analysis.attribution.replacement import DEFAULT_MLM
-from explorer.analysis.attribution.result import GenerationAttributionResult
+from explorer.analysis.attribution.result import METRIC_LABELS, GenerationAttributionResult
 from explorer.attribution_api import attribute, attribute_generation
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.errors import InputError
 from explorer.plots import figure_spec
-from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, export_controls, progress_fn, ui_figure, user_errors
 
 TITLE = "Attribution"
 EXAMPLES = [
@@ -44,6 +45,8 @@ all probes are averaged (and a note says so) instead of returning NaN. The ratio
 check is capped at half the prompt (`max_keep_ratio` 0.5): with the paper's fixed n = 5 a prompt of ≤5 tokens
 keeps every token, so the check passes at once and the scores stay near their random start.
 Defaults: 8 probes (the authors' configurations use 3–10; Inseq 16), ≤30 steps (the paper: 3000).
+Replacement choice: the replacement model's argmax, as the paper (`candidates` = 1, the default);
+`candidates` > 1 draws among the top candidates instead (an option, listed in the JSON `deviations`).
 *Faithfulness* (Zhao & Aletras 2023; as in the ReAGent authors' evaluation code): Soft-NC/Soft-NS mask
 embedding elements with Bernoulli draws whose keep-probability is the importance normalised to a
 distribution (summing to 1), normalised by the all-zero-embedding baseline. A distribution makes every
@@ -54,8 +57,27 @@ Hard comprehensiveness/sufficiency **delete** the top 20% of tokens.
 Every metric: higher is better. Wall time excludes the faithfulness evaluation."""
 
 
-def _comparison(result: AttributionResult | AttributionComparison) -> AttributionComparison:
-    return result if isinstance(result, AttributionComparison) else AttributionComparison(results=[result])
+REFERENCE_METHOD = "occlusion"  # cheap (one forward pass per token) and the most faithful here
+
+
+def _comparison(
+    result: AttributionResult | AttributionComparison, references: list[AttributionResult] | None = None
+) -> AttributionComparison:
+    if isinstance(result, AttributionComparison):
+        return result
+    return AttributionComparison(results=[result], references=list(references or []))
+
+
+def _metric_line(r: AttributionResult, ref: AttributionResult | None) -> str:
+    parts = []
+    for key, label in METRIC_LABELS.items():
+        value = r.faithfulness.get(key)
+        text = f"{label} {value:.3f}" if value is not None else f"{label} n/a"
+        other = ref.faithfulness.get(key) if ref is not None else None
+        if value is not None and other is not None:
+            text += f" ({ref.method if ref else ''} {other:.3f})"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def summary_markdown(comp: AttributionComparison) -> str:
@@ -67,10 +89,17 @@ def summary_markdown(comp: AttributionComparison) -> str:
     ]
     if first.contrast:
         lines.append(f"· contrast foil `{first.contrast['token']}`")
-    best = comp.best()
-    shown = {k: v for k, v in best.items() if v}
-    if shown:
-        lines.append("\n**Best:** " + ", ".join(f"{k}: `{v}`" for k, v in shown.items()))
+    if len(comp.results) > 1:
+        shown = {k: v for k, v in comp.best().items() if v}
+        if shown:
+            lines.append("\n**Best:** " + ", ".join(f"{k}: `{v}`" for k, v in shown.items()))
+    else:
+        ref = comp.references[0] if comp.references else None
+        lines.append(
+            f"\n**Faithfulness** of `{first.method}` (higher is better"
+            + (f"; in brackets: `{ref.method}` on the same prompt, for reference" if ref else "")
+            + f"): {_metric_line(first, ref)}"
+        )
     for r in comp.results:
         extra = ""
         if r.method == "reagent":
@@ -83,7 +112,7 @@ def summary_markdown(comp: AttributionComparison) -> str:
 
 
 def _figure(comp: AttributionComparison | None, name: str) -> go.Figure | None:
-    return None if comp is None else figure_spec(comp, name).build(comp)
+    return None if comp is None else ui_figure(name, figure_spec(comp, name).build, comp)
 
 
 def _reagent_params(
@@ -138,7 +167,20 @@ def run_attribution(
     )
     if isinstance(result, GenerationAttributionResult):
         raise InputError("use the generation section for per-step attribution")
-    comp = _comparison(result)
+    references: list[AttributionResult] = []
+    if isinstance(result, AttributionResult) and result.method != REFERENCE_METHOD:
+        reference = attribute(
+            model or ctx.settings.default_model,
+            prompt,
+            target,
+            method=REFERENCE_METHOD,
+            contrast=contrast or None,
+            seed=int(seed or 0),
+            settings=ctx.settings,
+        )
+        if isinstance(reference, AttributionResult):
+            references.append(reference)
+    comp = _comparison(result, references)
     return comp, summary_markdown(comp), _figure(comp, "text_heatmap"), _figure(comp, "faithfulness_table")
 
 
@@ -157,7 +199,7 @@ def run_generation(
         settings=ctx.settings,
         progress=progress_fn(progress),
     )
-    return result, figure_spec(result, "steps_heatmap").build(result)
+    return result, ui_figure("steps_heatmap", figure_spec(result, "steps_heatmap").build, result)
 
 
 def build(ctx: UIContext) -> None:

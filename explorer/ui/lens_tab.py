@@ -8,11 +8,12 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from explorer import api
+from explorer.analysis.logit_lens import DEVIATIONS as LENS_DEVIATIONS
 from explorer.analysis.logit_lens import MAX_GENERATE, ROLE_FINAL, ROLE_NEXT, LensResult
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
 from explorer.plots import lens as lens_plots
-from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, ui_figure, user_errors
 from explorer.vlm.lens import VLMLensResult
 
 TITLE = "Logit lens"
@@ -37,6 +38,11 @@ the model finally predicts at that position, or of the actual next input token. 
 top-1; hover for the top-5. *Early excitation*: the final prediction peaks before the last layer."""
 
 
+def deviations_markdown() -> str:
+    """The lens's deviations from its papers (from `explorer.analysis.logit_lens.DEVIATIONS`)."""
+    return "\n".join(f"* **{name.replace('_', ' ')}**: {text}" for name, text in LENS_DEVIATIONS.items())
+
+
 def parse_targets(text: str) -> list[str]:
     """One target per line; leading spaces are kept (" Paris" and "Paris" are different tokens)."""
     return [line.rstrip("\n") for line in (text or "").split("\n") if line.strip()]
@@ -48,7 +54,8 @@ def summary_markdown(r: LensResult) -> str:
         f"**Run** `{r.run_id}` · model `{r.model}` · {r.seq_len} tokens"
         + (f" ({r.modality.count('image')} visual)" if isinstance(r, VLMLensResult) else "")
         + f" · {r.n_layers} layers"
-        f" · computed in {r.seconds:.2f} s",
+        f" · computed in {r.seconds:.2f} s"
+        + (f" · [link to this run](?run={r.run_id}&tab=runs_tab)" if r.run_id else ""),
         "",
         f"**Next-token prediction** at the last prompt position: `{last.token}` (p = {last.final_prob:.3f}); "
         f"enters the top-10 at layer {last.first_top10_layer}, becomes top-1 at layer {last.first_top1_layer}, "
@@ -60,9 +67,9 @@ def summary_markdown(r: LensResult) -> str:
     lines.append(f"\nPositions whose prediction peaks before the last layer: {len(excited)} of {r.seq_len}.")
     if r.generated:
         lines.append(f"\n**Generated** ({len(r.generated)} tokens): `{''.join(r.generated)}`")
-        if r.hidden:
-            top = ", ".join(f"`{h['token']}` ({h['cells']} cells)" for h in r.hidden[:5])
-            lines.append(f"\n**Hidden candidates** (top-10 at some layer, never emitted): {top}")
+        if r.never_emitted:
+            top = ", ".join(f"`{h['token']}` ({h['cells']} cells)" for h in r.never_emitted[:5])
+            lines.append(f"\n**Never-emitted candidates** (top-10 at some layer, never emitted): {top}")
     for row in getattr(r, "surfacing", lambda: [])():
         first = row["first_top1_layer"]
         lines.append(
@@ -84,11 +91,13 @@ def _heatmap(r: LensResult | None, metric: str, role: str, start: int) -> go.Fig
     if r is None:
         return None
     width = WINDOW if r.seq_len > WINDOW else None
-    return lens_plots.lens_heatmap(r, metric=metric, role=role, start=start, width=width)
+    return ui_figure(
+        "heatmap", lens_plots.lens_heatmap, r, metric=metric, role=role, start=start, width=width
+    )
 
 
 def _tracked(r: LensResult | None, position: int) -> go.Figure | None:
-    return None if r is None else lens_plots.tracked_ranks(r, position)
+    return None if r is None else ui_figure("tracked", lens_plots.tracked_ranks, r, position)
 
 
 def _patches(r: Any, by_target: bool) -> go.Figure:
@@ -163,6 +172,8 @@ def build(ctx: UIContext) -> None:
     )
     summary = gr.Markdown()
     gr.Markdown(EXPLAIN)
+    with gr.Accordion("How this follows the papers, and where it does not", open=False):
+        gr.Markdown(deviations_markdown())
     with gr.Column(visible=False) as vlm_box:
         gr.Markdown(VLM_EXPLAIN)
         patches = gr.Plot(label="Logit lens on the image patches", elem_id="lens-patches")
@@ -195,7 +206,7 @@ def build(ctx: UIContext) -> None:
         generation = gr.Plot(label="Generation: steps × layers", elem_id="lens-generation")
         export_controls(state, "generation", "Export generation heatmap")
         hidden = gr.Plot(label="Never-emitted candidates", elem_id="lens-hidden")
-        export_controls(state, "hidden", "Export hidden candidates")
+        export_controls(state, "hidden", "Export never-emitted candidates")
 
     @user_errors
     def on_run(
@@ -247,11 +258,13 @@ def build(ctx: UIContext) -> None:
             gr.Slider(0, max(1, result.seq_len - 1), value=last, step=1, interactive=result.seq_len > 1),
             _tracked(result, last),
             gr.Column(visible=has_gen),
-            lens_plots.generation_ranks(result) if has_gen else None,
-            lens_plots.hidden_candidates_figure(result) if has_gen and result.hidden else None,
+            ui_figure("generation", lens_plots.generation_ranks, result) if has_gen else None,
+            ui_figure("never emitted", lens_plots.never_emitted_figure, result)
+            if has_gen and result.never_emitted
+            else None,
             gr.Column(visible=has_image),
-            _patches(result, has_target) if has_image else None,
-            _surfacing(result) if has_target else None,
+            ui_figure("patches", _patches, result, has_target) if has_image else None,
+            ui_figure("surfacing", _surfacing, result) if has_target else None,
         )
 
     outputs = [

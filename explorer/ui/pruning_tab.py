@@ -23,7 +23,7 @@ from explorer.pruning_api import (
     prune_text,
     text_strategy_names,
 )
-from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, export_controls, progress_fn, ui_figure, user_errors
 
 TITLE = "Pruning lab"
 DEFAULT_RATIOS = "1.0, 0.75, 0.5, 0.25, 0.1, 0.05"
@@ -284,20 +284,24 @@ def build(ctx: UIContext) -> None:
         if is_text:
             text_figs = (
                 struck_prompts_html(result, shown),
-                plots.pruned_prompt_figure(result),
-                plots.outputs_figure(result),
+                ui_figure("pruned_prompt", plots.pruned_prompt_figure, result),
+                ui_figure("outputs", plots.outputs_figure, result),
             )
         else:
             image_figs = (
-                plots.kept_patches_figure(result, shown),
-                plots.saliency_figure(result, shown) if result.reference_saliency is not None else None,
+                ui_figure("kept_patches", plots.kept_patches_figure, result, shown),
+                (
+                    ui_figure("saliency", plots.saliency_figure, result, shown)
+                    if result.reference_saliency is not None
+                    else None
+                ),
             )
         return (
             result,
             summary_markdown(result),
             gr.Dropdown(choices=list(metrics), value=metric_v),
             gr.Dropdown(choices=ratio_list, value=shown),
-            plots.retention_figure(result, metric_v),
+            ui_figure("retention", plots.retention_figure, result, metric_v),
             gr.Column(visible=is_text),
             gr.Column(visible=not is_text),
             *text_figs,

@@ -13,13 +13,11 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 from explorer.backends.vlm import VisionLanguageModel, generate
+from explorer.progress import ProgressFn
 from explorer.vlm.scenes import COLOURS, SHAPES, Scene, heldout_seeds, make_scene
-
-ProgressFn = Callable[[float, str], None]
 
 
 def normalise_answer(text: str) -> str:

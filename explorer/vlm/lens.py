@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,17 +23,16 @@ from PIL import Image
 from explorer.analysis.logit_lens import (
     LensParams,
     LensResult,
-    hidden_candidates,
     lens_from_trace,
+    never_emitted_candidates,
     resolve_targets,
     summarize_positions,
 )
 from explorer.backends.images import image_to_png
 from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm, generate
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
-
-ProgressFn = Callable[[float, str], None]
 
 
 @register_result
@@ -69,11 +67,19 @@ class VLMLensResult(LensResult):
         """(rows, cols) top-1 lens token and its probability at `layer` for every image token."""
         if self.grid is None:
             raise ValueError("this run has no image")
-        pos = self.image_positions
         rows, cols = self.grid
+        pos = self.grid_positions
         tokens = self.topk_tokens[layer, pos, 0].reshape(rows, cols)
         probs = self.topk_probs[layer, pos, 0].reshape(rows, cols)
         return tokens, probs
+
+    @property
+    def grid_positions(self) -> list[int]:
+        """The image positions that form the patch grid (row-major). Models that add tiles after
+        a base view (LLaVA-NeXT) have more image positions than grid cells: the grid is the base view."""
+        if self.grid is None:
+            return []
+        return self.image_positions[: self.grid[0] * self.grid[1]]
 
     @property
     def target_tokens(self) -> list[str]:
@@ -96,7 +102,7 @@ class VLMLensResult(LensResult):
         if self.grid is None:
             raise ValueError("this run has no image")
         m = self.tracked_matrix("target", value, target=self.target_name(target))
-        return m[:, self.image_positions].reshape(m.shape[0], *self.grid)
+        return m[:, self.grid_positions].reshape(m.shape[0], *self.grid)
 
     def surfacing(self) -> list[dict[str, Any]]:
         """Per tracked target, over the image tokens: the first layer where it is top-1 (and
@@ -105,7 +111,7 @@ class VLMLensResult(LensResult):
         if self.grid is None:
             return []
         out = []
-        pos = self.image_positions
+        pos = self.grid_positions
         for target in self.target_tokens:
             ranks = self.tracked_matrix("target", "rank", target=target)[:, pos]
             probs = self.tracked_matrix("target", "prob", target=target)[:, pos]
@@ -213,7 +219,9 @@ def vlm_logit_lens(
     summaries = summarize_positions(trace.n_layers, tok, tracked, trace.seq_len)
     prompt_len = inputs.seq_len
     steps = list(range(prompt_len - 1, prompt_len - 1 + len(generated)))
-    hidden = hidden_candidates(topk_ids, topk_probs, topk_tokens, steps, generated) if generated else []
+    never_emitted = (
+        never_emitted_candidates(topk_ids, topk_probs, topk_tokens, steps, generated) if generated else []
+    )
     if inputs.image is None:
         notes.append("no image: a text-only prompt to a VLM has no visual tokens")
     prog(1.0, "Done")
@@ -230,7 +238,7 @@ def vlm_logit_lens(
         summaries=summaries,
         params=params.to_json(),
         generated=[tok(i) for i in generated],
-        hidden=hidden,
+        never_emitted=never_emitted,
         notes=notes,
         seconds=time.perf_counter() - t0,
         modality=modality,

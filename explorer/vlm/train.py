@@ -17,7 +17,6 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,6 @@ import torch
 
 from explorer.vlm.scenes import QA, TRAIN_SEED_BASE, heldout_seeds, make_scene
 from explorer.vlm.tiny_vlm import ANSWER_END, IMAGE_PLACEHOLDER, Projector, ProjectorConfig, chat_prompt
-
-ProgressFn = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)

@@ -272,3 +272,18 @@ def test_reagent_rational_size_never_keeps_a_short_prompt_whole() -> None:
     assert rational_size(5, 5, 1.0) == 5  # max_keep_ratio 1.0 restores the paper's rule
     with pytest.raises(InputError, match="max_keep_ratio"):
         ReagentParams(max_keep_ratio=0.0).validate()
+
+
+def test_reagent_replaces_by_the_argmax_by_default_and_lists_its_deviations(tiny_llama: Any) -> None:
+    """The paper takes the replacement model's argmax; drawing among top candidates is an option,
+    listed among the deviations (JSON `deviations`)."""
+    from explorer.analysis.attribution.reagent import DEVIATIONS, ReagentParams
+
+    assert ReagentParams().candidates == 1
+    r = run_attribution(tiny_llama, PROMPT, TARGET, method="reagent", params=_params("reagent"))
+    assert r.params["candidates"] == 1
+    out = r.to_dict()
+    assert out["deviations"] == list(DEVIATIONS)
+    assert any("argmax" in d and "candidates" in d for d in out["deviations"])
+    other = run_attribution(tiny_llama, PROMPT, TARGET, method="occlusion").to_dict()
+    assert "deviations" not in other

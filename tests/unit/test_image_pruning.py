@@ -22,12 +22,13 @@ from explorer.analysis.pruning import (
     select_patches,
 )
 from explorer.analysis.pruning.image import (
-    NEEDS_FULL_PASS,
+    SCORING,
     keep_count,
     pruned_flops,
     restore_tokens,
     run_pruned,
     saliency_similarity,
+    scoring_flops,
     unpruned_pass,
 )
 from explorer.backends.images import preprocess
@@ -166,7 +167,7 @@ def test_prune_image_rows_and_fidelity(vm: VisionModel) -> None:
             assert row.fidelity["cls_cosine"] == pytest.approx(1.0, abs=1e-6)
             assert row.fidelity["saliency_corr"] == pytest.approx(1.0, abs=1e-6)
             assert row.fidelity["saliency_iou"] == pytest.approx(1.0)
-        if row.strategy in NEEDS_FULL_PASS:  # scored by a whole unpruned pass, charged to the row
+        if SCORING[row.strategy] == "full_pass":  # scored by a whole unpruned pass, charged to the row
             assert row.flops_ratio > 1
         elif row.keep_ratio == 1.0:
             assert row.flops_ratio == pytest.approx(1.0)
@@ -187,8 +188,30 @@ def test_flops_shrink_with_the_keep_ratio(vm: VisionModel) -> None:
     n_tokens = 1 + N_PATCHES
     costs = [pruned_flops(vm, n_tokens, 1 + keep_count(r, N_PATCHES), 1) for r in (0.1, 0.5, 1.0)]
     assert costs[0] < costs[1] < costs[2]
-    # at layer 0 the block-0 scoring probe is charged
-    assert pruned_flops(vm, n_tokens, n_tokens, 0) > pruned_flops(vm, n_tokens, n_tokens, 1)
+    # at layer 0 the block-0 scoring probe is charged to the strategies that read it, only to them
+    assert scoring_flops(vm, n_tokens, 0, "probe") > 0 == scoring_flops(vm, n_tokens, 0, "none")
+    assert scoring_flops(vm, n_tokens, 1, "probe") == 0
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_every_strategy_is_charged_exactly_what_it_runs(vm: VisionModel, layer: int) -> None:
+    """Random and uniform run no scoring; attention/diversity strategies read the blocks before the
+    pruning layer (a block-0 probe at layer 0); cls_attention_last reads the whole unpruned pass."""
+    result = prune_image(vm, _image(), "all", [0.5], layer=layer, seed=0)
+    n_tokens = 1 + N_PATCHES
+    full = vm.n_layers * pruned_flops(vm, n_tokens, n_tokens, 0) / vm.n_layers
+    for row in result.rows:
+        pruned = pruned_flops(vm, n_tokens, 1 + row.keep_count, layer) / full
+        expected_scoring = {
+            "none": 0.0,
+            "probe": 1.0 / vm.n_layers if layer == 0 else 0.0,
+            "full_pass": (vm.n_layers - layer) / vm.n_layers,
+        }[SCORING[row.strategy]]
+        assert row.scoring_flops_ratio == pytest.approx(expected_scoring), row.strategy
+        assert row.flops_ratio == pytest.approx(pruned + expected_scoring), row.strategy
+        assert 0 <= row.scoring_seconds <= row.seconds
+    assert SCORING["random"] == SCORING["uniform"] == "none"
+    assert SCORING["cls_attention_last"] == "full_pass"
 
 
 def test_prune_image_without_decoder_skips_saliency(any_vm: VisionModel) -> None:
@@ -271,3 +294,14 @@ def test_result_round_trips_through_the_store(vm: VisionModel, tmp_path) -> None
     np.testing.assert_allclose(loaded.reference_saliency, result.reference_saliency, atol=1 / 255 + 1e-6)
     assert loaded.saliency_maps.keys() == result.saliency_maps.keys()
     assert loaded.deviations == result.deviations and loaded.grid == result.grid
+
+
+def test_strategy_all_works_as_a_list_entry_as_the_cli_passes_it() -> None:
+    from explorer.analysis.pruning.image import resolve_strategies
+
+    assert resolve_strategies(["all"]) == list(IMAGE_STRATEGIES)
+    assert resolve_strategies(["random", "all"]) == ["random"] + [
+        s for s in IMAGE_STRATEGIES if s != "random"
+    ]
+    with pytest.raises(InputError, match="unknown pruning strategy"):
+        resolve_strategies(["nope"])

@@ -95,7 +95,7 @@ def test_summaries_consistent_with_ranks(tiny_llama) -> None:
     for s in r.summaries:
         col = rank[:, s.position]
         assert s.first_top1_layer == int(np.nonzero(col == 1)[0][0])
-        assert s.peak_layer == int(np.argmax(prob[:, s.position]))
+        assert s.peak_layer == 1 + int(np.argmax(prob[1:, s.position]))
         assert s.early_excitation == (s.peak_layer < r.n_layers)
 
 
@@ -105,9 +105,9 @@ def test_generation_greedy_matches_argmax_and_steps(tiny_llama) -> None:
     # greedy: each emitted token is the last layer's top-1 at its step position
     for step, pos in enumerate(r.generation_positions):
         assert r.input_ids[pos + 1] == int(r.topk_ids[-1, pos, 0]), step
-    assert r.hidden, "never-emitted candidates are reported"
+    assert r.never_emitted, "never-emitted candidates are reported"
     emitted = set(r.input_ids[r.prompt_len :])
-    assert all(h["id"] not in emitted for h in r.hidden)
+    assert all(h["id"] not in emitted for h in r.never_emitted)
 
 
 def test_sampling_is_deterministic_under_seed(tiny_llama) -> None:
@@ -131,3 +131,34 @@ def test_bad_input_raises_input_error(tiny_llama, kwargs, message) -> None:
     prompt = kwargs.pop("prompt")
     with pytest.raises(InputError, match=message):
         logit_lens(tiny_llama, prompt, max_tokens=64, **kwargs)
+
+
+def test_early_excitation_ignores_layer_zero() -> None:
+    """Layer 0 is the input embedding read through the unembedding (with tied embeddings: the
+    input token itself). A prediction whose probability is highest there and rises steadily over
+    layers 1..L peaks at the last layer: no early excitation."""
+    from explorer.analysis.logit_lens import summarize_positions
+
+    n_layers, seq = 4, 2
+    layer = np.repeat(np.arange(n_layers + 1), seq)
+    position = np.tile(np.arange(seq), n_layers + 1)
+    prob = np.where(layer == 0, 0.9, 0.1 * layer)  # 0.9 at layer 0, then 0.1, 0.2, 0.3, 0.4
+    tracked = {
+        "role": np.full(layer.shape, ROLE_FINAL, dtype=object),
+        "id": np.full(layer.shape, 7),
+        "position": position,
+        "layer": layer,
+        "rank": np.where(layer == n_layers, 1, 5),
+        "prob": prob,
+    }
+    for s in summarize_positions(n_layers, str, tracked, seq):
+        assert s.peak_layer == n_layers and s.early_excitation is False
+
+
+def test_lens_json_lists_its_deviations_and_names_never_emitted_candidates(tiny_llama) -> None:
+    from explorer.analysis.logit_lens import DEVIATIONS
+
+    out = logit_lens(tiny_llama, PROMPT, generate=3).to_dict()
+    assert out["deviations"] == DEVIATIONS and "never_emitted_candidates" in out["deviations"]
+    assert "VISTA" in DEVIATIONS["never_emitted_candidates"]
+    assert "never_emitted_candidates" in out and "hidden_candidates" not in out

@@ -11,6 +11,11 @@ from explorer.analysis.logit_lens import LensResult
 from explorer.errors import InputError
 
 
+def _rows(store, sql: str) -> list[tuple]:
+    with store.connect() as cur:
+        return cur.execute(sql).fetchall()
+
+
 def test_lens_round_trip_is_exact(tiny_llama, tmp_store) -> None:
     r = api.logit_lens(tiny_llama, "the cat sat on the mat", targets=["dog"], generate=3, db=tmp_store)
     assert r.run_id
@@ -60,7 +65,7 @@ def test_failed_write_leaves_no_partial_run(tiny_llama, tmp_store) -> None:
     with pytest.raises(Exception, match="(?i)conver|cast"):
         tmp_store.save(r, model_id="m", weight_hash="h", prompt="p", params={}, duration_s=0.1)
     assert [x.run_id for x in tmp_store.list_runs()] == [first.run_id]
-    rows = tmp_store.cursor().execute("SELECT DISTINCT run_id FROM lens_topk").fetchall()
+    rows = _rows(tmp_store, "SELECT DISTINCT run_id FROM lens_topk")
     assert rows == [(first.run_id,)]
 
 
@@ -73,7 +78,7 @@ def test_delete_removes_all_rows(tiny_llama, tmp_store) -> None:
     r = api.logit_lens(tiny_llama, "delete me", db=tmp_store)
     tmp_store.delete(r.run_id)
     assert tmp_store.list_runs() == []
-    assert tmp_store.cursor().execute("SELECT count(*) FROM lens_tracked").fetchone()[0] == 0
+    assert _rows(tmp_store, "SELECT count(*) FROM lens_tracked")[0][0] == 0
 
 
 def test_query_is_read_only_and_sandboxed(tiny_llama, tmp_store, tmp_path) -> None:
@@ -90,3 +95,23 @@ def test_query_is_read_only_and_sandboxed(tiny_llama, tmp_store, tmp_path) -> No
     with pytest.raises(InputError, match="failed"):
         tmp_store.query(f"SELECT * FROM read_csv('{tmp_path}/x.csv')")
     assert len(tmp_store.list_runs()) == 1
+
+
+def test_a_result_class_that_gains_a_column_still_saves_into_an_old_table(tmp_store) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+
+    cur = tmp_store.cursor()
+    cur.execute("CREATE TABLE widen_rows (run_id VARCHAR, a INTEGER)")
+
+    class Widened:
+        kind = "widen"
+
+        def to_meta(self) -> dict:  # type: ignore[type-arg]
+            return {}
+
+        def to_tables(self) -> dict:  # type: ignore[type-arg]
+            return {"rows": pa.table({"a": pa.array([1], pa.int32()), "b": pa.array([2.5])})}
+
+    run_id = tmp_store.save(Widened(), model_id="m", weight_hash="h", prompt="p", params={}, duration_s=0.0)
+    rows = cur.execute("SELECT a, b FROM widen_rows WHERE run_id = ?", [run_id]).fetchall()
+    assert rows == [(1, 2.5)]

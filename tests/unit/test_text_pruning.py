@@ -298,3 +298,62 @@ def test_cli_prints_rows_and_exits_2_on_bad_keep(tmp_path: Path, capsys: pytest.
     assert main(base + ["--keep", "0"]) == 2
     assert "outside (0, 1]" in capsys.readouterr().err
     assert main(["--db", db, "prune", "--prompt", PROMPT, "--model", str(model_dir), "--layer", "7"]) == 2
+
+
+def test_fastv_offers_both_scoring_rules_each_truthfully_labelled() -> None:
+    """`fastv` ranks by block K-1's attention averaged over all query rows (the paper's text),
+    `fastv_last_row` by the last query row only (FastV's code); each label says which."""
+    lm = lm_of("llama")
+    layer = 2
+    result = prune_text(
+        lm,
+        PROMPT,
+        strategies=["fastv", "fastv_last_row"],
+        keep_ratios=[0.5],
+        layer=layer,
+        continuation_tokens=0,
+    )
+    ids = torch.tensor(result.input_ids)
+    attention = lm.capture(ids).attentions[layer - 1].mean(dim=0).double()  # (n, n) query x key
+    n = len(ids)
+    keep = keep_count(0.5, n)
+    expected = {
+        "fastv": attention.mean(dim=0).numpy(),  # mean over all query rows
+        "fastv_last_row": attention[-1].numpy(),  # the last query row
+    }
+    for row in result.rows:
+        order = np.argsort(-expected[row.strategy][: n - 1], kind="stable")[: keep - 1]
+        assert row.kept == sorted([*order.tolist(), n - 1]), row.strategy
+    np.testing.assert_allclose(result.scores["fastv_attention"], expected["fastv"], atol=1e-6)
+    np.testing.assert_allclose(
+        result.scores["fastv_last_row_attention"], expected["fastv_last_row"], atol=1e-6
+    )
+    assert "paper's text" in TEXT_STRATEGIES["fastv"].label
+    assert "code" in TEXT_STRATEGIES["fastv_last_row"].label
+    assert "As in FastV's code" not in TEXT_STRATEGIES["fastv"].deviation
+
+
+def test_every_text_strategy_is_charged_exactly_what_it_runs() -> None:
+    """Scoring is part of the cost: an attribution method's passes (integrated gradients runs many),
+    one forward pass over the prompt for self-information, nothing for random and FastV."""
+    lm = lm_of("llama")
+    result = prune_text(
+        lm,
+        PROMPT,
+        strategies=["frugalprompt:integrated_gradients", "self_information", "random", "fastv"],
+        keep_ratios=[0.5],
+        layer=2,
+        continuation_tokens=0,
+    )
+    by_name = {row.strategy: row for row in result.rows}
+    ig = by_name["frugalprompt:integrated_gradients"]
+    assert ig.scoring_flops_ratio > 3 and ig.scoring_seconds > 0  # many forward + backward passes
+    assert by_name["self_information"].scoring_flops_ratio == pytest.approx(1.0)
+    assert by_name["self_information"].scoring_seconds > 0
+    for name in ("random", "fastv"):
+        assert by_name[name].scoring_flops_ratio == 0 and by_name[name].scoring_seconds == 0
+    random_pass = by_name["random"].flops_ratio
+    assert by_name["self_information"].flops_ratio == pytest.approx(random_pass + 1.0)
+    for row in result.rows:
+        assert row.seconds >= row.scoring_seconds and row.flops_ratio > row.scoring_flops_ratio
+        assert {"scoring_seconds", "scoring_flops_ratio"} <= set(row.to_dict())

@@ -30,8 +30,9 @@ from explorer.analysis.attribution.result import (
 from explorer.analysis.attribution.task import AttributionTask, resolve_continuation
 from explorer.backends.language import LanguageModel, encode
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
+from explorer.text_input import check_text
 
-ProgressFn = Callable[[float, str], None]
 MethodFn = Callable[
     [LanguageModel, AttributionTask, Any, int], tuple[torch.Tensor, dict[str, Any], list[str]]
 ]
@@ -43,7 +44,8 @@ class AttributionMethod:
     """A registered attribution method.
 
     name: CLI/UI identifier; label: display name; params: its parameter dataclass (defaults
-    are the method's defaults); contrastive: whether it accepts a foil; description: one line.
+    are the method's defaults); contrastive: whether it accepts a foil; description: one line;
+    deviations: where it departs from its paper (shown in the UI, README and JSON).
     """
 
     name: str
@@ -52,6 +54,7 @@ class AttributionMethod:
     params: type
     contrastive: bool
     description: str
+    deviations: tuple[str, ...] = ()
 
     def param_names(self) -> set[str]:
         return {f.name for f in dataclasses.fields(self.params)}
@@ -70,6 +73,7 @@ ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {
         AttributionMethod(
             "reagent", "ReAGent", reagent.reagent, reagent.ReagentParams, False,
             "recursive replacement of random context tokens (Zhao & Shan 2024); model-agnostic, gradient-free",
+            reagent.DEVIATIONS,
         ),
         AttributionMethod(
             "integrated_gradients", "Integrated gradients", gradients.integrated_gradients, gradients.IGParams, True,
@@ -139,6 +143,9 @@ def build_task(
 ) -> tuple[AttributionTask, dict[str, Any], dict[str, Any] | None, list[str]]:
     """Tokenise and validate; returns the task, target/contrast descriptions, notes."""
     ids = encode(lm, prompt, max_tokens)
+    check_text(target, "the target")
+    if contrast:
+        check_text(contrast, "the contrast foil")
     t_ids, t_text, t_toks = resolve_continuation(lm, target, "target")
     notes: list[str] = []
     if len(t_ids) > 1:

@@ -23,6 +23,8 @@ Deviations from the paper and the authors' code (casszhao/ReAGent), each a param
   (the authors allow 3000), so an attribution takes seconds on a CPU.
 - Replacements come from a masked LM when one is available locally, else from the analysed
   causal LM (see `replacement`); the authors use RoBERTa or POS-matched random tokens.
+- Replacement choice: the paper takes the replacement model's argmax, and so do we by default
+  (`candidates` = 1); `candidates` > 1 draws among the top candidates (weighted), an option.
 
 Implementation notes (ours, not the paper's):
 - Probes are batched: all active probes' replaced sequences, *and* their stopping checks, go
@@ -52,6 +54,20 @@ from explorer.analysis.attribution.task import AttributionTask, continuation_log
 from explorer.backends.language import LanguageModel
 from explorer.errors import InputError
 
+# Where ReAGent here departs from the paper (Zhao & Shan 2024) and the authors' code; shown in the
+# Attribution tab, the README and the JSON (`deviations`) of every ReAGent result.
+DEVIATIONS: tuple[str, ...] = (
+    "rational size: capped at max_keep_ratio (default 0.5) of the prompt; the paper keeps a fixed n (5), "
+    "with which the stopping check keeps every token of a prompt of <= n tokens and stops at once",
+    "defaults: 8 probes and at most 30 steps (the authors' configurations use 3-10 probes and allow 3000 "
+    "steps), so an attribution takes seconds on a CPU",
+    "replacement model: a masked LM (RoBERTa, the paper's choice) when available locally, else the analysed "
+    "causal LM proposes replacements (top candidates from the left context re-ranked by whole-sequence "
+    "likelihood), or uniform random tokens; the result says which",
+    "replacement choice: the replacement model's argmax, as the paper, by default; the `candidates` option "
+    "(> 1) draws among the top candidates instead",
+    "no probe stopped within the step cap: all probes are averaged (a note says so) instead of NaN",
+)
 MAX_PROBES = 256
 MAX_STEPS = 10_000
 EPS = 1e-6
@@ -72,7 +88,8 @@ class ReagentParams:
     max_steps:       cap on update steps per probe.
     replacement:     'auto' | 'causal' | 'mlm' | 'uniform' (see `replacement`).
     mlm_model:       hub id or local dir of the masked LM (default FacebookAI/roberta-base).
-    candidates:      replacement candidates per position (1 = the replacement model's argmax).
+    candidates:      replacement candidates per position (1 = the replacement model's argmax, as the
+                     paper; more draws among the top candidates, a deviation).
     """
 
     replacing_ratio: float = 0.3
@@ -83,7 +100,7 @@ class ReagentParams:
     max_steps: int = 30
     replacement: str = "auto"
     mlm_model: str | None = None
-    candidates: int = 4
+    candidates: int = 1
 
     def validate(self) -> None:
         if not 0.0 < self.replacing_ratio < 1.0:

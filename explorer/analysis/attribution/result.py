@@ -29,6 +29,14 @@ def _clean(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def method_deviations(method: str) -> list[str]:
+    """The registered method's deviations from its paper ([] for unknown or faithful methods)."""
+    from explorer.analysis.attribution import ATTRIBUTION_METHODS
+
+    registered = ATTRIBUTION_METHODS.get(method)
+    return list(registered.deviations) if registered is not None else []
+
+
 @register_result
 @dataclass
 class AttributionResult:
@@ -82,6 +90,9 @@ class AttributionResult:
             out["details"] = self.extras
         if self.notes:
             out["notes"] = self.notes
+        deviations = method_deviations(self.method)
+        if deviations:
+            out["deviations"] = deviations
         return out
 
     def to_meta(self) -> dict[str, Any]:
@@ -242,6 +253,8 @@ class AttributionComparison:
     """Several methods on the same prompt and target (each stored as its own run).
 
     `to_dict()` returns the CLI's JSON for `--method all`: a list of the results' objects.
+    `references`: other methods' results on the same prompt and target that are shown only
+    as a yardstick for the faithfulness of `results` (e.g. occlusion beside one ReAGent run).
     """
 
     kind: ClassVar[str] = "attribution_comparison"
@@ -249,6 +262,7 @@ class AttributionComparison:
     results: list[AttributionResult]
     notes: list[str] = field(default_factory=list)
     run_id: str | None = None
+    references: list[AttributionResult] = field(default_factory=list)
 
     @property
     def tokens(self) -> list[str]:

@@ -8,7 +8,8 @@ Strategies are registered by name in `IMAGE_STRATEGIES` (name -> function(signal
 seed) -> sorted kept patch indices, 0-based over patches) with a one-sentence note in
 `DEVIATIONS` on how they differ from their paper. A strategy sees only what the model has
 computed before block L (`PruningSignals`); at L = 0 nothing has been computed yet, so
-block 0 is run once on all tokens as a probe (its cost is counted in `flops_ratio`).
+block 0 is run once on all tokens as a probe. Each strategy declares what its scoring runs
+(`SCORING`: nothing, the probe, or the whole unpruned pass) and its rows are charged exactly that.
 
 Effects are measured against the unpruned pass of the same image:
 - cls_cosine:    cosine between the pruned and unpruned image embeddings ([CLS] after the final
@@ -20,11 +21,13 @@ Effects are measured against the unpruned pass of the same image:
   token of the most similar kept patch, similarity = cosine of the layer-L features.
   Models without a decoder report None and the reason in `skipped`.
 - flops_ratio:   analytic FLOPs of the encoder blocks (Linear layers 2*T*params + attention
-                 4*T^2*D per block, with the actual token counts T) over the unpruned count;
-                 embeddings, final norm and decoder are excluded.
-- seconds / time_ratio: wall time of embeddings + blocks + final norm (+ selection) over the
-                 unpruned pass; the shared prefix (blocks 0..L-1) is charged to every row.
-                 Strategies at one ratio run batched, so a row's time is its batch's share.
+                 4*T^2*D per block, with the actual token counts T), scoring + pruned pass, over
+                 the unpruned count; embeddings, final norm and decoder are excluded.
+- seconds / time_ratio: wall time of scoring (its blocks + selection) + the pruned pass
+                 (embeddings, blocks, final norm) over the unpruned pass; the shared prefix
+                 (blocks 0..L-1) is charged to every row. Strategies at one ratio run batched,
+                 so a row's time is its batch's share.
+- scoring_seconds / scoring_flops_ratio: the scoring part of seconds / flops_ratio.
 """
 
 from __future__ import annotations
@@ -43,9 +46,8 @@ from explorer.analysis.pruning.common import row_columns
 from explorer.backends.images import ImageInput, image_to_png, load_image, model_view, normalize, png_to_array
 from explorer.backends.vision import VisionModel
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
-
-ProgressFn = Callable[[float, str], None]
 
 SALIENCY_TOP_FRACTION = 0.2  # IoU mask: the top 20% pixels of each saliency map
 MMR_LAMBDA = 0.5  # IDPruner trade-off: lambda * importance - (1 - lambda) * max similarity
@@ -67,7 +69,7 @@ class PruningSignals:
     patch_history:   (S + 1, P, D) float32 patch hidden states at layers 0..S
     grid:            (grid_h, grid_w), P = grid_h * grid_w, row-major
     last_attention:  (P,) float32 head-mean [CLS]->patch attention of the encoder's *last* block in
-                     the unpruned pass (the signal VTC-CLS reads), or None when not computed
+                     the unpruned pass (an analogue of VTC-CLS's penultimate-block signal), or None
     """
 
     layer: int
@@ -86,16 +88,29 @@ StrategyFn = Callable[[PruningSignals, int, int], np.ndarray]
 
 IMAGE_STRATEGIES: dict[str, StrategyFn] = {}
 DEVIATIONS: dict[str, str] = {}
+# What a strategy's scores need beyond the pruned pass itself (charged to its rows):
+#   "none":      nothing (random, uniform)
+#   "probe":     the signals of the blocks before the pruning layer; at layer 0 that is a block-0
+#                probe on all tokens, at layer L > 0 the shared prefix the pruned pass runs anyway
+#   "full_pass": the whole unpruned encoder pass (blocks L..n-1 on all tokens)
+SCORING_COSTS = ("none", "probe", "full_pass")
+SCORING: dict[str, str] = {}
 
 
-def register_image_strategy(name: str, deviation: str) -> Callable[[StrategyFn], StrategyFn]:
-    """Register a strategy under `name`, with a one-sentence note on how it departs from its paper."""
+def register_image_strategy(
+    name: str, deviation: str, scoring: str = "probe"
+) -> Callable[[StrategyFn], StrategyFn]:
+    """Register a strategy under `name`, with a one-sentence note on how it departs from its paper
+    and what its scoring runs (one of SCORING_COSTS)."""
+    if scoring not in SCORING_COSTS:
+        raise ValueError(f"scoring must be one of {SCORING_COSTS}, got {scoring!r}")
 
     def decorate(fn: StrategyFn) -> StrategyFn:
         if name in IMAGE_STRATEGIES:
             raise ValueError(f"image pruning strategy {name!r} registered twice")
         IMAGE_STRATEGIES[name] = fn
         DEVIATIONS[name] = deviation
+        SCORING[name] = scoring
         return fn
 
     return decorate
@@ -127,19 +142,17 @@ def cls_attention(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
 
 @register_image_strategy(
     "cls_attention_last",
-    "VTC-CLS with the paper's signal: [CLS] attention of the encoder's last block, read from the "
-    "unpruned pass. Scoring therefore costs a full encoder pass (counted in seconds and flops_ratio): "
-    "the paper prunes before the LLM, where that pass is needed anyway; inside the ViT it saves nothing.",
+    "An analogue of VTC-CLS's signal, not the paper's: [CLS] attention of the encoder's last block, read "
+    "from the unpruned pass. VTC-CLS reads the penultimate block (the layer LLaVA takes its features from) "
+    "and sums [CLS] attention over several late layers. Scoring costs a full encoder pass (charged to the "
+    "row): the paper prunes before the LLM, where that pass is needed anyway; inside the ViT it saves nothing.",
+    scoring="full_pass",
 )
 def cls_attention_last(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
     """Top-`keep` patches by head-mean [CLS] attention of the last encoder block (unpruned pass)."""
     if signals.last_attention is None:
         raise InputError("cls_attention_last needs the last block's attention from the unpruned pass")
     return _top_k(signals.last_attention, keep)
-
-
-# strategies whose scores need the whole unpruned encoder pass (charged to their rows)
-NEEDS_FULL_PASS = frozenset({"cls_attention_last"})
 
 
 @register_image_strategy(
@@ -217,6 +230,7 @@ def transprune_ttv(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
 @register_image_strategy(
     "uniform",
     "Baseline: spatially uniform coverage by farthest-point sampling on the patch grid, starting at the centre.",
+    scoring="none",
 )
 def uniform(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
     """Farthest-point sampling on (row, col) grid coordinates: an even spread of exactly `keep` patches."""
@@ -236,7 +250,7 @@ def uniform(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
 
 
 @register_image_strategy(
-    "random", "Baseline: patches drawn uniformly at random without replacement (seeded)."
+    "random", "Baseline: patches drawn uniformly at random without replacement (seeded).", scoring="none"
 )
 def random_patches(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
     """`keep` distinct patches drawn with numpy's default_rng(seed)."""
@@ -250,10 +264,12 @@ def random_patches(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
 def resolve_strategies(strategies: Sequence[str] | str) -> list[str]:
     """ "all" or a list of names -> validated, de-duplicated names (order kept)."""
     if isinstance(strategies, str):
-        if strategies == "all":
-            return list(IMAGE_STRATEGIES)
         strategies = [strategies]
-    names = list(dict.fromkeys(strategies))
+    names: list[str] = []
+    for raw in strategies:  # "all" anywhere in the list (as `--strategy all` gives) means every one
+        for name in IMAGE_STRATEGIES if str(raw).strip() == "all" else [str(raw).strip()]:
+            if name not in names:
+                names.append(name)
     if not names:
         raise InputError(f"choose at least one pruning strategy; known: {', '.join(IMAGE_STRATEGIES)}")
     unknown = [n for n in names if n not in IMAGE_STRATEGIES]
@@ -399,10 +415,17 @@ def block_flops(vm: VisionModel, tokens: int) -> float:
 
 
 def pruned_flops(vm: VisionModel, n_tokens: int, kept_tokens: int, layer: int) -> float:
-    """Encoder FLOPs when pruning to `kept_tokens` at `layer` (incl. the block-0 probe at layer 0)."""
-    full = block_flops(vm, n_tokens)
-    probe = full if layer == 0 else 0.0
-    return layer * full + probe + (vm.n_layers - layer) * block_flops(vm, kept_tokens)
+    """Encoder FLOPs of the pruned pass: blocks 0..L-1 on all tokens, then the kept tokens."""
+    return layer * block_flops(vm, n_tokens) + (vm.n_layers - layer) * block_flops(vm, kept_tokens)
+
+
+def scoring_flops(vm: VisionModel, n_tokens: int, layer: int, scoring: str) -> float:
+    """Encoder FLOPs a strategy's scoring adds to the pruned pass (see SCORING_COSTS)."""
+    if scoring == "full_pass":
+        return (vm.n_layers - layer) * block_flops(vm, n_tokens)
+    if scoring == "probe" and layer == 0:
+        return block_flops(vm, n_tokens)
+    return 0.0
 
 
 def restore_tokens(final_patches: torch.Tensor, kept: np.ndarray, features: torch.Tensor) -> torch.Tensor:
@@ -454,6 +477,8 @@ class PruningRow:
     seconds: float
     time_ratio: float
     flops_ratio: float
+    scoring_seconds: float = 0.0
+    scoring_flops_ratio: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -466,6 +491,8 @@ class PruningRow:
             "seconds": self.seconds,
             "time_ratio": self.time_ratio,
             "flops_ratio": self.flops_ratio,
+            "scoring_seconds": self.scoring_seconds,
+            "scoring_flops_ratio": self.scoring_flops_ratio,
         }
 
 
@@ -601,6 +628,8 @@ class ImagePruningResult:
                 seconds=r["seconds"],
                 time_ratio=r["time_ratio"],
                 flops_ratio=r["flops_ratio"],
+                scoring_seconds=r.get("scoring_seconds") or 0.0,
+                scoring_flops_ratio=r.get("scoring_flops_ratio") or 0.0,
             )
             for r in rows_data
         ]
@@ -685,8 +714,13 @@ def prune_image(
         if vm.decoder is not None:
             reference_saliency = vm.saliency(ref_patches[None], signals.grid, size)[0].float().cpu().numpy()
         full_flops = vm.n_layers * block_flops(vm, n_tokens)
-        # embeddings + blocks 0..layer-1 on all tokens (at layer 0: the block-0 scoring probe)
-        shared_seconds = ref.embed_seconds + sum(ref.block_seconds[: max(layer, 1)])
+        # the pruned pass's shared prefix: embeddings + blocks 0..layer-1 on all tokens
+        shared_seconds = ref.embed_seconds + sum(ref.block_seconds[:layer])
+        scoring_seconds_of = {  # what each kind of scoring ran, from the unpruned pass's timings
+            "none": 0.0,
+            "probe": ref.block_seconds[0] if layer == 0 else 0.0,
+            "full_pass": sum(ref.block_seconds[layer:]),
+        }
         hidden_at_layer = ref.hidden[layer]
 
         rows: list[PruningRow] = []
@@ -738,11 +772,11 @@ def prune_image(
                     corr, iou = saliency_similarity(reference_saliency, pruned_maps[u])
                     fidelity["saliency_corr"], fidelity["saliency_iou"] = corr, iou
                     maps[(name, ratio)] = pruned_maps[u]
-                seconds = shared_seconds + select_seconds[name] + suffix_seconds + ref.norm_seconds
-                row_flops = flops_ratio
-                if name in NEEDS_FULL_PASS:  # its scores come from the whole unpruned encoder pass
-                    seconds += sum(ref.block_seconds[max(layer, 1) :])
-                    row_flops += (vm.n_layers - max(layer, 1)) * block_flops(vm, n_tokens) / full_flops
+                scoring = SCORING[name]
+                score_seconds = scoring_seconds_of[scoring] + select_seconds[name]
+                score_flops = scoring_flops(vm, n_tokens, layer, scoring) / full_flops
+                seconds = score_seconds + shared_seconds + suffix_seconds + ref.norm_seconds
+                row_flops = flops_ratio + score_flops
                 rows.append(
                     PruningRow(
                         strategy=name,
@@ -754,6 +788,8 @@ def prune_image(
                         seconds=seconds,
                         time_ratio=seconds / ref.seconds,
                         flops_ratio=row_flops,
+                        scoring_seconds=score_seconds,
+                        scoring_flops_ratio=score_flops,
                     )
                 )
     order = {name: i for i, name in enumerate(names)}

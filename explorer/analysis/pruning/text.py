@@ -13,10 +13,12 @@ Strategies (registry `TEXT_STRATEGIES`, notes on how each departs from its paper
 - `self_information` (Selective Context / LLMLingua style): keep the tokens with the highest
   self-information -log p(x_t | x_<t) under the same LM (read from the unpruned pass).
 - `random`: a seeded uniform draw.
-- `fastv` (FastV, "An Image is Worth 1/2 Tokens After Layer 2"): inside the LM. Blocks 0..K-1
-  run on the whole prompt; after block K-1 the prompt tokens that receive the least attention
-  (block K-1's attention, averaged over heads and over all query rows, as FastV's code does)
-  leave the sequence, and blocks K..L-1 run on the kept tokens only. Kept tokens keep their
+- `fastv` / `fastv_last_row` (FastV, "An Image is Worth 1/2 Tokens After Layer 2"): inside the
+  LM. Blocks 0..K-1 run on the whole prompt; after block K-1 the prompt tokens that receive the
+  least attention leave the sequence, and blocks K..L-1 run on the kept tokens only. The two
+  differ only in the score: `fastv` averages block K-1's attention over heads and over all query
+  rows (the paper's text: the average attention a token receives from all other tokens);
+  `fastv_last_row` averages over heads the last query row only (FastV's released code). Kept tokens keep their
   original position ids (rotary embeddings unchanged) and the causal mask is restricted to the
   kept tokens, so keep ratio 1.0 reproduces the unpruned logits exactly.
 
@@ -32,9 +34,13 @@ Measured against the unpruned run (`fidelity`, by name):
 - semantic_similarity:     cosine of the all-MiniLM-L6-v2 embeddings of the two N-token greedy
                            continuations (None when N = 0)
 - prefill_time_saved:      1 - prefill seconds / unpruned prefill seconds
-Per row also `seconds` (prefill wall time; a batch's time is shared equally by its rows) and
-`flops_ratio` (analytic FLOPs of the blocks' weight matmuls 2*T*W plus attention 4*T^2*d per
-block, pruned over unpruned; the one-off scoring pass of a strategy is not included).
+Per row also the cost, charged for exactly what the strategy runs: `seconds` = scoring + the
+pruned prefill (a batch's time is shared equally by its rows) and `flops_ratio` (analytic FLOPs of
+the blocks' weight matmuls 2*T*W plus attention 4*T^2*d per block, scoring + pruned pass, over the
+unpruned pass), with the scoring part split out as `scoring_seconds` / `scoring_flops_ratio`:
+an attribution method's passes (counted as they run; backward = 2x forward) for frugalprompt and
+bottom_k, one forward pass over the prompt for self_information, nothing for random and FastV
+(which reads its own pass's attention).
 
 Batching: every row of one keep ratio keeps the same number of tokens, so all strategies at a
 ratio run as one batch (prefill and greedy decoding with a KV cache); identical kept sets run
@@ -63,9 +69,8 @@ import torch
 from explorer.analysis.pruning.common import row_columns
 from explorer.backends.language import LanguageModel, encode
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
-
-ProgressFn = Callable[[float, str], None]
 
 DEFAULT_ATTRIBUTION = "input_x_gradient"
 SWEEP_RATIOS: tuple[float, ...] = (1.0, 0.9, 0.75, 0.5, 0.3, 0.2, 0.1, 0.05)
@@ -102,6 +107,7 @@ class TextStrategy:
     uses_attribution: bool
     description: str
     deviation: str
+    scoring: str = "none"  # what scoring runs: "none", "forward" (one pass over the prompt), "attribution"
 
 
 TEXT_STRATEGIES: dict[str, TextStrategy] = {
@@ -113,6 +119,7 @@ TEXT_STRATEGIES: dict[str, TextStrategy] = {
             "FrugalPrompt scores tokens with GlobEnc/DecompX towards the task label; here any registered "
             "attribution method scores |importance| towards the target token (default input x gradient), "
             "and the last prompt token is always kept.",
+            scoring="attribution",
         ),
         TextStrategy(
             "self_information", "Self-information (Selective Context / LLMLingua)", False, False,
@@ -121,12 +128,14 @@ TEXT_STRATEGIES: dict[str, TextStrategy] = {
             "uses a budget controller and iterative compression; here single tokens are ranked by "
             "self-information under the analysed LM itself, the first token (no context) counts as "
             "maximally informative, and the last prompt token is always kept.",
+            scoring="forward",
         ),
         TextStrategy(
             "bottom_k", "Bottom-k by attribution", False, True,
             "keep the tokens with the smallest |attribution| (the FrugalPrompt scores)",
             "The bottom-k ablation of FrugalPrompt: the same |attribution| scores as frugalprompt with the "
             "same method, keeping the least important tokens (the last prompt token is always kept).",
+            scoring="attribution",
         ),
         TextStrategy(
             "random", "Random", False, False,
@@ -135,12 +144,25 @@ TEXT_STRATEGIES: dict[str, TextStrategy] = {
             "token is always kept.",
         ),
         TextStrategy(
-            "fastv", "FastV (inside the LM, after layer K)", True, False,
-            "after layer K drop the prompt tokens that receive the least attention",
+            "fastv", "FastV, mean over query rows (the paper's text; inside the LM, after layer K)", True,
+            False,
+            "after layer K drop the prompt tokens that receive the least attention (mean over all queries)",
             "FastV prunes only image tokens of a vision-language model; here every prompt token but the "
-            "last is a candidate. As in FastV's code, the score is block K-1's attention averaged over "
-            "heads and over all query rows (causally masked entries count as 0, which favours early "
-            "tokens), kept tokens keep their position ids, and the pruned KV cache is used for decoding.",
+            "last is a candidate. The score follows the paper's text: block K-1's attention received by "
+            "a token, averaged over heads and over all query rows (causally masked entries count as 0, "
+            "which favours early tokens). FastV's released code uses the last query row instead: that "
+            "rule is `fastv_last_row`. Kept tokens keep their position ids, and the pruned KV cache is "
+            "used for decoding.",
+        ),
+        TextStrategy(
+            "fastv_last_row", "FastV, last query row (FastV's code; inside the LM, after layer K)", True,
+            False,
+            "after layer K drop the prompt tokens the last token attends to least",
+            "FastV prunes only image tokens of a vision-language model; here every prompt token but the "
+            "last is a candidate. The score follows FastV's released code: block K-1's attention from "
+            "the last query row (the last prompt token), averaged over heads; the paper's text averages "
+            "over all query rows instead (`fastv`). Kept tokens keep their position ids, and the pruned "
+            "KV cache is used for decoding.",
         ),
     )
 }  # fmt: skip
@@ -151,6 +173,7 @@ DEFAULT_STRATEGIES: tuple[str, ...] = (
     f"bottom_k:{DEFAULT_ATTRIBUTION}",
     "random",
     "fastv",
+    "fastv_last_row",
 )
 
 
@@ -258,12 +281,14 @@ class TextSignals:
     self_information: -log p(x_t | x_<t) from the unpruned pass; +inf at position 0
     attribution:      method -> attribution scores towards the target (signed, as the method returns)
     fastv_attention:  attention received at block K-1, mean over heads and all query rows (or None)
+    fastv_last_row:   attention from the last query row at block K-1, mean over heads (or None)
     """
 
     n: int
     self_information: np.ndarray
     attribution: dict[str, np.ndarray] = field(default_factory=dict)
     fastv_attention: np.ndarray | None = None
+    fastv_last_row: np.ndarray | None = None
 
 
 def _top(scores: np.ndarray, keep: int, lowest: bool = False) -> np.ndarray:
@@ -288,6 +313,10 @@ def strategy_scores(name: str, signals: TextSignals) -> np.ndarray | None:
         if signals.fastv_attention is None:
             raise RuntimeError("FastV attention was not captured")
         return signals.fastv_attention
+    if strategy.name == "fastv_last_row":
+        if signals.fastv_last_row is None:
+            raise RuntimeError("FastV attention was not captured")
+        return signals.fastv_last_row
     return None
 
 
@@ -495,7 +524,9 @@ def padded_fastv_batch(
 class ReferenceRun:
     """The unpruned run: the same prefill + decoding as the pruned rows, plus the signals.
 
-    last_logits: (vocab,); continuation: (N,); self_information: (n,); attention: (n,) or None
+    last_logits: (vocab,); continuation: (N,); self_information: (n,)
+    attention: (n,) received at block layer-1, mean over heads and all query rows, or None
+    attention_last_row: (n,) the last query row at block layer-1, mean over heads, or None
     """
 
     last_logits: torch.Tensor
@@ -503,6 +534,7 @@ class ReferenceRun:
     prefill_seconds: float
     self_information: np.ndarray
     attention: np.ndarray | None
+    attention_last_row: np.ndarray | None = None
 
 
 @torch.inference_mode()
@@ -532,25 +564,51 @@ def reference_run(lm: LanguageModel, ids: torch.Tensor, n_continue: int, layer: 
     if n > 1:
         nxt = ids[1:].to(logp.device)
         info[1:] = (-logp[:-1].gather(-1, nxt.unsqueeze(-1)).squeeze(-1)).double().cpu().numpy()
-    attention = None
+    attention = last_row = None
     if layer is not None:
         if attentions is None:
             raise RuntimeError("the model returned no attentions; load it with attn_implementation='eager'")
-        att = attentions[layer - 1][0].float()  # (H, n, n) query x key
-        attention = att.mean(dim=0).mean(dim=0).double().cpu().numpy()  # (n,)
+        att = attentions[layer - 1][0].float().mean(dim=0)  # (n, n) query x key, mean over heads
+        attention = att.mean(dim=0).double().cpu().numpy()  # (n,) mean over query rows
+        last_row = att[-1].double().cpu().numpy()  # (n,) the last query row
     return ReferenceRun(
         last_logits=base.last_logits[0],
         continuation=base.continuation[0],
         prefill_seconds=base.prefill_seconds,
         self_information=info,
         attention=attention,
+        attention_last_row=last_row,
     )
+
+
+@contextmanager
+def counted_block_flops(lm: LanguageModel) -> Iterator[list[float]]:
+    """Count the analytic FLOPs of every pass through the blocks inside the context.
+
+    A pass over a (B, T) batch costs B * n_layers * prefill_flops(T); under autograd (the input
+    requires grad) the backward pass is counted as twice the forward, so 3x. Yields a one-element
+    list holding the running total."""
+    total = [0.0]
+    n_layers = lm.n_layers
+
+    def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3:
+            factor = 3.0 if torch.is_grad_enabled() and hidden.requires_grad else 1.0
+            total[0] += factor * hidden.shape[0] * n_layers * prefill_flops(lm, int(hidden.shape[1]))
+
+    handle = lm.blocks()[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        yield total
+    finally:
+        handle.remove()
 
 
 def attribution_scores(
     lm: LanguageModel, ids: torch.Tensor, target_ids: list[int], method: str, seed: int
-) -> np.ndarray:
-    """(n,) scores of `method` for the prompt towards `target_ids` (their summed log-probability)."""
+) -> tuple[np.ndarray, float, float]:
+    """(n,) scores of `method` for the prompt towards `target_ids` (their summed log-probability),
+    with what computing them cost: (scores, seconds, FLOPs of the model passes it ran)."""
     from explorer.analysis.attribution import AttributionTask, get_method, run_method
 
     m = get_method(method)
@@ -560,8 +618,10 @@ def attribution_scores(
         foil_ids=None,
         tokens=lm.tokens_str(ids.tolist()),
     )
-    scores, _, _ = run_method(lm, task, m, m.make_params({}).to_json(), seed)
-    return np.asarray(scores, dtype=np.float64)
+    t0 = time.perf_counter()
+    with counted_block_flops(lm) as flops:
+        scores, _, _ = run_method(lm, task, m, m.make_params({}).to_json(), seed)
+    return np.asarray(scores, dtype=np.float64), time.perf_counter() - t0, flops[0]
 
 
 def block_weight_count(lm: LanguageModel) -> int:
@@ -597,6 +657,8 @@ class TextPruningRow:
     continuation: str
     continuation_ids: list[int]
     top_token: str
+    scoring_seconds: float = 0.0
+    scoring_flops_ratio: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -608,6 +670,8 @@ class TextPruningRow:
             "fidelity": self.fidelity,
             "seconds": self.seconds,
             "flops_ratio": self.flops_ratio,
+            "scoring_seconds": self.scoring_seconds,
+            "scoring_flops_ratio": self.scoring_flops_ratio,
             "continuation": self.continuation,
             "top_token": self.top_token,
         }
@@ -753,6 +817,8 @@ class TextPruningResult:
                 continuation=r["continuation"],
                 continuation_ids=list(r["continuation_ids"]),
                 top_token=r["top_token"],
+                scoring_seconds=r.get("scoring_seconds") or 0.0,
+                scoring_flops_ratio=r.get("scoring_flops_ratio") or 0.0,
             )
             for r in tables["rows"].sort_by("idx").to_pylist()
         ]
@@ -864,13 +930,20 @@ def prune_text(
             f"target {target!r} is {len(target_ids)} tokens {lm.tokens_str(target_ids)}: probability and rank "
             f"track its first token; attribution explains all of them"
         )
-    signals = TextSignals(n=n, self_information=ref.self_information, fastv_attention=ref.attention)
+    signals = TextSignals(
+        n=n,
+        self_information=ref.self_information,
+        fastv_attention=ref.attention,
+        fastv_last_row=ref.attention_last_row,
+    )
     methods = list(dict.fromkeys(m for _, m in parsed.values() if m is not None))
+    attribution_cost: dict[str, tuple[float, float]] = {}  # method -> (seconds, FLOPs) of scoring
     for i, method in enumerate(methods):
         report(0.05 + 0.15 * i / max(1, len(methods)), f"Attribution scores ({method})")
-        t_attr = time.perf_counter()
-        signals.attribution[method] = attribution_scores(lm, ids, target_ids, method, int(seed))
-        timings["attribution"] += time.perf_counter() - t_attr
+        scores_m, seconds_m, flops_m = attribution_scores(lm, ids, target_ids, method, int(seed))
+        signals.attribution[method] = scores_m
+        attribution_cost[method] = (seconds_m, flops_m)
+        timings["attribution"] += seconds_m
 
     ref_logp = torch.log_softmax(ref.last_logits.double(), dim=-1)
     first_target = target_ids[0]
@@ -949,6 +1022,13 @@ def prune_text(
                 flops = layer * prefill_flops(lm, n) + (lm.n_layers - layer) * prefill_flops(lm, k)
             else:
                 flops = lm.n_layers * prefill_flops(lm, k)
+            # what scoring ran, charged to the row: an attribution method's passes, or the
+            # self-information forward pass over the whole prompt; FastV reads its own pass
+            scoring_seconds, scoring_flops = 0.0, 0.0
+            if strategy.scoring == "attribution":
+                scoring_seconds, scoring_flops = attribution_cost[parsed[name][1] or ""]
+            elif strategy.scoring == "forward":
+                scoring_seconds, scoring_flops = ref.prefill_seconds, full_flops
             rows.append(
                 TextPruningRow(
                     strategy=name,
@@ -966,8 +1046,10 @@ def prune_text(
                         "semantic_similarity": similarity[(name, ratio)],
                         "prefill_time_saved": 1.0 - seconds / ref.prefill_seconds,
                     },
-                    seconds=seconds,
-                    flops_ratio=flops / full_flops,
+                    seconds=scoring_seconds + seconds,
+                    flops_ratio=(scoring_flops + flops) / full_flops,
+                    scoring_seconds=scoring_seconds,
+                    scoring_flops_ratio=scoring_flops / full_flops,
                     continuation=texts[(name, ratio)],
                     continuation_ids=[int(t) for t in cont],
                     top_token=lm.token_str(int(run.last_logits[u].argmax())),
@@ -978,8 +1060,10 @@ def prune_text(
         scores["self_information"] = signals.self_information
     for method, values in signals.attribution.items():
         scores[f"attribution:{method}"] = values
-    if signals.fastv_attention is not None:
+    if any(s.name == "fastv" for s, _ in parsed.values()) and signals.fastv_attention is not None:
         scores["fastv_attention"] = signals.fastv_attention
+    if any(s.name == "fastv_last_row" for s, _ in parsed.values()) and signals.fastv_last_row is not None:
+        scores["fastv_last_row_attention"] = signals.fastv_last_row
     report(1.0, "Done")
     seconds = time.perf_counter() - t_start
     timings["other"] = max(0.0, seconds - sum(timings.values()))

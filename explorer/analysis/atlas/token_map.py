@@ -1,0 +1,305 @@
+"""Maps of token states: hidden states of one layer, or of all layers in one aligned fit.
+
+`token_map(lm, prompts, layer=...)` runs one forward pass per prompt (`explorer.trace.capture`,
+no attentions), takes the residual stream at `layer` (0 = the embeddings as block 0 sees them,
+i = the output of block i-1) or at every layer, and projects all points together with UMAP
+(cosine) or PCA. With all layers the map is *one* fit over every (layer, token) point, so a
+layer slider moves through one coordinate system and a token's path across layers is a
+trajectory on that map. The coordinates are stored with the run: the same inputs are never
+refitted (the run store serves them).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from explorer.analysis.atlas.projection import ProjectionParams, project
+from explorer.analysis.atlas.token_types import special_ids, token_type
+from explorer.errors import InputError
+from explorer.results import register_result
+
+MAX_POINTS = 20_000
+MAX_PROMPTS = 200
+CONTEXT_BEFORE = 6
+CONTEXT_AFTER = 2
+COLOUR_BY = ("layer", "position", "token_type", "modality", "norm", "prompt")
+
+ProgressFn = Any
+
+
+@dataclass(frozen=True)
+class TokenMapParams:
+    """layer: one residual layer (0..n_layers, negative counts from the end) or None for all layers."""
+
+    layer: int | None = None
+    projection: ProjectionParams = field(default_factory=ProjectionParams)
+
+    def validate(self) -> None:
+        self.projection.validate()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layer": "all" if self.layer is None else self.layer, **self.projection.to_json()}
+
+
+def context_string(tokens: list[str], position: int) -> str:
+    """The token in its context: a few tokens before, the token in brackets, a few after."""
+    before = "".join(tokens[max(0, position - CONTEXT_BEFORE) : position])
+    after = "".join(tokens[position + 1 : position + 1 + CONTEXT_AFTER])
+    lead = "…" if position > CONTEXT_BEFORE else ""
+    tail = "…" if position + 1 + CONTEXT_AFTER < len(tokens) else ""
+    return f"{lead}{before}[{tokens[position]}]{after}{tail}"
+
+
+@register_result
+@dataclass
+class TokenMapResult:
+    """A 2-D map of token states.
+
+    coords:       (n_points, 2) float32 map coordinates
+    prompt_index, position, layer, token_id: (n_points,) int arrays
+    token, token_type, modality, context: n_points strings
+    norm:         (n_points,) float32 L2 norm of the residual vector (before projection)
+    tokens:       per prompt, its decoded tokens
+    """
+
+    kind: ClassVar[str] = "token_map"
+
+    model: str
+    prompts: list[str]
+    tokens: list[list[str]]
+    n_layers: int
+    layer_mode: str  # "all" or the layer index as a string
+    method: str
+    coords: np.ndarray
+    prompt_index: np.ndarray
+    position: np.ndarray
+    layer: np.ndarray
+    token_id: np.ndarray
+    token: list[str]
+    token_type: list[str]
+    modality: list[str]
+    context: list[str]
+    norm: np.ndarray
+    params: dict[str, Any]
+    fit: dict[str, Any]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    # display choices (colour, focused layer, trajectory, score overlays): not stored; the figure
+    # builders read them so an export shows what the user sees
+    view: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def n_points(self) -> int:
+        return int(self.coords.shape[0])
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({int(v) for v in self.layer})
+
+    def trajectory(self, prompt_index: int, position: int) -> np.ndarray:
+        """Indices of one token's points, ordered by layer (a path across the layers)."""
+        idx = np.flatnonzero((self.prompt_index == prompt_index) & (self.position == position))
+        return idx[np.argsort(self.layer[idx], kind="stable")]
+
+    def select(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The points at `indices` as rows (for 'selected points' lists)."""
+        rows = []
+        for i in indices:
+            if 0 <= i < self.n_points:
+                rows.append(
+                    {
+                        "point": int(i),
+                        "prompt": int(self.prompt_index[i]),
+                        "position": int(self.position[i]),
+                        "layer": int(self.layer[i]),
+                        "token": self.token[i],
+                        "token_type": self.token_type[i],
+                        "context": self.context[i],
+                    }
+                )
+        return rows
+
+    def points_table(self) -> pa.Table:
+        return pa.table(
+            {
+                "point": np.arange(self.n_points, dtype=np.int32),
+                "prompt_index": self.prompt_index.astype(np.int32),
+                "position": self.position.astype(np.int32),
+                "layer": self.layer.astype(np.int16),
+                "token_id": self.token_id.astype(np.int64),
+                "token": pa.array(self.token, pa.string()),
+                "token_type": pa.array(self.token_type, pa.string()),
+                "modality": pa.array(self.modality, pa.string()),
+                "context": pa.array(self.context, pa.string()),
+                "norm": self.norm.astype(np.float32),
+                "x": self.coords[:, 0].astype(np.float32),
+                "y": self.coords[:, 1].astype(np.float32),
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "model": self.model,
+            "method": self.method,
+            "layer": self.layer_mode,
+            "n_layers": self.n_layers,
+            "prompts": self.prompts,
+            "tokens": self.tokens,
+            "n_points": self.n_points,
+            "fit": self.fit,
+            "seconds": self.seconds,
+            "notes": self.notes,
+            "points": self.points_table().to_pylist(),
+        }
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "prompts": self.prompts,
+            "tokens": self.tokens,
+            "n_layers": self.n_layers,
+            "layer_mode": self.layer_mode,
+            "method": self.method,
+            "params": self.params,
+            "fit": self.fit,
+            "seconds": self.seconds,
+            "notes": self.notes,
+        }
+
+    def to_tables(self) -> dict[str, pa.Table]:
+        return {"points": self.points_table()}
+
+    @classmethod
+    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> TokenMapResult:
+        t = tables["points"].sort_by("point")
+        return cls(
+            model=meta["model"],
+            prompts=meta["prompts"],
+            tokens=meta["tokens"],
+            n_layers=int(meta["n_layers"]),
+            layer_mode=str(meta["layer_mode"]),
+            method=meta["method"],
+            coords=np.stack([t["x"].to_numpy(), t["y"].to_numpy()], axis=1).astype(np.float32),
+            prompt_index=t["prompt_index"].to_numpy().astype(np.int64),
+            position=t["position"].to_numpy().astype(np.int64),
+            layer=t["layer"].to_numpy().astype(np.int64),
+            token_id=t["token_id"].to_numpy().astype(np.int64),
+            token=t["token"].to_pylist(),
+            token_type=t["token_type"].to_pylist(),
+            modality=t["modality"].to_pylist(),
+            context=t["context"].to_pylist(),
+            norm=t["norm"].to_numpy().astype(np.float32),
+            params=meta["params"],
+            fit=meta["fit"],
+            seconds=float(meta["seconds"]),
+            notes=list(meta.get("notes", [])),
+            run_id=meta.get("run_id"),
+        )
+
+
+def resolve_layer(layer: int | None, n_layers: int) -> int | None:
+    if layer is None:
+        return None
+    value = layer + n_layers + 1 if layer < 0 else layer
+    if not 0 <= value <= n_layers:
+        raise InputError(f"layer must be between 0 and {n_layers} (or negative from the end), got {layer}")
+    return value
+
+
+def clean_prompts(prompts: str | list[str] | tuple[str, ...]) -> list[str]:
+    items = [prompts] if isinstance(prompts, str) else list(prompts)
+    items = [p for p in items if p is not None and p.strip()]
+    if not items:
+        raise InputError("the prompt is empty: type some text to map")
+    if len(items) > MAX_PROMPTS:
+        raise InputError(f"at most {MAX_PROMPTS} prompts per map, got {len(items)}")
+    return items
+
+
+def token_map(
+    lm: Any,
+    prompts: list[str],
+    *,
+    params: TokenMapParams,
+    max_tokens: int,
+    cache_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> TokenMapResult:
+    """Capture the residual stream of every prompt and project the chosen layer(s) to 2-D."""
+    from explorer.trace import capture, encode
+
+    t0 = time.perf_counter()
+    n_layers = lm.n_layers
+    layer = resolve_layer(params.layer, n_layers)
+    layers = list(range(n_layers + 1)) if layer is None else [layer]
+    encoded = [encode(lm, p, max_tokens) for p in prompts]
+    n_points = sum(int(ids.numel()) for ids in encoded) * len(layers)
+    if n_points > MAX_POINTS:
+        raise InputError(
+            f"the map would have {n_points} points (limit {MAX_POINTS}): pick one layer, or shorter or fewer prompts"
+        )
+    specials = special_ids(lm.tokenizer)
+    vectors: list[np.ndarray] = []
+    cols: dict[str, list[Any]] = {k: [] for k in ("prompt", "position", "layer", "token_id", "token", "type")}
+    context: list[str] = []
+    tokens_all: list[list[str]] = []
+    for pi, ids in enumerate(encoded):
+        if progress is not None:
+            progress(0.05 + 0.4 * pi / len(encoded), f"Forward pass {pi + 1}/{len(encoded)}")
+        trace = capture(lm, ids, attentions=False)
+        res = trace.residual[layers].cpu().numpy()  # (n_sel_layers, seq, d)
+        seq = trace.seq_len
+        tokens_all.append(trace.tokens)
+        types = [token_type(t, int(i), specials) for t, i in zip(trace.tokens, ids.tolist(), strict=True)]
+        ctx = [context_string(trace.tokens, p) for p in range(seq)]
+        for li, lay in enumerate(layers):
+            vectors.append(res[li])
+            cols["prompt"] += [pi] * seq
+            cols["position"] += list(range(seq))
+            cols["layer"] += [lay] * seq
+            cols["token_id"] += ids.tolist()
+            cols["token"] += trace.tokens
+            cols["type"] += types
+            context += ctx
+    x = np.concatenate(vectors, axis=0).astype(np.float32)
+    if progress is not None:
+        progress(0.5, f"Fitting {params.projection.method.upper()} on {x.shape[0]} points")
+    coords, fit = project(x, params.projection, cache_dir)
+    notes = []
+    if layer is None:
+        notes.append(
+            "One fit over every layer's points (aligned map): residual norms grow with depth, so the cosine "
+            "metric compares directions only; layer 0 is the token embedding as block 0 sees it."
+        )
+    if params.projection.method == "pca":
+        notes.append("PCA of the unit-normalised vectors (the cosine geometry UMAP uses), for comparison.")
+    return TokenMapResult(
+        model=lm.model_id,
+        prompts=prompts,
+        tokens=tokens_all,
+        n_layers=n_layers,
+        layer_mode="all" if layer is None else str(layer),
+        method=params.projection.method,
+        coords=coords,
+        prompt_index=np.asarray(cols["prompt"], dtype=np.int64),
+        position=np.asarray(cols["position"], dtype=np.int64),
+        layer=np.asarray(cols["layer"], dtype=np.int64),
+        token_id=np.asarray(cols["token_id"], dtype=np.int64),
+        token=cols["token"],
+        token_type=cols["type"],
+        modality=["text"] * x.shape[0],
+        context=context,
+        norm=np.linalg.norm(x, axis=1).astype(np.float32),
+        params=params.to_json(),
+        fit=fit,
+        seconds=time.perf_counter() - t0,
+        notes=notes,
+    )

@@ -1,0 +1,255 @@
+"""Tokenizer inspector: how a text splits under each tokenizer, side by side.
+
+For each tokenizer: the tokens with ids, character spans, byte-fallback pieces (`<0xNN>`), partial
+UTF-8 byte tokens and special tokens; the chat template applied to the text (when the tokenizer has
+one) with its token count; and the token premium, each tokenizer's count divided by the first's.
+Embedded tokenizers need no download: SmolLM2's (BPE, byte level) and all-MiniLM-L6-v2's (BERT
+WordPiece); any hub id or local directory with a tokenizer loads as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from explorer.analysis.atlas.token_types import special_ids
+from explorer.analysis.atlas.vocab_tokens import is_byte_level, is_partial_utf8, token_bytes
+from explorer.errors import InputError
+from explorer.results import register_result
+
+EMBEDDED_TOKENIZERS = ("smollm2-135m", "all-minilm-l6-v2")
+MAX_TEXT_CHARS = 20_000
+MAX_TOKENIZERS = 6
+
+
+def load_tokenizer(name: str, settings: Any) -> Any:
+    """An embedded tokenizer by name, or AutoTokenizer on a hub id / local directory (offline-aware)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from explorer.errors import ModelNotAvailableError
+    from explorer.models.loading import hub_kwargs, resolve_model_source
+
+    if name == "all-minilm-l6-v2":
+        from explorer.backends.sentence import sentence_model_dir
+
+        return AutoTokenizer.from_pretrained(sentence_model_dir())
+    source = resolve_model_source(name, settings)
+    try:
+        return AutoTokenizer.from_pretrained(source, **hub_kwargs(Path(source).exists()))
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(
+            f"tokenizer {name!r} is not available here (offline: embedded names {list(EMBEDDED_TOKENIZERS)}, "
+            f"local directories, or the Hugging Face cache). Details: {str(exc).splitlines()[0][:200]}"
+        ) from exc
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TokenizedText:
+    name: str
+    kind: str  # e.g. "BPE, byte level"
+    ids: list[int]
+    pieces: list[str]  # the vocabulary entries
+    decoded: list[str]  # each token decoded alone
+    starts: list[int]  # character span in the text (-1 when unknown, e.g. added special tokens)
+    ends: list[int]
+    byte_fallback: list[bool]
+    partial_utf8: list[bool]
+    special: list[bool]
+    chat_text: str | None
+    chat_tokens: int | None
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids)
+
+
+def tokenize(name: str, tokenizer: Any, text: str) -> TokenizedText:
+    enc = tokenizer(text, return_offsets_mapping=bool(getattr(tokenizer, "is_fast", False)))
+    ids = [int(i) for i in enc["input_ids"]]
+    offsets = enc.get("offset_mapping") or [(-1, -1)] * len(ids)
+    specials = special_ids(tokenizer)
+    byte_level = is_byte_level(tokenizer)
+    pieces = [str(p) for p in tokenizer.convert_ids_to_tokens(ids)]
+    chat_text = chat_tokens = None
+    if getattr(tokenizer, "chat_template", None):
+        chat_text = str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        )
+        chat_tokens = len(tokenizer(chat_text, add_special_tokens=False).input_ids)
+    model = ""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        model = type(backend.model).__name__
+    return TokenizedText(
+        name=name,
+        kind=model + (", byte level" if byte_level else ""),
+        ids=ids,
+        pieces=pieces,
+        decoded=[str(tokenizer.decode([i])) for i in ids],
+        starts=[
+            int(s) if i not in specials or s != e else -1 for (s, e), i in zip(offsets, ids, strict=True)
+        ],
+        ends=[int(e) if i not in specials or s != e else -1 for (s, e), i in zip(offsets, ids, strict=True)],
+        byte_fallback=[p.startswith("<0x") and p.endswith(">") and len(p) == 6 for p in pieces],
+        partial_utf8=[is_partial_utf8(token_bytes(tokenizer, i, byte_level)) for i in ids],
+        special=[i in specials for i in ids],
+        chat_text=chat_text,
+        chat_tokens=chat_tokens,
+    )
+
+
+@register_result
+@dataclass
+class TokenizerResult:
+    kind: ClassVar[str] = "tokenizer_inspect"
+
+    text: str
+    tokenizers: list[TokenizedText]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    view: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def counts(self) -> list[dict[str, Any]]:
+        base = self.tokenizers[0].n_tokens or 1
+        return [
+            {
+                "tokenizer": t.name,
+                "kind": t.kind,
+                "tokens": t.n_tokens,
+                "premium": t.n_tokens / base,
+                "chars_per_token": len(self.text) / max(t.n_tokens, 1),
+                "byte_fallback": sum(t.byte_fallback),
+                "partial_utf8": sum(t.partial_utf8),
+                "special": sum(t.special),
+                "chat_template_tokens": t.chat_tokens,
+            }
+            for t in self.tokenizers
+        ]
+
+    def tokens_table(self) -> pa.Table:
+        rows = []
+        for t in self.tokenizers:
+            for k in range(t.n_tokens):
+                rows.append(
+                    {
+                        "tokenizer": t.name,
+                        "index": k,
+                        "token_id": t.ids[k],
+                        "piece": t.pieces[k],
+                        "decoded": t.decoded[k],
+                        "start": t.starts[k],
+                        "end": t.ends[k],
+                        "byte_fallback": t.byte_fallback[k],
+                        "partial_utf8": t.partial_utf8[k],
+                        "special": t.special[k],
+                    }
+                )
+        return pa.Table.from_pylist(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "text": self.text,
+            "counts": self.counts(),
+            "tokenizers": [
+                {
+                    "tokenizer": t.name,
+                    "kind": t.kind,
+                    "tokens": [
+                        {
+                            "id": t.ids[k],
+                            "piece": t.pieces[k],
+                            "decoded": t.decoded[k],
+                            "start": t.starts[k],
+                            "end": t.ends[k],
+                            "byte_fallback": t.byte_fallback[k],
+                            "partial_utf8": t.partial_utf8[k],
+                            "special": t.special[k],
+                        }  # fmt: skip
+                        for k in range(t.n_tokens)
+                    ],
+                    "chat_template": t.chat_text,
+                    "chat_template_tokens": t.chat_tokens,
+                }
+                for t in self.tokenizers
+            ],
+            "seconds": self.seconds,
+            "notes": self.notes,
+        }
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "tokenizers": [
+                {"name": t.name, "kind": t.kind, "chat_text": t.chat_text, "chat_tokens": t.chat_tokens}
+                for t in self.tokenizers
+            ],
+            "seconds": self.seconds,
+            "notes": self.notes,
+        }
+
+    def to_tables(self) -> dict[str, pa.Table]:
+        return {"tokens": self.tokens_table()}
+
+    @classmethod
+    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> TokenizerResult:
+        rows = tables["tokens"].sort_by([("tokenizer", "ascending"), ("index", "ascending")]).to_pylist()
+        out = []
+        for info in meta["tokenizers"]:
+            mine = [r for r in rows if r["tokenizer"] == info["name"]]
+            out.append(
+                TokenizedText(
+                    name=info["name"],
+                    kind=info["kind"],
+                    ids=[r["token_id"] for r in mine],
+                    pieces=[r["piece"] for r in mine],
+                    decoded=[r["decoded"] for r in mine],
+                    starts=[r["start"] for r in mine],
+                    ends=[r["end"] for r in mine],
+                    byte_fallback=[r["byte_fallback"] for r in mine],
+                    partial_utf8=[r["partial_utf8"] for r in mine],
+                    special=[r["special"] for r in mine],
+                    chat_text=info["chat_text"],
+                    chat_tokens=info["chat_tokens"],
+                )
+            )
+        return cls(text=meta["text"], tokenizers=out, seconds=float(meta["seconds"]),
+                   notes=list(meta.get("notes", [])), run_id=meta.get("run_id"))  # fmt: skip
+
+
+def validate(text: str, names: list[str]) -> None:
+    if text is None or not text.strip():
+        raise InputError("the text is empty: type some text to tokenize")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InputError(f"the text is {len(text)} characters long; the maximum is {MAX_TEXT_CHARS}")
+    if not names:
+        raise InputError("choose at least one tokenizer")
+    if len(names) > MAX_TOKENIZERS:
+        raise InputError(f"at most {MAX_TOKENIZERS} tokenizers side by side, got {len(names)}")
+    if len(set(names)) != len(names):
+        raise InputError("a tokenizer is listed twice")
+
+
+def inspect(text: str, named: list[tuple[str, Any]]) -> TokenizerResult:
+    t0 = time.perf_counter()
+    toks = [tokenize(name, tok, text) for name, tok in named]
+    notes = [
+        "Token premium = a tokenizer's token count divided by the first tokenizer's, for the same text "
+        "(special tokens the tokenizer adds included)."
+    ]
+    return TokenizerResult(text=text, tokenizers=toks, seconds=time.perf_counter() - t0, notes=notes)

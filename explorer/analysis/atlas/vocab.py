@@ -1,0 +1,438 @@
+"""Vocabulary health: under-trained and glitch tokens over a model's whole vocabulary.
+
+Two detectors, each verified by prompting (`verify.py`):
+
+1. Magikarp (Land & Bartolo 2024, "Fishing for Magikarp"): tokenizer analysis (`vocab_tokens.py`),
+   then the indicator "cosine distance of the unembedding row from the mean of known-unused rows,
+   after removing the first principal component" (low = looks unused) next to the input-embedding
+   L2 norm; the `n_verify` lowest-indicator tokens that round-trip are verified.
+2. GlitchHunter-style (Li et al. 2024): cluster the (unit-normalised) input embeddings, screen each
+   cluster by verifying a few sampled tokens, keep clusters whose glitch rate is significantly
+   above `GH_P0` (one-sided binomial test), re-cluster the kept tokens more finely and repeat until
+   the set stops changing. Deviation: k-means (scikit-learn) instead of Leiden communities of a
+   k-NN token-embedding graph, and the repetition probe of (1) instead of the paper's tasks.
+
+The agreement of the two is reported. A UMAP (cosine) of up to `map_points` unembedding rows (all
+suspects, references and flagged tokens, plus a random sample of the rest) is the vocabulary atlas.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from explorer.analysis.atlas import verify as _verify
+from explorer.analysis.atlas.projection import ProjectionParams, fit_umap, unit_rows
+from explorer.analysis.atlas.vocab_tokens import analyse_tokenizer
+from explorer.errors import InputError
+from explorer.results import register_result
+
+GH_P0 = 0.25  # null hypothesis: at most a quarter of a cluster is glitchy
+GH_ALPHA = 0.1
+GH_MAX_ROUNDS = 3
+FALLBACK_REFERENCE = 20
+ProgressFn = Any
+
+
+@dataclass(frozen=True)
+class VocabParams:
+    n_verify: int = 300
+    map_points: int = 5000
+    gh_cluster_size: int = 200
+    gh_sample: int = 4
+    steps: int = 3
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 1 <= self.n_verify <= 5000:
+            raise InputError(f"n_verify must be between 1 and 5000, got {self.n_verify}")
+        if not 0 <= self.map_points <= 60_000:
+            raise InputError(f"map_points must be between 0 (no map) and 60000, got {self.map_points}")
+        if not 8 <= self.gh_cluster_size <= 5000:
+            raise InputError(f"gh_cluster_size must be between 8 and 5000, got {self.gh_cluster_size}")
+        if not 2 <= self.gh_sample <= 20:
+            raise InputError(f"gh_sample must be between 2 and 20, got {self.gh_sample}")
+        if not 1 <= self.steps <= 10:
+            raise InputError(f"steps must be between 1 and 10, got {self.steps}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n_verify": self.n_verify,
+            "map_points": self.map_points,
+            "gh_cluster_size": self.gh_cluster_size,
+            "gh_sample": self.gh_sample,
+            "steps": self.steps,
+            "seed": self.seed,
+        }
+
+
+TOKEN_COLUMNS = (
+    "token_id", "token", "raw_hex", "category", "round_trip", "partial_utf8", "reachable", "reference",
+    "indicator", "cosine_distance", "embed_norm", "candidate_rank", "max_prob", "status", "output",
+    "gh_cluster", "gh_flag", "gh_screen_prob", "x", "y",
+)  # fmt: skip
+
+
+@register_result
+@dataclass
+class VocabHealthResult:
+    """Per vocabulary row (n = model vocab): every column of TOKEN_COLUMNS in `columns` (numpy arrays
+    or lists of n). `summary`: counts, agreement, timings; `notes`: deviations and caveats."""
+
+    kind: ClassVar[str] = "vocab_health"
+
+    model: str
+    columns: dict[str, Any]
+    summary: dict[str, Any]
+    params: dict[str, Any]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    view: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # UI choices, not stored
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.columns["token_id"])
+
+    def table(self) -> pa.Table:
+        return pa.table({name: self.columns[name] for name in TOKEN_COLUMNS})
+
+    def suspects(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Verified candidates, lowest indicator first (Magikarp's table)."""
+        rank = np.asarray(self.columns["candidate_rank"])
+        order = np.flatnonzero(rank >= 0)
+        order = order[np.argsort(rank[order], kind="stable")]
+        if limit is not None:
+            order = order[:limit]
+        keys = ("token_id", "token", "indicator", "embed_norm", "max_prob", "status", "output", "gh_flag")
+        return [{k: _py(self.columns[k][i]) for k in keys} for i in order]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "model": self.model,
+            "n_tokens": self.n_tokens,
+            "summary": self.summary,
+            "params": self.params,
+            "seconds": self.seconds,
+            "notes": self.notes,
+            "suspects": self.suspects(),
+        }
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "summary": self.summary,
+            "params": self.params,
+            "seconds": self.seconds,
+            "notes": self.notes,
+        }
+
+    def to_tables(self) -> dict[str, pa.Table]:
+        return {"tokens": self.table()}
+
+    @classmethod
+    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VocabHealthResult:
+        t = tables["tokens"].sort_by("token_id")
+        columns: dict[str, Any] = {}
+        for name in TOKEN_COLUMNS:
+            col = t[name]
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                columns[name] = col.to_pylist()
+            else:
+                columns[name] = col.to_numpy(zero_copy_only=False)
+        return cls(
+            model=meta["model"],
+            columns=columns,
+            summary=meta["summary"],
+            params=meta["params"],
+            seconds=float(meta["seconds"]),
+            notes=list(meta.get("notes", [])),
+            run_id=meta.get("run_id"),
+        )
+
+
+def _py(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def remove_first_pc(mat: np.ndarray) -> np.ndarray:
+    """Rows minus their projection on the first principal component of the (centred) matrix."""
+    centred = mat - mat.mean(axis=0, keepdims=True)
+    # the first PC is the top eigenvector of the d x d scatter matrix (cheaper than an SVD of V x d)
+    cov = centred.T @ centred
+    _, vecs = np.linalg.eigh(cov)
+    pc = vecs[:, -1]
+    return mat - np.outer(mat @ pc, pc)
+
+
+def cosine_distance(mat: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return 1.0 - (mat @ v) / np.clip(np.linalg.norm(mat, axis=1) * np.linalg.norm(v), 1e-6, None)
+
+
+def glitchhunter(
+    emb_unit: np.ndarray,
+    pool: np.ndarray,
+    screen: Any,
+    params: VocabParams,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Iterative cluster screening. Returns (flagged ids, cluster label per row (-1 = none), the
+    screening probability per row (NaN = not sampled), a log of rounds)."""
+    from scipy.stats import binomtest
+    from sklearn.cluster import MiniBatchKMeans
+
+    n_rows = emb_unit.shape[0]
+    cluster = np.full(n_rows, -1, dtype=np.int64)
+    screened = np.full(n_rows, np.nan)
+    size = params.gh_cluster_size
+    rounds: list[dict[str, Any]] = []
+    current = np.asarray(pool)
+    for r in range(GH_MAX_ROUNDS):
+        if current.size < 2 * params.gh_sample:
+            break
+        k = max(2, current.size // size)
+        km = MiniBatchKMeans(n_clusters=k, random_state=params.seed, n_init=1, batch_size=4096)
+        labels = km.fit_predict(emb_unit[current])
+        samples: dict[int, np.ndarray] = {}
+        for c in range(k):
+            members = current[labels == c]
+            if members.size:
+                samples[c] = rng.choice(members, size=min(params.gh_sample, members.size), replace=False)
+        todo = np.concatenate(list(samples.values()))
+        need = todo[np.isnan(screened[todo])]
+        if need.size:
+            screened[need] = screen(need)
+        kept = []
+        for c, sample in samples.items():
+            glitchy = int(sum(_verify.is_verified(p) for p in screened[sample]))
+            p_value = binomtest(glitchy, sample.size, GH_P0, alternative="greater").pvalue
+            if p_value <= GH_ALPHA:
+                kept.append(c)
+        nxt = current[np.isin(labels, kept)]
+        cluster[current] = -1
+        cluster[nxt] = labels[np.isin(labels, kept)] + 100_000 * r
+        rounds.append({"round": r, "tokens": int(current.size), "clusters": k, "kept_clusters": len(kept),
+                       "kept_tokens": int(nxt.size), "screened": int(need.size)})  # fmt: skip
+        if nxt.size == current.size:
+            current = nxt
+            break
+        current = nxt
+        size = max(8, size // 4)
+    return current, cluster, screened, rounds
+
+
+def vocab_health(
+    lm: Any,
+    *,
+    params: VocabParams,
+    cache_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> VocabHealthResult:
+    """Run both detectors over the whole vocabulary of `lm` and verify their suspects."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    say = progress or (lambda f, m: None)
+    notes: list[str] = []
+    unembed = lm.unembed_module().weight.detach().float().cpu().numpy()  # (V, d)
+    embed = lm.embed_module().weight.detach().float().cpu().numpy()  # (V, d)
+    n_rows = unembed.shape[0]
+    say(0.02, f"Tokenizer analysis of {n_rows} tokens")
+    tok = analyse_tokenizer(lm.tokenizer, n_rows)
+    timings["tokenizer_s"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    embed_norm = np.linalg.norm(embed, axis=1)
+    reference = np.asarray(tok.reference, dtype=np.int64)
+    reference_source = tok.reference_source
+    if reference.size == 0:
+        candidates_pool = np.flatnonzero(~tok.special)
+        reference = candidates_pool[
+            np.argsort(embed_norm[candidates_pool], kind="stable")[:FALLBACK_REFERENCE]
+        ]
+        reference_source = (
+            f"none known in this tokenizer; fallback: the {FALLBACK_REFERENCE} non-special tokens with the "
+            "smallest input-embedding norm"
+        )
+        notes.append(
+            "No known-unused tokens (never-UTF-8 bytes, rows beyond the tokenizer, unused/reserved "
+            "placeholders) exist here, so the reference is the {FALLBACK_REFERENCE} tokens with the "
+            "smallest embedding norm (a deviation: the paper uses known-unused tokens)."
+        )
+    no_pc = remove_first_pc(unembed.astype(np.float64))
+    indicator = cosine_distance(no_pc, no_pc[reference].mean(axis=0))
+    plain = cosine_distance(unembed.astype(np.float64), unembed[reference].mean(axis=0).astype(np.float64))
+    timings["indicators_s"] = time.perf_counter() - t1
+
+    # Magikarp candidates: round-tripping, non-special, not in the reference set; lowest indicator first
+    ok = np.array([c == "ok" for c in tok.category])
+    eligible = ok.copy()
+    eligible[reference] = False
+    pool = np.flatnonzero(eligible)
+    candidates = pool[np.argsort(indicator[pool], kind="stable")[: params.n_verify]]
+    candidate_rank = np.full(n_rows, -1, dtype=np.int64)
+    candidate_rank[candidates] = np.arange(candidates.size)
+
+    placeholder = _verify.choose_placeholder(lm.tokenizer, tok.decoded, ok)
+    templates = _verify.build_templates(lm.tokenizer, placeholder, list(_verify.TEMPLATES))
+    if len(templates) < len(_verify.TEMPLATES):
+        notes.append(f"Verification templates usable with this tokenizer: {[t.name for t in templates]}.")
+
+    t1 = time.perf_counter()
+    max_prob = np.full(n_rows, np.nan)
+    output = [""] * n_rows
+
+    def verify_full(ids: np.ndarray, frac0: float, frac1: float, label: str) -> None:
+        if ids.size == 0:
+            return
+        best = np.zeros(ids.size)
+        outs: list[list[int]] = [[] for _ in ids]
+        for ti, template in enumerate(templates):
+            say(frac0 + (frac1 - frac0) * ti / len(templates), f"{label}: template {template.name}")
+            probs, gen = _verify.probe(lm, template, ids.tolist(), steps=params.steps)
+            better = probs >= best
+            best = np.maximum(best, probs)
+            for j in np.flatnonzero(better):
+                outs[j] = gen[j]
+        max_prob[ids] = best
+        for k, tid in enumerate(ids.tolist()):
+            output[tid] = str(lm.tokenizer.decode(outs[k]))
+
+    verify_full(candidates, 0.1, 0.5, f"Verifying {candidates.size} Magikarp candidates")
+    timings["verify_magikarp_s"] = time.perf_counter() - t1
+
+    t1 = time.perf_counter()
+    say(0.5, "GlitchHunter-style clustering")
+    screen_template = next((t for t in templates if t.name == "repeats"), templates[0])
+
+    def screen(ids: np.ndarray) -> np.ndarray:
+        probs, _ = _verify.probe(lm, screen_template, ids.tolist(), steps=params.steps)
+        return probs
+
+    rng = np.random.default_rng(params.seed)
+    flagged, gh_cluster, gh_screen, rounds = glitchhunter(unit_rows(embed), pool, screen, params, rng)
+    gh_flag = np.zeros(n_rows, dtype=bool)
+    gh_flag[flagged] = True
+    timings["glitchhunter_s"] = time.perf_counter() - t1
+
+    t1 = time.perf_counter()
+    unverified = flagged[np.isnan(max_prob[flagged])]
+    check = unverified[: params.n_verify]
+    verify_full(check, 0.7, 0.85, f"Verifying {check.size} GlitchHunter tokens")
+    timings["verify_glitchhunter_s"] = time.perf_counter() - t1
+
+    verified = np.flatnonzero(~np.isnan(max_prob) & (max_prob <= _verify.WEAK_REJECT))
+    mk_verified = set(verified[candidate_rank[verified] >= 0].tolist())
+    gh_set = set(flagged.tolist())
+    gh_checked = [i for i in flagged.tolist() if not np.isnan(max_prob[i])]
+    gh_verified = {i for i in gh_checked if max_prob[i] <= _verify.WEAK_REJECT}
+    union = mk_verified | gh_verified
+    statuses = ["" if np.isnan(p) else _verify.status(float(p)) for p in max_prob]
+
+    xs = np.full(n_rows, np.nan, dtype=np.float32)
+    ys = np.full(n_rows, np.nan, dtype=np.float32)
+    if params.map_points > 0:
+        t1 = time.perf_counter()
+        say(0.85, "Vocabulary atlas (UMAP)")
+        must = np.unique(np.concatenate([candidates, reference, flagged[: params.map_points // 2]]))
+        rest = np.setdiff1d(np.arange(n_rows), must)
+        fill = max(0, min(rest.size, params.map_points - must.size))
+        chosen = np.concatenate([must, rng.choice(rest, size=fill, replace=False)]) if fill else must
+        coords = fit_umap(no_pc[chosen].astype(np.float32), ProjectionParams(seed=params.seed), cache_dir)
+        xs[chosen], ys[chosen] = coords[:, 0], coords[:, 1]
+        timings["map_s"] = time.perf_counter() - t1
+
+    counts = {
+        c: int(sum(1 for x in tok.category if x == c))
+        for c in ("ok", "special", "partial_utf8", "not_round_trip", "no_string")
+    }
+    summary = {
+        "n_tokens": n_rows,
+        "tokenizer": {
+            **counts,
+            "unreachable": int((~tok.reachable).sum()),
+            "not_round_trip_total": int((~tok.round_trip[: len(lm.tokenizer)]).sum()),
+        },
+        "reference": {
+            "n": int(reference.size),
+            "source": reference_source,
+            "tokens": [tok.decoded[i] for i in reference[:20].tolist()],
+        },  # fmt: skip
+        "indicator": "cosine distance of the unembedding row from the mean reference row, first PC removed",
+        "placeholder": tok.decoded[placeholder],
+        "magikarp": {
+            "candidates": int(candidates.size),
+            "verified": len(mk_verified),
+            "strong_verified": int(sum(1 for i in candidates if statuses[i] == "strong_verified")),
+            "weak_verified": int(sum(1 for i in candidates if statuses[i] == "weak_verified")),
+            "indicator_threshold": float(indicator[candidates[-1]]) if candidates.size else None,
+        },
+        "glitchhunter": {
+            "flagged": len(gh_set),
+            "checked": len(gh_checked),
+            "verified": len(gh_verified),
+            "rounds": rounds,
+        },  # fmt: skip
+        "agreement": {
+            "both": len(mk_verified & gh_verified),
+            "magikarp_only": len(mk_verified - gh_verified),
+            "glitchhunter_only": len(gh_verified - mk_verified),
+            "jaccard": (len(mk_verified & gh_verified) / len(union)) if union else None,
+            "magikarp_verified_flagged_by_glitchhunter": len(mk_verified & gh_set),
+        },
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
+    notes.append(
+        "Verification prompts: the paper's three templates with fewer repetitions (3 and 10 instead of 20 and "
+        f"50); max probability over {params.steps} greedy steps; verified = max probability ≤ {_verify.WEAK_REJECT} "
+        f"(strong < {_verify.STRONG_VERIFY})."
+    )
+    notes.append(
+        "GlitchHunter-style: k-means on unit-normalised input embeddings instead of Leiden communities of a "
+        f"k-NN graph; clusters kept when a one-sided binomial test rejects 'glitch rate ≤ {GH_P0}' at "
+        f"α = {GH_ALPHA} on {params.gh_sample} sampled tokens (repetition probe 'repeats')."
+    )
+    if params.map_points:
+        notes.append(
+            f"Vocabulary atlas: UMAP (cosine) of {min(n_rows, params.map_points)} unembedding rows with the first "
+            "PC removed: every candidate, reference and flagged token plus a random sample of the rest."
+        )
+    columns: dict[str, Any] = {
+        "token_id": np.arange(n_rows, dtype=np.int64),
+        "token": tok.decoded,
+        "raw_hex": tok.raw_hex,
+        "category": tok.category,
+        "round_trip": tok.round_trip,
+        "partial_utf8": tok.partial_utf8,
+        "reachable": tok.reachable,
+        "reference": np.isin(np.arange(n_rows), reference),
+        "indicator": indicator.astype(np.float32),
+        "cosine_distance": plain.astype(np.float32),
+        "embed_norm": embed_norm.astype(np.float32),
+        "candidate_rank": candidate_rank,
+        "max_prob": max_prob,
+        "status": statuses,
+        "output": output,
+        "gh_cluster": gh_cluster,
+        "gh_flag": gh_flag,
+        "gh_screen_prob": gh_screen,
+        "x": xs,
+        "y": ys,
+    }
+    return VocabHealthResult(
+        model=lm.model_id,
+        columns=columns,
+        summary=summary,
+        params=params.to_json(),
+        seconds=time.perf_counter() - t0,
+        notes=notes,
+    )

@@ -1,0 +1,300 @@
+"""Public API of the Token atlas (re-exported lazily by `explorer`).
+
+- `token_map(model, prompts, layer=None, method="umap")`: UMAP (cosine) or PCA map of token states,
+  one layer or all layers in one aligned fit; stored, never refitted for the same inputs.
+- `map_scores(result)`: per-point values of other stored runs on the same model and prompt
+  (logit-lens rank, attribution, pruning signals), for colouring a map.
+- `vocab_health(model)`: under-trained / glitch tokens of the whole vocabulary (Magikarp indicators
+  and tokenizer analysis, verification by prompting, GlitchHunter-style clustering, agreement).
+- `microscope(model, prompt)`: LLM-Microscope measures per layer and token.
+- `inspect_tokenizers(text, tokenizers)`: how a text splits under each tokenizer, side by side.
+
+Each call validates its input before a model loads, serves a stored run when the same request was
+made before, and returns a result whose `.to_dict()` is exactly the CLI's JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from explorer.analysis.atlas import microscope as _micro
+from explorer.analysis.atlas import token_map as _map
+from explorer.analysis.atlas import tokenizers as _tok
+from explorer.analysis.atlas import vocab as _vocab
+from explorer.analysis.atlas.projection import ProjectionParams
+from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.config import Settings
+from explorer.models.loading import LanguageModel
+from explorer.store import Store
+
+
+def prompt_key(prompts: list[str]) -> str:
+    """The run store's prompt column: the prompt itself, or a JSON list for several prompts."""
+    return prompts[0] if len(prompts) == 1 else json.dumps(prompts, ensure_ascii=False)
+
+
+def token_map(
+    model: str | LanguageModel | None,
+    prompts: str | Sequence[str],
+    *,
+    layer: int | None = None,
+    method: str = "umap",
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    seed: int = 0,
+    db: DbArg = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+) -> _map.TokenMapResult:
+    """Map the token states of `prompts` (one string or several) to 2-D.
+
+    `layer`: residual layer (0 = embeddings, n_layers = last block's output; negative counts from
+    the end) or None for all layers in one aligned fit. `method`: "umap" (cosine metric) or
+    "pca". Returns a `TokenMapResult`; `.to_dict()` is the CLI's JSON.
+    """
+    settings = settings or Settings.from_env()
+    items = _map.clean_prompts(prompts if isinstance(prompts, str) else list(prompts))
+    params = _map.TokenMapParams(
+        layer=None if layer is None else int(layer),
+        projection=ProjectionParams(
+            method=str(method), n_neighbors=int(n_neighbors), min_dist=float(min_dist), seed=int(seed)
+        ),
+    )
+    params.validate()
+    lm = get_model(model, settings, progress)
+    _map.resolve_layer(params.layer, lm.n_layers)
+    return run_cached(
+        _map.TokenMapResult.kind,
+        model_id=lm.model_id,
+        weight_hash=lm.weight_hash,
+        prompt=prompt_key(items),
+        params={**params.to_json(), "max_tokens": settings.max_prompt_tokens},
+        compute=lambda: _map.token_map(
+            lm,
+            items,
+            params=params,
+            max_tokens=settings.max_prompt_tokens,
+            cache_dir=settings.cache_dir,
+            progress=progress,
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
+# ---- scores of other stored runs on the same input --------------------------------------------
+_LENS_FINAL = "final_top1"
+
+
+def map_scores(
+    result: _map.TokenMapResult, db: DbArg = None, settings: Settings | None = None
+) -> dict[str, np.ndarray]:
+    """Values of other stored runs on the same model and prompt(s), one per map point (NaN where a
+    run has no value): "lens rank <run>" per (layer, position) from logit-lens runs (rank of the
+    model's final prediction), and per position (all layers alike) "attribution <method> <run>" and
+    "pruning <signal> <run>". Keyed by a readable label."""
+    store = open_store(db, settings)
+    if store is None:
+        return {}
+    out: dict[str, np.ndarray] = {}
+    for pi, prompt in enumerate(result.prompts):
+        mask = result.prompt_index == pi
+        for run_id, kind, params in _runs_for(store, result.model, prompt):
+            for label, values in _run_values(store, run_id, kind, params, result, mask):
+                arr = out.setdefault(label, np.full(result.n_points, np.nan, dtype=np.float64))
+                ok = ~np.isnan(values)
+                arr[ok] = values[ok]
+    return out
+
+
+def _runs_for(store: Store, model_id: str, prompt: str) -> list[tuple[str, str, dict[str, Any]]]:
+    rows = (
+        store.cursor()
+        .execute(
+            "SELECT run_id, kind, params FROM runs WHERE model_id = ? AND prompt = ? AND status = 'complete' "
+            "AND kind IN ('lens', 'attribution', 'prune_text') ORDER BY created DESC",
+            [model_id, prompt],
+        )
+        .fetchall()
+    )
+    return [(r[0], r[1], json.loads(r[2])) for r in rows]
+
+
+def _run_values(
+    store: Store,
+    run_id: str,
+    kind: str,
+    params: dict[str, Any],
+    result: _map.TokenMapResult,
+    mask: np.ndarray,
+) -> list[tuple[str, np.ndarray]]:
+    cur = store.cursor()
+    idx = np.flatnonzero(mask)
+    out: list[tuple[str, np.ndarray]] = []
+    if kind == "lens":
+        rows = cur.execute(
+            "SELECT layer, position, rank FROM lens_tracked WHERE run_id = ? AND role = ?",
+            [run_id, _LENS_FINAL],
+        ).fetchall()
+        table = {(int(layer), int(pos)): float(rank) for layer, pos, rank in rows}
+        values = np.full(result.n_points, np.nan)
+        for i in idx:
+            values[i] = table.get((int(result.layer[i]), int(result.position[i])), np.nan)
+        out.append((f"lens rank of final prediction ({run_id})", values))
+    elif kind == "attribution":
+        rows = cur.execute(
+            "SELECT position, score FROM attribution_scores WHERE run_id = ?", [run_id]
+        ).fetchall()
+        by_pos = {int(p): float(s) for p, s in rows}
+        values = np.full(result.n_points, np.nan)
+        for i in idx:
+            values[i] = by_pos.get(int(result.position[i]), np.nan)
+        out.append((f"attribution {params.get('method', '')} ({run_id})", values))
+    elif kind == "prune_text":
+        rows = cur.execute(
+            "SELECT signal, position, score FROM prune_text_scores WHERE run_id = ?", [run_id]
+        ).fetchall()
+        signals: dict[str, dict[int, float]] = {}
+        for signal, pos, score in rows:
+            signals.setdefault(str(signal), {})[int(pos)] = float(score)
+        for signal, by_pos in signals.items():
+            values = np.full(result.n_points, np.nan)
+            for i in idx:
+                values[i] = by_pos.get(int(result.position[i]), np.nan)
+            out.append((f"pruning {signal} ({run_id})", values))
+    return out
+
+
+TokenMapResult = _map.TokenMapResult
+
+
+def vocab_health(
+    model: str | LanguageModel | None = None,
+    *,
+    n_verify: int = 300,
+    map_points: int = 5000,
+    gh_cluster_size: int = 200,
+    gh_sample: int = 4,
+    steps: int = 3,
+    seed: int = 0,
+    db: DbArg = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+) -> _vocab.VocabHealthResult:
+    """Under-trained and glitch tokens over the whole vocabulary of `model`: the Magikarp tokenizer
+    analysis and indicators, verification of the `n_verify` top suspects by prompting, a
+    GlitchHunter-style clustering detector, their agreement, and a UMAP of the unembedding.
+    Returns a `VocabHealthResult`; `.to_dict()` is the CLI's JSON (summary + verified suspects)."""
+    settings = settings or Settings.from_env()
+    params = _vocab.VocabParams(
+        n_verify=int(n_verify),
+        map_points=int(map_points),
+        gh_cluster_size=int(gh_cluster_size),
+        gh_sample=int(gh_sample),
+        steps=int(steps),
+        seed=int(seed),
+    )
+    params.validate()
+    lm = get_model(model, settings, progress)
+    return run_cached(
+        _vocab.VocabHealthResult.kind,
+        model_id=lm.model_id,
+        weight_hash=lm.weight_hash,
+        prompt="",
+        params=params.to_json(),
+        compute=lambda: _vocab.vocab_health(
+            lm, params=params, cache_dir=settings.cache_dir, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
+VocabHealthResult = _vocab.VocabHealthResult
+
+
+def microscope(
+    model: str | LanguageModel | None,
+    prompt: str,
+    *,
+    db: DbArg = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+) -> _micro.MicroscopeResult:
+    """LLM-Microscope measures of `prompt` per layer and token: token-level non-linearity, a
+    contextualisation proxy, intrinsic dimension per layer, and the paper's logit lens next to ours.
+    Returns a `MicroscopeResult`; `.to_dict()` is the CLI's JSON."""
+    settings = settings or Settings.from_env()
+    if prompt is None or not prompt.strip():
+        from explorer.errors import InputError
+
+        raise InputError("the prompt is empty: type some text to analyse")
+    lm = get_model(model, settings, progress)
+    return run_cached(
+        _micro.MicroscopeResult.kind,
+        model_id=lm.model_id,
+        weight_hash=lm.weight_hash,
+        prompt=prompt,
+        params={
+            "reference_tokens": _micro.REFERENCE_TOKENS,
+            "prefix_window": _micro.PREFIX_WINDOW,
+            "max_tokens": settings.max_prompt_tokens,
+        },
+        compute=lambda: _micro.microscope(
+            lm, prompt, max_tokens=settings.max_prompt_tokens, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
+MicroscopeResult = _micro.MicroscopeResult
+
+
+def inspect_tokenizers(
+    text: str,
+    tokenizers: Sequence[str] = _tok.EMBEDDED_TOKENIZERS,
+    *,
+    db: DbArg = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+) -> _tok.TokenizerResult:
+    """How `text` splits under each of `tokenizers` (embedded names, hub ids or local dirs), side by
+    side: ids, pieces, character spans, byte fallback, partial UTF-8 and special tokens, the chat
+    template applied, token counts and the token premium relative to the first tokenizer."""
+    settings = settings or Settings.from_env()
+    names = [n.strip() for n in tokenizers if n and n.strip()]
+    _tok.validate(text, names)
+    named = [(n, _tok.load_tokenizer(n, settings)) for n in names]
+    return run_cached(
+        _tok.TokenizerResult.kind,
+        model_id=",".join(names),
+        weight_hash=",".join(_tok.tokenizer_fingerprint(t) for _, t in named),
+        prompt=text,
+        params={},
+        compute=lambda: _tok.inspect(text, named),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
+TokenizerResult = _tok.TokenizerResult
+
+__all__ = [
+    "MicroscopeResult",
+    "TokenizerResult",
+    "inspect_tokenizers",
+    "TokenMapResult",
+    "VocabHealthResult",
+    "map_scores",
+    "microscope",
+    "token_map",
+    "vocab_health",
+]

@@ -1,0 +1,202 @@
+"""Token atlas, section "Map of token states": UMAP / PCA of hidden states, layer slider, colours,
+hover with context, lasso selection listing tokens, and one token's trajectory across layers."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gradio as gr
+
+from explorer import atlas_api
+from explorer.analysis.atlas.token_map import TokenMapResult
+from explorer.models.loading import EMBEDDED_LMS
+from explorer.plots import atlas as atlas_plots
+from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+
+BUILTIN_COLOURS = ["layer", "position", "token_type", "modality", "norm", "prompt"]
+EXAMPLE = "The quick brown fox jumps over the lazy dog. Then, the dog sleeps; the fox runs away."
+EXPLAIN = """Each point is one token's hidden state (the residual stream) at one layer. **All layers** fits
+*one* map over every (layer, token) point, so the layer slider moves through one coordinate system and a
+token's path across the layers is a trajectory on it. UMAP uses the **cosine** metric (residual norms grow with
+depth; direction is compared); PCA (of the unit-normalised vectors) is there for comparison. A fitted map is
+stored with its run: the same request is served from the store, never refitted. Lasso points (the map's
+default drag mode) and press *List selected* to list their tokens."""
+
+SELECTION_JS = """() => {
+  const gd = document.querySelector('#atlas-map .js-plotly-plot');
+  if (!gd || !gd.data) return '';
+  const out = [];
+  gd.data.forEach((t, k) => {
+    const full = (gd._fullData || []).find(f => f.index === k);
+    if (!t.selectedpoints || !full || !full.customdata) return;
+    for (const i of t.selectedpoints) { const c = full.customdata[i]; if (c) out.push(c[0]); }
+  });
+  return out.join(',');
+}"""
+
+
+def summary_markdown(r: TokenMapResult) -> str:
+    where = "all layers, one aligned fit" if r.layer_mode == "all" else f"layer {r.layer_mode}"
+    lines = [
+        f"**Run** `{r.run_id}` · model `{r.model}` · {r.method.upper()} of {r.n_points} points ({where}) · "
+        f"{len(r.prompts)} prompt(s) · fit {float(r.fit.get('fit_seconds', 0.0)):.1f} s · total {r.seconds:.1f} s"
+    ]
+    lines += [f"\n> ℹ️ {note}" for note in r.notes]
+    return "\n".join(lines)
+
+
+def with_view(r: TokenMapResult, **view: Any) -> TokenMapResult:
+    return dataclasses.replace(r, view={**r.view, **view})
+
+
+def trajectory_choices(r: TokenMapResult) -> list[tuple[str, str]]:
+    out = [("none", "")]
+    for pi, tokens in enumerate(r.tokens):
+        prefix = f"p{pi} " if len(r.tokens) > 1 else ""
+        out += [(f"{prefix}{pos}: {tok!r}", f"{pi}:{pos}") for pos, tok in enumerate(tokens)]
+    return out
+
+
+def rows_table(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[r["prompt"], r["position"], r["layer"], r["token"], r["token_type"], r["context"]] for r in rows]
+
+
+TABLE_HEADERS = ["prompt", "position", "layer", "token", "type", "context"]
+
+
+def build(ctx: UIContext) -> None:
+    state = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, value=EXAMPLE)
+            per_line = gr.Checkbox(value=False, label="Each line is a separate prompt (a small data set)")
+        with gr.Column(scale=2):
+            model = gr.Dropdown(
+                choices=sorted(EMBEDDED_LMS),
+                value=ctx.settings.default_model,
+                allow_custom_value=True,
+                label="Model (embedded name, hub id or local dir)",
+            )
+            with gr.Row():
+                layer = gr.Dropdown(
+                    choices=["all", "0", "-1"],
+                    value="all",
+                    allow_custom_value=True,
+                    label="Layer (all = one aligned map; 0 = embeddings; negative from the end)",
+                )
+                method = gr.Radio(["umap", "pca"], value="umap", label="Projection")
+            with gr.Row():
+                n_neighbors = gr.Slider(2, 100, value=15, step=1, label="UMAP neighbours")
+                min_dist = gr.Slider(0.0, 1.0, value=0.1, step=0.05, label="UMAP min_dist")
+            run = gr.Button("Map token states", variant="primary")
+    summary = gr.Markdown()
+    gr.Markdown(EXPLAIN)
+    with gr.Row():
+        colour = gr.Dropdown(choices=BUILTIN_COLOURS, value="layer", label="Colour by (or a stored score)")
+        focus_all = gr.Checkbox(value=True, label="Show all layers")
+        focus = gr.Slider(0, 1, value=0, step=1, label="Layer shown (uncheck 'Show all layers')")
+        trajectory = gr.Dropdown(choices=[("none", "")], value="", label="Trajectory of token")
+    plot = gr.Plot(label="Map", elem_id="atlas-map")
+    export_controls(state, "map", "Export map")
+    with gr.Row():
+        list_selected = gr.Button("List selected (lasso) points", size="sm")
+        search = gr.Textbox(label="Find tokens (substring)", scale=2)
+    selection = gr.Textbox(visible=False, elem_id="atlas-map-selection")
+    selected = gr.Dataframe(headers=TABLE_HEADERS, label="Points", interactive=False, wrap=True)
+
+    def _prompts(text: str, split: bool) -> list[str]:
+        return [line for line in (text or "").splitlines() if line.strip()] if split else [text or ""]
+
+    def _layer(value: str | None) -> int | None:
+        text = (value or "all").strip()
+        if text == "all":
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            from explorer.errors import InputError
+
+            raise InputError(f"layer must be 'all' or an integer, got {text!r}") from None
+
+    @user_errors
+    def on_run(
+        text: str,
+        split: bool,
+        model_v: str,
+        layer_v: str,
+        method_v: str,
+        nn_v: float,
+        md_v: float,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[Any, ...]:
+        result = atlas_api.token_map(
+            model_v or None,
+            _prompts(text, split),
+            layer=_layer(layer_v),
+            method=method_v,
+            n_neighbors=int(nn_v),
+            min_dist=float(md_v),
+            settings=ctx.settings,
+            progress=progress_fn(progress),
+        )
+        scores = atlas_api.map_scores(result, db=ctx.store())
+        result = with_view(result, colour="layer", layer=None, trajectory=None, scores=scores)
+        layers = result.layers
+        return (
+            result,
+            summary_markdown(result),
+            atlas_plots.token_map_figure(result),
+            gr.Dropdown(choices=BUILTIN_COLOURS + sorted(scores), value="layer"),
+            gr.Checkbox(value=True),
+            gr.Slider(minimum=layers[0], maximum=max(layers[-1], layers[0] + 1), value=layers[0], step=1),
+            gr.Dropdown(choices=trajectory_choices(result), value=""),
+        )
+
+    run.click(
+        on_run,
+        inputs=[prompt, per_line, model, layer, method, n_neighbors, min_dist],
+        outputs=[state, summary, plot, colour, focus_all, focus, trajectory],
+        api_name="token_map",
+    )
+
+    @user_errors
+    def redraw(
+        r: TokenMapResult | None, colour_v: str, all_v: bool, focus_v: float, traj_v: str
+    ) -> tuple[Any, ...]:
+        if r is None:
+            return gr.skip(), gr.skip()
+        pi, pos = (int(v) for v in traj_v.split(":")) if traj_v else (0, None)
+        r = with_view(
+            r,
+            colour=colour_v or "layer",
+            layer=None if all_v else int(focus_v),
+            trajectory=pos,
+            prompt_index=pi,
+        )
+        return r, atlas_plots.token_map_figure(r)
+
+    io = ([state, colour, focus_all, focus, trajectory], [state, plot])
+    colour.input(redraw, *io, api_visibility="private")
+    focus_all.input(redraw, *io, api_visibility="private")
+    focus.release(redraw, *io, api_visibility="private")
+    trajectory.input(redraw, *io, api_visibility="private")
+
+    list_selected.click(None, None, [selection], js=SELECTION_JS, api_visibility="private")
+
+    @user_errors
+    def on_selection(r: TokenMapResult | None, text: str) -> Any:
+        if r is None or not text:
+            return gr.skip()
+        return rows_table(r.select([int(v) for v in text.split(",") if v.strip().lstrip("-").isdigit()]))
+
+    selection.change(on_selection, [state, selection], [selected], api_visibility="private")
+
+    @user_errors
+    def on_search(r: TokenMapResult | None, query: str) -> Any:
+        if r is None or not query:
+            return gr.skip()
+        hits = [i for i, tok in enumerate(r.token) if query in tok][:500]
+        return rows_table(r.select(hits))
+
+    search.submit(on_search, [state, search], [selected], api_visibility="private")

@@ -1,0 +1,143 @@
+"""Token atlas, section "Vocabulary health": under-trained and glitch tokens of the whole vocabulary
+(Magikarp indicators + tokenizer analysis, verification by prompting, GlitchHunter-style clustering),
+a searchable UMAP of the unembedding and the table of suspects."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gradio as gr
+
+from explorer import atlas_api
+from explorer.analysis.atlas.vocab import VocabHealthResult
+from explorer.models.loading import EMBEDDED_LMS
+from explorer.plots import atlas as atlas_plots
+from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+
+EXPLAIN = """**Two detectors, both checked by prompting.** *Magikarp* (Land & Bartolo 2024): tokens whose
+unembedding row points the same way as known-unused tokens' (cosine distance after removing the first principal
+component; low = suspicious), next to the input-embedding norm; the top suspects that round-trip through the
+tokenizer are **verified** by asking the model to repeat them (verified = its highest probability of
+reproducing the token is ≤ 0.1). *GlitchHunter-style* (Li et al. 2024): cluster the embeddings, screen each
+cluster by verifying a few of its tokens, keep significantly glitchy clusters, refine. The tokenizer analysis
+lists partial UTF-8 byte tokens, tokens that do not round-trip, and unreachable ids. The first run on a model
+takes minutes (it prompts the model hundreds of times); it is stored and reopens instantly."""
+
+SUSPECT_HEADERS = [
+    "id",
+    "token",
+    "indicator",
+    "embedding norm",
+    "max p(repeat)",
+    "status",
+    "output",
+    "GlitchHunter",
+]
+
+
+def summary_markdown(r: VocabHealthResult) -> str:
+    s = r.summary
+    tk, mk, gh, ag = s["tokenizer"], s["magikarp"], s["glitchhunter"], s["agreement"]
+    jac = "–" if ag["jaccard"] is None else f"{ag['jaccard']:.2f}"
+    lines = [
+        f"**Run** `{r.run_id}` · model `{r.model}` · {s['n_tokens']} tokens · {r.seconds:.0f} s",
+        "",
+        f"**Tokenizer:** {tk['ok']} round-trip · {tk['special']} special · {tk['partial_utf8']} partial UTF-8 · "
+        f"{tk['not_round_trip']} other non-round-trip · {tk['unreachable']} unreachable · "
+        f"{tk['no_string']} rows with no token string.",
+        f"**Reference (known unused):** {s['reference']['n']} tokens — {s['reference']['source']}.",
+        f"**Magikarp:** {mk['verified']} of {mk['candidates']} candidates verified under-trained "
+        f"({mk['strong_verified']} strongly, p < 0.001).",
+        f"**GlitchHunter-style:** {gh['flagged']} tokens flagged in "
+        f"{sum(r_['kept_clusters'] for r_ in gh['rounds'][-1:])} clusters; {gh['verified']} of {gh['checked']} "
+        "checked verify.",
+        f"**Agreement:** both {ag['both']} · Magikarp only {ag['magikarp_only']} · GlitchHunter only "
+        f"{ag['glitchhunter_only']} · Jaccard {jac}.",
+    ]
+    lines += [f"\n> ℹ️ {note}" for note in r.notes]
+    return "\n".join(lines)
+
+
+def suspects_rows(r: VocabHealthResult, query: str = "") -> list[list[Any]]:
+    rows = []
+    for s in r.suspects():
+        if query and query not in (s["token"] or ""):
+            continue
+        prob = s["max_prob"]
+        rows.append(
+            [
+                s["token_id"],
+                repr(s["token"]),
+                round(float(s["indicator"]), 4),
+                round(float(s["embed_norm"]), 4),
+                None if prob is None else float(f"{prob:.3g}"),
+                s["status"],
+                repr(s["output"]),
+                "yes" if s["gh_flag"] else "",
+            ]
+        )
+    return rows
+
+
+def build(ctx: UIContext) -> None:
+    state = gr.State(None)
+    with gr.Row():
+        model = gr.Dropdown(
+            choices=sorted(EMBEDDED_LMS),
+            value=ctx.settings.default_model,
+            allow_custom_value=True,
+            label="Model (embedded name, hub id or local dir)",
+            scale=2,
+        )
+        n_verify = gr.Slider(10, 1000, value=300, step=10, label="Suspects to verify")
+        map_points = gr.Slider(
+            0, 20000, value=5000, step=500, label="Points in the vocabulary map (0 = none)"
+        )
+        run = gr.Button("Check the vocabulary", variant="primary")
+    gr.Markdown(EXPLAIN)
+    summary = gr.Markdown()
+    with gr.Row():
+        colour = gr.Dropdown(choices=list(atlas_plots.VOCAB_COLOURS), value="indicator", label="Colour by")
+        search = gr.Textbox(label="Search tokens (substring; marks them on the map and filters the table)")
+    atlas_plot = gr.Plot(label="Vocabulary atlas", elem_id="atlas-vocab-map")
+    export_controls(state, "atlas", "Export vocabulary atlas")
+    suspects = gr.Dataframe(headers=SUSPECT_HEADERS, label="Top suspects (lowest indicator first)", wrap=True)
+    indicator_plot = gr.Plot(label="Indicators", elem_id="atlas-vocab-indicators")
+    export_controls(state, "indicators", "Export indicators")
+
+    @user_errors
+    def on_run(
+        model_v: str, n_v: float, points_v: float, progress: gr.Progress = gr.Progress()
+    ) -> tuple[Any, ...]:
+        result = atlas_api.vocab_health(
+            model_v or None,
+            n_verify=int(n_v),
+            map_points=int(points_v),
+            settings=ctx.settings,
+            progress=progress_fn(progress),
+        )
+        return (
+            result,
+            summary_markdown(result),
+            atlas_plots.vocab_atlas_figure(result),
+            suspects_rows(result),
+            atlas_plots.indicator_figure(result),
+        )
+
+    run.click(
+        on_run,
+        inputs=[model, n_verify, map_points],
+        outputs=[state, summary, atlas_plot, suspects, indicator_plot],
+        api_name="vocab_health",
+    )
+
+    @user_errors
+    def redraw(r: VocabHealthResult | None, colour_v: str, query: str) -> tuple[Any, ...]:
+        if r is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        r = dataclasses.replace(r, view={"colour": colour_v, "search": query or ""})
+        return r, atlas_plots.vocab_atlas_figure(r), suspects_rows(r, query or "")
+
+    colour.input(redraw, [state, colour, search], [state, atlas_plot, suspects], api_visibility="private")
+    search.submit(redraw, [state, colour, search], [state, atlas_plot, suspects], api_visibility="private")

@@ -1,0 +1,43 @@
+"""The Token atlas tab: it builds with its four sections, and its helpers render real results."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from explorer import atlas_api
+
+
+def test_tab_builds_with_sections(settings) -> None:
+    from explorer.ui.app import build_demo
+
+    demo = build_demo(settings)
+    config = demo.get_config_file()
+    labels = {c.get("props", {}).get("label") for c in config["components"]}
+    assert {
+        "Token atlas",
+        "Map of token states",
+        "Vocabulary health",
+        "LLM-Microscope",
+        "Tokenizer inspector",
+    } <= labels
+    names = {d.get("api_name") for d in config["dependencies"]}
+    assert {"token_map", "vocab_health", "microscope", "inspect_tokenizers"} <= names
+
+
+def test_map_helpers(tiny_llama) -> None:
+    from explorer.plots import atlas as plots
+    from explorer.ui import atlas_map
+
+    r = atlas_api.token_map(tiny_llama, ["a cat sat", "the dog ran"], method="pca", db=False)
+    choices = atlas_map.trajectory_choices(r)
+    assert choices[0] == ("none", "") and len(choices) == 1 + sum(len(t) for t in r.tokens)
+    assert "PCA" in atlas_map.summary_markdown(r)
+    viewed = atlas_map.with_view(r, colour="prompt", layer=2, trajectory=1, prompt_index=1)
+    fig = plots.token_map_figure(viewed)  # the export path: view choices come from the result
+    assert any(t.name == "prompt 1" for t in fig.data) and any(
+        (t.name or "").startswith("path of") for t in fig.data
+    )
+    rows = atlas_map.rows_table(r.select([0, 1]))
+    assert len(rows) == 2 and rows[0][3] == r.token[0]
+    scored = atlas_map.with_view(r, colour="s", scores={"s": np.arange(r.n_points, dtype=float)})
+    assert plots.token_map_figure(scored).data[-1].marker.showscale
