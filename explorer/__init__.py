@@ -43,6 +43,7 @@ __all__ = [
 _LAZY = {
     "attribute": "explorer.attribution_api",
     "attribute_generation": "explorer.attribution_api",
+    "attribute_image": "explorer.attribution_api",
     "attention": "explorer.attention_api",
     "attention_image": "explorer.attention_api",
     "prune": "explorer.pruning_api",

@@ -23,6 +23,7 @@ from explorer.analysis.attribution import (
     run_generation,
     split_params,
 )
+from explorer.analysis.vlm_attribution import VLMAttributionParams, VLMAttributionResult
 from explorer.api import CachedRequest, DbArg, get_model, open_store, run_cached, run_cached_many
 from explorer.config import Settings
 from explorer.errors import InputError
@@ -41,6 +42,62 @@ def _scaled(progress: ProgressFn | None, start: float, stop: float) -> ProgressF
     return report
 
 
+def attribute_image(
+    model: Any,
+    prompt: str,
+    image: Any,
+    target: str | None = None,
+    method: str = "occlusion",
+    seed: int = 0,
+    db: DbArg = None,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    progress: ProgressFn | None = None,
+    use_cache: bool = True,
+    contrast: str | None = None,
+    generate: int = 0,
+    **params: Any,
+) -> VLMAttributionResult:
+    """Attribute a VLM's answer to the image patches (see `attribute`, with `image`)."""
+    import dataclasses
+
+    from explorer import vlm_api
+    from explorer.backends.language import LanguageModel
+
+    settings = settings or Settings.from_env()
+    if isinstance(model, LanguageModel):  # names of text-only models are refused by resolve_vlm
+        raise InputError(f"{model.model_id!r} is a text-only language model and cannot take an image")
+    if contrast:
+        raise InputError("contrastive attribution is not supported with an image")
+    if generate:
+        raise InputError(
+            "with an image, set the answer length with answer_tokens (--answer-tokens), not generate"
+        )
+    known = {f.name for f in dataclasses.fields(VLMAttributionParams)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InputError(f"unknown parameter(s) for image attribution: {unknown}; known: {sorted(known)}")
+    vparams = VLMAttributionParams(
+        **{
+            **params,
+            "method": "occlusion" if method in (None, "all") else method,
+            "target": target or None,
+            "seed": int(seed),
+        }
+    )
+    return vlm_api.vlm_attribute(
+        model,
+        prompt,
+        image,
+        params=vparams,
+        db=db,
+        use_cache=use_cache,
+        settings=settings,
+        dtype=dtype,
+        progress=progress,
+    )
+
+
 def attribute(
     model: Any,
     prompt: str,
@@ -54,8 +111,9 @@ def attribute(
     dtype: str | None = None,
     progress: ProgressFn | None = None,
     use_cache: bool = True,
+    image: Any = None,
     **method_params: Any,
-) -> AttributionResult | AttributionComparison | GenerationAttributionResult:
+) -> AttributionResult | AttributionComparison | GenerationAttributionResult | VLMAttributionResult:
     """Attribute `target` (the text the model should produce after `prompt`) to the prompt tokens.
 
     model: embedded name ("smollm2-135m"), hub id, local dir, or a loaded `LanguageModel`.
@@ -66,8 +124,31 @@ def attribute(
     method_params: parameters of the method(s), e.g. ReAGent's `num_probes`, `max_steps`,
     `replacement` ('auto' | 'causal' | 'mlm' | 'uniform'), `mlm_model`; IG's `n_steps`;
     faithfulness: `soft_samples`, `hard_fraction`.
+
+    image: a path, bytes or PIL image for a vision-language model (default model "tiny-vlm"):
+    the answer (`target`, or the greedy answer of `answer_tokens` tokens) is attributed to the
+    image patches; method "occlusion" (default with an image) or "reagent", `baseline` "mean" or
+    "blur"; returns a `VLMAttributionResult` (kind "vlm_attribution", see
+    explorer.analysis.vlm_attribution for every parameter).
     """
     settings = settings or Settings.from_env()
+    if image is not None:
+        return attribute_image(
+            model,
+            prompt,
+            image,
+            target=target,
+            method=method,
+            seed=seed,
+            db=db,
+            settings=settings,
+            dtype=dtype,
+            progress=progress,
+            use_cache=use_cache,
+            contrast=contrast,
+            generate=generate,
+            **method_params,
+        )
     if generate:
         return attribute_generation(
             model,

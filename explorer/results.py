@@ -73,6 +73,7 @@ RESULT_MODULES = (
     "explorer.analysis.pruning",
     "explorer.analysis.pruning.text",
     "explorer.vlm.lens",
+    "explorer.analysis.vlm_attribution",
     "explorer.analysis.atlas.token_map",
     "explorer.analysis.atlas.vocab",
     "explorer.analysis.atlas.microscope",

@@ -146,3 +146,39 @@ def visual_tokens(
         store=open_store(db, settings),
         use_cache=use_cache,
     )
+
+
+def vlm_attribute(
+    model: str | VisionLanguageModel | None,
+    prompt: str,
+    image: ImageInput | None,
+    *,
+    params: Any,
+    db: Any = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """Attribution of the VLM's answer to the image patches; stored as kind "vlm_attribution"."""
+    from explorer.analysis.vlm_attribution import VLMAttributionResult, vlm_attribution
+    from explorer.api import open_store, run_cached
+
+    settings = settings or Settings.from_env()
+    params.validate()
+    if image is None:
+        raise InputError("image attribution needs an image (--image PATH)")
+    picture = open_image(image, settings)
+    vlm = resolve_vlm(model, settings, progress, dtype)
+    return run_cached(
+        VLMAttributionResult.kind,
+        model_id=vlm.model_id,
+        weight_hash=vlm.weight_hash,
+        prompt=prompt,
+        params={**params.to_json(), "image": image_digest(picture), "max_tokens": settings.max_prompt_tokens},
+        compute=lambda: vlm_attribution(
+            vlm, prompt, picture, params, max_tokens=settings.max_prompt_tokens, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )

@@ -57,6 +57,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="ReAGent: cap n at this share of the prompt (default 0.5; 1.0 = the paper)",
     )
     p.add_argument("--n-steps", type=int, default=None, help="integrated gradients steps (default 32)")
+    p.add_argument(
+        "--image",
+        default=None,
+        metavar="PATH",
+        help="attribute a VLM's answer to the image patches (default model tiny-vlm; method occlusion or reagent)",
+    )
+    p.add_argument(
+        "--baseline", choices=("mean", "blur"), default=None, help="with --image: patch replacement"
+    )
+    p.add_argument(
+        "--answer-tokens", type=int, default=None, help="with --image and no --target: greedy answer length"
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute even if the run is stored")
     return p
 
@@ -78,6 +90,27 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | list[d
     from explorer.analysis.attribution import ATTRIBUTION_METHODS
     from explorer.attribution_api import attribute
 
+    if args.image is not None:
+        from explorer.attribution_api import attribute_image
+
+        extra = {
+            k: getattr(args, k)
+            for k in ("baseline", "answer_tokens", *PARAM_FLAGS[2:8])
+            if getattr(args, k) is not None
+        }
+        return attribute_image(
+            args.model,
+            args.prompt,
+            args.image,
+            target=args.target,
+            method="occlusion" if args.method == "reagent" and "--method" not in _argv() else args.method,
+            seed=args.seed,
+            settings=settings,
+            use_cache=not args.no_cache,
+            contrast=args.contrast,
+            generate=args.generate,
+            **extra,
+        ).to_dict()
     params = {k: getattr(args, k) for k in PARAM_FLAGS if getattr(args, k) is not None}
     if args.method != "all" and args.method in ATTRIBUTION_METHODS:
         accepted = ATTRIBUTION_METHODS[args.method].param_names()
@@ -95,3 +128,9 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | list[d
         **params,
     )
     return result.to_dict()
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv
