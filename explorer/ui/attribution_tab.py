@@ -167,6 +167,8 @@ def run_attribution(
     )
     if isinstance(result, GenerationAttributionResult):
         raise InputError("use the generation section for per-step attribution")
+    if not isinstance(result, AttributionResult | AttributionComparison):
+        raise InputError("image attribution is in the CLI and API (explorer attribute --image)")
     references: list[AttributionResult] = []
     if isinstance(result, AttributionResult) and result.method != REFERENCE_METHOD:
         reference = attribute(
