@@ -64,9 +64,9 @@ def text_heatmap(result: AttributionResult, tokens_per_row: int = TOKENS_PER_ROW
             colorbar={"title": {"text": "importance<br>(min-max)"}},
         )
     )
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_xaxes(title_text="tokens in reading order", showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(
-        title_text="row" if rows > 1 else "",
+        title_text="row",
         tickvals=list(range(rows)),
         ticktext=[str(r + 1) for r in range(rows)] if rows > 1 else [""],
         autorange="reversed",

@@ -27,6 +27,7 @@ VOLATILE_KEYS = frozenset(
         "created",
         "duration_s",
         "scoring_seconds",
+        "unpruned_seconds",
         "time_ratio",
     }
 )

@@ -28,11 +28,12 @@ INTENDED_CHANGES: dict[str, list[str]] = {
     ],
     # fix 5: every strategy is charged exactly what its scoring runs (text: attribution passes,
     # self-information's forward pass; image: no probe for random/uniform), split out per row
-    "prune_text": [r"\$\.rows\[\d+\]\.(flops_ratio|scoring_flops_ratio)"],
+    # fix 3 too: FastV's two scoring rules, each truthfully labelled
+    "prune_text": [r"\$\.rows\[\d+\]\.(flops_ratio|scoring_flops_ratio)", r"\$\.deviations\.fastv"],
     "prune_image": [r"\$\.rows\[\d+\]\.(flops_ratio|scoring_flops_ratio)"],
     # fix 6: ReAGent replaces by the argmax (candidates = 1) and lists its deviations
     "attribute": [
-        r"\$\[0\]\.(scores|faithfulness|params|details|deviations)",
+        r"\$\[0\]\.(scores|faithfulness|params|details|deviations|notes)",
         r"\$\.results\[0\]\.(scores|faithfulness|params|details|deviations)",
         r"\$.*\.deviations",
     ],

@@ -316,6 +316,8 @@ def set_slider(page: Any, label: str, value: float) -> None:
     box = page.get_by_label(f"number input for {label}").filter(visible=True)
     box.fill(str(value))
     box.press("Enter")
+    box.blur()  # Gradio commits a slider's number box on blur
+    page.wait_for_timeout(300)
 
 
 def few_reagent_steps(page: Any) -> None:

@@ -72,11 +72,11 @@ def test_vlm_example_shows_the_patch_lens(vlm_app_url, tmp_path) -> None:
             "() => { const el = document.querySelector('#lens-patches .js-plotly-plot');"
             " const h = el._fullData.find(d => d.type === 'heatmap');"
             " return {rows: h.z.length, cols: h.z[0].length, w: el.offsetWidth, h: el.offsetHeight,"
-            " frames: (el._transitionData && el._transitionData._frames || []).length}; }"
+            " steps: (el.layout.sliders && el.layout.sliders[0].steps || []).length}; }"
         )
         assert (info["rows"], info["cols"]) == (8, 8)
         assert info["w"] > 200 and info["h"] > 200, info
-        assert info["frames"] == 31  # one per layer: 30 blocks + the embeddings
+        assert info["steps"] == 31  # the layer slider: 30 blocks + the embeddings
         surf = page.evaluate(
             "() => { const el = document.querySelector('#lens-surfacing .js-plotly-plot');"
             " return el ? [el.offsetWidth, el.offsetHeight, el._fullData.length] : null; }"
