@@ -64,7 +64,9 @@ def text_heatmap(result: AttributionResult, tokens_per_row: int = TOKENS_PER_ROW
             colorbar={"title": {"text": "importance<br>(min-max)"}},
         )
     )
-    fig.update_xaxes(title_text="tokens in reading order", showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_xaxes(
+        title_text="tokens in reading order", showticklabels=False, showgrid=False, zeroline=False
+    )
     fig.update_yaxes(
         title_text="row",
         tickvals=list(range(rows)),
