@@ -364,6 +364,8 @@ def test_attribution_all_methods_renders(app_url, browser, tmp_path) -> None:
     page = app.page
     app.tab("Attribution")
     page.get_by_text("The capital of France is", exact=True).filter(visible=True).first.click()  # 'all'
+    target = page.get_by_label("Target (mind the leading space: ' Paris')")
+    expect(target).to_have_value(" Paris", timeout=30_000)  # the example has filled the form
     page.get_by_role("button", name="Attribute", exact=True).click()
     app.assert_visible(ATTRIBUTION_FIGURES)
     methods = page.evaluate(
