@@ -45,6 +45,7 @@ from explorer.backends.loading import (
 )
 from explorer.config import Settings
 from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
+from explorer.model_policy import admit_model, load_errors_hidden
 from explorer.progress import ProgressFn, no_progress
 
 ResizeMode = Literal["letterbox", "stretch", "center_crop"]
@@ -540,8 +541,10 @@ def load_vision_model(
     dev = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype if dtype is not None else settings.dtype, dev)
     prog = progress or no_progress
-    vm: VisionModel = MODEL_CACHE.get(
-        ("vision:" + name, str(dev), dtype_name(torch_dtype)),
-        lambda: _load_vision(name, settings, dev, torch_dtype, prog),
-    )
+    with load_errors_hidden(name, settings):
+        name = admit_model(name, EMBEDDED_VISION_MODELS)  # the host's allow-list; one spelling per dir
+        vm: VisionModel = MODEL_CACHE.get(
+            ("vision:" + name, str(dev), dtype_name(torch_dtype)),
+            lambda: _load_vision(name, settings, dev, torch_dtype, prog),
+        )
     return vm

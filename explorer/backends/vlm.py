@@ -33,6 +33,7 @@ from explorer.backends.loading import MODEL_CACHE
 from explorer.backends.trace import Trace
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.model_policy import admit_model, load_errors_hidden
 from explorer.progress import ProgressFn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "vlm" / "weights"  # the shipped demo VLM
@@ -368,7 +369,7 @@ def load_vlm(
     `dtype` ("auto", "float32", "float16", "bfloat16") applies to the demo VLM's language
     model (the vision encoder and projector stay in float32); hub VLMs load in "auto"."""
     settings = settings or Settings.from_env()
-    name = (name_or_path or TINY_VLM).strip()
+    name = admit_model((name_or_path or TINY_VLM).strip(), {TINY_VLM})  # the host's allow-list
     if name == TINY_VLM:
         w = weights or WEIGHTS_DIR
         key = ("vlm:" + name, str(w), str(dtype or "auto"))
@@ -377,7 +378,8 @@ def load_vlm(
         raise InputError(f"dtype {dtype!r}: hub vision-language models load in 'auto' only (float16 on CUDA)")
     from explorer.backends.vlm_hub import load_hub_vlm
 
-    return MODEL_CACHE.get(("vlm:" + name, "auto"), lambda: load_hub_vlm(name, settings, progress))  # type: ignore[no-any-return]
+    with load_errors_hidden(name, settings):
+        return MODEL_CACHE.get(("vlm:" + name, "auto"), lambda: load_hub_vlm(name, settings, progress))  # type: ignore[no-any-return]
 
 
 def is_vlm_name(name: str | None) -> bool:
