@@ -94,11 +94,14 @@ def not_available(name: str) -> NotAnAvailableModel:
     return NotAnAvailableModel(f"{shown!r} is not an available model{hint}")
 
 
-def admit_model(name: str, embedded: Collection[str] = ()) -> str:
-    """The canonical name of `name` if the host allows it; otherwise ModelNotAvailableError."""
+def admit_model(name: str, embedded: Collection[str] = (), *, check_allowed: bool = True) -> str:
+    """The canonical name of `name` if the host allows it; otherwise ModelNotAvailableError.
+
+    `check_allowed=False` only canonicalises: for a part of a model the host already admitted
+    (the demo VLM's text model and vision encoder), never for a name a user typed."""
     canonical = canonical_model_name(name, embedded)
     patterns = allowed_patterns()
-    if patterns is None:
+    if patterns is None or not check_allowed:
         return canonical
     if any(_matches(canonical, p, embedded) for p in patterns):
         return canonical
@@ -131,24 +134,36 @@ def memory_budget_bytes() -> int:
 
 def model_bytes(value: Any) -> int:
     """Bytes of parameters and buffers of a cached model: a module, or a backend holding modules
-    (`hf_model`, `model`, `backbone`, `decoder`); tied weights count once."""
+    (`hf_model`, `model`, `backbone`, `decoder`, or a backend in `lm`, as a VLM holds its text
+    model); tied and shared weights count once."""
     import torch
 
-    modules = [value] if isinstance(value, torch.nn.Module) else []
-    for attr in ("hf_model", "model", "backbone", "decoder"):
-        part = getattr(value, attr, None)
-        if isinstance(part, torch.nn.Module):
-            modules.append(part)
+    modules: list[torch.nn.Module] = []
+    pending, seen = [value], set()
+    while pending:
+        item = pending.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.nn.Module):
+            modules.append(item)
+            continue
+        pending.extend(
+            getattr(item, attr, None) for attr in ("hf_model", "model", "backbone", "decoder", "lm")
+        )
     tensors = {id(t): t for m in modules for t in [*m.parameters(), *m.buffers()]}
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 class ModelLRU:
     """key -> loaded model, each loaded once even under concurrency; least recently used models
-    are dropped while the total exceeds the memory budget (the newest always stays)."""
+    are dropped while the total exceeds the memory budget or the cache holds more than
+    `max_entries` (tokenizers weigh almost nothing, yet each spelling must not stay forever);
+    the newest always stays."""
 
-    def __init__(self, budget: Callable[[], int] = memory_budget_bytes) -> None:
+    def __init__(self, budget: Callable[[], int] = memory_budget_bytes, max_entries: int = 32) -> None:
         self._budget = budget
+        self._max_entries = max_entries
         self._models: OrderedDict[tuple[str, ...], tuple[Any, int]] = OrderedDict()
         self._locks: dict[tuple[str, ...], threading.Lock] = {}
         self._guard = threading.Lock()
@@ -175,7 +190,7 @@ class ModelLRU:
         budget = self._budget()
         total = sum(size for _, size in self._models.values())
         for key in list(self._models):
-            if total <= budget:
+            if total <= budget and len(self._models) <= self._max_entries:
                 break
             if key == keep:
                 continue

@@ -547,13 +547,15 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     progress: ProgressFn | None = None,
+    check_allowed: bool = True,
 ) -> LanguageModel:
     """Load (once per process and dtype) a causal LM by embedded name, hub id or local directory.
 
     Eager attention is forced so attention weights can be returned; CUDA is used when
     available. `dtype`: "auto" (default: float16 on CUDA, float32 on CPU), "float32", "float16"
     or "bfloat16". Raises `ModelNotAvailableError` with a clear message when the model cannot
-    be loaded here, `InputError` for an unknown dtype.
+    be loaded here, `InputError` for an unknown dtype. The host's allow-list
+    (EXPLORER_ALLOWED_MODELS) applies unless `check_allowed=False` (a part of an admitted model).
     """
     settings = settings or Settings.from_env()
     name = (name_or_path or settings.default_model).strip()
@@ -563,7 +565,8 @@ def load_model(
     if not name:
         raise ModelNotAvailableError("no model given")
     with load_errors_hidden(name, settings):
-        name = admit_model(name, EMBEDDED_LMS)  # the host's allow-list; one spelling per local dir
+        # the host's allow-list; one spelling per local dir
+        name = admit_model(name, EMBEDDED_LMS, check_allowed=check_allowed)
         model: LanguageModel = MODEL_CACHE.get(
             ("lm:" + name, str(dev), dtype_name(torch_dtype)),
             lambda: _load_language_model(name, settings, dev, torch_dtype, prog),

@@ -21,7 +21,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     lm = make_tiny_lm("gpt2")
     d = tmp_path_factory.mktemp("tiny-corpus")
-    lm.model.save_pretrained(d)
+    lm.hf_model.save_pretrained(d)
     lm.tokenizer.save_pretrained(d)
     return d
 

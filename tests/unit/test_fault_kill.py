@@ -20,11 +20,12 @@ import pickle, sys
 from explorer.store import PendingRun, Store
 result = pickle.load(open(sys.argv[2], "rb"))
 store = Store(sys.argv[1])
-print("ready", flush=True)
 i = 0
 while True:
-    batch = [PendingRun(result, "tiny-llama", "w", f"batch{i}-{j}", {"j": j}, 0.1) for j in range(3)]
+    batch = [PendingRun(result, "tiny-llama", "w", f"{sys.argv[3]}batch{i}-{j}", {"j": j}, 0.1) for j in range(3)]
     store.save_many(batch)  # one transaction of three runs, as `--method all` writes
+    if i == 0:
+        print("ready", flush=True)  # the tables exist: every kill from now on lands among writes
     i += 1
 """
 
@@ -38,9 +39,12 @@ def test_kill_9_mid_write_leaves_no_partial_run(tiny_llama, tmp_path: Path) -> N
     db = tmp_path / "fault.duckdb"
     rng = random.Random(0)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    for _trial in range(4):
+    for trial in range(4):
         proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(db), str(blob)], stdout=subprocess.PIPE, text=True, env=env
+            [sys.executable, "-c", WRITER, str(db), str(blob), f"t{trial}"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.2, 1.5))

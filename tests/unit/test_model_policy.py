@@ -17,7 +17,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     lm = make_tiny_lm("gpt2")
     d = tmp_path_factory.mktemp("models") / "tiny"
-    lm.model.save_pretrained(d)
+    lm.hf_model.save_pretrained(d)
     lm.tokenizer.save_pretrained(d)
     return d
 
@@ -69,6 +69,71 @@ def test_allow_list_covers_every_model_field(monkeypatch, tiny_dir: Path) -> Non
     ):
         with pytest.raises(ModelNotAvailableError, match="not an available model"):
             load()
+
+
+def test_allow_list_covers_vlms_tokenizers_and_the_vlm_probe(
+    monkeypatch, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Hub VLMs, the atlas tokenizer inspector and the "is this a VLM?" config probe all refuse a
+    model outside the allow-list before reading any file of it."""
+    from explorer.analysis.atlas.tokenizers import load_tokenizer
+    from explorer.backends.vlm import load_vlm
+    from explorer.config import Settings
+    from explorer.vlm_api import is_vlm
+
+    vlm_dir = tmp_path / "secret-vlm"
+    vlm_dir.mkdir()
+    (vlm_dir / "config.json").write_text('{"model_type": "llava", "vision_config": {}}')
+    monkeypatch.setenv("EXPLORER_ALLOWED_MODELS", "smollm2-135m")
+    for load in (
+        lambda: load_vlm("llava-hf/llava-1.5-7b-hf"),
+        lambda: load_vlm(str(vlm_dir)),
+        lambda: is_vlm(str(vlm_dir)),
+        lambda: load_tokenizer(str(tiny_dir), Settings.from_env()),
+        lambda: load_tokenizer("openai-community/gpt2", Settings.from_env()),
+    ):
+        with pytest.raises(ModelNotAvailableError, match="not an available model") as info:
+            load()
+        assert str(tmp_path) not in str(info.value) and str(tiny_dir) not in str(info.value)
+
+
+def test_tokenizers_load_once_per_folder_through_the_model_cache(tiny_dir: Path, monkeypatch) -> None:
+    from explorer.analysis.atlas.tokenizers import load_tokenizer
+    from explorer.backends.loading import MODEL_CACHE
+    from explorer.config import Settings
+
+    monkeypatch.setenv("EXPLORER_ALLOWED_MODELS", f"{tiny_dir.parent}/*")
+    settings = Settings.from_env()
+    first = load_tokenizer(str(tiny_dir) + "/.", settings)
+    assert load_tokenizer(str(tiny_dir) + "/", settings) is first
+    assert ("tokenizer:" + str(tiny_dir.resolve()),) in MODEL_CACHE.keys()
+
+
+def test_cache_bounds_the_number_of_entries() -> None:
+    cache = ModelLRU(budget=lambda: 1 << 40, max_entries=3)
+    for name in "abcde":
+        cache.get(("tokenizer:" + name,), object)
+    assert [k[0] for k in cache.keys()] == ["tokenizer:c", "tokenizer:d", "tokenizer:e"]
+
+
+def test_vlm_memory_counts_its_text_model() -> None:
+    from types import SimpleNamespace
+
+    inner = _Model(1)
+    assert model_bytes(SimpleNamespace(lm=SimpleNamespace(hf_model=inner.model))) == 1024 * 1024
+
+
+@pytest.mark.real
+def test_allow_listed_demo_vlm_loads_its_own_parts(monkeypatch) -> None:
+    """ "tiny-vlm" alone on the list: the demo VLM loads (its SmolLM2 and DINOv2 are its parts),
+    while SmolLM2 as a model of its own stays refused."""
+    from explorer.backends.language import load_model
+    from explorer.backends.vlm import load_vlm
+
+    monkeypatch.setenv("EXPLORER_ALLOWED_MODELS", "tiny-vlm")
+    assert load_vlm("tiny-vlm").model_id == "tiny-vlm"
+    with pytest.raises(ModelNotAvailableError, match="not an available model"):
+        load_model("smollm2-135m")
 
 
 def test_local_mode_keeps_detailed_messages(tmp_path: Path, monkeypatch) -> None:

@@ -90,12 +90,15 @@ def test_reopening_a_stored_run_stays_fast(tiny_llama, tmp_path: Path) -> None:
     for i in range(20):
         api.logit_lens(tiny_llama, f"run number {i} of the timing test", generate=2, db=db)
     run_id = api.list_runs(db=db, limit=1)[0].run_id
+    # CPU seconds of this process (all threads), not wall time: on a loaded shared machine a
+    # niced test waits for the scheduler far longer than the work takes (bench/load.py reports
+    # wall latencies). Each load opens and closes the file: the cost of short-lived connections.
     times = []
     for _ in range(5):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         api.load_run(run_id, db=db)
-        times.append(time.perf_counter() - t0)
-    assert sorted(times)[len(times) // 2] < 0.1, times  # median, connection opened and closed each time
+        times.append(time.process_time() - t0)
+    assert sorted(times)[len(times) // 2] < 0.1, times  # median
 
 
 def test_batch_is_one_transaction(tiny_llama, tmp_store) -> None:
