@@ -24,6 +24,7 @@ from explorer.backends.language import LanguageModel
 from explorer.backends.vision import VisionModel, load_vision_model
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.text_input import check_prompt
 
 
 def attention(
@@ -49,6 +50,7 @@ def attention(
     settings = settings or Settings.from_env()
     params = _att.AttentionParams(flow=bool(flow), flow_positions=tuple(int(p) for p in flow_positions))
     params.validate()
+    check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
     lm = get_model(model, settings, progress, dtype)
     return run_cached(
         _att.AttentionResult.kind,

@@ -28,6 +28,7 @@ from explorer.api import CachedRequest, DbArg, get_model, open_store, run_cached
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
+from explorer.text_input import check_prompt
 
 DEFAULT_GENERATION_METHOD = "input_x_gradient"
 
@@ -180,6 +181,7 @@ def attribute(
         if skipped:
             notes.append(f"skipped (no contrastive attribution): {', '.join(skipped)}")
     per_method, faith = split_params(methods, method_params)
+    check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
     lm = get_model(model, settings, _scaled(progress, 0.0, 0.05), dtype)
     # validate prompt/target/contrast once, before any method runs or anything is stored
     build_task(lm, prompt, target, contrast, settings.max_prompt_tokens)
@@ -245,6 +247,7 @@ def attribute_generation(
     settings = settings or Settings.from_env()
     m = get_method(method)
     per_method, faith = split_params([m], method_params)
+    check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
     lm = get_model(model, settings, _scaled(progress, 0.0, 0.05), dtype)
     key = {
         "method": m.name,

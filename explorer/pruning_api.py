@@ -24,6 +24,7 @@ from explorer.backends.language import LanguageModel
 from explorer.backends.vision import VisionModel, load_vision_model
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.text_input import check_prompt
 
 SWEEP_RATIOS = _text.SWEEP_RATIOS
 TextPruningResult = _text.TextPruningResult
@@ -57,6 +58,7 @@ def prune_text(
     settings = settings or Settings.from_env()
     names = _text.resolve_strategies(strategies)
     ratios = _text.resolve_keep_ratios(keep_ratios)
+    check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
     if progress is not None:
         progress(0.0, "Loading model")
     lm = get_model(model, settings, progress, dtype)

@@ -173,7 +173,9 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
         try:
             shown = on_open(rid, request, view=params.get("view"))
         except gr.Error as exc:
-            return (gr.skip(), rid, None, f"**Cannot open the shared run:** {exc.message}", *[gr.skip()] * 4)
+            # the Runs tab opens on the message: a broken link must not look like a blank page
+            message = f"**Cannot open the shared run:** {exc.message}"
+            return (gr.Tabs(selected=TAB_ID), rid, None, message, *[gr.skip()] * 4)
         return (gr.Tabs(selected=TAB_ID), rid, *shown)
 
     def wire(tab: gr.Tab) -> None:

@@ -31,7 +31,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     db = tmp_path_factory.mktemp("hosting") / "runs.duckdb"
     settings = Settings.from_env(db_path=db, port=_free_port(), sql_timeout_s=2.0, queue_max_size=3)
-    demo = launch(settings, prevent_thread_lock=True, quiet=True)
+    # _frontend=False: no HEAD probe of "/" at launch (it times out on a loaded machine); the
+    # client below talks to the API only
+    demo = launch(settings, prevent_thread_lock=True, quiet=True, _frontend=False)
     client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
     yield demo, client, settings
     demo.close()
