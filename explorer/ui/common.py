@@ -220,6 +220,9 @@ def export_controls(result_state: gr.State, figure: str, label: str = "Export") 
         buttons = {
             fmt: gr.Button(fmt.upper(), size="sm", min_width=60) for fmt in FIGURE_FORMATS + DATA_FORMATS
         }
+        from explorer.ui.share import link_controls
+
+        link_controls(result_state, figure)  # every result panel has a share link with a copy button
     out = gr.File(label="Download", visible=False, interactive=False)
     for fmt, button in buttons.items():
         button.click(

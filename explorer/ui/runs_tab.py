@@ -12,9 +12,10 @@ import plotly.graph_objects as go
 from explorer.api import query_limits
 from explorer.plots import figure_spec, figures_for
 from explorer.ui.common import UIContext, client_gone, ui_figure, user_errors
+from explorer.ui.share import RUNS_TAB_ID, share_link
 
 TITLE = "Runs"
-TAB_ID = "runs_tab"  # the tab's id in the app (its module name): share links select it
+TAB_ID = RUNS_TAB_ID  # the tab's id in the app (its module name): share links select it
 COLUMNS = ["run_id", "created", "kind", "model", "prompt", "params", "seconds"]
 
 
@@ -186,17 +187,6 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
             root.load(on_load, None, [tabs, run_id, *opened], api_visibility="private")
 
     return wire
-
-
-def share_link(request: gr.Request | None, run_id: str, view: str | None = None) -> str:
-    """The URL that reopens `run_id` (and figure `view`) on this tab, on the host the visitor used."""
-    from urllib.parse import urlencode
-
-    headers = getattr(request, "headers", None) or {}
-    host = headers.get("x-forwarded-host") or headers.get("host") or "127.0.0.1:7860"
-    scheme = headers.get("x-forwarded-proto") or "http"
-    query = {"run": run_id, "tab": TAB_ID, **({"view": view} if view else {})}
-    return f"{scheme}://{host}/?{urlencode(query)}"
 
 
 def _figure(result: Any, name: str | None) -> go.Figure | None:
