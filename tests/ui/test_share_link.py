@@ -75,7 +75,9 @@ def test_every_result_panel_has_a_share_link(tiny_llama, tmp_path: Path) -> None
     # every export row has a PNG button; the Runs tab's row has its own share box instead
     assert labels.count("Link") == labels.count("PNG") - 1 > 10
     run = api.logit_lens(tiny_llama, "link me", db=tmp_path / "links.duckdb")
-    request = SimpleNamespace(headers={"x-forwarded-host": "user-space.hf.space", "x-forwarded-proto": "https"})
+    request = SimpleNamespace(
+        headers={"x-forwarded-host": "user-space.hf.space", "x-forwarded-proto": "https"}
+    )
     link = result_link(run, "tracked", request)  # type: ignore[arg-type]
     assert link == f"https://user-space.hf.space/?run={run.run_id}&tab={TAB_ID}&view=tracked"
     with pytest.raises(gr.Error, match="nothing to link"):
