@@ -26,6 +26,8 @@ COMMAND_MODULES = (
     "train_demo_vlm",
     "atlas",
     "visual_tokens",
+    "vlm_eval",
+    "vista",
 )
 
 
