@@ -178,3 +178,63 @@ def test_cli_vlm_eval_bad_input_exits_2(tmp_path: Any, capsys: Any) -> None:
     assert len(err.splitlines()) == 1 and "unknown evaluation set" in err
     assert main(["--db", str(db), "vlm-eval", "--dataset", "pope", "--vsv-layers", "x-y"]) == 2
     assert "cannot read the layers" in capsys.readouterr().err
+
+
+# ---- figures and the tab --------------------------------------------------------------------------
+
+
+def _stored_like_result() -> Any:
+    from explorer.vlm.vlm_eval import VLMEvalResult
+
+    metrics = [
+        {"condition": c, "group": g, "metric": k, "value": v, "low": v - 0.1, "high": v + 0.05, "n": 10}
+        for c, scale in (("plain", 1.0), ("vista", 0.5))
+        for g, k, v in (
+            ("pope_random", "f1", 0.6 * scale),
+            ("caption", "chair_i", 0.4 * scale),
+            ("count", "accuracy", 0.9),
+        )
+    ]
+    samples = [{"sample_id": f"s{i}", "condition": "plain"} for i in range(10)]
+    return VLMEvalResult("tiny", "all", {}, samples, metrics, {"plain": 2.0, "vista": 2.6}, 10)
+
+
+def test_metric_figures_show_every_interval() -> None:
+    from explorer.plots import figures_for
+    from explorer.plots.vlm_eval import eval_hallucination, eval_metrics
+    from explorer.ui.common import figure_problem, ui_figure
+
+    r = _stored_like_result()
+    assert r.latency_ratio == pytest.approx(1.3)
+    fig = eval_metrics(r)
+    assert [t.name for t in fig.data] == ["plain", "VISTA"]
+    plain = fig.data[0]
+    assert list(plain.x) == ["pope_random · f1", "caption · chair_i ↓", "count · accuracy"]
+    assert list(plain.error_y.array) == pytest.approx([0.05, 0.05, 0.05])
+    assert list(plain.error_y.arrayminus) == pytest.approx([0.1, 0.1, 0.1])
+    hall = eval_hallucination(r)
+    assert "count · accuracy" not in list(hall.data[0].x) and "×1.30" in hall.layout.title.text
+    assert figure_problem(ui_figure("eval_metrics", eval_metrics, r)) is None
+    assert [s.name for s in figures_for(r)] == ["eval_metrics", "eval_hallucination"]
+    assert figures_for(r)[1].data(r).num_rows == 4
+
+
+def test_tab_builds_and_reads_its_vista_controls(settings: Any) -> None:
+    from explorer.ui.app import build_demo
+    from explorer.ui.vlm_eval_tab import vista_from_controls
+
+    config = build_demo(settings).get_config_file()
+    labels = {c.get("props", {}).get("label") for c in config["components"]}
+    assert {
+        "VLM eval",
+        "Evaluation set",
+        "Without VISTA",
+        "With VISTA",
+        "Visual steering vector (VSV)",
+    } <= labels
+    names = {d.get("api_name") for d in config["dependencies"]}
+    assert {"vlm_eval", "vista_compare"} <= names
+    p = vista_from_controls(True, 0.2, "add", "2-4", True, 0.5, "3-5")
+    assert (p.vsv_layers, p.sla_window, p.lam, p.vsv_form) == ((2, 3, 4), (3, 5), 0.2, "add")
+    with pytest.raises(InputError):
+        vista_from_controls(True, 0.2, "add", "two", False, 0.3, "")
