@@ -238,3 +238,17 @@ def test_tab_builds_and_reads_its_vista_controls(settings: Any) -> None:
     assert (p.vsv_layers, p.sla_window, p.lam, p.vsv_form) == ((2, 3, 4), (3, 5), 0.2, "add")
     with pytest.raises(InputError):
         vista_from_controls(True, 0.2, "add", "two", False, 0.3, "")
+
+
+def test_vlm_eval_on_a_user_file(tiny_vlm: Any, tmp_store: Any, tmp_path: Any) -> None:  # noqa: F811
+    from explorer.vlm_api import vlm_eval
+
+    _image(0).save(tmp_path / "a.png")
+    (tmp_path / "rows.csv").write_text(
+        "image,question,answer,type\na.png,What color is it?,red,colour\na.png,Is there a star?,no,\n"
+    )
+    r = vlm_eval(tiny_vlm, str(tmp_path / "rows.csv"), n_boot=200, db=tmp_store)
+    assert {m["group"] for m in r.metrics} == {"colour", "user"}
+    assert r.metric("plain", "user", "yes_ratio") is not None  # a yes/no row is read as a POPE probe
+    info = tmp_store.info(r.run_id)
+    assert info.prompt == str((tmp_path / "rows.csv").resolve()) and "file_sha256" in info.params
