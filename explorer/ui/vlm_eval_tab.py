@@ -18,9 +18,9 @@ Rohrbach et al. 2018: CHAIR_i = hallucinated object mentions / all mentions, CHA
 hallucinated object / all captions; objects are (colour, shape) pairs found through a synonym list), *pope*
 (yes/no probes, Li et al. 2023: every present object, and as many absent ones drawn at random, from the most
 frequent objects of the set (*popular*) or from those that co-occur most with the scene's objects
-(*adversarial*)), *qa* (count, colour, position). Or upload a JSONL / CSV / Parquet file of
-`image, question, answer` rows (image paths relative to the file; upload it with its images by path on the
-server). Every number has a seeded 95% bootstrap interval.
+(*adversarial*)), *qa* (count, colour, position). Or your own JSONL / CSV / Parquet file of
+`image, question, answer` rows: type its path on the server into the set box (image paths are relative to
+the file), or upload a file whose image paths are absolute. Every number has a seeded 95% bootstrap interval.
 *Deviations:* POPE questions use the demo VLM's training format; k = the scene's 1-3 objects per side;
 popular / adversarial statistics of uniformly drawn scenes are nearly flat."""
 
