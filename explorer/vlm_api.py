@@ -210,11 +210,13 @@ def vlm_eval(
     from pathlib import Path
 
     from explorer.api import open_store, run_cached
+    from explorer.text_input import check_text
     from explorer.vlm.eval_sets import BUILTIN_SETS, load_eval_set
     from explorer.vlm.vista import VistaParams
     from explorer.vlm.vlm_eval import EvalParams, VLMEvalResult, evaluate_vlm
 
     settings = settings or Settings.from_env()
+    check_text(str(dataset), "the evaluation set")
     steering = vista if isinstance(vista, VistaParams) else VistaParams.from_json(vista)
     params = EvalParams(
         dataset=str(dataset),
@@ -264,9 +266,11 @@ def vista_compare(
     Not stored (two generations; `vlm_eval` stores dataset-level comparisons)."""
     import time
 
+    from explorer.text_input import check_prompt
     from explorer.vlm.vista import DEVIATIONS, VistaParams, vista_generate_batch
 
     settings = settings or Settings.from_env()
+    check_prompt(prompt, settings.max_prompt_tokens)
     steering = vista if isinstance(vista, VistaParams) else VistaParams.from_json(vista)
     if not 1 <= int(max_new_tokens) <= 256:
         raise InputError(f"max_new_tokens must be in 1..256 (got {max_new_tokens})")

@@ -178,6 +178,11 @@ def test_cli_vlm_eval_bad_input_exits_2(tmp_path: Any, capsys: Any) -> None:
     assert len(err.splitlines()) == 1 and "unknown evaluation set" in err
     assert main(["--db", str(db), "vlm-eval", "--dataset", "pope", "--vsv-layers", "x-y"]) == 2
     assert "cannot read the layers" in capsys.readouterr().err
+    assert main(["--db", str(db), "vlm-eval", "--dataset", "\udcff.jsonl"]) == 2
+    assert "not valid text" in capsys.readouterr().err
+    assert main(["--db", str(db), "vista", "--image", "x.png", "--prompt", "hi"]) == 2
+    assert "switch VISTA on" in capsys.readouterr().err
+    assert not db.exists() or __import__("explorer").list_runs(db=db) == []
 
 
 # ---- figures and the tab --------------------------------------------------------------------------
