@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "atlas",
     "compare",
     "visual_tokens",
+    "vlm_eval",
+    "vista",
 )
 
 

@@ -63,6 +63,7 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
                 "attribution_generation",
                 "prune_text",
                 "prune_image",
+                "vlm_eval",
             ],
             value="",
             label="Kind",
