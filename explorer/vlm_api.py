@@ -182,3 +182,43 @@ def vlm_attribute(
         store=open_store(db, settings),
         use_cache=use_cache,
     )
+
+
+def vlm_attention(
+    model: str | VisionLanguageModel | None,
+    prompt: str,
+    image: ImageInput | None,
+    *,
+    params: Any = None,
+    db: Any = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """Text -> image attention (per block, head, rolled out) and attention shares on image /
+    text / sink tokens; stored as kind "vlm_attention". `params` is an
+    `explorer.vlm.attention.VLMAttentionParams` (default: 8 answer tokens)."""
+    from explorer.api import open_store, run_cached
+    from explorer.vlm.attention import VLMAttentionParams, VLMAttentionResult
+    from explorer.vlm.attention import vlm_attention as compute_attention
+
+    settings = settings or Settings.from_env()
+    params = params or VLMAttentionParams()
+    params.validate()
+    if image is None:
+        raise InputError("attention to image patches needs an image (--image PATH)")
+    picture = open_image(image, settings)
+    vlm = resolve_vlm(model, settings, progress, dtype)
+    return run_cached(
+        VLMAttentionResult.kind,
+        model_id=vlm.model_id,
+        weight_hash=vlm.weight_hash,
+        prompt=prompt,
+        params={**params.to_json(), "image": image_digest(picture), "max_tokens": settings.max_prompt_tokens},
+        compute=lambda: compute_attention(
+            vlm, prompt, picture, params=params, max_tokens=settings.max_prompt_tokens, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )

@@ -339,6 +339,7 @@ def _build_text_mode(ctx: UIContext) -> None:
             dtype=dtype_v or None,
             progress=report,
         )
+        assert isinstance(result, AttentionResult)  # no image in this mode
         return render(result)
 
     def render(result: AttentionResult) -> tuple[Any, ...]:

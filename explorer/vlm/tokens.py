@@ -40,6 +40,7 @@ from explorer.backends.images import image_to_png
 from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm, generate
 from explorer.errors import InputError
 from explorer.results import register_result
+from explorer.vlm.attention import attention_shares, image_attention, text_queries, visual_sinks
 
 ProgressFn = Callable[[float, str], None]
 ALIVE, DEAD, SINK = 0, 1, 2
@@ -368,11 +369,7 @@ def classify(
     """(n_layers + 1, n_img) norms, (n_layers, n_img) received shares -> (n_layers, n_img) categories.
 
     Block l (0-based index) reads the residual norms[l]."""
-    n_img = norms.shape[1]
-    median = np.median(norms[:-1], axis=1, keepdims=True)
-    sink = (norms[:-1] > params.sink_norm_k * np.maximum(median, 1e-12)) & (
-        received > params.sink_share_k / max(n_img, 1)
-    )
+    sink = visual_sinks(norms, received, params.sink_norm_k, params.sink_share_k)
     dead = (d_lp < params.dead_logprob_eps) & (d_h < params.dead_hidden_eps)
     cats = np.full(received.shape, ALIVE, dtype=np.int64)
     cats[:, dead] = DEAD
@@ -407,13 +404,11 @@ def visual_tokens(
     att = trace.attentions.numpy().astype(np.float64)  # (L, H, T, T)
     img = inputs.image_positions
     prompt_len = inputs.seq_len
-    queries = [q for q in range(img[-1] + 1, trace.seq_len) if modality[q] != MODALITY_IMAGE]
+    queries = text_queries(modality)
     if not queries:
         raise InputError("no text follows the image, so no text token attends to it")
     norms = trace.residual[:, img].norm(dim=-1).numpy().astype(np.float64)  # (L+1, n_img)
-    text_to_img = att[:, :, queries][:, :, :, img]  # (L, H, Q, n_img)
-    img_mass = text_to_img.sum(axis=-1, keepdims=True)
-    received = (text_to_img / np.maximum(img_mass, 1e-12)).mean(axis=(1, 2))  # (L, n_img)
+    text_to_img, received = image_attention(att, queries, img)  # (L, H, Q, n_img), (L, n_img)
     prog(0.35, "Ablating each visual token")
     assert inputs.inputs_embeds is not None
     embeds, _ = _full_embeds(vlm, inputs, answer)
@@ -422,7 +417,7 @@ def visual_tokens(
     )
     cats = classify(norms, received, d_lp, d_h, params)
     rolled = attention_rollout(att)[:, queries][:, :, img]  # (L, Q, n_img)
-    shares = _shares(att, queries, img, cats)
+    shares = attention_shares(att, queries, img, cats == SINK)
     notes = [
         "EmbedLens categories use operational definitions (see thresholds); the paper's clustering was not reproduced",
         "dead is input-level: one ablation per visual token, the same at every layer",
@@ -463,20 +458,3 @@ def _full_embeds(
     embeds, ids = _with_extra(vlm, inputs, answer)
     assert embeds is not None
     return embeds, ids
-
-
-def _shares(att: np.ndarray, queries: list[int], img: list[int], cats: np.ndarray) -> np.ndarray:
-    """(L, 3): mean over heads and text queries of the attention on image / text / sink tokens.
-
-    Sinks: position 0 plus the visual tokens that are sinks at that block."""
-    seq = att.shape[-1]
-    out = np.zeros((att.shape[0], 3))
-    is_img = np.zeros(seq, dtype=bool)
-    is_img[img] = True
-    for layer in range(att.shape[0]):
-        sink = np.zeros(seq, dtype=bool)
-        sink[0] = True
-        sink[np.asarray(img)[cats[layer] == SINK]] = True
-        rows = att[layer][:, queries].mean(axis=(0, 1))  # (seq,)
-        out[layer] = [rows[is_img & ~sink].sum(), rows[~is_img & ~sink].sum(), rows[sink].sum()]
-    return out
