@@ -148,8 +148,9 @@ def test_cli_bad_input_exits_2_and_stores_nothing(tmp_path: Path, capsys: Any, m
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     huge = tmp_path / "huge.png"
-    Image.new("RGB", (400, 400)).save(huge)
-    monkeypatch.setenv("EXPLORER_MAX_IMAGE_BYTES", str(huge.stat().st_size - 1))
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(noise, "RGB").save(huge)
+    monkeypatch.setenv("EXPLORER_MAX_IMAGE_BYTES", str(100_000))  # the others are a few kB
     cases = [
         (["--image", str(good), "--prompt", "hi", "--model", "smollm2-135m"], "text-only"),
         (["--image", str(corrupt), "--prompt", "hi"], "image"),
