@@ -10,15 +10,13 @@
 
 from __future__ import annotations
 
-import base64
-
 import numpy as np
 import plotly.graph_objects as go
 import pyarrow as pa
 
 from explorer.analysis.vlm_attribution import VLMAttributionResult
-from explorer.backends.images import image_to_png
 from explorer.plots import base_layout, register_figure, token_label
+from explorer.plots.image_grid import image_axes, image_trace, patch_geometry
 
 KIND = VLMAttributionResult.kind
 SEQUENTIAL = [
@@ -44,7 +42,6 @@ def patch_attribution(result: VLMAttributionResult) -> go.Figure:
     """The image with each patch coloured by its importance for the answer."""
     rows, cols = int(result.grid[0]), int(result.grid[1])
     image = result.image()
-    width, height = image.size
     scores = result.score_grid()
     ranking = result.ranking()
     rank_of = {p: i + 1 for i, p in enumerate(ranking)}
@@ -59,10 +56,9 @@ def patch_attribution(result: VLMAttributionResult) -> go.Figure:
             text[r, c] = f"#{rank_of[i]}"
     signed = bool((scores < 0).any())
     bound = float(max(np.abs(scores).max(), 1e-12))
-    png = base64.b64encode(image_to_png(image)).decode("ascii")
     fig = go.Figure(
         [
-            go.Image(source="data:image/png;base64," + png, x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"),
+            image_trace(image),
             go.Heatmap(
                 z=scores,
                 zmin=-bound if signed else 0.0,
@@ -74,23 +70,13 @@ def patch_attribution(result: VLMAttributionResult) -> go.Figure:
                 hovertext=hover,
                 hovertemplate="%{hovertext}<extra></extra>",
                 colorbar={"title": {"text": "importance", "side": "right"}},
-                x0=width / cols / 2,
-                dx=width / cols,
-                y0=height / rows / 2,
-                dy=height / rows,
                 xgap=1,
                 ygap=1,
+                **patch_geometry(image.size, result.grid),
             ),
         ]
     )
-    fig.update_xaxes(title=f"x (pixels; {cols} visual-token columns)", range=[0, width], showgrid=False)
-    fig.update_yaxes(
-        title=f"y (pixels; {rows} rows)",
-        range=[height, 0],
-        showgrid=False,
-        scaleanchor="x",
-        constrain="domain",
-    )
+    image_axes(fig, image.size, result.grid)
     what = "Δ log p when replaced" if result.method == "occlusion" else "ReAGent importance (sums to 1)"
     title = f"{result.method} ({result.baseline} patch) for the answer {_answer(result)}: {what}"
     return base_layout(fig, title, height=620)

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +19,9 @@ import numpy as np
 import plotly.graph_objects as go
 import pyarrow as pa
 
-from explorer.backends.images import image_to_png
 from explorer.errors import InputError
 from explorer.plots import base_layout, register_figure, token_label
+from explorer.plots.image_grid import image_axes, image_trace, patch_geometry
 from explorer.vlm.attention import VLMAttentionResult
 from explorer.vlm.tokens import ALIVE, CATEGORY_NAMES, DEAD, SINK, VisualTokensResult
 
@@ -57,16 +56,8 @@ def image_grid_slider(
     title: str,
 ) -> go.Figure:
     """The run's image with one heatmap trace over its patch grid and a slider over blocks 1..n."""
-    rows, cols = result.grid
     image = result.image()
-    width, height = image.size
-    png = base64.b64encode(image_to_png(image)).decode("ascii")
-    fig = go.Figure(
-        data=[
-            go.Image(source="data:image/png;base64," + png, x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"),
-            heat(start),
-        ]
-    )
+    fig = go.Figure(data=[image_trace(image), heat(start)])
     blocks = list(range(1, result.n_layers + 1))
     fig.frames = [go.Frame(data=[heat(b)], traces=[1], name=str(b)) for b in blocks]
     fig.update_layout(
@@ -86,21 +77,12 @@ def image_grid_slider(
             }
         ]
     )
-    fig.update_xaxes(title=f"x (pixels; {cols} visual-token columns)", range=[0, width], showgrid=False)
-    fig.update_yaxes(
-        title=f"y (pixels; {rows} rows)",
-        range=[height, 0],
-        showgrid=False,
-        scaleanchor="x",
-        constrain="domain",
-    )
+    image_axes(fig, image.size, result.grid)
     return base_layout(fig, title, height=640)
 
 
 def _geometry(result: TextImageResult) -> dict[str, float]:
-    rows, cols = result.grid
-    width, height = result.image().size
-    return {"x0": width / cols / 2, "dx": width / cols, "y0": height / rows / 2, "dy": height / rows}
+    return patch_geometry(result.image().size, result.grid)
 
 
 def token_categories(result: VisualTokensResult, layer: int | None = None) -> go.Figure:

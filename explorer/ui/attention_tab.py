@@ -204,7 +204,9 @@ def _build_vlm_mode(ctx: UIContext) -> None:
     summary = gr.Markdown()
     gr.Markdown(VLM_EXPLAIN)
     with gr.Row():
-        query = gr.Dropdown(choices=[], label="Text token that attends (position · token)")
+        query = gr.Dropdown(
+            choices=[], label="Text token that attends (position · token)", elem_id="vlm-attention-query"
+        )
         view = gr.Radio(
             [("mean over heads", "mean"), ("one head", "head"), ("rollout", "rollout")],
             value="mean",

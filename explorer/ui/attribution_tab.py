@@ -349,7 +349,7 @@ def build(ctx: UIContext) -> None:
             answer_tokens = gr.Slider(1, 16, value=3, step=1, label="Greedy answer tokens (when no target)")
     gr.Examples(EXAMPLES, inputs=[prompt, target, method, contrast])
     gr.Examples(
-        [[row[0], row[1], row[2], "occlusion", TINY_VLM] for row in vlm_examples(ctx)],
+        [[row[0], row[1], "", "occlusion", TINY_VLM] for row in vlm_examples(ctx)],
         inputs=[image, prompt, target, method, model],
         label="Vision-language examples (attribution to image patches)",
     )
@@ -362,10 +362,11 @@ def build(ctx: UIContext) -> None:
         export_controls(image_state, "deletion_curve", "Export deletion curve")
         deletion_plot = gr.Plot(label="Patch deletion: top vs random", elem_id="attribution-deletion-table")
         export_controls(image_state, "deletion_table", "Export deletion table")
-    tokens_plot = gr.Plot(label="Coloured tokens", elem_id="attribution-tokens")
-    export_controls(state, "text_heatmap", "Export coloured tokens")
-    table_plot = gr.Plot(label="Faithfulness and wall time", elem_id="attribution-table")
-    export_controls(state, "faithfulness_table", "Export table")
+    with gr.Column(visible=True) as text_box:
+        tokens_plot = gr.Plot(label="Coloured tokens", elem_id="attribution-tokens")
+        export_controls(state, "text_heatmap", "Export coloured tokens")
+        table_plot = gr.Plot(label="Faithfulness and wall time", elem_id="attribution-table")
+        export_controls(state, "faithfulness_table", "Export table")
     gr.Markdown(DEVIATIONS)
     with gr.Accordion("Per generation step (steps × sources)", open=False):
         with gr.Row():
@@ -412,7 +413,16 @@ def build(ctx: UIContext) -> None:
                 ctx=ctx,
                 progress=progress,
             )
-            return (None, img[1], None, None, img[0], gr.Column(visible=True), *img[2:])
+            return (
+                None,
+                img[1],
+                gr.Column(visible=False),
+                None,
+                None,
+                img[0],
+                gr.Column(visible=True),
+                *img[2:],
+            )
         if (model or "").strip() in EMBEDDED_VLMS:
             raise InputError(
                 f"{model!r} is a vision-language model: add an image (or choose a language model)"
@@ -421,7 +431,19 @@ def build(ctx: UIContext) -> None:
             model, prompt, target, method, contrast, seed, replacement, mlm_model, ratio, top_k, keep_n, probes, steps,
             ctx=ctx, progress=progress,
         )  # fmt: skip
-        return (*text, None, gr.Column(visible=False), None, None, None)
+        state_v, summary_v, tokens_v, table_v = text
+        return (
+            state_v,
+            summary_v,
+            gr.Column(visible=True),
+            tokens_v,
+            table_v,
+            None,
+            gr.Column(visible=False),
+            None,
+            None,
+            None,
+        )
 
     def on_generate(
         model: str,
@@ -454,7 +476,8 @@ def build(ctx: UIContext) -> None:
             steps,
         ],
         outputs=[
-            state, summary, tokens_plot, table_plot, image_state, image_box, overlay_plot, curve_plot, deletion_plot
+            state, summary, text_box, tokens_plot, table_plot, image_state, image_box, overlay_plot, curve_plot,
+            deletion_plot,
         ],
         api_name="attribute",
     )  # fmt: skip

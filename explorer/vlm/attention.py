@@ -95,6 +95,81 @@ def attention_shares(att: np.ndarray, queries: list[int], img: list[int], sinks:
 
 
 # ---------------------------------------------------------------------------------------------
+# What both VLM attention results ("vlm_attention", "vlm_tokens") share
+# ---------------------------------------------------------------------------------------------
+class TextImageAttention:
+    """Mixin of the results that hold text -> image attention: the image, its positions and
+    the text queries. Subclasses are dataclasses with `modality`, `image_png`, `query_positions`."""
+
+    modality: list[str]
+    image_png: str
+    query_positions: list[int]
+
+    @property
+    def image_positions(self) -> list[int]:
+        return [i for i, m in enumerate(self.modality) if m == MODALITY_IMAGE]
+
+    @property
+    def n_image(self) -> int:
+        return len(self.image_positions)
+
+    def image(self) -> Image.Image:
+        return Image.open(io.BytesIO(base64.b64decode(self.image_png))).convert("RGB")
+
+    def query_index(self, query: int | None) -> int:
+        """A text query position (default: the last one) -> its index in `query_positions`."""
+        if query is None:
+            return len(self.query_positions) - 1
+        if query not in self.query_positions:
+            raise InputError(
+                f"position {query} is not a text query after the image; choose {self.query_positions}"
+            )
+        return self.query_positions.index(query)
+
+
+def attention_tables(attention: np.ndarray, rollout: np.ndarray) -> dict[str, pa.Table]:
+    """(L, H, Q, n) attention and (L, Q, n) rollout -> long-form tables (layers 1-based)."""
+    L, H, Q, n = attention.shape
+    li, hi, qi, pi = np.meshgrid(np.arange(L), np.arange(H), np.arange(Q), np.arange(n), indexing="ij")
+    lr, qr, pr = np.meshgrid(np.arange(L), np.arange(Q), np.arange(n), indexing="ij")
+    return {
+        "attention": pa.table(
+            {
+                "layer": (li.ravel() + 1).astype(np.int32),
+                "head": hi.ravel().astype(np.int32),
+                "query": qi.ravel().astype(np.int32),
+                "patch": pi.ravel().astype(np.int32),
+                "weight": attention.ravel().astype(np.float64),
+            }
+        ),
+        "rollout": pa.table(
+            {
+                "layer": (lr.ravel() + 1).astype(np.int32),
+                "query": qr.ravel().astype(np.int32),
+                "patch": pr.ravel().astype(np.int32),
+                "weight": rollout.ravel().astype(np.float64),
+            }
+        ),
+    }
+
+
+def table_column(tables: dict[str, pa.Table], table: str, name: str, order: list[str]) -> np.ndarray:
+    """One column of a stored table, sorted by `order` (the row-major order it was written in)."""
+    t = tables[table].sort_by([(k, "ascending") for k in order])
+    return np.asarray(t.column(name).to_numpy(zero_copy_only=False))
+
+
+def attention_from_tables(
+    tables: dict[str, pa.Table], shape: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of `attention_tables`: -> (attention (L, H, Q, n), rollout (L, Q, n))."""
+    L, H, Q, n = shape
+    att = table_column(tables, "attention", "weight", ["layer", "head", "query", "patch"]).reshape(L, H, Q, n)
+    rolled = table_column(tables, "rollout", "weight", ["layer", "query", "patch"]).reshape(L, Q, n)
+    return att.astype(np.float64), rolled.astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
 # Parameters and result
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -120,7 +195,7 @@ class VLMAttentionParams:
 
 @register_result
 @dataclass
-class VLMAttentionResult:
+class VLMAttentionResult(TextImageAttention):
     """Text -> image attention of one (image, prompt) + answer.
 
     attention:   (n_layers, n_heads, n_queries, n_img) query -> patch attention per block, head
@@ -155,29 +230,8 @@ class VLMAttentionResult:
     run_id: str | None = None
 
     @property
-    def image_positions(self) -> list[int]:
-        return [i for i, m in enumerate(self.modality) if m == MODALITY_IMAGE]
-
-    @property
-    def n_image(self) -> int:
-        return len(self.image_positions)
-
-    @property
     def prompt_len(self) -> int:
         return len(self.tokens) - len(self.answer)
-
-    def image(self) -> Image.Image:
-        return Image.open(io.BytesIO(base64.b64decode(self.image_png))).convert("RGB")
-
-    def query_index(self, query: int | None) -> int:
-        """A text query position (default: the last one) -> its index in `query_positions`."""
-        if query is None:
-            return len(self.query_positions) - 1
-        if query not in self.query_positions:
-            raise InputError(
-                f"position {query} is not a text query after the image; choose {self.query_positions}"
-            )
-        return self.query_positions.index(query)
 
     def to_dict(self, query: int | None = None) -> dict[str, Any]:
         """The CLI's JSON; per-head grids are for one query (default: the last text token)."""
@@ -243,30 +297,13 @@ class VLMAttentionResult:
         }
 
     def to_tables(self) -> dict[str, pa.Table]:
-        L, H, Q, n = self.attention.shape
-        li, hi, qi, pi = np.meshgrid(np.arange(L), np.arange(H), np.arange(Q), np.arange(n), indexing="ij")
-        lr, qr, pr = np.meshgrid(np.arange(L), np.arange(Q), np.arange(n), indexing="ij")
+        L, H = self.head_image.shape
+        n = self.n_image
         lh, hh = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
         ln, pn = np.meshgrid(np.arange(L + 1), np.arange(n), indexing="ij")
         sinks = np.vstack([np.zeros((1, n), dtype=bool), self.sinks])
         return {
-            "attention": pa.table(
-                {
-                    "layer": (li.ravel() + 1).astype(np.int32),
-                    "head": hi.ravel().astype(np.int32),
-                    "query": qi.ravel().astype(np.int32),
-                    "patch": pi.ravel().astype(np.int32),
-                    "weight": self.attention.ravel().astype(np.float32),
-                }
-            ),
-            "rollout": pa.table(
-                {
-                    "layer": (lr.ravel() + 1).astype(np.int32),
-                    "query": qr.ravel().astype(np.int32),
-                    "patch": pr.ravel().astype(np.int32),
-                    "weight": self.rollout.ravel().astype(np.float32),
-                }
-            ),
+            **attention_tables(self.attention, self.rollout),
             "layers": pa.table(
                 {
                     "layer": np.arange(1, L + 1, dtype=np.int32),
@@ -294,13 +331,11 @@ class VLMAttentionResult:
     def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VLMAttentionResult:
         L, H = int(meta["n_layers"]), int(meta["n_heads"])
         n = sum(1 for m in meta["modality"] if m == MODALITY_IMAGE)
-        Q = len(meta["query_positions"])
+        attention, rollout = attention_from_tables(tables, (L, H, len(meta["query_positions"]), n))
 
         def column(table: str, name: str, order: list[str]) -> np.ndarray:
-            t = tables[table].sort_by([(k, "ascending") for k in order])
-            return np.asarray(t.column(name).to_numpy(zero_copy_only=False))
+            return table_column(tables, table, name, order)
 
-        patches = ["layer", "patch"]
         return cls(
             model=meta["model"],
             prompt=meta["prompt"],
@@ -312,16 +347,12 @@ class VLMAttentionResult:
             image_png=meta["image_png"],
             answer=list(meta["answer"]),
             query_positions=[int(q) for q in meta["query_positions"]],
-            attention=column("attention", "weight", ["layer", "head", "query", "patch"])
-            .reshape(L, H, Q, n)
-            .astype(np.float64),
-            rollout=column("rollout", "weight", ["layer", "query", "patch"])
-            .reshape(L, Q, n)
-            .astype(np.float64),
+            attention=attention,
+            rollout=rollout,
             shares=np.stack([column("layers", k, ["layer"]) for k in SHARE_NAMES], axis=1).astype(np.float64),
             head_image=column("heads", "image_share", ["layer", "head"]).reshape(L, H).astype(np.float64),
-            sinks=column("patches", "sink", patches).reshape(L + 1, n)[1:].astype(bool),
-            norms=column("patches", "norm", patches).reshape(L + 1, n).astype(np.float64),
+            sinks=column("patches", "sink", ["layer", "patch"]).reshape(L + 1, n)[1:].astype(bool),
+            norms=column("patches", "norm", ["layer", "patch"]).reshape(L + 1, n).astype(np.float64),
             params=dict(meta["params"]),
             notes=list(meta.get("notes", [])),
             seconds=float(meta.get("seconds", 0.0)),

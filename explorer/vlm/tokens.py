@@ -24,7 +24,6 @@ the classic attention sink, plus the visual sinks of that layer).
 from __future__ import annotations
 
 import base64
-import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +39,16 @@ from explorer.backends.images import image_to_png
 from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm, generate
 from explorer.errors import InputError
 from explorer.results import register_result
-from explorer.vlm.attention import attention_shares, image_attention, text_queries, visual_sinks
+from explorer.vlm.attention import (
+    TextImageAttention,
+    attention_from_tables,
+    attention_shares,
+    attention_tables,
+    image_attention,
+    table_column,
+    text_queries,
+    visual_sinks,
+)
 
 ProgressFn = Callable[[float, str], None]
 ALIVE, DEAD, SINK = 0, 1, 2
@@ -83,7 +91,7 @@ class TokenParams:
 
 @register_result
 @dataclass
-class VisualTokensResult:
+class VisualTokensResult(TextImageAttention):
     """Per visual token and layer: norm, received attention, category; text->image attention.
 
     norms:      (n_layers + 1, n_img) residual L2 norm (0 = input embeddings)
@@ -120,33 +128,12 @@ class VisualTokensResult:
     seconds: float = 0.0
     run_id: str | None = None
 
-    @property
-    def image_positions(self) -> list[int]:
-        return [i for i, m in enumerate(self.modality) if m == MODALITY_IMAGE]
-
-    @property
-    def n_image(self) -> int:
-        return len(self.image_positions)
-
-    def image(self) -> Image.Image:
-        return Image.open(io.BytesIO(base64.b64decode(self.image_png))).convert("RGB")
-
     def counts(self) -> list[dict[str, int]]:
         """Per block: how many visual tokens are alive / dead / sink."""
         return [
             {"layer": layer + 1, **{name: int((row == c).sum()) for c, name in enumerate(CATEGORY_NAMES)}}
             for layer, row in enumerate(self.categories)
         ]
-
-    def query_index(self, query: int | None) -> int:
-        """A text query position (default: the last one) -> its index in `query_positions`."""
-        if query is None:
-            return len(self.query_positions) - 1
-        if query not in self.query_positions:
-            raise InputError(
-                f"position {query} is not a text query after the image; choose {self.query_positions}"
-            )
-        return self.query_positions.index(query)
 
     def to_dict(self) -> dict[str, Any]:
         rows, cols = self.grid
@@ -208,7 +195,6 @@ class VisualTokensResult:
 
     def to_tables(self) -> dict[str, pa.Table]:
         n_layers1, n_img = self.norms.shape
-        L, H, Q, _ = self.attention.shape
         lay, patch = np.meshgrid(np.arange(n_layers1), np.arange(n_img), indexing="ij")
         blocks = np.arange(1, n_layers1)
         recv = np.vstack([np.full((1, n_img), np.nan), self.received])
@@ -229,27 +215,6 @@ class VisualTokensResult:
                 "delta_hidden": self.delta_hidden.astype(np.float64),
             }
         )
-        li, hi, qi, pi = np.meshgrid(
-            np.arange(L), np.arange(H), np.arange(Q), np.arange(n_img), indexing="ij"
-        )
-        attention = pa.table(
-            {
-                "layer": (li.ravel() + 1).astype(np.int32),
-                "head": hi.ravel().astype(np.int32),
-                "query": qi.ravel().astype(np.int32),
-                "patch": pi.ravel().astype(np.int32),
-                "weight": self.attention.ravel().astype(np.float64),
-            }
-        )
-        lr, qr, pr = np.meshgrid(np.arange(L), np.arange(Q), np.arange(n_img), indexing="ij")
-        rollout = pa.table(
-            {
-                "layer": (lr.ravel() + 1).astype(np.int32),
-                "query": qr.ravel().astype(np.int32),
-                "patch": pr.ravel().astype(np.int32),
-                "weight": self.rollout.ravel().astype(np.float64),
-            }
-        )
         shares = pa.table(
             {
                 "layer": blocks.astype(np.int32),
@@ -261,8 +226,7 @@ class VisualTokensResult:
         return {
             "tokens": tokens,
             "ablation": ablation,
-            "attention": attention,
-            "rollout": rollout,
+            **attention_tables(self.attention, self.rollout),
             "shares": shares,
         }
 
@@ -273,16 +237,13 @@ class VisualTokensResult:
         n_q = len(meta["query_positions"])
 
         def column(table: str, name: str, order: list[str]) -> np.ndarray:
-            t = tables[table].sort_by([(k, "ascending") for k in order])
-            return np.asarray(t.column(name).to_numpy(zero_copy_only=False))
+            return table_column(tables, table, name, order)
 
         tok_order = ["layer", "patch"]
         norms = column("tokens", "norm", tok_order).reshape(n_layers + 1, n_img).astype(np.float64)
         received = column("tokens", "received", tok_order).reshape(n_layers + 1, n_img)[1:].astype(np.float64)
         cats = column("tokens", "category", tok_order).reshape(n_layers + 1, n_img)[1:].astype(np.int64)
-        att_order = ["layer", "head", "query", "patch"]
-        attention = column("attention", "weight", att_order).reshape(n_layers, n_heads, n_q, n_img)
-        rollout = column("rollout", "weight", ["layer", "query", "patch"]).reshape(n_layers, n_q, n_img)
+        attention, rollout = attention_from_tables(tables, (n_layers, n_heads, n_q, n_img))
         shares = np.stack([column("shares", k, ["layer"]) for k in ("image", "text", "sink")], axis=1)
         return cls(
             model=meta["model"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -124,7 +123,7 @@ def test_occlusion_ranks_the_planted_patch_first(planted_vlm: Any) -> None:
 
 
 # ---- planted patch on a bag-of-words VLM: the answer depends on that patch alone ---------------
-BAG_DIM = 8
+BAG_DIM = 8  # test_planted_signal.D_MODEL
 BAG_TARGET = "dog"
 
 
@@ -139,58 +138,27 @@ class ThresholdSum(nn.Module):
         return out
 
 
-class BagLM(nn.Module):
-    """LM head reads dimension 0 only (towards the target); a bias puts 5 other tokens above the
-    target unless the planted patch is in the input, so "answer in the top-3" (ReAGent's stopping
-    check) holds exactly when that patch is kept."""
-
-    def __init__(self, vocab: int, target_id: int) -> None:
-        super().__init__()
-        self.config = SimpleNamespace(model_type="planted_bag_vlm", vocab_size=vocab)
-        self.embed = nn.Embedding(vocab, BAG_DIM)
-        self.blocks = nn.ModuleList([ThresholdSum()])
-        self.norm = nn.Identity()
-        self.lm_head = nn.Linear(BAG_DIM, vocab, bias=True)
-        with torch.no_grad():
-            self.embed.weight.copy_(torch.randn(vocab, BAG_DIM, generator=torch.Generator().manual_seed(0)))
-            self.embed.weight[:, 0] = 0.0
-            self.lm_head.weight.zero_()
-            self.lm_head.weight[target_id, 0] = 3.0
-            self.lm_head.bias.zero_()
-            self.lm_head.bias[[i for i in range(1, 10) if i != target_id][:5]] = 1.0
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        use_cache: bool = False,
-        logits_to_keep: int = 0,
-        output_attentions: bool = False,
-    ) -> Any:
-        hidden = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-        for block in self.blocks:
-            hidden = block(hidden)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        return SimpleNamespace(logits=self.lm_head(self.norm(hidden)), attentions=None)
-
-
 @pytest.fixture(scope="module")
 def bag_vlm() -> VisionLanguageModel:
     """3 x 3 visual tokens, random in dimensions 1.., zero in dimension 0 except PLANTED (5.0)."""
     from conftest import bert_tokenizer
+    from test_planted_signal import PlantedLM
 
     from explorer.backends import ArchitectureSpec, register_architecture
     from explorer.backends.language import wrap_model
 
     tok = bert_tokenizer()
     register_architecture(
-        "planted_bag_vlm",
+        "planted_bag_of_words",
         ArchitectureSpec(blocks="blocks", final_norm="norm", unembed="lm_head", embed="embed"),
     )
-    lm = wrap_model(BagLM(len(tok), tok.convert_tokens_to_ids(BAG_TARGET)), tok, model_id="bag")
+    # the text planted test's bag of words: the LM head reads dimension 0 only (towards the target),
+    # and a bias puts 5 other tokens above the target unless dimension 0 is large, so "answer in the
+    # top-3" (ReAGent's stopping check) holds exactly when the planted patch is kept. Its one block is
+    # swapped for ThresholdSum; its key token ("cat") is not in the prompt.
+    module = PlantedLM(len(tok), tok.convert_tokens_to_ids("cat"), tok.convert_tokens_to_ids(BAG_TARGET))
+    module.blocks = nn.ModuleList([ThresholdSum()])
+    lm = wrap_model(module, tok, model_id="bag")
     n = PLANTED_GRID[0] * PLANTED_GRID[1]
     visual = torch.randn(n, BAG_DIM, generator=torch.Generator().manual_seed(1))
     visual[:, 0] = 0.0
