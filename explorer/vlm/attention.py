@@ -198,12 +198,15 @@ class VLMAttentionParams:
 class VLMAttentionResult(TextImageAttention):
     """Text -> image attention of one (image, prompt) + answer.
 
-    attention:   (n_layers, n_heads, n_queries, n_img) query -> patch attention per block, head
-    rollout:     (n_layers, n_queries, n_img) rolled-out attention after each block
+    Per-patch arrays cover the grid's n = rows * cols visual tokens (the base view: the first n
+    image positions); shares and head_image count every image token.
+
+    attention:   (n_layers, n_heads, n_queries, n) query -> patch attention per block, head
+    rollout:     (n_layers, n_queries, n) rolled-out attention after each block
     shares:      (n_layers, 3) mean share of the queries' attention on image / text / sink
     head_image:  (n_layers, n_heads) share of the queries' attention on image tokens (sinks included)
-    sinks:       (n_layers, n_img) bool, visual sinks at each block
-    norms:       (n_layers + 1, n_img) residual norm of each visual token (0 = input embeddings)
+    sinks:       (n_layers, n) bool, visual sinks at each block
+    norms:       (n_layers + 1, n) residual norm of each visual token (0 = input embeddings)
     """
 
     kind: ClassVar[str] = "vlm_attention"
@@ -298,7 +301,7 @@ class VLMAttentionResult(TextImageAttention):
 
     def to_tables(self) -> dict[str, pa.Table]:
         L, H = self.head_image.shape
-        n = self.n_image
+        n = self.norms.shape[1]
         lh, hh = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
         ln, pn = np.meshgrid(np.arange(L + 1), np.arange(n), indexing="ij")
         sinks = np.vstack([np.zeros((1, n), dtype=bool), self.sinks])
@@ -330,7 +333,7 @@ class VLMAttentionResult(TextImageAttention):
     @classmethod
     def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VLMAttentionResult:
         L, H = int(meta["n_layers"]), int(meta["n_heads"])
-        n = sum(1 for m in meta["modality"] if m == MODALITY_IMAGE)
+        n = int(meta["grid"][0]) * int(meta["grid"][1])
         attention, rollout = attention_from_tables(tables, (L, H, len(meta["query_positions"]), n))
 
         def column(table: str, name: str, order: list[str]) -> np.ndarray:
@@ -399,8 +402,13 @@ def vlm_attention(
     to_img, received = image_attention(att, queries, img)
     norms = trace.residual[:, img].norm(dim=-1).numpy().astype(np.float64)  # (L + 1, n_img)
     sinks = visual_sinks(norms, received, params.sink_norm_k, params.sink_share_k)
-    rolled = attention_rollout(att)[:, queries][:, :, img]  # (L, Q, n_img)
-    head_image = att[:, :, queries][:, :, :, img].sum(axis=-1).mean(axis=-1)  # (L, H)
+    shares = attention_shares(att, queries, img, sinks)
+    head_image = to_img.sum(axis=-1).mean(axis=-1)  # (L, H), every image token
+    # per-patch views keep the grid's positions: models that add tiles after a base view
+    # (LLaVA-NeXT) have more image tokens than grid cells, and the grid is the base view
+    cells = int(inputs.grid[0]) * int(inputs.grid[1])
+    grid_pos = img[:cells]
+    rolled = attention_rollout(att)[:, queries][:, :, grid_pos]  # (L, Q, cells)
     notes = []
     if vlm.uses_model_forward:
         notes.append(
@@ -419,12 +427,12 @@ def vlm_attention(
         image_png=base64.b64encode(image_to_png(inputs.image)).decode(),
         answer=[vlm.lm.token_str(i) for i in answer],
         query_positions=queries,
-        attention=to_img,
+        attention=to_img[..., :cells],
         rollout=rolled,
-        shares=attention_shares(att, queries, img, sinks),
+        shares=shares,
         head_image=head_image,
-        sinks=sinks,
-        norms=norms,
+        sinks=sinks[:, :cells],
+        norms=norms[:, :cells],
         params=params.to_json(),
         notes=notes,
         seconds=time.perf_counter() - t0,

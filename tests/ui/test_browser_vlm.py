@@ -158,6 +158,11 @@ def test_vlm_attention_tab_draws_text_to_image_attention(vlm_app_url, tmp_path) 
             " return el && el.layout.title.text.includes('red'); }",
             timeout=60_000,
         )
+        page.wait_for_function(
+            "() => !document.querySelector('#vlm-attention-overlay').innerText.includes('processing')",
+            timeout=60_000,
+        )
+        page.wait_for_timeout(500)  # plotly's resize after the redraw
         app.screenshot(tmp_path, "vlm-attention")
         # another view re-renders from the stored result: the rollout of the same query
         page.get_by_label("rollout").check()

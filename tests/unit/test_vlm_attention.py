@@ -171,3 +171,17 @@ def test_cli_bad_input_exits_2_and_stores_nothing(tmp_path: Path, capsys: Any, m
 
 def test_settings_accept_max_prompt_tokens() -> None:
     assert Settings.from_env(max_prompt_tokens=6).max_prompt_tokens == 6
+
+
+@pytest.mark.parametrize("arch", ["llava", "llava_next", "qwen2_vl"])
+def test_hub_vlms_give_text_to_image_attention(arch: str) -> None:
+    """Hub VLMs run their own forward (Qwen2-VL: M-RoPE); the traced attention is theirs."""
+    from test_vlm_hub import _picture, tiny_hub_vlm
+
+    vlm = tiny_hub_vlm(arch)
+    r = vlm_attention(vlm, "What is this?", _picture(), params=VLMAttentionParams(generate=2))
+    n = r.grid[0] * r.grid[1]
+    assert r.n_image >= n and r.attention.shape[-1] == n and r.attention.shape[2] == len(r.query_positions)
+    assert np.asarray(r.to_dict()["rollout"]).shape == tuple(r.grid)
+    np.testing.assert_allclose(r.shares.sum(axis=1), 1.0, atol=1e-5)
+    assert any("own forward" in note for note in r.notes)
