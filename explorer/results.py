@@ -80,6 +80,7 @@ RESULT_MODULES = (
     "explorer.analysis.atlas.tokenizers",
     "explorer.vlm.tokens",
     "explorer.vlm.vlm_eval",
+    "explorer.vlm.attention",
 )
 
 
