@@ -51,6 +51,8 @@ _LAZY = {
     "prune_image": "explorer.pruning_api",
     "load_vision_model": "explorer.backends.vision",
     "visual_tokens": "explorer.vlm_api",
+    "latent_neighbours": "explorer.vlm_api",
+    "text_bank": "explorer.vlm_api",
     "token_map": "explorer.atlas_api",
     "map_scores": "explorer.atlas_api",
     "vocab_health": "explorer.atlas_api",

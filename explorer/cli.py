@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "train_demo_vlm",
     "atlas",
     "visual_tokens",
+    "latent_neighbours",
 )
 
 

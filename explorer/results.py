@@ -79,6 +79,7 @@ RESULT_MODULES = (
     "explorer.analysis.atlas.microscope",
     "explorer.analysis.atlas.tokenizers",
     "explorer.vlm.tokens",
+    "explorer.vlm.latent",
 )
 
 
