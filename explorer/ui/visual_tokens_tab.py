@@ -29,9 +29,9 @@ once, and its hidden state *in context* is kept (the *text bank*, built on first
 visual token's hidden state at a layer is compared with the bank by **cosine similarity**; each cell
 shows its nearest text token, hover lists the k nearest with similarity, text layer and context.
 *Same layer* compares with text at the same layer; *all text layers* ranks every stored text layer
-together, as the paper does. *Deviations from the paper:* a small corpus (the paper: 117k sentences),
-at most 20 contexts per token (paper: 50), float16 vectors, a fixed set of stored layers (the paper's
-grid 1, 2, 4, 8, 16, 24, n-2, n-1 plus n)."""
+together, as the paper does. *Deviations from the paper:* a small corpus (the paper: 117k sentences;
+here about 500 distinct tokens, so many patches have no good match), float16 vectors, a fixed set of
+stored layers (the paper's grid 1, 2, 4, 8, 16, 24, n-2, n-1 plus n)."""
 
 
 def _latent_summary(r: Any) -> str:

@@ -20,8 +20,9 @@ What we implement, following the paper's released code:
   mid-layer text), then visual layer 0 (the projected patches) is searched too.
 
 Deviations (also listed in every result's `deviations`): a small shipped corpus (scene
-captions + ~2,400 template sentences) instead of the paper's 117k-sentence concept corpus,
-so far fewer neighbours exist to choose from; float16 storage; a fixed set of stored layers.
+captions + 2,400 template sentences, ~500 distinct token strings with SmolLM2's tokenizer)
+instead of the paper's 117k-sentence concept corpus, so far fewer neighbours exist to choose
+from; float16 storage; a fixed set of stored layers; no BOS-skipping where the model has none.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from explorer.vlm.latent_corpus import Corpus
 MATCH_SAME = "same"
 MATCH_ALL = "all"
 MATCHES = (MATCH_SAME, MATCH_ALL)
-MAX_CONTEXTS = 20
+MAX_CONTEXTS = 50  # the paper's library default
 MAX_SENTENCE_TOKENS = 48
 CONTEXT_TOKENS = 8  # tokens of left context kept for display
 BANK_FORMAT = 1
@@ -396,8 +397,8 @@ class LatentParams:
 DEVIATIONS = (
     "corpus: the app's own scene captions and ~2,400 template sentences (the paper: 117k sentences over "
     "23k WordNet concepts), so far fewer candidate neighbours exist",
-    "at most {cap} contexts per token string (the paper's library: 50), to keep the bank small and its "
-    "build under 2 minutes on 2 CPU cores",
+    "positions skipped: leading special tokens and the first content token (the paper skips positions 0 "
+    "and 1, BOS and the first token; SmolLM2 adds no BOS); at most {cap} contexts per token string",
     "stored text layers: {layers} (the paper's grid plus the last block's raw output); vectors in float16",
     "hidden states are the raw residual stream (no final norm) at every layer, as in the other views",
 )
