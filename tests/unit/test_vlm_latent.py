@@ -293,3 +293,22 @@ def test_visual_tokens_tab_offers_latent_neighbours(tmp_path: Path) -> None:
         visual_tokens_tab.build(ctx)
     assert "latent_neighbours" in {fn.api_name for fn in demo.fns.values()}
     assert "cosine" in visual_tokens_tab.LATENT_EXPLAIN and "Deviations" in visual_tokens_tab.LATENT_EXPLAIN
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "gemma3"])
+def test_hub_vlms_build_a_bank_and_find_neighbours(arch: str) -> None:
+    """Hub VLMs run their own multimodal forward; their bank comes from text-only passes."""
+    from test_vlm_hub import ARCHS, _picture, tiny_hub_vlm
+
+    assert arch in ARCHS
+    vlm = tiny_hub_vlm(arch)
+    corpus = default_corpus().head(12)
+    bank = build_text_bank(vlm.lm, corpus, max_contexts=50, batch_size=5)
+    assert bank.layers == bank_layers(vlm.n_layers) and bank.n_entries > 20
+    r = latent_neighbours(vlm, "What is in the picture?", _picture(), bank, params=LatentParams(k=3))
+    n_img = sum(1 for m in r.modality if m == "image")
+    assert r.similarity.shape == (len(bank.layers), n_img, 3) and n_img > 0
+    assert (np.diff(r.similarity, axis=2) <= 1e-12).all()
+    # a text state of the bank retrieves itself: the hub model's text path is what the bank holds
+    q = bank.vectors[-1, :4].astype(np.float32)
+    assert (search(bank, q, [bank.layers[-1]], 1)[1][:, 0] == np.arange(4)).all()
