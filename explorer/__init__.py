@@ -53,6 +53,8 @@ _LAZY = {
     "visual_tokens": "explorer.vlm_api",
     "vlm_eval": "explorer.vlm_api",
     "vista_compare": "explorer.vlm_api",
+    "latent_neighbours": "explorer.vlm_api",
+    "text_bank": "explorer.vlm_api",
     "token_map": "explorer.atlas_api",
     "map_scores": "explorer.atlas_api",
     "vocab_health": "explorer.atlas_api",

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "visual_tokens",
     "vlm_eval",
     "vista",
+    "latent_neighbours",
 )
 
 

@@ -81,6 +81,7 @@ RESULT_MODULES = (
     "explorer.vlm.tokens",
     "explorer.vlm.vlm_eval",
     "explorer.vlm.attention",
+    "explorer.vlm.latent",
 )
 
 

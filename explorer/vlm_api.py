@@ -336,3 +336,134 @@ def vista_compare(
     out["latency_ratio"] = out["vista"]["seconds"] / max(out["plain"]["seconds"], 1e-9)
     out["deviations"] = list(DEVIATIONS)
     return out
+
+
+def text_bank(
+    model: str | VisionLanguageModel | None,
+    *,
+    db: Any = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    corpus: Any = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """The LatentLens text bank of a VLM's language model (an `explorer.vlm.latent.TextBank`).
+
+    Built once per (model, weight fingerprint, corpus hash, layers) from the shipped corpus
+    (`explorer.vlm.latent_corpus.default_corpus()` unless `corpus` is given), saved under
+    `<cache>/latent_banks/` and indexed in the store as a run of kind "latent_bank"; later
+    calls reuse the file (and, within a process, the loaded vectors)."""
+    from explorer.api import open_store, run_cached
+    from explorer.backends.loading import MODEL_CACHE
+    from explorer.vlm.latent import (
+        BANK_FORMAT,
+        MAX_CONTEXTS,
+        TextBank,
+        bank_file,
+        bank_layers,
+        build_text_bank,
+        load_bank,
+        save_bank,
+    )
+    from explorer.vlm.latent_corpus import default_corpus
+
+    settings = settings or Settings.from_env()
+    vlm = resolve_vlm(model, settings, progress, dtype)
+    lm = vlm.lm
+    corpus = corpus or default_corpus()
+    layers = bank_layers(lm.n_layers)
+    path = bank_file(settings.cache_dir, lm.model_id, lm.weight_hash, corpus.digest, layers, MAX_CONTEXTS)
+    store = open_store(db, settings)
+    params = {"corpus": corpus.digest, "layers": layers, "max_contexts": MAX_CONTEXTS, "format": BANK_FORMAT}
+
+    def compute() -> TextBank:
+        if use_cache and path.exists():
+            try:
+                return load_bank(path)
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable or from another format: rebuild it
+        bank = build_text_bank(lm, corpus, layers=layers, max_contexts=MAX_CONTEXTS, progress=progress)
+        bank.path = str(path)
+        save_bank(bank, path)
+        return bank
+
+    def load() -> TextBank:
+        def cached(reuse: bool) -> TextBank:
+            return run_cached(
+                TextBank.kind,
+                model_id=lm.model_id,
+                weight_hash=lm.weight_hash,
+                prompt="",
+                params=params,
+                compute=compute,
+                store=store,
+                use_cache=reuse,
+            )
+
+        bank = cached(use_cache)
+        try:
+            bank.matrix()
+        except FileNotFoundError:  # the store knows the bank but its file was deleted
+            bank = cached(False)
+        return bank
+
+    if not use_cache:
+        return load()
+    key = ("latent_bank", str(path), str(store.path if store is not None else ""))
+    return MODEL_CACHE.get(key, load)
+
+
+def latent_neighbours(
+    model: str | VisionLanguageModel | None,
+    prompt: str,
+    image: ImageInput | None,
+    *,
+    params: Any = None,
+    db: Any = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    corpus: Any = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """LatentLens-style nearest text neighbours of every visual token; stored as kind
+    "vlm_latent". `params` is an `explorer.vlm.latent.LatentParams` (default: k=5, same layer).
+    The first call for a model builds its text bank (see `text_bank`; `corpus` is an
+    `explorer.vlm.latent_corpus.Corpus`, default the shipped one)."""
+    from explorer.api import open_store, run_cached
+    from explorer.vlm.latent import LatentNeighboursResult, LatentParams
+    from explorer.vlm.latent import latent_neighbours as compute_neighbours
+
+    settings = settings or Settings.from_env()
+    params = params or LatentParams()
+    params.validate()
+    picture = open_image(image, settings)
+    if picture is None:
+        raise InputError("nearest text neighbours of visual tokens need an image (--image PATH)")
+    vlm = resolve_vlm(model, settings, progress, dtype)
+    vlm.prepare(prompt, picture, settings.max_prompt_tokens)  # bad input fails before any bank is built
+    bank = text_bank(vlm, db=db, settings=settings, corpus=corpus, progress=progress)
+    return run_cached(
+        LatentNeighboursResult.kind,
+        model_id=vlm.model_id,
+        weight_hash=vlm.weight_hash,
+        prompt=prompt,
+        params={
+            **params.to_json(),
+            "image": image_digest(picture),
+            "bank": [bank.corpus_digest, bank.layers, bank.max_contexts],
+            "max_tokens": settings.max_prompt_tokens,
+        },
+        compute=lambda: compute_neighbours(
+            vlm,
+            prompt,
+            picture,
+            bank,
+            params=params,
+            max_tokens=settings.max_prompt_tokens,
+            progress=progress,
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )

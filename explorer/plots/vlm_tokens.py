@@ -50,21 +50,24 @@ def _block(result: TextImageResult, layer: Any) -> int:
 
 
 def image_grid_slider(
-    result: TextImageResult,
+    result: Any,
     heat: Callable[[int], go.Heatmap],
     start: int,
     title: str,
+    steps: list[int] | None = None,
+    prefix: str = "block ",
 ) -> go.Figure:
-    """The run's image with one heatmap trace over its patch grid and a slider over blocks 1..n."""
+    """The run's image with one heatmap trace over its patch grid and a slider over `steps`
+    (default: blocks 1..n); `heat(step)` draws one step. `result` has `.grid`, `.n_layers`, `.image()`."""
     image = result.image()
     fig = go.Figure(data=[image_trace(image), heat(start)])
-    blocks = list(range(1, result.n_layers + 1))
+    blocks = steps if steps is not None else list(range(1, result.n_layers + 1))
     fig.frames = [go.Frame(data=[heat(b)], traces=[1], name=str(b)) for b in blocks]
     fig.update_layout(
         sliders=[
             {
-                "active": start - 1,
-                "currentvalue": {"prefix": "block "},
+                "active": blocks.index(start),
+                "currentvalue": {"prefix": prefix},
                 "pad": {"t": 40},
                 "steps": [
                     {
