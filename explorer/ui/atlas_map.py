@@ -128,7 +128,9 @@ def build(ctx: UIContext) -> None:
         list_selected = gr.Button("List selected (lasso) points", size="sm")
         search = gr.Textbox(label="Find tokens (substring)", scale=2)
     selection = gr.Textbox(visible=False, elem_id="atlas-map-selection")
-    selected = gr.Dataframe(headers=TABLE_HEADERS, label="Points", interactive=False, wrap=True)
+    selected = gr.Dataframe(
+        headers=TABLE_HEADERS, label="Points", interactive=False, wrap=True, elem_id="atlas-map-points"
+    )
 
     def _prompts(text: str, split: bool) -> list[str]:
         return [line for line in (text or "").splitlines() if line.strip()] if split else [text or ""]

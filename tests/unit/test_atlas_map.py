@@ -281,3 +281,17 @@ def test_umap_fit_reports_its_reduction(tiny_llama) -> None:
     assert exact.fit["metric"] == "cosine" and "pca_dims" not in exact.fit
     with pytest.raises(InputError, match="pca_dims"):
         atlas_api.token_map(tiny_llama, PROMPT, pca_dims=3, db=False)
+
+
+def test_vlm_image_attribution_colours_the_visual_tokens(tiny_vlm, tmp_store) -> None:
+    from explorer.analysis.vlm_attribution import VLMAttributionParams
+    from explorer.vlm_api import vlm_attribute
+
+    params = VLMAttributionParams(answer_tokens=1, random_trials=1)
+    attr = vlm_attribute(tiny_vlm, "Describe it.", _picture(), params=params, db=tmp_store)
+    r = atlas_api.token_map(tiny_vlm, "Describe it.", image=_picture(), method="pca", layer=0, db=tmp_store)
+    values = atlas_api.map_scores(r, db=tmp_store)[f"image attribution occlusion ({attr.run_id})"]
+    image = [i for i in range(r.n_points) if r.modality[i] == "image"]
+    assert np.isnan(np.delete(values, image)).all()  # text tokens have no image-patch score
+    order = sorted(image, key=lambda i: int(r.position[i]))  # the k-th visual token is patch k
+    np.testing.assert_allclose(values[order], np.asarray(attr.scores, dtype=float))
