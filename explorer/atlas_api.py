@@ -79,7 +79,13 @@ def token_map(
     params.validate()
     picture = vlm_api.open_image(image, settings)
     backend: Any
-    if picture is not None or vlm_api.is_vlm(model):
+    from explorer.backends.sentence import SENTENCE_MODEL, sentence_encoder
+
+    if isinstance(model, str) and model == SENTENCE_MODEL:
+        if picture is not None:
+            raise InputError(f"{SENTENCE_MODEL!r} is a text encoder and cannot take an image")
+        backend = sentence_encoder()
+    elif picture is not None or vlm_api.is_vlm(model):
         if isinstance(model, LanguageModel):
             raise InputError(f"{model.model_id!r} is a text-only language model and cannot take an image")
         backend = vlm_api.resolve_vlm(model, settings, progress)

@@ -11,6 +11,7 @@ import gradio as gr
 from explorer import atlas_api
 from explorer.analysis.atlas.projection import PCA_DIMS
 from explorer.analysis.atlas.token_map import TokenMapResult
+from explorer.backends.sentence import SENTENCE_MODEL
 from explorer.backends.vlm import EMBEDDED_VLMS
 from explorer.models.loading import EMBEDDED_LMS
 from explorer.plots import atlas as atlas_plots
@@ -88,7 +89,7 @@ def build(ctx: UIContext) -> None:
             )
         with gr.Column(scale=2):
             model = gr.Dropdown(
-                choices=sorted(EMBEDDED_LMS) + list(EMBEDDED_VLMS),
+                choices=sorted(EMBEDDED_LMS) + list(EMBEDDED_VLMS) + [SENTENCE_MODEL],
                 value=ctx.settings.default_model,
                 allow_custom_value=True,
                 label="Model (embedded name, hub id or local dir)",

@@ -71,7 +71,7 @@ def test_token_atlas_newcomer(app_url, browser, tmp_path) -> None:  # noqa: F811
         "() => document.querySelector('#atlas-map .js-plotly-plot')._fullData.reduce((a, d) => a + d.x.length, 0)"
     )
     assert n_points >= 31 * 10  # 31 residual layers x the prompt's tokens, one fit
-    page.get_by_label("Show all layers").uncheck()
+    page.get_by_role("checkbox", name="Show all layers").uncheck()
     set_slider(page, "Layer shown (uncheck 'Show all layers')", 20)
     page.wait_for_function(
         "() => { const el = document.querySelector('#atlas-map .js-plotly-plot');"

@@ -295,3 +295,22 @@ def test_vlm_image_attribution_colours_the_visual_tokens(tiny_vlm, tmp_store) ->
     assert np.isnan(np.delete(values, image)).all()  # text tokens have no image-patch score
     order = sorted(image, key=lambda i: int(r.position[i]))  # the k-th visual token is patch k
     np.testing.assert_allclose(values[order], np.asarray(attr.scores, dtype=float))
+
+
+# ---- maps of the embedded sentence encoder (all-MiniLM-L6-v2) -----------------------------------
+def test_minilm_map_has_its_seven_layers_and_special_tokens(tmp_store) -> None:
+    r = atlas_api.token_map("all-minilm-l6-v2", "The cat sat on the mat.", method="pca", db=tmp_store)
+    assert r.model == "all-minilm-l6-v2" and r.n_layers == 6 and r.layers == list(range(7))
+    tokens = r.tokens[0]
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "cat" in tokens
+    assert r.n_points == 7 * len(tokens)
+    first = r.trajectory(0, 0)
+    assert {r.token_type[i] for i in first} == {"special"}
+    assert any("bidirectional" in n for n in r.notes)
+    assert (
+        atlas_api.token_map("all-minilm-l6-v2", "The cat sat on the mat.", method="pca", db=tmp_store).run_id
+        == r.run_id
+    )
+    assert tmp_store.load(r.run_id).tokens == r.tokens
+    with pytest.raises(InputError, match="text encoder"):
+        atlas_api.token_map("all-minilm-l6-v2", "hi there", image=_picture(), db=tmp_store)

@@ -2,7 +2,8 @@
 
 `token_map(lm, prompts, layer=...)` runs one forward pass per prompt (`explorer.trace.capture`,
 no attentions; on a vision-language model `capture_vlm` over the image + prompt, so the image's
-visual tokens are points too, with modality "image" and token type "visual"), takes the residual stream at `layer` (0 = the embeddings as block 0 sees them,
+visual tokens are points too, with modality "image" and token type "visual"; on the embedded sentence
+encoder all-MiniLM-L6-v2 its BERT hidden states), takes the residual stream at `layer` (0 = the embeddings as block 0 sees them,
 i = the output of block i-1) or at every layer, and projects all points together with UMAP
 (cosine) or PCA. With all layers the map is *one* fit over every (layer, token) point, so a
 layer slider moves through one coordinate system and a token's path across layers is a
@@ -251,6 +252,12 @@ def _is_vlm(model: Any) -> bool:
     return isinstance(model, VisionLanguageModel)
 
 
+def _is_sentence_encoder(model: Any) -> bool:
+    from explorer.backends.sentence import SentenceEncoder
+
+    return isinstance(model, SentenceEncoder)
+
+
 def token_map(
     lm: Any,
     prompts: list[str],
@@ -273,9 +280,13 @@ def token_map(
     layer = resolve_layer(params.layer, n_layers)
     layers = list(range(n_layers + 1)) if layer is None else [layer]
     vlm = _is_vlm(lm)
+    encoder = _is_sentence_encoder(lm)
     if vlm:
         inputs = [lm.prepare(p, image, max_tokens) for p in prompts]
         lengths = [x.seq_len for x in inputs]
+    elif encoder:
+        hidden = [lm.hidden_states(p, max_tokens) for p in prompts]  # one pass each, cheap (6 layers)
+        lengths = [len(h[0]) for h in hidden]
     else:
         encoded = [encode(lm, p, max_tokens) for p in prompts]
         lengths = [int(ids.numel()) for ids in encoded]
@@ -293,6 +304,9 @@ def token_map(
             return TokenStates(
                 trace.input_ids.tolist(), trace.tokens, trace.residual[layers].cpu().numpy(), modality
             )
+        if encoder:
+            ids, toks, states_ = hidden[pi]
+            return TokenStates(ids, toks, states_[layers].numpy(), ["text"] * len(ids))
         trace = capture(lm, encoded[pi], attentions=False)
         ids = encoded[pi].tolist()
         return TokenStates(ids, trace.tokens, trace.residual[layers].cpu().numpy(), ["text"] * len(ids))
@@ -340,6 +354,11 @@ def token_map(
         notes.append(
             "Vision-language model: the image's visual tokens (projected into the language model, labelled "
             "<img row,col>) are mapped with the text tokens of the chat prompt; colour by modality to tell them apart."
+        )
+    if encoder:
+        notes.append(
+            "Sentence encoder (all-MiniLM-L6-v2, BERT): bidirectional, every token's state sees the whole text; "
+            "layer 0 is the embedding layer's output (word + position + type embeddings, LayerNorm)."
         )
     notes += [str(n) for n in fit.pop("notes", [])]  # type: ignore[attr-defined]
     return TokenMapResult(
