@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from test_browser import (  # noqa: F401  (module-scoped fixtures: the app and the browser)
+    COMPUTE_TIMEOUT_MS,
     Page,
     app_settings,
     app_url,
@@ -49,6 +50,15 @@ def _lasso(page: Any, elem_id: str) -> None:
     page.mouse.up()
 
 
+def _settled(page: Any, elem_id: str) -> None:
+    """Wait until Gradio no longer shows the component as processing, and plotly has drawn."""
+    page.wait_for_function(
+        f"() => !document.querySelector('#{elem_id}').innerText.includes('processing')",
+        timeout=COMPUTE_TIMEOUT_MS,
+    )
+    page.wait_for_timeout(500)
+
+
 def _table_rows(page: Any, elem_id: str) -> list[list[str]]:
     return page.evaluate(
         f"() => Array.from(document.querySelectorAll('#{elem_id} tbody tr')).map("
@@ -76,7 +86,7 @@ def test_token_atlas_newcomer(app_url, browser, tmp_path) -> None:  # noqa: F811
     page.wait_for_function(
         "() => { const el = document.querySelector('#atlas-map .js-plotly-plot');"
         " return el && el._fullLayout.title.text.includes('showing layer 20'); }",
-        timeout=120_000,
+        timeout=COMPUTE_TIMEOUT_MS,
     )
     app.assert_visible({"map at layer 20": "atlas-map"})
     names = page.evaluate(
@@ -88,13 +98,19 @@ def test_token_atlas_newcomer(app_url, browser, tmp_path) -> None:  # noqa: F811
     page.wait_for_function(
         "() => document.querySelector('#atlas-map .js-plotly-plot')._fullData.some("
         "d => d.name && d.name.startsWith('path of') && d.x.length === 31)",
-        timeout=120_000,
+        timeout=COMPUTE_TIMEOUT_MS,
     )
+    _settled(page, "atlas-map")
     app.screenshot(tmp_path, "atlas_map")
     _lasso(page, "atlas-map")
+    selected = page.evaluate(
+        "() => document.querySelector('#atlas-map .js-plotly-plot').data"
+        ".reduce((a, t) => a + (t.selectedpoints ? t.selectedpoints.length : 0), 0)"
+    )
+    assert selected > 0, "the lasso selected no point"
     page.get_by_role("button", name="List selected (lasso) points").click()
     page.wait_for_function(
-        "() => document.querySelectorAll('#atlas-map-points tbody tr').length > 1", timeout=60_000
+        "() => document.querySelectorAll('#atlas-map-points tbody tr').length > 1", timeout=COMPUTE_TIMEOUT_MS
     )
     rows = _table_rows(page, "atlas-map-points")
     tokens = {r[3] for r in rows if len(r) > 3}
@@ -115,6 +131,7 @@ def test_token_atlas_newcomer(app_url, browser, tmp_path) -> None:  # noqa: F811
     statuses = {r[5] for r in rows}
     assert statuses <= {"strong_verified", "weak_verified", "weak_rejected", "strong_rejected"}, statuses
     assert statuses & {"strong_verified", "weak_verified"}, rows  # some suspects verify on SmolLM2
+    _settled(page, "atlas-vocab-map")
     app.screenshot(tmp_path, "atlas_vocab")
 
     # 3. which tokens carry context
@@ -128,5 +145,6 @@ def test_token_atlas_newcomer(app_url, browser, tmp_path) -> None:  # noqa: F811
         }
     )
     assert "Most context:" in page.locator("#atlas-microscope-summary").inner_text()
+    _settled(page, "atlas-microscope-ranking")
     app.screenshot(tmp_path, "atlas_microscope")
     app.close()
