@@ -32,16 +32,18 @@ pruning scores and kept/dropped tokens). A fitted map is stored with its run: th
 the store, never refitted. Lasso points (the map's default drag mode) and press *List selected* to list their
 tokens."""
 
-SELECTION_JS = """() => {
+# Runs in the browser before `on_selection`: the lassoed points' indices replace the (hidden) text
+# input; the state input is the server's own (Gradio takes stateful inputs from the session).
+SELECTION_JS = """(state, text) => {
   const gd = document.querySelector('#atlas-map .js-plotly-plot');
-  if (!gd || !gd.data) return '';
+  if (!gd || !gd.data) return [state, ''];
   const out = [];
   gd.data.forEach((t, k) => {
     const full = (gd._fullData || []).find(f => f.index === k);
     if (!t.selectedpoints || !full || !full.customdata) return;
     for (const i of t.selectedpoints) { const c = full.customdata[i]; if (c) out.push(c[0]); }
   });
-  return out.join(',');
+  return [state, out.join(',')];
 }"""
 
 
@@ -217,15 +219,15 @@ def build(ctx: UIContext) -> None:
     focus.release(redraw, *io, api_visibility="private")
     trajectory.input(redraw, *io, api_visibility="private")
 
-    list_selected.click(None, None, [selection], js=SELECTION_JS, api_visibility="private")
-
     @user_errors
     def on_selection(r: TokenMapResult | None, text: str) -> Any:
         if r is None or not text:
             return gr.skip()
         return rows_table(r.select([int(v) for v in text.split(",") if v.strip().lstrip("-").isdigit()]))
 
-    selection.change(on_selection, [state, selection], [selected], api_visibility="private")
+    list_selected.click(
+        on_selection, [state, selection], [selected], js=SELECTION_JS, api_visibility="private"
+    )
 
     @user_errors
     def on_search(r: TokenMapResult | None, query: str) -> Any:
