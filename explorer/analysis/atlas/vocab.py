@@ -347,7 +347,7 @@ def vocab_health(
         rest = np.setdiff1d(np.arange(n_rows), must)
         fill = max(0, min(rest.size, params.map_points - must.size))
         chosen = np.concatenate([must, rng.choice(rest, size=fill, replace=False)]) if fill else must
-        coords = fit_umap(no_pc[chosen].astype(np.float32), ProjectionParams(seed=params.seed), cache_dir)
+        coords, _ = fit_umap(no_pc[chosen].astype(np.float32), ProjectionParams(seed=params.seed), cache_dir)
         xs[chosen], ys[chosen] = coords[:, 0], coords[:, 1]
         timings["map_s"] = time.perf_counter() - t1
 
