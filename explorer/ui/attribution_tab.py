@@ -244,16 +244,16 @@ def build(ctx: UIContext) -> None:
     gr.Examples(EXAMPLES, inputs=[prompt, target, method, contrast])
     summary = gr.Markdown()
     tokens_plot = gr.Plot(label="Coloured tokens", elem_id="attribution-tokens")
-    export_controls(state, "text_heatmap", "Export coloured tokens")
+    export_controls(state, "text_heatmap", "Export coloured tokens", ctx=ctx)
     table_plot = gr.Plot(label="Faithfulness and wall time", elem_id="attribution-table")
-    export_controls(state, "faithfulness_table", "Export table")
+    export_controls(state, "faithfulness_table", "Export table", ctx=ctx)
     gr.Markdown(DEVIATIONS)
     with gr.Accordion("Per generation step (steps × sources)", open=False):
         with gr.Row():
             n_gen = gr.Slider(1, 32, value=8, step=1, label="Generate N tokens")
             gen_run = gr.Button("Generate and attribute each step")
         gen_plot = gr.Plot(label="Steps × sources", elem_id="attribution-steps")
-        export_controls(gen_state, "steps_heatmap", "Export steps × sources")
+        export_controls(gen_state, "steps_heatmap", "Export steps × sources", ctx=ctx)
 
     def on_run(
         model: str,

@@ -203,3 +203,27 @@ def test_export_command_round_trips_through_the_cli_parser() -> None:
         "pdf",
         "heatmap",
     )
+
+
+def test_ui_export_row_uses_the_options_and_shows_the_reproducing_snippet(stored: dict[str, Any]) -> None:
+    import explorer
+    from explorer.ui.common import _export_handler, _snippet_handler
+
+    result = explorer.load_run(stored["a"], settings=stored["settings"])
+    text = _snippet_handler(result, "single", False, 9, "light", figure="heatmap")
+    assert (
+        f"explorer export {stored['a']} --figure heatmap --format pdf --size single --no-title --font-size 9"
+        in text
+    )
+    assert f"explorer.export_figure('{stored['a']}', 'pdf', figure='heatmap', size='single'" in text
+    file = _export_handler(
+        result, "single", False, 9, "light", fmt="svg", settings=stored["settings"], figure="heatmap"
+    )
+    data = (
+        Path(file.value).read_bytes()
+        if isinstance(file.value, str)
+        else Path(file.value["path"]).read_bytes()
+    )
+    meta = read_provenance(data, "svg")
+    assert meta is not None and meta["weight_hash"] and meta["options"]["size"] == "single"
+    assert b'width="317"' in data[:400]
