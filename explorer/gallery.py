@@ -90,7 +90,7 @@ def _comparison(s: Settings) -> Any:
 def _generation(s: Settings) -> Any:
     from explorer.attribution_api import attribute_generation
 
-    return attribute_generation(None, PROMPT, generate=3, settings=s)
+    return attribute_generation(None, PROMPT, generate=2, settings=s)
 
 
 def _prune_text(s: Settings) -> Any:
@@ -147,7 +147,7 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
     GalleryRun("lens", "lens", f"explorer lens --prompt {_P} --target ' Paris' --generate 4", _lens),
     GalleryRun("attention", "attention", f"explorer attention --prompt {_P} --flow", _attention),
     GalleryRun(
-        "vision_attention", "vision_attention", "explorer attention --image astronaut", _vision_attention
+        "vision_attention", "vision_attention", "explorer attention --image astronaut.png  # skimage's astronaut photo", _vision_attention
     ),
     GalleryRun(
         "attribution", "attribution", f"explorer attribute --prompt {_P} --target ' Paris' --method occlusion",
@@ -160,14 +160,14 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
         _comparison,
     ),
     GalleryRun(
-        "attribution_generation", "attribution_generation", f"explorer attribute --prompt {_P} --generate 3",
+        "attribution_generation", "attribution_generation", f"explorer attribute --prompt {_P} --generate 2",
         _generation,
     ),
     GalleryRun(
         "prune_text", "prune_text",
-        f"explorer prune --prompt {_P} --keep-ratios 0.25,0.5,0.75 --continuation-tokens 4", _prune_text,
+        f"explorer prune --prompt {_P} --keep 0.25 0.5 0.75 --continuation 4", _prune_text,
     ),
-    GalleryRun("prune_image", "prune_image", "explorer prune --image astronaut --keep-ratios 0.25,0.5", _prune_image),
+    GalleryRun("prune_image", "prune_image", "explorer prune --image astronaut.png --keep 0.25 0.5", _prune_image),
     GalleryRun(
         "vlm_lens", "vlm_lens",
         f"explorer lens --model tiny-vlm --image scene.png --prompt {json.dumps(VLM_PROMPT)} --target ' red' "
@@ -178,10 +178,10 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
         "vlm_tokens", "vlm_tokens",
         f"explorer visual-tokens --model tiny-vlm --image scene.png --prompt {json.dumps(VLM_PROMPT)}", _vlm_tokens,
     ),
-    GalleryRun("token_map", "token_map", "explorer atlas map --prompt ... (two prompts)", _token_map),
+    GalleryRun("token_map", "token_map", f"explorer atlas map --prompt {_P} --prompt {json.dumps(LONG_PROMPT)}", _token_map),
     GalleryRun("vocab_health", "vocab_health", "explorer atlas vocab --n-verify 50 --map-points 1500", _vocab),
-    GalleryRun("microscope", "microscope", "explorer atlas microscope --prompt ...", _microscope),
-    GalleryRun("tokenizer_inspect", "tokenizer_inspect", "explorer atlas tokenizers --text ...", _tokenizers),
+    GalleryRun("microscope", "microscope", f"explorer atlas microscope --prompt {json.dumps(LONG_PROMPT)}", _microscope),
+    GalleryRun("tokenizer_inspect", "tokenizer_inspect", f"explorer atlas tokenize --text {json.dumps(LONG_PROMPT)}", _tokenizers),
 )  # fmt: skip
 
 

@@ -233,6 +233,10 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     layout = out.layout
     has_colorbar = any(
         t.type in ("heatmap", "contour") and t.showscale is not False and not t.coloraxis for t in out.data
+    ) or any(
+        layout[k] is not None and layout[k].showscale is not False
+        for k in layout
+        if k.startswith("coloraxis")
     )
     legend_items = [
         t.name
@@ -336,25 +340,22 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
             ax.update(title_text=wrap(ax.title.text, area_h / grid_r, f))
         _thin_ticks(ax, area_h / grid_r, f * 1.25)
 
+    def bar(colorbar: Any) -> dict[str, Any]:
+        title = colorbar.title.text if colorbar and colorbar.title else None
+        return {
+            "thickness": 10, "len": 1.0, "lenmode": "fraction", "y": 0.5, "yanchor": "middle", "x": 1.0, "xpad": 8,
+            "xanchor": "left", "xref": "paper", "yref": "paper", "tickfont": {"size": f}, "outlinewidth": 0,
+            "title": {"text": wrap(plain(title), area_h * 0.95, f) if title else None, "side": "right",
+                      "font": {"size": f}},
+        }  # fmt: skip
+
     for trace in out.data:
-        if trace.type in ("heatmap", "contour") and trace.showscale is not False:
-            title = trace.colorbar.title.text if trace.colorbar and trace.colorbar.title else None
-            trace.update(
-                colorbar={
-                    "thickness": 10,
-                    "len": 1.0,
-                    "x": 1.0,
-                    "xpad": 8,
-                    "xanchor": "left",
-                    "tickfont": {"size": f},
-                    "title": {
-                        "text": wrap(plain(title), area_h * 0.95, f) if title else None,
-                        "side": "right",
-                        "font": {"size": f},
-                    },
-                    "outlinewidth": 0,
-                }
-            )
+        if trace.type in ("heatmap", "contour") and trace.showscale is not False and not trace.coloraxis:
+            trace.update(colorbar=bar(trace.colorbar))
+    for key in [k for k in layout if k.startswith("coloraxis")]:
+        axis = layout[key]
+        if axis is not None and axis.showscale is not False:
+            axis.update(colorbar=bar(axis.colorbar))
     _drop_cell_text_that_does_not_fit(out, area_w, area_h, f)
 
     layout.update(
