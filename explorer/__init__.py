@@ -59,6 +59,7 @@ _LAZY = {
     "export_figure": "explorer.export_api",
     "export_panel": "explorer.export_api",
     "list_figures": "explorer.export_api",
+    "compare": "explorer.compare",
 }
 
 
