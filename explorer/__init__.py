@@ -60,6 +60,9 @@ _LAZY = {
     "vocab_health": "explorer.atlas_api",
     "microscope": "explorer.atlas_api",
     "inspect_tokenizers": "explorer.atlas_api",
+    "export_figure": "explorer.export_api",
+    "export_panel": "explorer.export_api",
+    "list_figures": "explorer.export_api",
     "compare": "explorer.compare",
 }
 

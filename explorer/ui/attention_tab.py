@@ -214,11 +214,11 @@ def _build_vlm_mode(ctx: UIContext) -> None:
         )
         head = gr.Slider(0, 1, value=0, step=1, label="Head (for 'one head')", interactive=False)
     overlay = gr.Plot(label="Text → image attention on the image", elem_id="vlm-attention-overlay")
-    export_controls(state, "text_to_image_attention", "Export overlay")
+    export_controls(state, "text_to_image_attention", "Export overlay", ctx=ctx)
     shares = gr.Plot(label="Attention shares per block: image / text / sink", elem_id="vlm-attention-shares")
-    export_controls(state, "attention_shares", "Export shares")
+    export_controls(state, "attention_shares", "Export shares", ctx=ctx)
     heads = gr.Plot(label="Share on the image: blocks × heads", elem_id="vlm-attention-heads")
-    export_controls(state, "image_share_heads", "Export blocks × heads")
+    export_controls(state, "image_share_heads", "Export blocks × heads", ctx=ctx)
 
     @user_errors
     def on_run(
@@ -338,13 +338,13 @@ def _build_image_mode(ctx: UIContext) -> None:
         head = gr.Slider(0, 1, value=0, step=1, label="Head", interactive=False)
         mean_heads = gr.Checkbox(value=True, label="Mean over heads")
     overlay_plot = gr.Plot(label="[CLS] → patch attention on the image", elem_id="vision-attention-overlay")
-    export_controls(state, "cls_overlay", "Export [CLS] overlay")
+    export_controls(state, "cls_overlay", "Export [CLS] overlay", ctx=ctx)
     rollout_plot = gr.Plot(label="Attention rollout on the image", elem_id="vision-attention-rollout")
-    export_controls(state, "rollout_overlay", "Export rollout overlay")
+    export_controls(state, "rollout_overlay", "Export rollout overlay", ctx=ctx)
     entropy_plot = gr.Plot(
         label="Entropy of the [CLS] row: layers × heads", elem_id="vision-attention-entropy"
     )
-    export_controls(state, "entropy", "Export entropy")
+    export_controls(state, "entropy", "Export entropy", ctx=ctx)
 
     @user_errors
     def on_sample(name: str | None) -> Any:
@@ -443,34 +443,34 @@ def _build_text_mode(ctx: UIContext) -> None:
         head = gr.Slider(0, 1, value=0, step=1, label="Head", interactive=False)
         mean_heads = gr.Checkbox(value=False, label="Mean over heads (head view and token view)")
     head_plot = gr.Plot(label="One head: query × key", elem_id="attention-head")
-    export_controls(state, "head", "Export head heatmap")
+    export_controls(state, "head", "Export head heatmap", ctx=ctx)
     mean_plot = gr.Plot(label="Mean over heads: query × key", elem_id="attention-mean")
-    export_controls(state, "mean_heads", "Export mean heatmap")
+    export_controls(state, "mean_heads", "Export mean heatmap", ctx=ctx)
 
     token = gr.Dropdown(choices=[], label="Token for the token-centred view", interactive=True)
     token_plot = gr.Plot(label="Token-centred view", elem_id="attention-token")
-    export_controls(state, "token", "Export token view")
+    export_controls(state, "token", "Export token view", ctx=ctx)
 
     grid_plot = gr.Plot(
         label="All heads (thumbnails)", elem_id="attention-grid", elem_classes=["scroll-plot"]
     )
-    export_controls(state, "heads_grid", "Export head grid")
+    export_controls(state, "heads_grid", "Export head grid", ctx=ctx)
 
     rollout_layer = gr.Slider(0, 1, value=0, step=1, label="Rollout through layer", interactive=False)
     rollout_plot = gr.Plot(label="Attention rollout", elem_id="attention-rollout")
-    export_controls(state, "rollout", "Export rollout")
+    export_controls(state, "rollout", "Export rollout", ctx=ctx)
 
     with gr.Column(visible=False) as flow_box:
         flow_plot = gr.Plot(label="Attention flow vs rollout", elem_id="attention-flow")
-        export_controls(state, "flow", "Export flow")
+        export_controls(state, "flow", "Export flow", ctx=ctx)
 
     sinks = gr.Dropdown(
         choices=[], value=[], multiselect=True, label="Sink tokens (default: the first token)"
     )
     sink_plot = gr.Plot(label="Sink share: layers × heads", elem_id="attention-sinks")
-    export_controls(state, "sinks", "Export sink shares")
+    export_controls(state, "sinks", "Export sink shares", ctx=ctx)
     entropy_plot = gr.Plot(label="Entropy: layers × heads", elem_id="attention-entropy")
-    export_controls(state, "entropy", "Export entropy")
+    export_controls(state, "entropy", "Export entropy", ctx=ctx)
 
     @user_errors
     def on_run(

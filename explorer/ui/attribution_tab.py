@@ -357,23 +357,23 @@ def build(ctx: UIContext) -> None:
     with gr.Column(visible=False) as image_box:
         gr.Markdown(IMAGE_EXPLAIN)
         overlay_plot = gr.Plot(label="Attribution on the image patches", elem_id="attribution-image-overlay")
-        export_controls(image_state, "patch_attribution", "Export overlay")
+        export_controls(image_state, "patch_attribution", "Export overlay", ctx=ctx)
         curve_plot = gr.Plot(label="Patch deletion curve", elem_id="attribution-deletion-curve")
-        export_controls(image_state, "deletion_curve", "Export deletion curve")
+        export_controls(image_state, "deletion_curve", "Export deletion curve", ctx=ctx)
         deletion_plot = gr.Plot(label="Patch deletion: top vs random", elem_id="attribution-deletion-table")
-        export_controls(image_state, "deletion_table", "Export deletion table")
+        export_controls(image_state, "deletion_table", "Export deletion table", ctx=ctx)
     with gr.Column(visible=True) as text_box:
         tokens_plot = gr.Plot(label="Coloured tokens", elem_id="attribution-tokens")
-        export_controls(state, "text_heatmap", "Export coloured tokens")
+        export_controls(state, "text_heatmap", "Export coloured tokens", ctx=ctx)
         table_plot = gr.Plot(label="Faithfulness and wall time", elem_id="attribution-table")
-        export_controls(state, "faithfulness_table", "Export table")
+        export_controls(state, "faithfulness_table", "Export table", ctx=ctx)
     gr.Markdown(DEVIATIONS)
     with gr.Accordion("Per generation step (steps × sources)", open=False):
         with gr.Row():
             n_gen = gr.Slider(1, 32, value=8, step=1, label="Generate N tokens")
             gen_run = gr.Button("Generate and attribute each step")
         gen_plot = gr.Plot(label="Steps × sources", elem_id="attribution-steps")
-        export_controls(gen_state, "steps_heatmap", "Export steps × sources")
+        export_controls(gen_state, "steps_heatmap", "Export steps × sources", ctx=ctx)
 
     def on_run(
         image_v: Any,

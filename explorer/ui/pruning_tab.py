@@ -180,19 +180,19 @@ def build(ctx: UIContext) -> None:
         metric = gr.Dropdown(choices=list(plots.TEXT_METRICS), value="kl", label="Retention measure")
         shown_ratio = gr.Dropdown(choices=[], value=None, label="Keep ratio shown (prompts / patches)")
     retention_plot = gr.Plot(label="Retention curves", elem_id="pruning-retention")
-    export_controls(state, "retention", "Export retention curves")
+    export_controls(state, "retention", "Export retention curves", ctx=ctx)
 
     with gr.Column(visible=True) as text_outputs:
         struck = gr.HTML(label="Pruned prompts and continuations")
         prompt_plot = gr.Plot(label="Pruned prompts", elem_id="pruning-prompts")
-        export_controls(state, "pruned_prompt", "Export pruned prompts")
+        export_controls(state, "pruned_prompt", "Export pruned prompts", ctx=ctx)
         outputs_plot = gr.Plot(label="Outputs side by side", elem_id="pruning-outputs")
-        export_controls(state, "outputs", "Export outputs")
+        export_controls(state, "outputs", "Export outputs", ctx=ctx)
     with gr.Column(visible=False) as image_outputs:
         patches_plot = gr.Plot(label="Kept patches", elem_id="pruning-patches")
-        export_controls(state, "kept_patches", "Export kept patches")
+        export_controls(state, "kept_patches", "Export kept patches", ctx=ctx)
         saliency_plot = gr.Plot(label="Saliency before / after", elem_id="pruning-saliency")
-        export_controls(state, "saliency", "Export saliency maps")
+        export_controls(state, "saliency", "Export saliency maps", ctx=ctx)
 
     def on_mode(mode_v: str) -> tuple[Any, ...]:
         is_text = mode_v == "Text"
