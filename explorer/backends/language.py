@@ -47,7 +47,7 @@ from explorer.backends.loading import (
     weight_fingerprint,
 )
 from explorer.backends.trace import IMAGE, TEXT, Trace, check_modality
-from explorer.config import Settings
+from explorer.config import PROMPT_CHARS_PER_TOKEN, Settings
 from explorer.errors import InputError, ModelNotAvailableError
 from explorer.progress import ProgressFn, no_progress
 
@@ -446,9 +446,17 @@ class LanguageModel:
 
 
 def encode(lm: LanguageModel, prompt: str, max_tokens: int, add_special_tokens: bool = True) -> torch.Tensor:
-    """Tokenise `prompt` -> (seq,) ids, with the user-facing checks (empty, too long)."""
+    """Tokenise `prompt` -> (seq,) ids, with the user-facing checks (empty, too long).
+
+    Text longer than `max_tokens * PROMPT_CHARS_PER_TOKEN` characters is refused before the
+    tokenizer sees it (no tokenizer produces fewer tokens than that bound allows)."""
     if prompt is None or not prompt.strip():
         raise InputError("the prompt is empty: type some text to analyse")
+    if len(prompt) > max_tokens * PROMPT_CHARS_PER_TOKEN:
+        raise InputError(
+            f"the prompt is {len(prompt)} characters long; the limit is {max_tokens * PROMPT_CHARS_PER_TOKEN} "
+            f"({max_tokens} tokens; set EXPLORER_MAX_PROMPT_TOKENS to raise it)"
+        )
     ids = lm.tokenizer(prompt, add_special_tokens=add_special_tokens, return_tensors="pt").input_ids[0]
     if ids.numel() == 0:
         raise InputError("the prompt produced no tokens")
