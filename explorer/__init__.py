@@ -56,6 +56,7 @@ _LAZY = {
     "vocab_health": "explorer.atlas_api",
     "microscope": "explorer.atlas_api",
     "inspect_tokenizers": "explorer.atlas_api",
+    "compare": "explorer.compare",
 }
 
 

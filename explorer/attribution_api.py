@@ -24,7 +24,7 @@ from explorer.analysis.attribution import (
     split_params,
 )
 from explorer.analysis.vlm_attribution import VLMAttributionParams, VLMAttributionResult
-from explorer.api import DbArg, get_model, open_store, run_cached
+from explorer.api import CachedRequest, DbArg, get_model, open_store, run_cached, run_cached_many
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
@@ -184,7 +184,7 @@ def attribute(
     # validate prompt/target/contrast once, before any method runs or anything is stored
     build_task(lm, prompt, target, contrast, settings.max_prompt_tokens)
     store = open_store(db, settings)
-    results: list[AttributionResult] = []
+    requests: list[CachedRequest[AttributionResult]] = []
     for i, m in enumerate(methods):
         params = per_method[m.name]
         key = {
@@ -197,8 +197,8 @@ def attribute(
             "max_tokens": settings.max_prompt_tokens,
         }
         prog = _scaled(progress, 0.05 + 0.95 * i / len(methods), 0.05 + 0.95 * (i + 1) / len(methods))
-        results.append(
-            run_cached(
+        requests.append(
+            CachedRequest(
                 AttributionResult.kind,
                 model_id=lm.model_id,
                 weight_hash=lm.weight_hash,
@@ -217,10 +217,10 @@ def attribute(
                     max_tokens=settings.max_prompt_tokens,
                     progress=prog,
                 ),
-                store=store,
-                use_cache=use_cache,
             )
         )
+    # every method of "all" is stored in one transaction: a kill leaves all of them or none
+    results = run_cached_many(requests, store, use_cache)
     if method == "all":
         return AttributionComparison(results=results, notes=notes)
     return results[0]

@@ -43,7 +43,9 @@ def _config_has_vision(name: str) -> bool:
     from transformers import AutoConfig
 
     from explorer.backends.loading import hub_kwargs
+    from explorer.model_policy import admit_model
 
+    name = admit_model(name)  # the host's allow-list, before any file or hub access
     try:
         config = AutoConfig.from_pretrained(name, **hub_kwargs(Path(name).exists()))
     except (OSError, ValueError):

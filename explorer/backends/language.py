@@ -47,9 +47,11 @@ from explorer.backends.loading import (
     weight_fingerprint,
 )
 from explorer.backends.trace import IMAGE, TEXT, Trace, check_modality
-from explorer.config import PROMPT_CHARS_PER_TOKEN, Settings
+from explorer.config import Settings
 from explorer.errors import InputError, ModelNotAvailableError
+from explorer.model_policy import admit_model, load_errors_hidden
 from explorer.progress import ProgressFn, no_progress
+from explorer.text_input import check_prompt
 
 # Called after each generation step with (step index, chosen tokens (B,) int64 on the model's device).
 StepHook = Callable[[int, torch.Tensor], None]
@@ -446,17 +448,8 @@ class LanguageModel:
 
 
 def encode(lm: LanguageModel, prompt: str, max_tokens: int, add_special_tokens: bool = True) -> torch.Tensor:
-    """Tokenise `prompt` -> (seq,) ids, with the user-facing checks (empty, too long).
-
-    Text longer than `max_tokens * PROMPT_CHARS_PER_TOKEN` characters is refused before the
-    tokenizer sees it (no tokenizer produces fewer tokens than that bound allows)."""
-    if prompt is None or not prompt.strip():
-        raise InputError("the prompt is empty: type some text to analyse")
-    if len(prompt) > max_tokens * PROMPT_CHARS_PER_TOKEN:
-        raise InputError(
-            f"the prompt is {len(prompt)} characters long; the limit is {max_tokens * PROMPT_CHARS_PER_TOKEN} "
-            f"({max_tokens} tokens; set EXPLORER_MAX_PROMPT_TOKENS to raise it)"
-        )
+    """Tokenise `prompt` -> (seq,) ids, with the user-facing checks (empty, too long)."""
+    check_prompt(prompt, max_tokens)  # empty, not valid Unicode, or too long by characters
     ids = lm.tokenizer(prompt, add_special_tokens=add_special_tokens, return_tensors="pt").input_ids[0]
     if ids.numel() == 0:
         raise InputError("the prompt produced no tokens")
@@ -554,23 +547,30 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     progress: ProgressFn | None = None,
+    check_allowed: bool = True,
 ) -> LanguageModel:
     """Load (once per process and dtype) a causal LM by embedded name, hub id or local directory.
 
     Eager attention is forced so attention weights can be returned; CUDA is used when
     available. `dtype`: "auto" (default: float16 on CUDA, float32 on CPU), "float32", "float16"
     or "bfloat16". Raises `ModelNotAvailableError` with a clear message when the model cannot
-    be loaded here, `InputError` for an unknown dtype.
+    be loaded here, `InputError` for an unknown dtype. The host's allow-list
+    (EXPLORER_ALLOWED_MODELS) applies unless `check_allowed=False` (a part of an admitted model).
     """
     settings = settings or Settings.from_env()
     name = (name_or_path or settings.default_model).strip()
     dev = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype if dtype is not None else settings.dtype, dev)
     prog = progress or no_progress
-    model: LanguageModel = MODEL_CACHE.get(
-        ("lm:" + name, str(dev), dtype_name(torch_dtype)),
-        lambda: _load_language_model(name, settings, dev, torch_dtype, prog),
-    )
+    if not name:
+        raise ModelNotAvailableError("no model given")
+    with load_errors_hidden(name, settings):
+        # the host's allow-list; one spelling per local dir
+        name = admit_model(name, EMBEDDED_LMS, check_allowed=check_allowed)
+        model: LanguageModel = MODEL_CACHE.get(
+            ("lm:" + name, str(dev), dtype_name(torch_dtype)),
+            lambda: _load_language_model(name, settings, dev, torch_dtype, prog),
+        )
     return model
 
 

@@ -33,6 +33,7 @@ from explorer.backends.loading import MODEL_CACHE
 from explorer.backends.trace import Trace
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.model_policy import admit_model, load_errors_hidden
 from explorer.progress import ProgressFn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "vlm" / "weights"  # the shipped demo VLM
@@ -319,8 +320,11 @@ def _tiny_vlm(
         raise InputError(
             "the demo VLM's projector weights are missing; run `explorer train-demo-vlm --out DIR` to train them"
         )
-    lm = load_model("smollm2-135m", settings=settings, progress=progress, dtype=dtype)
-    vision = load_vision_model("dinov2-small-focus", settings=settings, progress=progress)
+    # parts of the admitted demo VLM: loaded even when the allow-list names only "tiny-vlm"
+    lm = load_model("smollm2-135m", settings=settings, progress=progress, dtype=dtype, check_allowed=False)
+    vision = load_vision_model(
+        "dinov2-small-focus", settings=settings, progress=progress, check_allowed=False
+    )
     digest = hashlib.sha256(path.read_bytes())
     lora = weights / "lora.safetensors"
     if lora.exists():
@@ -368,16 +372,20 @@ def load_vlm(
     `dtype` ("auto", "float32", "float16", "bfloat16") applies to the demo VLM's language
     model (the vision encoder and projector stay in float32); hub VLMs load in "auto"."""
     settings = settings or Settings.from_env()
-    name = (name_or_path or TINY_VLM).strip()
-    if name == TINY_VLM:
-        w = weights or WEIGHTS_DIR
-        key = ("vlm:" + name, str(w), str(dtype or "auto"))
-        return MODEL_CACHE.get(key, lambda: _tiny_vlm(settings, w, progress, dtype))  # type: ignore[no-any-return]
-    if dtype not in (None, "auto"):
-        raise InputError(f"dtype {dtype!r}: hub vision-language models load in 'auto' only (float16 on CUDA)")
-    from explorer.backends.vlm_hub import load_hub_vlm
+    requested = (name_or_path or TINY_VLM).strip()
+    with load_errors_hidden(requested, settings):
+        name = admit_model(requested, EMBEDDED_VLMS)  # the host's allow-list; one spelling per dir
+        if name == TINY_VLM:
+            w = weights or WEIGHTS_DIR
+            key = ("vlm:" + name, str(w.resolve()), str(dtype or "auto"))
+            return MODEL_CACHE.get(key, lambda: _tiny_vlm(settings, w, progress, dtype))  # type: ignore[no-any-return]
+        if dtype not in (None, "auto"):
+            raise InputError(
+                f"dtype {dtype!r}: hub vision-language models load in 'auto' only (float16 on CUDA)"
+            )
+        from explorer.backends.vlm_hub import load_hub_vlm
 
-    return MODEL_CACHE.get(("vlm:" + name, "auto"), lambda: load_hub_vlm(name, settings, progress))  # type: ignore[no-any-return]
+        return MODEL_CACHE.get(("vlm:" + name, "auto"), lambda: load_hub_vlm(name, settings, progress))  # type: ignore[no-any-return]
 
 
 def is_vlm_name(name: str | None) -> bool:

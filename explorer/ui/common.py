@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -17,9 +15,11 @@ import plotly.graph_objects as go
 
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.model_policy import hosted_mode
 from explorer.plots import DATA_FORMATS, FIGURE_FORMATS, export, figure_spec
 from explorer.progress import ProgressFn
 from explorer.store import Store
+from explorer.temp_files import fresh_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,11 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise gr.Error(str(exc), duration=None) from exc
         except Exception as exc:
             log.error("handler %s failed:\n%s", fn.__name__, traceback.format_exc())
-            raise gr.Error(f"Internal error ({type(exc).__name__}): {exc}", duration=None) from exc
+            # the exception's own text can name server paths: show it only to a local user
+            detail = (
+                f": {exc}" if not hosted_mode(Settings.from_env()) else "; the server log has the details"
+            )
+            raise gr.Error(f"Internal error ({type(exc).__name__}){detail}", duration=None) from exc
 
     return wrapper
 
@@ -175,11 +179,35 @@ def _build_or_message(name: str, build: Callable[..., go.Figure | None], *args: 
     return fit_for_page(fig)
 
 
+def client_gone() -> Callable[[], bool]:
+    """A callable that turns true once the client that started this event went away (closed the
+    page, pressed Stop, or an API client cancelled); long handlers poll it to stop early."""
+    try:
+        from gradio.context import LocalContext
+
+        blocks = LocalContext.blocks.get(None)
+        event_id = LocalContext.event_id.get(None)
+    except (ImportError, AttributeError):
+        return lambda: False
+    queue = getattr(blocks, "_queue", None)
+    if queue is None or event_id is None:
+        return lambda: False
+
+    def gone() -> bool:
+        for job_set in list(getattr(queue, "active_jobs", [])):
+            for job in job_set or []:
+                if getattr(job, "_id", None) == event_id:
+                    return not getattr(job, "alive", True)
+        return False
+
+    return gone
+
+
 def export_file(result: Any, figure: str, fmt: str) -> str:
     """Export `figure` of `result` to a fresh temp dir and return the path for a gr.File."""
     if result is None:
         raise gr.Error("Run an analysis first: there is nothing to export yet.")
-    out_dir = Path(tempfile.mkdtemp(prefix="explorer-export-"))
+    out_dir = fresh_temp_dir("export-", max_age_s=Settings.from_env().temp_file_ttl_s)
     spec = figure_spec(result, figure)
     stem = f"{getattr(result, 'run_id', None) or result.kind}_{spec.name}"
     return str(export(result, fmt, out_dir, figure=spec.name, stem=stem))

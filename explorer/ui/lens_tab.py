@@ -54,7 +54,8 @@ def summary_markdown(r: LensResult) -> str:
         f"**Run** `{r.run_id}` · model `{r.model}` · {r.seq_len} tokens"
         + (f" ({r.modality.count('image')} visual)" if isinstance(r, VLMLensResult) else "")
         + f" · {r.n_layers} layers"
-        f" · computed in {r.seconds:.2f} s",
+        f" · computed in {r.seconds:.2f} s"
+        + (f" · [link to this run](?run={r.run_id}&tab=runs_tab)" if r.run_id else ""),
         "",
         f"**Next-token prediction** at the last prompt position: `{last.token}` (p = {last.final_prob:.3f}); "
         f"enters the top-10 at layer {last.first_top10_layer}, becomes top-1 at layer {last.first_top1_layer}, "

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from explorer.backends.language import encode
-from explorer.config import PROMPT_CHARS_PER_TOKEN
 from explorer.errors import InputError
 
 EXPLORER = Path(__file__).resolve().parents[2] / "explorer"
@@ -33,7 +32,7 @@ def test_the_engine_refuses_overlong_prompts_before_tokenising(tiny_llama: Any) 
     tiny_llama.tokenizer = Spy()
     try:
         with pytest.raises(InputError, match="characters long"):
-            encode(tiny_llama, "a" * (8 * PROMPT_CHARS_PER_TOKEN + 1), max_tokens=8)
+            encode(tiny_llama, "a" * (8 * 32 + 1), max_tokens=8)  # 32 characters per token at most
         assert calls == []
         assert encode(tiny_llama, "hello", max_tokens=8).numel() >= 1
     finally:
