@@ -73,7 +73,12 @@ def attention(
         prompt=prompt,
         params={**params.to_json(), "max_tokens": settings.max_prompt_tokens},
         compute=lambda: _att.analyze_attention(
-            lm, prompt, params=params, max_tokens=settings.max_prompt_tokens, progress=progress
+            lm,
+            prompt,
+            params=params,
+            max_tokens=settings.max_prompt_tokens,
+            max_attention_tokens=settings.max_attention_tokens,
+            progress=progress,
         ),
         store=open_store(db, settings),
         use_cache=use_cache,

@@ -61,7 +61,6 @@ layer and head (or the mean over heads); the remainder of its row goes to [CLS] 
 (re-normalised to sum to 1). **Entropy**: of each head's whole [CLS] row in bits (log2 of the token count =
 uniform). Overlays are drawn on the image exactly as the model sees it (resized, letterboxed for the embedded
 model); hover shows the patch and its exact value."""
-MAX_PROMPT_CHARS_PER_TOKEN = 32  # reject absurdly long text before tokenising it
 EXAMPLES = [
     ["The capital of France is Paris. The capital of Germany is"],
     ["When Mary and John went to the store, John gave a drink to"],
@@ -481,9 +480,6 @@ def _build_text_mode(ctx: UIContext) -> None:
         dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
-        limit = ctx.settings.max_prompt_tokens * MAX_PROMPT_CHARS_PER_TOKEN
-        if prompt_v and len(prompt_v) > limit:
-            raise InputError(f"the prompt is {len(prompt_v)} characters long; the limit is {limit}")
         if (model_v or "").strip() in EMBEDDED_VLMS:
             raise InputError(f"{model_v!r} is a vision-language model: choose the input '{VLM_MODE}' above")
         report = progress_fn(progress)

@@ -13,6 +13,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from explorer.analysis.attribution import ATTRIBUTION_METHODS, AttributionComparison, AttributionResult
+from explorer.analysis.attribution.reagent import ReagentParams
 from explorer.analysis.attribution.replacement import DEFAULT_MLM
 from explorer.analysis.attribution.result import METRIC_LABELS, GenerationAttributionResult
 from explorer.attribution_api import attribute, attribute_generation
@@ -20,7 +21,7 @@ from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
 from explorer.errors import InputError
 from explorer.plots import figure_spec
-from explorer.ui.common import UIContext, export_controls, progress_fn, ui_figure, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, ui_figure, user_errors
 
 TITLE = "Attribution"
 EXAMPLES = [
@@ -148,6 +149,7 @@ def run_attribution(
     steps: float,
     ctx: UIContext,
     progress: gr.Progress,
+    dtype: str | None = None,
 ) -> tuple[AttributionComparison, str, go.Figure | None, go.Figure | None]:
     """Handler: returns (state, summary, coloured-token heatmap, faithfulness table)."""
     if not target:
@@ -163,6 +165,7 @@ def run_attribution(
         contrast=contrast or None,
         seed=int(seed or 0),
         settings=ctx.settings,
+        dtype=dtype or None,
         progress=progress_fn(progress),
         **params,
     )
@@ -180,6 +183,7 @@ def run_attribution(
             contrast=contrast or None,
             seed=int(seed or 0),
             settings=ctx.settings,
+            dtype=dtype or None,
         )
         if isinstance(reference, AttributionResult):
             references.append(reference)
@@ -275,7 +279,14 @@ def image_summary_markdown(r: Any) -> str:
 
 
 def run_generation(
-    model: str, prompt: str, method: str, n: float, seed: float, ctx: UIContext, progress: gr.Progress
+    model: str,
+    prompt: str,
+    method: str,
+    n: float,
+    seed: float,
+    ctx: UIContext,
+    progress: gr.Progress,
+    dtype: str | None = None,
 ) -> tuple[GenerationAttributionResult, go.Figure]:
     """Handler: generate N tokens and attribute each to all preceding tokens."""
     if method == "all":
@@ -287,6 +298,7 @@ def run_generation(
         method=method,
         seed=int(seed or 0),
         settings=ctx.settings,
+        dtype=dtype or None,
         progress=progress_fn(progress),
     )
     return result, ui_figure("steps_heatmap", figure_spec(result, "steps_heatmap").build, result)
@@ -323,7 +335,9 @@ def build(ctx: UIContext) -> None:
                 choices=methods, value="reagent", label="Method ('all' compares every method)"
             )
             seed = gr.Number(value=0, label="Seed", precision=0)
+            dtype = dtype_dropdown(ctx)
             run = gr.Button("Attribute", variant="primary")
+    reagent_defaults = ReagentParams()  # the sliders start at the engine's defaults
     with gr.Accordion("ReAGent parameters", open=False):
         with gr.Row():
             replacement = gr.Radio(
@@ -334,11 +348,21 @@ def build(ctx: UIContext) -> None:
             )  # fmt: skip
             mlm_model = gr.Textbox(label="Masked LM (hub id or local dir)", placeholder=DEFAULT_MLM)
         with gr.Row():
-            ratio = gr.Slider(0.05, 0.95, value=0.3, step=0.05, label="Replacing ratio r")
-            top_k = gr.Slider(1, 20, value=3, step=1, label="Stop when target in top-k")
-            keep_n = gr.Slider(1, 20, value=5, step=1, label="Rational size n (kept in the stopping check)")
-            probes = gr.Slider(1, 64, value=8, step=1, label="Probes")
-            steps = gr.Slider(1, 1000, value=30, step=1, label="Max steps")
+            ratio = gr.Slider(
+                0.05, 0.95, value=reagent_defaults.replacing_ratio, step=0.05, label="Replacing ratio r"
+            )
+            top_k = gr.Slider(
+                1, 20, value=reagent_defaults.stop_top_k, step=1, label="Stop when target in top-k"
+            )
+            keep_n = gr.Slider(
+                1,
+                20,
+                value=reagent_defaults.keep_top_n,
+                step=1,
+                label="Rational size n (kept in the stopping check)",
+            )
+            probes = gr.Slider(1, 64, value=reagent_defaults.num_probes, step=1, label="Probes")
+            steps = gr.Slider(1, 1000, value=reagent_defaults.max_steps, step=1, label="Max steps")
     with gr.Accordion("With an image: patch baseline and answer", open=False):
         with gr.Row():
             baseline = gr.Radio(
@@ -392,6 +416,7 @@ def build(ctx: UIContext) -> None:
         keep_n: float,
         probes: float,
         steps: float,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Any:
         if image_v is not None:
@@ -429,7 +454,7 @@ def build(ctx: UIContext) -> None:
             )
         text = run_attribution(
             model, prompt, target, method, contrast, seed, replacement, mlm_model, ratio, top_k, keep_n, probes, steps,
-            ctx=ctx, progress=progress,
+            ctx=ctx, progress=progress, dtype=dtype_v,
         )  # fmt: skip
         state_v, summary_v, tokens_v, table_v = text
         return (
@@ -451,9 +476,10 @@ def build(ctx: UIContext) -> None:
         method: str,
         n: float,
         seed: float,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Any:
-        return run_generation(model, prompt, method, n, seed, ctx=ctx, progress=progress)
+        return run_generation(model, prompt, method, n, seed, ctx=ctx, progress=progress, dtype=dtype_v)
 
     run.click(
         user_errors(on_run),
@@ -474,6 +500,7 @@ def build(ctx: UIContext) -> None:
             keep_n,
             probes,
             steps,
+            dtype,
         ],
         outputs=[
             state, summary, text_box, tokens_plot, table_plot, image_state, image_box, overlay_plot, curve_plot,
@@ -490,7 +517,7 @@ def build(ctx: UIContext) -> None:
     )
     gen_run.click(
         user_errors(on_generate),
-        inputs=[model, prompt, method, n_gen, seed],
+        inputs=[model, prompt, method, n_gen, seed, dtype],
         outputs=[gen_state, gen_plot],
         api_visibility="private",
     )

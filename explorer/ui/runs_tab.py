@@ -46,6 +46,13 @@ def run_choices(ctx: UIContext, kind: str | None = None, limit: int = 200) -> li
     return out
 
 
+def kind_choices() -> list[str]:
+    """ "" (every kind) plus every result kind registered by the analyses (the result registry)."""
+    from explorer.results import RESULT_KINDS
+
+    return ["", *RESULT_KINDS.all_kinds()]
+
+
 def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     state = gr.State(None)
     gr.Markdown(
@@ -54,21 +61,7 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     )
     with gr.Row():
         kind = gr.Dropdown(
-            [
-                "",
-                "lens",
-                "attention",
-                "vision_attention",
-                "attribution",
-                "attribution_generation",
-                "prune_text",
-                "prune_image",
-                "vlm_eval",
-                "vlm_lens",
-                "vlm_tokens",
-                "vlm_attention",
-                "vlm_attribution",
-            ],
+            kind_choices(),
             value="",
             label="Kind",
             allow_custom_value=True,

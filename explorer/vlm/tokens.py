@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -34,10 +33,11 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from explorer.analysis.attention import attention_rollout
+from explorer.analysis.attention_math import attention_rollout
 from explorer.backends.images import image_to_png
 from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm, generate
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
 from explorer.vlm.attention import (
     TextImageAttention,
@@ -50,7 +50,6 @@ from explorer.vlm.attention import (
     visual_sinks,
 )
 
-ProgressFn = Callable[[float, str], None]
 ALIVE, DEAD, SINK = 0, 1, 2
 CATEGORY_NAMES = ("alive", "dead", "sink")
 
