@@ -43,7 +43,9 @@ def main(scenes: int, batch_size: int, dataset: str) -> dict[str, object]:
     steered = evaluate_vlm(
         vlm,
         samples,
-        EvalParams(dataset=dataset, n_scenes=scenes, batch_size=batch_size, vista=VistaParams(vsv=True, sla=True)),
+        EvalParams(
+            dataset=dataset, n_scenes=scenes, batch_size=batch_size, vista=VistaParams(vsv=True, sla=True)
+        ),
     )
     return {
         "dataset": dataset,

@@ -431,6 +431,53 @@ class LanguageModel:
             prefill_attentions=out.attentions,
         )
 
+    @torch.no_grad()
+    def residuals(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
+    ) -> torch.Tensor:
+        """Residual stream of a right-padded batch at the given layers, as `capture` defines them
+        (0 = input to block 0, i = raw output of block i-1, no final norm).
+
+        input_ids, attention_mask: (B, T); layers: sorted, in 0..n_layers.
+        Returns (len(layers), B, T, d_model) float32 on the CPU. Padded positions hold garbage.
+        The pass stops after the last block needed and computes no logits."""
+        wanted = sorted({int(x) for x in layers})
+        n = self.n_layers
+        if not wanted or wanted[0] < 0 or wanted[-1] > n:
+            raise ValueError(f"layers must lie in 0..{n} (got {list(layers)})")
+        blocks = self.blocks()
+        captured: dict[int, torch.Tensor] = {}
+        last = wanted[-1]
+
+        class _Done(Exception):
+            pass
+
+        def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured[0] = _first_tensor(args[0] if args else kwargs.get("hidden_states")).float().cpu()
+            if last == 0:
+                raise _Done
+
+        def make_hook(i: int) -> Any:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+                if i + 1 in wanted:
+                    captured[i + 1] = _first_tensor(output).float().cpu()
+                if i + 1 == last:
+                    raise _Done
+
+            return hook
+
+        with self.lock:
+            handles = [blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+            handles += [block.register_forward_hook(make_hook(i)) for i, block in enumerate(blocks[:last])]
+            try:
+                self.forward(input_ids, attention_mask=attention_mask, logits_to_keep=1)
+            except _Done:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
+        return torch.stack([captured[x] for x in wanted])
+
     @contextmanager
     def residual_edits(self, edits: dict[int, ResidualEdit]) -> Iterator[None]:
         """While inside (and under the lock), residual `l` (1..n_layers: the output of block l-1)

@@ -120,9 +120,9 @@ def build(ctx: UIContext) -> None:
         elem_id="eval-metrics",
     )
     metrics_plot = gr.Plot(label="Metrics with 95% intervals", elem_id="eval-metrics-plot")
-    export_controls(state, "eval_metrics", "Export metrics")
+    export_controls(state, "eval_metrics", "Export metrics", ctx=ctx)
     hallucination_plot = gr.Plot(label="POPE and CHAIR", elem_id="eval-hallucination-plot")
-    export_controls(state, "eval_hallucination", "Export hallucination")
+    export_controls(state, "eval_hallucination", "Export hallucination", ctx=ctx)
 
     @user_errors
     def evaluate(
