@@ -91,9 +91,9 @@ def build(ctx: UIContext) -> None:
     summary = gr.Markdown()
     gr.Markdown(EXPLAIN)
     categories = gr.Plot(label="Sink / dead / alive on the image", elem_id="vt-categories")
-    export_controls(state, "token_categories", "Export categories")
+    export_controls(state, "token_categories", "Export categories", ctx=ctx)
     counts = gr.Plot(label="Counts per block", elem_id="vt-counts")
-    export_controls(state, "category_counts", "Export counts")
+    export_controls(state, "category_counts", "Export counts", ctx=ctx)
     with gr.Row():
         query = gr.Dropdown(choices=[], label="Text query (position · token)")
         view = gr.Radio(
@@ -103,9 +103,9 @@ def build(ctx: UIContext) -> None:
         )
         head = gr.Slider(0, 1, value=0, step=1, label="Head (for 'one head')")
     attention = gr.Plot(label="Text → image attention", elem_id="vt-attention")
-    export_controls(state, "text_to_image_attention", "Export attention")
+    export_controls(state, "text_to_image_attention", "Export attention", ctx=ctx)
     shares = gr.Plot(label="Attention shares", elem_id="vt-shares")
-    export_controls(state, "attention_shares", "Export shares")
+    export_controls(state, "attention_shares", "Export shares", ctx=ctx)
     gr.Markdown(LATENT_EXPLAIN)
     latent_state = gr.State(None)
     with gr.Row():
@@ -118,7 +118,7 @@ def build(ctx: UIContext) -> None:
         latent_run = gr.Button("Find nearest text tokens", variant="secondary")
     latent_summary = gr.Markdown()
     latent_plot = gr.Plot(label="Nearest contextual text token per patch", elem_id="vt-latent")
-    export_controls(latent_state, "latent_neighbours", "Export neighbours")
+    export_controls(latent_state, "latent_neighbours", "Export neighbours", ctx=ctx)
 
     @user_errors
     def analyse(
