@@ -311,6 +311,8 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     else:
         if aspect is not None:
             area_h = area_w / grid_c * aspect * grid_r * 1.08
+        elif grid_r * grid_c > 4:  # a grid of thumbnails: square cells
+            area_h = area_w / grid_c * grid_r * 1.08
         elif rows:
             area_h = rows * max(f * 1.25, min(f * 2.2, 320 / rows)) * (1 if grid_r == 1 else 1.1)
         else:
