@@ -76,7 +76,18 @@ def _load_builtin_figures() -> None:
     # importing registers; kept lazy so `import explorer` stays light
     import explorer.plots.lens  # noqa: F401
 
-    for module in ("attention", "attribution", "pruning", "vlm", "atlas", "vlm_tokens"):
+    for module in (
+        "attention",
+        "attribution",
+        "pruning",
+        "vlm",
+        "atlas",
+        "vlm_tokens",
+        "vlm_attention",
+        "vlm_attribution",
+        "vlm_eval",
+        "vlm_latent",
+    ):
         try:
             __import__(f"explorer.plots.{module}")
         except ModuleNotFoundError as exc:

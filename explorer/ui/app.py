@@ -17,6 +17,7 @@ TAB_MODULES = (
     "attribution_tab",
     "pruning_tab",
     "visual_tokens_tab",
+    "vlm_eval_tab",
     "atlas_tab",
     "runs_tab",
     "compare_tab",

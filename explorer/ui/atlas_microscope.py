@@ -57,7 +57,7 @@ def build(ctx: UIContext) -> None:
             )
             run = gr.Button("Measure", variant="primary")
     gr.Markdown(EXPLAIN)
-    summary = gr.Markdown()
+    summary = gr.Markdown(elem_id="atlas-microscope-summary")
     measure = gr.Radio(
         [(v[0], k) for k, v in atlas_plots.MICROSCOPE_MEASURES.items()], value="context", label="Heatmap"
     )

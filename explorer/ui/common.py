@@ -271,6 +271,9 @@ def export_controls(
         buttons = {
             fmt: gr.Button(fmt.upper(), size="sm", min_width=60) for fmt in FIGURE_FORMATS + DATA_FORMATS
         }
+        from explorer.ui.share import link_controls
+
+        link_controls(result_state, figure)  # every result panel has a share link with a copy button
     snippet = gr.Markdown(reproduce_snippet(None, "", default), elem_classes=["reproduce-snippet"])
     out = gr.File(label="Download", visible=False, interactive=False)
     settings = ctx.settings if ctx is not None else None
