@@ -7,10 +7,14 @@ only on a miss, stores the result in one transaction and returns the result obje
 
 from __future__ import annotations
 
+import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from explorer.analysis import logit_lens as _lens
 from explorer.backends.language import LanguageModel, load_model
@@ -18,7 +22,8 @@ from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
 from explorer.results import StoredResult
-from explorer.store import RunInfo, Store
+from explorer.store import PendingRun, QueryLimits, RunInfo, Store, cache_key
+from explorer.text_input import check_prompt, check_text
 
 DbArg = str | Path | Store | bool | None
 R = TypeVar("R", bound=StoredResult)
@@ -32,7 +37,18 @@ def open_store(db: DbArg = None, settings: Settings | None = None) -> Store | No
         return db
     settings = settings or Settings.from_env()
     path = settings.database if db is None or db is True else Path(db)
-    return Store.open(path)
+    return Store.open(path, lock_timeout_s=settings.store_lock_timeout_s)
+
+
+def query_limits(settings: Settings | None = None, max_rows: int = 1000) -> QueryLimits:
+    """The SQL console's bounds from settings (EXPLORER_SQL_* variables)."""
+    settings = settings or Settings.from_env()
+    return QueryLimits(
+        timeout_s=settings.sql_timeout_s,
+        max_rows=max_rows,
+        max_cell_chars=settings.sql_max_cell_chars,
+        max_response_bytes=settings.sql_max_response_bytes,
+    )
 
 
 def get_model(
@@ -45,6 +61,88 @@ def get_model(
     if isinstance(model, LanguageModel):
         return model
     return load_model(model, settings=settings, progress=progress, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class CachedRequest(Generic[R]):
+    """One analysis request: what identifies it in the store, and how to compute it on a miss."""
+
+    kind: str
+    model_id: str
+    weight_hash: str
+    prompt: str
+    params: dict[str, Any]
+    compute: Callable[[], R]
+
+
+class _InFlight:
+    """Identical requests in flight share one computation: one lock per cache key, so the
+    second request waits for the first and then finds its run in the store."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, keys: list[str]) -> Iterator[None]:
+        keys = sorted(set(keys))  # one global order: no deadlock between overlapping batches
+        with self._guard:
+            for key in keys:
+                lock, users = self._locks.get(key, (threading.Lock(), 0))
+                self._locks[key] = (lock, users + 1)
+            locks = [self._locks[k][0] for k in keys]
+        with ExitStack() as stack:
+            for lock in locks:
+                stack.enter_context(lock)
+            try:
+                yield
+            finally:
+                with self._guard:
+                    for key in keys:
+                        lock, users = self._locks[key]
+                        if users <= 1:
+                            del self._locks[key]
+                        else:
+                            self._locks[key] = (lock, users - 1)
+
+
+_IN_FLIGHT = _InFlight()
+
+
+def run_cached_many(
+    requests: Sequence[CachedRequest[R]], store: Store | None, use_cache: bool = True
+) -> list[R]:
+    """Serve each request from the store or compute it; store every new result in ONE transaction.
+
+    Every `compute` runs before anything is written, so a failure (bad input, out of memory,
+    a kill) leaves the store untouched: all of the batch is stored or none of it."""
+    for req in requests:
+        check_text(req.prompt, "the prompt")
+        check_text(json.dumps(req.params, ensure_ascii=False, default=str), "a parameter")
+    keys = [cache_key(r.kind, r.model_id, r.weight_hash, r.prompt, r.params) for r in requests]
+    with _IN_FLIGHT.hold(keys if store is not None and use_cache else []):
+        results: list[R | None] = [None] * len(requests)
+        if store is not None and use_cache:
+            for i, req in enumerate(requests):
+                run_id = store.find(req.kind, req.model_id, req.weight_hash, req.prompt, req.params)
+                if run_id is not None:
+                    results[i] = store.load(run_id)  # type: ignore[assignment]
+        pending: list[tuple[int, PendingRun]] = []
+        for i, req in enumerate(requests):
+            if results[i] is not None:
+                continue
+            t0 = time.perf_counter()
+            result = req.compute()
+            duration = time.perf_counter() - t0
+            results[i] = result
+            pending.append(
+                (i, PendingRun(result, req.model_id, req.weight_hash, req.prompt, req.params, duration))
+            )
+        if store is not None and pending:
+            run_ids = store.save_many([p for _, p in pending])
+            for (i, _), run_id in zip(pending, run_ids, strict=True):
+                results[i].run_id = run_id  # type: ignore[union-attr]
+    return [r for r in results if r is not None]
 
 
 def run_cached(
@@ -61,26 +159,10 @@ def run_cached(
     """Serve (kind, model, weights, prompt, params) from the store, or compute and store it.
 
     `compute` runs before anything is written, so a failure (bad input, out of memory)
-    leaves the store untouched.
+    leaves the store untouched. Identical requests in flight share one computation.
     """
-    if store is not None and use_cache:
-        run_id = store.find(kind, model_id, weight_hash, prompt, params)
-        if run_id is not None:
-            return store.load(run_id)  # type: ignore[return-value]
-    t0 = time.perf_counter()
-    result = compute()
-    duration = time.perf_counter() - t0
-    if store is not None:
-        run_id = store.save(
-            result,
-            model_id=model_id,
-            weight_hash=weight_hash,
-            prompt=prompt,
-            params=params,
-            duration_s=duration,
-        )
-        result.run_id = run_id  # type: ignore[attr-defined]
-    return result
+    request = CachedRequest(kind, model_id, weight_hash, prompt, params, compute)
+    return run_cached_many([request], store, use_cache)[0]
 
 
 def logit_lens(
@@ -134,6 +216,7 @@ def logit_lens(
             dtype=dtype,
             progress=progress,
         )
+    check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
     lm = get_model(model, settings, progress, dtype)
     return run_cached(
         _lens.LensResult.kind,

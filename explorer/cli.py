@@ -25,7 +25,11 @@ COMMAND_MODULES = (
     "prune",
     "train_demo_vlm",
     "atlas",
+    "compare",
     "visual_tokens",
+    "vlm_eval",
+    "vista",
+    "latent_neighbours",
 )
 
 
@@ -78,26 +82,64 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     return parser, handlers
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every text argument must be valid Unicode (undecodable bytes arrive as lone surrogates)."""
+    from explorer.text_input import check_text
+
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, str):
+                check_text(item, "--" + name.replace("_", "-"))
+
+
+def _quiet_loading_bars() -> None:
+    """No "Loading weights" bars from transformers / huggingface_hub on stderr: the CLI prints
+    JSON on stdout and, on bad input, exactly one line on stderr."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (the CLI called in-process)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand: 0 on success, 2 on bad input (one line on stderr), 130 on Ctrl-C."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    _quiet_loading_bars()
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     from explorer.config import Settings
     from explorer.errors import InputError
 
-    db = getattr(args, "sub_db", None) or args.db
-    dtype = getattr(args, "sub_dtype", None) or args.dtype
-    settings = Settings.from_env(db_path=db, cache_dir=args.cache_dir, dtype=dtype)
     try:
+        _check_arguments(args)
+        db = getattr(args, "sub_db", None) or args.db
+        dtype = getattr(args, "sub_dtype", None) or args.dtype
+        try:
+            settings = Settings.from_env(db_path=db, cache_dir=args.cache_dir, dtype=dtype)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
         out = handlers[args.command](args, settings)
     except InputError as exc:
-        print(f"explorer {args.command}: error: {exc}", file=sys.stderr)
+        # one line: a multi-line message (e.g. DuckDB's parser pointing at a column) is joined
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"explorer {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
     if out is not None:
-        json.dump(out, sys.stdout, default=_json_default, ensure_ascii=False)
-        sys.stdout.write("\n")
+        text = json.dumps(out, default=_json_default, ensure_ascii=False)
+        try:
+            sys.stdout.write(text + "\n")
+        except UnicodeEncodeError:  # a stored string the terminal's encoding cannot show
+            sys.stdout.write(json.dumps(out, default=_json_default) + "\n")
     return 0
 
 

@@ -17,6 +17,17 @@ DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_VISION_MODEL = "dinov2-small-focus"
 
 
+_LIMIT_VARIABLES: tuple[tuple[str, str, type], ...] = (
+    ("sql_timeout_s", "EXPLORER_SQL_TIMEOUT_S", float),
+    ("sql_max_cell_chars", "EXPLORER_SQL_MAX_CELL_CHARS", int),
+    ("sql_max_response_bytes", "EXPLORER_SQL_MAX_RESPONSE_BYTES", int),
+    ("store_lock_timeout_s", "EXPLORER_STORE_LOCK_TIMEOUT_S", float),
+    ("queue_max_size", "EXPLORER_QUEUE_MAX_SIZE", int),
+    ("session_ttl_s", "EXPLORER_SESSION_TTL_S", int),
+    ("temp_file_ttl_s", "EXPLORER_TEMP_FILE_TTL_S", int),
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime settings. Paths are absolute after `from_env`."""
@@ -27,10 +38,26 @@ class Settings:
     default_vision_model: str = DEFAULT_VISION_MODEL
     dtype: str = "auto"  # weights' dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16
     max_prompt_tokens: int = 512
+    # The attention view stores every head's full matrix: 30 layers x 9 heads x 256^2 = 17.7M weights.
+    max_attention_tokens: int = 256
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     host: str = "127.0.0.1"
     port: int = 7860
+    # hosting limits (see README "Hosting safely")
+    max_prompt_chars_per_token: int = 32  # refuse longer text by characters before tokenising
+    sql_timeout_s: float = 10.0
+    sql_max_cell_chars: int = 10_000
+    sql_max_response_bytes: int = 5 * 1024 * 1024
+    store_lock_timeout_s: float = 30.0  # wait this long for another process's hold on the store
+    queue_max_size: int = 64
+    session_ttl_s: int = 3600
+    temp_file_ttl_s: int = 3600
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """Longest prompt accepted before tokenising (a token is rarely longer than this many chars)."""
+        return self.max_prompt_tokens * self.max_prompt_chars_per_token
 
     @property
     def database(self) -> Path:
@@ -59,8 +86,16 @@ class Settings:
             values["dtype"] = env["EXPLORER_DTYPE"]
         if "EXPLORER_MAX_PROMPT_TOKENS" in env:
             values["max_prompt_tokens"] = int(env["EXPLORER_MAX_PROMPT_TOKENS"])
+        if "EXPLORER_MAX_ATTENTION_TOKENS" in env:
+            values["max_attention_tokens"] = int(env["EXPLORER_MAX_ATTENTION_TOKENS"])
         if "EXPLORER_MAX_IMAGE_BYTES" in env:
             values["max_image_bytes"] = int(env["EXPLORER_MAX_IMAGE_BYTES"])
+        for key, var, kind in _LIMIT_VARIABLES:
+            if var in env:
+                try:
+                    values[key] = kind(env[var])
+                except ValueError:
+                    raise ValueError(f"{var}={env[var]!r} is not a valid {kind.__name__}") from None
         if "EXPLORER_HOST" in env:
             values["host"] = env["EXPLORER_HOST"]
         if "EXPLORER_PORT" in env:

@@ -49,10 +49,17 @@ from explorer.backends.loading import (
 from explorer.backends.trace import IMAGE, TEXT, Trace, check_modality
 from explorer.config import Settings
 from explorer.errors import InputError, ModelNotAvailableError
+from explorer.model_policy import admit_model, load_errors_hidden
 from explorer.progress import ProgressFn, no_progress
+from explorer.text_input import check_prompt
 
 # Called after each generation step with (step index, chosen tokens (B,) int64 on the model's device).
 StepHook = Callable[[int, torch.Tensor], None]
+# Called at each generation step with (step index, next-token logits (B, vocab) float32) before the
+# token is chosen; returns the logits to choose from (e.g. mixed with an early layer's logits).
+LogitsHook = Callable[[int, torch.Tensor], torch.Tensor]
+# Replaces a residual (B, T, d_model) by an edited one of the same shape and dtype.
+ResidualEdit = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -345,6 +352,7 @@ class LanguageModel:
         position_ids: torch.Tensor | None = None,
         output_attentions: bool = False,
         step_hook: StepHook | None = None,
+        logits_hook: LogitsHook | None = None,
     ) -> Generation:
         """Decode up to `max_new_tokens` after a prompt, with a KV cache.
 
@@ -405,6 +413,8 @@ class LanguageModel:
                     )
                     cache = step_out.cache
                     logits = step_out.logits[:, -1]
+                if logits_hook is not None:
+                    logits = logits_hook(step, logits.float())
                 nxt = choose(logits)
                 tokens.append(nxt)
                 if step_hook is not None:
@@ -420,6 +430,107 @@ class LanguageModel:
             prefill_seconds=prefill,
             prefill_attentions=out.attentions,
         )
+
+    @torch.no_grad()
+    def residuals(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
+    ) -> torch.Tensor:
+        """Residual stream of a right-padded batch at the given layers, as `capture` defines them
+        (0 = input to block 0, i = raw output of block i-1, no final norm).
+
+        input_ids, attention_mask: (B, T); layers: sorted, in 0..n_layers.
+        Returns (len(layers), B, T, d_model) float32 on the CPU. Padded positions hold garbage.
+        The pass stops after the last block needed and computes no logits."""
+        wanted = sorted({int(x) for x in layers})
+        n = self.n_layers
+        if not wanted or wanted[0] < 0 or wanted[-1] > n:
+            raise ValueError(f"layers must lie in 0..{n} (got {list(layers)})")
+        blocks = self.blocks()
+        captured: dict[int, torch.Tensor] = {}
+        last = wanted[-1]
+
+        class _Done(Exception):
+            pass
+
+        def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured[0] = _first_tensor(args[0] if args else kwargs.get("hidden_states")).float().cpu()
+            if last == 0:
+                raise _Done
+
+        def make_hook(i: int) -> Any:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+                if i + 1 in wanted:
+                    captured[i + 1] = _first_tensor(output).float().cpu()
+                if i + 1 == last:
+                    raise _Done
+
+            return hook
+
+        with self.lock:
+            handles = [blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+            handles += [block.register_forward_hook(make_hook(i)) for i, block in enumerate(blocks[:last])]
+            try:
+                self.forward(input_ids, attention_mask=attention_mask, logits_to_keep=1)
+            except _Done:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
+        return torch.stack([captured[x] for x in wanted])
+
+    @contextmanager
+    def residual_edits(self, edits: dict[int, ResidualEdit]) -> Iterator[None]:
+        """While inside (and under the lock), residual `l` (1..n_layers: the output of block l-1)
+        is replaced by `edits[l](residual)` in every pass: prefill and each decoding step, at
+        every position. residual: (B, T, d_model) in the model's dtype."""
+        blocks = self.blocks()
+        for layer in edits:
+            if not 1 <= layer <= len(blocks):
+                raise ValueError(f"residual layer {layer} is outside 1..{len(blocks)}")
+
+        def make_hook(edit: ResidualEdit) -> Any:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+                if isinstance(output, torch.Tensor):
+                    return edit(output)
+                if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+                    return (edit(output[0]), *output[1:])
+                raise TypeError(f"cannot edit a block output of type {type(output).__name__}")
+
+            return hook
+
+        with self.lock:
+            handles = [blocks[layer - 1].register_forward_hook(make_hook(fn)) for layer, fn in edits.items()]
+            try:
+                yield
+            finally:
+                for h in handles:
+                    h.remove()
+
+    @contextmanager
+    def residual_recorder(self, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+        """While inside (and under the lock), the returned dict holds, for each residual layer in
+        `layers` (1..n_layers), the last position's residual (B, d_model) of the latest pass (the
+        prefill, then each decoding step), after any `residual_edits` of that layer."""
+        blocks = self.blocks()
+        record: dict[int, torch.Tensor] = {}
+        for layer in layers:
+            if not 1 <= layer <= len(blocks):
+                raise ValueError(f"residual layer {layer} is outside 1..{len(blocks)}")
+
+        def make_hook(layer: int) -> Any:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+                record[layer] = _first_tensor(output)[:, -1]
+
+            return hook
+
+        with self.lock:
+            # registered after any edit hooks entered before, so they see the edited residual
+            handles = [blocks[layer - 1].register_forward_hook(make_hook(layer)) for layer in layers]
+            try:
+                yield record
+            finally:
+                for h in handles:
+                    h.remove()
 
     @contextmanager
     def frozen_weights(self) -> Iterator[None]:
@@ -447,8 +558,7 @@ class LanguageModel:
 
 def encode(lm: LanguageModel, prompt: str, max_tokens: int, add_special_tokens: bool = True) -> torch.Tensor:
     """Tokenise `prompt` -> (seq,) ids, with the user-facing checks (empty, too long)."""
-    if prompt is None or not prompt.strip():
-        raise InputError("the prompt is empty: type some text to analyse")
+    check_prompt(prompt, max_tokens)  # empty, not valid Unicode, or too long by characters
     ids = lm.tokenizer(prompt, add_special_tokens=add_special_tokens, return_tensors="pt").input_ids[0]
     if ids.numel() == 0:
         raise InputError("the prompt produced no tokens")
@@ -546,23 +656,30 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     progress: ProgressFn | None = None,
+    check_allowed: bool = True,
 ) -> LanguageModel:
     """Load (once per process and dtype) a causal LM by embedded name, hub id or local directory.
 
     Eager attention is forced so attention weights can be returned; CUDA is used when
     available. `dtype`: "auto" (default: float16 on CUDA, float32 on CPU), "float32", "float16"
     or "bfloat16". Raises `ModelNotAvailableError` with a clear message when the model cannot
-    be loaded here, `InputError` for an unknown dtype.
+    be loaded here, `InputError` for an unknown dtype. The host's allow-list
+    (EXPLORER_ALLOWED_MODELS) applies unless `check_allowed=False` (a part of an admitted model).
     """
     settings = settings or Settings.from_env()
     name = (name_or_path or settings.default_model).strip()
     dev = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype if dtype is not None else settings.dtype, dev)
     prog = progress or no_progress
-    model: LanguageModel = MODEL_CACHE.get(
-        ("lm:" + name, str(dev), dtype_name(torch_dtype)),
-        lambda: _load_language_model(name, settings, dev, torch_dtype, prog),
-    )
+    if not name:
+        raise ModelNotAvailableError("no model given")
+    with load_errors_hidden(name, settings):
+        # the host's allow-list; one spelling per local dir
+        name = admit_model(name, EMBEDDED_LMS, check_allowed=check_allowed)
+        model: LanguageModel = MODEL_CACHE.get(
+            ("lm:" + name, str(dev), dtype_name(torch_dtype)),
+            lambda: _load_language_model(name, settings, dev, torch_dtype, prog),
+        )
     return model
 
 

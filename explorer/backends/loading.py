@@ -13,13 +13,13 @@ import importlib.util
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
+from explorer.model_policy import ModelLRU
 
 # User-facing dtype names. "auto" = float16 on CUDA, float32 on CPU.
 DTYPES: dict[str, torch.dtype | None] = {
@@ -119,34 +119,10 @@ def weight_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-class ModelCache:
-    """One instance per process: key -> loaded model, each loaded once even under concurrency."""
-
-    def __init__(self) -> None:
-        self._models: dict[tuple[str, ...], Any] = {}
-        self._locks: dict[tuple[str, ...], threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def get(self, key: tuple[str, ...], factory: Callable[[], Any]) -> Any:
-        with self._guard:
-            if key in self._models:
-                return self._models[key]
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            with self._guard:
-                if key in self._models:
-                    return self._models[key]
-            value = factory()
-            with self._guard:
-                self._models[key] = value
-            return value
-
-    def clear(self) -> None:
-        with self._guard:
-            self._models.clear()
-
-
-MODEL_CACHE = ModelCache()
+# One instance per process: key -> loaded model, each loaded once even under concurrency, least
+# recently used models dropped past EXPLORER_MODEL_MEMORY_GB (see explorer.model_policy).
+ModelCache = ModelLRU
+MODEL_CACHE = ModelLRU()
 
 
 def embedded_package_dir(package: str) -> Path:

@@ -14,6 +14,7 @@ import torch
 
 from explorer.backends.loading import MODEL_CACHE
 from explorer.errors import ModelNotAvailableError
+from explorer.model_policy import admit_model, load_errors_hidden
 
 MAX_MLM_TOKENS = 512
 
@@ -65,5 +66,7 @@ def load_masked_lm(name: str, device: torch.device, local_only: bool = False) ->
         model.to(device).eval()
         return MaskedLM(name=name, hf_model=model, tokenizer=tok)
 
-    result: MaskedLM = MODEL_CACHE.get(("mlm:" + name, str(device)), factory)
+    with load_errors_hidden(name, None):
+        name = admit_model(name)  # the host's allow-list covers masked LMs too
+        result: MaskedLM = MODEL_CACHE.get(("mlm:" + name, str(device)), factory)
     return result

@@ -45,6 +45,7 @@ from explorer.backends.loading import (
 )
 from explorer.config import Settings
 from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
+from explorer.model_policy import admit_model, load_errors_hidden
 from explorer.progress import ProgressFn, no_progress
 
 ResizeMode = Literal["letterbox", "stretch", "center_crop"]
@@ -524,6 +525,7 @@ def load_vision_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     progress: ProgressFn | None = None,
+    check_allowed: bool = True,
 ) -> VisionModel:
     """Load (once per process) a vision backbone by embedded name, hub id or local directory.
 
@@ -532,6 +534,7 @@ def load_vision_model(
     tower without a decoder. Raises `ModelNotAvailableError` when the model cannot load here
     (offline and not cached), and `UnsupportedArchitectureError` for other architectures.
     `dtype`: "auto" (float16 on CUDA, float32 on CPU), "float32", "float16" or "bfloat16".
+    The host's allow-list applies unless `check_allowed=False` (a part of an admitted model).
     """
     settings = settings or Settings.from_env()
     name = (name_or_path or settings.default_vision_model).strip()
@@ -540,8 +543,11 @@ def load_vision_model(
     dev = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype if dtype is not None else settings.dtype, dev)
     prog = progress or no_progress
-    vm: VisionModel = MODEL_CACHE.get(
-        ("vision:" + name, str(dev), dtype_name(torch_dtype)),
-        lambda: _load_vision(name, settings, dev, torch_dtype, prog),
-    )
+    with load_errors_hidden(name, settings):
+        # the host's allow-list; one spelling per dir
+        name = admit_model(name, EMBEDDED_VISION_MODELS, check_allowed=check_allowed)
+        vm: VisionModel = MODEL_CACHE.get(
+            ("vision:" + name, str(dev), dtype_name(torch_dtype)),
+            lambda: _load_vision(name, settings, dev, torch_dtype, prog),
+        )
     return vm

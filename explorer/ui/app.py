@@ -17,12 +17,18 @@ TAB_MODULES = (
     "attribution_tab",
     "pruning_tab",
     "visual_tokens_tab",
+    "vlm_eval_tab",
     "atlas_tab",
     "runs_tab",
+    "compare_tab",
 )
 
 CSS = """
-.export-row { align-items: center; gap: 6px; flex-wrap: nowrap; }
+.export-row { align-items: center; gap: 6px; flex-wrap: wrap; }
+.export-row .export-size { flex: 0 0 190px !important; }
+.export-row .export-font { flex: 0 0 80px !important; }
+.reproduce-snippet { font-size: 12px; }
+.reproduce-snippet pre { margin: 2px 0; }
 .export-row > .export-label { flex: 0 0 210px !important; min-width: 210px !important; }
 .export-row button { flex: 0 0 90px !important; max-width: 90px; }
 .scroll-plot { overflow-x: auto; }
@@ -53,18 +59,45 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
                     on_tab = module.build(ctx)
                 if callable(on_tab):  # a tab may wire events to its own selection (e.g. refresh)
                     on_tab(tab)
+    bound_sessions(demo, settings)
     return demo
 
 
-def launch(settings: Settings | None = None, **kwargs: object) -> None:
+def bound_sessions(demo: gr.Blocks, settings: Settings) -> None:
+    """What one visitor can hold: every session State expires after `session_ttl_s` (Gradio frees
+    it), every text box refuses text longer than the longest prompt in the browser (the server
+    checks again), and Gradio's temp files (uploads, downloads) are deleted after `temp_file_ttl_s`."""
+    for block in demo.blocks.values():
+        if isinstance(block, gr.State):
+            block.time_to_live = settings.session_ttl_s
+        elif isinstance(block, gr.Textbox) and getattr(block, "max_length", None) is None:
+            block.max_length = settings.max_prompt_chars
+    ttl = settings.temp_file_ttl_s
+    demo.delete_cache = (max(60, ttl // 4), ttl)
+
+
+def configure_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:
+    """A bounded queue: past `queue_max_size` waiting events a request is refused at once ("Queue is
+    full, please try again") instead of waiting forever; each event runs at most 2 at a time."""
+    return demo.queue(max_size=settings.queue_max_size, default_concurrency_limit=2)
+
+
+def launch(settings: Settings | None = None, **kwargs: object) -> gr.Blocks:
+    """Build and serve the app (returns the Blocks; with `prevent_thread_lock=True` at once)."""
     settings = settings or Settings.from_env()
     demo = build_demo(settings)
-    demo.queue(default_concurrency_limit=2).launch(
+    from explorer.temp_files import prune_temp_dirs
+
+    prune_temp_dirs(max_age_s=0)  # exports left by an earlier run of the app
+    configure_queue(demo, settings).launch(
         server_name=settings.host,
         server_port=settings.port,
-        show_error=True,
+        # messages of gr.Error (every user error) are shown; other exceptions' texts (which can name
+        # server paths, e.g. an upload that is not an image) are not
+        show_error=False,
         enable_monitoring=False,
         max_file_size=settings.max_image_bytes,
         css=CSS,
         **kwargs,  # type: ignore[arg-type]
     )
+    return demo

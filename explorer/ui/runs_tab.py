@@ -9,10 +9,13 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
+from explorer.api import query_limits
 from explorer.plots import figure_spec, figures_for
-from explorer.ui.common import UIContext, ui_figure, user_errors
+from explorer.ui.common import UIContext, client_gone, export_controls, ui_figure, user_errors
+from explorer.ui.share import RUNS_TAB_ID, share_link
 
 TITLE = "Runs"
+TAB_ID = RUNS_TAB_ID  # the tab's id in the app (its module name): share links select it
 COLUMNS = ["run_id", "created", "kind", "model", "prompt", "params", "seconds"]
 
 
@@ -43,6 +46,13 @@ def run_choices(ctx: UIContext, kind: str | None = None, limit: int = 200) -> li
     return out
 
 
+def kind_choices() -> list[str]:
+    """ "" (every kind) plus every result kind registered by the analyses (the result registry)."""
+    from explorer.results import RESULT_KINDS
+
+    return ["", *RESULT_KINDS.all_kinds()]
+
+
 def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     state = gr.State(None)
     gr.Markdown(
@@ -51,16 +61,7 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     )
     with gr.Row():
         kind = gr.Dropdown(
-            [
-                "",
-                "lens",
-                "attention",
-                "vision_attention",
-                "attribution",
-                "attribution_generation",
-                "prune_text",
-                "prune_image",
-            ],
+            kind_choices(),
             value="",
             label="Kind",
             allow_custom_value=True,
@@ -78,10 +79,16 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
         )
         open_btn = gr.Button("Open", variant="primary", scale=1)
     info = gr.Markdown(elem_id="runs-info")
+    share = gr.Textbox(
+        label="Share link (opens this run and figure)",
+        buttons=["copy"],
+        interactive=False,
+        elem_id="runs-share",
+    )
     figure = gr.Dropdown(choices=[], label="Figure", elem_id="runs-figure")
     plot = gr.Plot(label="Figure", elem_id="runs-plot", elem_classes=["scroll-plot"])
     figure_state = gr.State("")
-    _export_any(state, figure_state)
+    export_controls(state, figure_state, ctx=ctx)  # the figure the dropdown shows
 
     with gr.Accordion("Query the store (read-only SQL)", open=False):
         gr.Markdown(
@@ -99,10 +106,12 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
 
     @user_errors
     def on_sql(query: str) -> Any:
-        table = ctx.store().query(query, limit=1000)
-        return table.to_pandas()
+        # bounded: EXPLORER_SQL_TIMEOUT_S, cell and response limits; stops when the client goes away
+        limits = query_limits(ctx.settings, max_rows=1000)
+        return ctx.store().query(query, limits=limits, cancelled=client_gone()).to_pandas()
 
-    sql_btn.click(on_sql, [sql], [sql_out], api_name="query_runs")
+    # its own pool of workers: a slow query never makes another user's query (or analysis) wait
+    sql_btn.click(on_sql, [sql], [sql_out], api_name="query_runs", concurrency_limit=4, concurrency_id="sql")
 
     @user_errors
     def on_refresh(kind_v: str) -> tuple[list[list[Any]], Any]:
@@ -117,7 +126,7 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
             return str(rows[row][0])
 
     @user_errors
-    def on_open(run_id_v: str) -> tuple[Any, ...]:
+    def on_open(run_id_v: str, request: gr.Request, view: str | None = None) -> tuple[Any, ...]:
         rid = (run_id_v or "").strip()
         if not rid:
             raise gr.Error("Choose a run first (click a row or type its id).")
@@ -125,7 +134,8 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
         result = store.load(rid)
         meta = store.info(rid)
         specs = figures_for(result)
-        first = specs[0].name if specs else ""
+        names = [s.name for s in specs]
+        first = view if view in names else (names[0] if names else "")
         text = (
             f"**{meta.kind}** run `{rid}` · model `{meta.model_id}` · {meta.created[:19]} · "
             f"{meta.duration_s:.2f} s\n\nPrompt: `{meta.prompt[:300]}`\n\nParameters: `{json.dumps(meta.params)}`"
@@ -136,22 +146,43 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
             gr.Dropdown(choices=[(s.title, s.name) for s in specs], value=first),
             _figure(result, first),
             first,
+            share_link(request, rid, first),
         )
 
     refresh.click(on_refresh, [kind], [table, run_id], api_name="list_runs")
     kind.change(on_refresh, [kind], [table, run_id], api_visibility="private")
     table.select(on_select, [table], [run_id], api_visibility="private")
-    open_btn.click(on_open, [run_id], [state, info, figure, plot, figure_state], api_name="open_run")
-    run_id.input(on_open, [run_id], [state, info, figure, plot, figure_state], api_visibility="private")
-    figure.change(
-        user_errors(lambda r, name: (_figure(r, name), name or "")),
-        [state, figure],
-        [plot, figure_state],
-        api_visibility="private",
-    )
+    opened = [state, info, figure, plot, figure_state, share]
+    open_btn.click(on_open, [run_id], opened, api_name="open_run")
+    run_id.input(on_open, [run_id], opened, api_visibility="private")
+
+    @user_errors
+    def on_figure(result: Any, name: str | None, request: gr.Request) -> tuple[Any, ...]:
+        rid = getattr(result, "run_id", None)
+        return _figure(result, name), name or "", share_link(request, rid, name) if rid else ""
+
+    figure.change(on_figure, [state, figure], [plot, figure_state, share], api_visibility="private")
+
+    def on_load(request: gr.Request) -> tuple[Any, ...]:
+        """A shared link `/?run=ID&tab=runs_tab&view=FIGURE` opens that run on this tab."""
+        params = dict(request.query_params) if request is not None else {}
+        rid = (params.get("run") or "").strip()
+        if not rid:
+            return tuple(gr.skip() for _ in range(len(opened) + 2))
+        try:
+            shown = on_open(rid, request, view=params.get("view"))
+        except gr.Error as exc:
+            # the Runs tab opens on the message: a broken link must not look like a blank page
+            message = f"**Cannot open the shared run:** {exc.message}"
+            return (gr.Tabs(selected=TAB_ID), rid, None, message, *[gr.skip()] * 4)
+        return (gr.Tabs(selected=TAB_ID), rid, *shown)
 
     def wire(tab: gr.Tab) -> None:
         tab.select(on_refresh, [kind], [table, run_id], api_visibility="private")
+        root = gr.context.Context.root_block
+        tabs = getattr(tab, "parent", None)
+        if root is not None and isinstance(tabs, gr.Tabs):
+            root.load(on_load, None, [tabs, run_id, *opened], api_visibility="private")
 
     return wire
 
@@ -160,24 +191,3 @@ def _figure(result: Any, name: str | None) -> go.Figure | None:
     if result is None or not name:
         return None
     return ui_figure(name, figure_spec(result, name).build, result, run_id=getattr(result, "run_id", None))
-
-
-def _export_any(state: gr.State, figure_state: gr.State) -> gr.File:
-    """Export buttons whose figure is whatever the dropdown currently shows."""
-    from explorer.ui.common import _export_handler
-
-    with gr.Row(elem_classes=["export-row"]):
-        gr.Markdown("**Export:**", elem_classes=["export-label"])
-        buttons = {
-            fmt: gr.Button(fmt.upper(), size="sm", min_width=60)
-            for fmt in ("png", "svg", "pdf", "csv", "parquet")
-        }
-    out = gr.File(label="Download", interactive=False, visible=False)
-    for fmt, button in buttons.items():
-        button.click(
-            user_errors(lambda r, f, fmt=fmt: _export_handler(r, figure=f, fmt=fmt)),
-            [state, figure_state],
-            out,
-            api_visibility="private",
-        )
-    return out

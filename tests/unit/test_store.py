@@ -11,6 +11,11 @@ from explorer.analysis.logit_lens import LensResult
 from explorer.errors import InputError
 
 
+def _rows(store, sql: str) -> list[tuple]:
+    with store.connect() as cur:
+        return cur.execute(sql).fetchall()
+
+
 def test_lens_round_trip_is_exact(tiny_llama, tmp_store) -> None:
     r = api.logit_lens(tiny_llama, "the cat sat on the mat", targets=["dog"], generate=3, db=tmp_store)
     assert r.run_id
@@ -60,7 +65,7 @@ def test_failed_write_leaves_no_partial_run(tiny_llama, tmp_store) -> None:
     with pytest.raises(Exception, match="(?i)conver|cast"):
         tmp_store.save(r, model_id="m", weight_hash="h", prompt="p", params={}, duration_s=0.1)
     assert [x.run_id for x in tmp_store.list_runs()] == [first.run_id]
-    rows = tmp_store.cursor().execute("SELECT DISTINCT run_id FROM lens_topk").fetchall()
+    rows = _rows(tmp_store, "SELECT DISTINCT run_id FROM lens_topk")
     assert rows == [(first.run_id,)]
 
 
@@ -73,7 +78,7 @@ def test_delete_removes_all_rows(tiny_llama, tmp_store) -> None:
     r = api.logit_lens(tiny_llama, "delete me", db=tmp_store)
     tmp_store.delete(r.run_id)
     assert tmp_store.list_runs() == []
-    assert tmp_store.cursor().execute("SELECT count(*) FROM lens_tracked").fetchone()[0] == 0
+    assert _rows(tmp_store, "SELECT count(*) FROM lens_tracked")[0][0] == 0
 
 
 def test_query_is_read_only_and_sandboxed(tiny_llama, tmp_store, tmp_path) -> None:

@@ -27,7 +27,20 @@ MAX_TOKENIZERS = 6
 
 
 def load_tokenizer(name: str, settings: Any) -> Any:
-    """An embedded tokenizer by name, or AutoTokenizer on a hub id / local directory (offline-aware)."""
+    """An embedded tokenizer by name, or AutoTokenizer on a hub id / local directory (offline-aware).
+
+    Goes through the host's allow-list (EXPLORER_ALLOWED_MODELS) and the process's bounded model
+    cache, like every model field: one canonical spelling per folder, loaded once."""
+    from explorer.backends.embedded import EMBEDDED_LMS
+    from explorer.backends.loading import MODEL_CACHE
+    from explorer.model_policy import admit_model, load_errors_hidden
+
+    with load_errors_hidden(name, settings):
+        canonical = admit_model(name, (*EMBEDDED_TOKENIZERS, *EMBEDDED_LMS))
+        return MODEL_CACHE.get(("tokenizer:" + canonical,), lambda: _load_tokenizer(canonical, settings))
+
+
+def _load_tokenizer(name: str, settings: Any) -> Any:
     from pathlib import Path
 
     from transformers import AutoTokenizer

@@ -31,6 +31,7 @@ from explorer.analysis.attribution.task import AttributionTask, resolve_continua
 from explorer.backends.language import LanguageModel, encode
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
+from explorer.text_input import check_text
 
 MethodFn = Callable[
     [LanguageModel, AttributionTask, Any, int], tuple[torch.Tensor, dict[str, Any], list[str]]
@@ -95,7 +96,7 @@ ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {
             "last layer's attention from the predicting position, mean over heads",
         ),
         AttributionMethod(
-            "attention_rollout", "Attention rollout", attention_based.attention_rollout, gradients.NoParams, False,
+            "attention_rollout", "Attention rollout", attention_based.rollout_scores, gradients.NoParams, False,
             "attention rollout through all layers (Abnar & Zuidema 2020)",
         ),
     )
@@ -142,6 +143,9 @@ def build_task(
 ) -> tuple[AttributionTask, dict[str, Any], dict[str, Any] | None, list[str]]:
     """Tokenise and validate; returns the task, target/contrast descriptions, notes."""
     ids = encode(lm, prompt, max_tokens)
+    check_text(target, "the target")
+    if contrast:
+        check_text(contrast, "the contrast foil")
     t_ids, t_text, t_toks = resolve_continuation(lm, target, "target")
     notes: list[str] = []
     if len(t_ids) > 1:
