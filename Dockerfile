@@ -13,10 +13,10 @@ ENV HOME=/home/user \
     EXPLORER_PORT=7860 \
     GRADIO_ANALYTICS_ENABLED=False \
     BROWSER_PATH=/usr/bin/chromium \
-    EXPLORER_ALLOWED_MODELS="smollm2-135m,dinov2-small-focus,tiny-vlm" \
+    EXPLORER_ALLOWED_MODELS="smollm2-135m,dinov2-small-focus,tiny-vlm,all-minilm-l6-v2" \
     EXPLORER_MODEL_MEMORY_GB=6
 # A public Space loads only the embedded models. To offer more, set EXPLORER_ALLOWED_MODELS in the
-# Space's variables (it replaces this list), e.g. "smollm2-135m,dinov2-small-focus,tiny-vlm,HuggingFaceTB/*".
+# Space's variables (it replaces this list), e.g. "smollm2-135m,dinov2-small-focus,tiny-vlm,all-minilm-l6-v2,HuggingFaceTB/*".
 WORKDIR /home/user/app
 COPY --chown=user . .
 

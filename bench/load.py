@@ -54,7 +54,10 @@ def user(url: str, index: int, requests: int, model: str, out: list[dict[str, An
     calls: list[tuple[str, tuple[Any, ...]]] = []
     for r in range(requests):
         prompt = f"User {index} asks question {r}: the capital of France is"
-        calls.append(("/logit_lens", (prompt, " Paris", model, 5, 0, False, 1.0, 0, "prob", "final_top1")))
+        # the Lens tab's inputs: image, prompt, targets, model, top-k, generate, sample, temperature,
+        # seed, metric, role, dtype
+        args = (None, prompt, " Paris", model, 5, 0, False, 1.0, 0, "prob", "final_top1", "auto")
+        calls.append(("/logit_lens", args))
     calls.append(("/logit_lens", calls[0][1]))  # a repeat: served from the store
     calls.append(("/query_runs", ("SELECT kind, count(*) AS n FROM runs GROUP BY kind",)))
     for api_name, args in calls:

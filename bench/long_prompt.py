@@ -34,7 +34,7 @@ ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
 t0 = time.perf_counter()
 if mode == "floor":
     with torch.inference_mode():
-        out = lm.model(input_ids=ids, output_hidden_states=True)
+        out = lm.hf_model(input_ids=ids, output_hidden_states=True)
         hidden = torch.stack(out.hidden_states)[:, 0].reshape(-1, out.hidden_states[0].shape[-1])
         for start in range(0, hidden.shape[0], 1024):
             lm.unembed(hidden[start:start + 1024]).topk(10, dim=-1)

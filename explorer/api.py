@@ -23,7 +23,7 @@ from explorer.errors import InputError
 from explorer.progress import ProgressFn
 from explorer.results import StoredResult
 from explorer.store import PendingRun, QueryLimits, RunInfo, Store, cache_key
-from explorer.text_input import check_text
+from explorer.text_input import check_prompt, check_text
 
 DbArg = str | Path | Store | bool | None
 R = TypeVar("R", bound=StoredResult)
@@ -216,6 +216,7 @@ def logit_lens(
             dtype=dtype,
             progress=progress,
         )
+    check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
     lm = get_model(model, settings, progress, dtype)
     return run_cached(
         _lens.LensResult.kind,

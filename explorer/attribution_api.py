@@ -28,6 +28,7 @@ from explorer.api import CachedRequest, DbArg, get_model, open_store, run_cached
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
+from explorer.text_input import check_prompt
 
 DEFAULT_GENERATION_METHOD = "input_x_gradient"
 
@@ -47,7 +48,7 @@ def attribute_image(
     prompt: str,
     image: Any,
     target: str | None = None,
-    method: str = "occlusion",
+    method: str | None = "occlusion",
     seed: int = 0,
     db: DbArg = None,
     settings: Settings | None = None,
@@ -80,7 +81,7 @@ def attribute_image(
     vparams = VLMAttributionParams(
         **{
             **params,
-            "method": "occlusion" if method in (None, "all") else method,
+            "method": method or "occlusion",
             "target": target or None,
             "seed": int(seed),
         }
@@ -102,7 +103,7 @@ def attribute(
     model: Any,
     prompt: str,
     target: str | None = None,
-    method: str = "reagent",
+    method: str | None = None,
     contrast: str | None = None,
     generate: int = 0,
     seed: int = 0,
@@ -117,8 +118,8 @@ def attribute(
     """Attribute `target` (the text the model should produce after `prompt`) to the prompt tokens.
 
     model: embedded name ("smollm2-135m"), hub id, local dir, or a loaded `LanguageModel`.
-    method: a name from `ATTRIBUTION_METHODS`, or "all" (every method; with `contrast`, every
-    method that supports it). contrast: a foil; the objective becomes log p(target) - log p(foil).
+    method: a name from `ATTRIBUTION_METHODS` (default "reagent"), or "all" (every method; with
+    `contrast`, every method that supports it). contrast: a foil; the objective becomes log p(target) - log p(foil).
     generate: > 0 generates that many tokens greedily and attributes each to all preceding
     tokens (returns a `GenerationAttributionResult`; `target` is not used).
     method_params: parameters of the method(s), e.g. ReAGent's `num_probes`, `max_steps`,
@@ -149,6 +150,7 @@ def attribute(
             generate=generate,
             **method_params,
         )
+    method = method or "reagent"
     if generate:
         return attribute_generation(
             model,
@@ -180,6 +182,7 @@ def attribute(
         if skipped:
             notes.append(f"skipped (no contrastive attribution): {', '.join(skipped)}")
     per_method, faith = split_params(methods, method_params)
+    check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
     lm = get_model(model, settings, _scaled(progress, 0.0, 0.05), dtype)
     # validate prompt/target/contrast once, before any method runs or anything is stored
     build_task(lm, prompt, target, contrast, settings.max_prompt_tokens)
@@ -245,6 +248,7 @@ def attribute_generation(
     settings = settings or Settings.from_env()
     m = get_method(method)
     per_method, faith = split_params([m], method_params)
+    check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
     lm = get_model(model, settings, _scaled(progress, 0.0, 0.05), dtype)
     key = {
         "method": m.name,

@@ -27,6 +27,9 @@ COMMAND_MODULES = (
     "atlas",
     "compare",
     "visual_tokens",
+    "vlm_eval",
+    "vista",
+    "latent_neighbours",
 )
 
 
@@ -90,6 +93,16 @@ def _check_arguments(args: argparse.Namespace) -> None:
                 check_text(item, "--" + name.replace("_", "-"))
 
 
+def _quiet_loading_bars() -> None:
+    """No "Loading weights" bars from transformers / huggingface_hub on stderr: the CLI prints
+    JSON on stdout and, on bad input, exactly one line on stderr."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (the CLI called in-process)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand: 0 on success, 2 on bad input (one line on stderr), 130 on Ctrl-C."""
     try:
@@ -101,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    _quiet_loading_bars()
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     from explorer.config import Settings
@@ -116,7 +130,9 @@ def _main(argv: list[str] | None) -> int:
             raise InputError(str(exc)) from exc
         out = handlers[args.command](args, settings)
     except InputError as exc:
-        print(f"explorer {args.command}: error: {exc}", file=sys.stderr)
+        # one line: a multi-line message (e.g. DuckDB's parser pointing at a column) is joined
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"explorer {args.command}: error: {message}", file=sys.stderr)
         return 2
     if out is not None:
         text = json.dumps(out, default=_json_default, ensure_ascii=False)

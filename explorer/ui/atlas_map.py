@@ -126,7 +126,7 @@ def build(ctx: UIContext) -> None:
         focus = gr.Slider(0, 1, value=0, step=1, label="Layer shown (uncheck 'Show all layers')")
         trajectory = gr.Dropdown(choices=[("none", "")], value="", label="Trajectory of token")
     plot = gr.Plot(label="Map", elem_id="atlas-map")
-    export_controls(state, "map", "Export map")
+    export_controls(state, "map", "Export map", ctx=ctx)
     with gr.Row():
         list_selected = gr.Button("List selected (lasso) points", size="sm")
         search = gr.Textbox(label="Find tokens (substring)", scale=2)

@@ -111,7 +111,7 @@ def build(ctx: UIContext) -> None:
         colour = gr.Dropdown(choices=list(atlas_plots.VOCAB_COLOURS), value="indicator", label="Colour by")
         search = gr.Textbox(label="Search tokens (substring; marks them on the map and filters the table)")
     atlas_plot = gr.Plot(label="Vocabulary atlas", elem_id="atlas-vocab-map")
-    export_controls(state, "atlas", "Export vocabulary atlas")
+    export_controls(state, "atlas", "Export vocabulary atlas", ctx=ctx)
     suspects = gr.Dataframe(
         headers=SUSPECT_HEADERS,
         label="Top suspects (lowest indicator first)",
@@ -119,7 +119,7 @@ def build(ctx: UIContext) -> None:
         elem_id="atlas-vocab-suspects",
     )
     indicator_plot = gr.Plot(label="Indicators", elem_id="atlas-vocab-indicators")
-    export_controls(state, "indicators", "Export indicators")
+    export_controls(state, "indicators", "Export indicators", ctx=ctx)
 
     @user_errors
     def on_run(

@@ -11,10 +11,11 @@ import plotly.graph_objects as go
 
 from explorer.api import query_limits
 from explorer.plots import figure_spec, figures_for
-from explorer.ui.common import UIContext, client_gone, ui_figure, user_errors
+from explorer.ui.common import UIContext, client_gone, export_controls, ui_figure, user_errors
+from explorer.ui.share import RUNS_TAB_ID, share_link
 
 TITLE = "Runs"
-TAB_ID = "runs_tab"  # the tab's id in the app (its module name): share links select it
+TAB_ID = RUNS_TAB_ID  # the tab's id in the app (its module name): share links select it
 COLUMNS = ["run_id", "created", "kind", "model", "prompt", "params", "seconds"]
 
 
@@ -45,6 +46,13 @@ def run_choices(ctx: UIContext, kind: str | None = None, limit: int = 200) -> li
     return out
 
 
+def kind_choices() -> list[str]:
+    """ "" (every kind) plus every result kind registered by the analyses (the result registry)."""
+    from explorer.results import RESULT_KINDS
+
+    return ["", *RESULT_KINDS.all_kinds()]
+
+
 def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     state = gr.State(None)
     gr.Markdown(
@@ -53,16 +61,7 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     )
     with gr.Row():
         kind = gr.Dropdown(
-            [
-                "",
-                "lens",
-                "attention",
-                "vision_attention",
-                "attribution",
-                "attribution_generation",
-                "prune_text",
-                "prune_image",
-            ],
+            kind_choices(),
             value="",
             label="Kind",
             allow_custom_value=True,
@@ -89,7 +88,7 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     figure = gr.Dropdown(choices=[], label="Figure", elem_id="runs-figure")
     plot = gr.Plot(label="Figure", elem_id="runs-plot", elem_classes=["scroll-plot"])
     figure_state = gr.State("")
-    _export_any(state, figure_state)
+    export_controls(state, figure_state, ctx=ctx)  # the figure the dropdown shows
 
     with gr.Accordion("Query the store (read-only SQL)", open=False):
         gr.Markdown(
@@ -173,7 +172,9 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
         try:
             shown = on_open(rid, request, view=params.get("view"))
         except gr.Error as exc:
-            return (gr.skip(), rid, None, f"**Cannot open the shared run:** {exc.message}", *[gr.skip()] * 4)
+            # the Runs tab opens on the message: a broken link must not look like a blank page
+            message = f"**Cannot open the shared run:** {exc.message}"
+            return (gr.Tabs(selected=TAB_ID), rid, None, message, *[gr.skip()] * 4)
         return (gr.Tabs(selected=TAB_ID), rid, *shown)
 
     def wire(tab: gr.Tab) -> None:
@@ -186,39 +187,7 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     return wire
 
 
-def share_link(request: gr.Request | None, run_id: str, view: str | None = None) -> str:
-    """The URL that reopens `run_id` (and figure `view`) on this tab, on the host the visitor used."""
-    from urllib.parse import urlencode
-
-    headers = getattr(request, "headers", None) or {}
-    host = headers.get("x-forwarded-host") or headers.get("host") or "127.0.0.1:7860"
-    scheme = headers.get("x-forwarded-proto") or "http"
-    query = {"run": run_id, "tab": TAB_ID, **({"view": view} if view else {})}
-    return f"{scheme}://{host}/?{urlencode(query)}"
-
-
 def _figure(result: Any, name: str | None) -> go.Figure | None:
     if result is None or not name:
         return None
     return ui_figure(name, figure_spec(result, name).build, result, run_id=getattr(result, "run_id", None))
-
-
-def _export_any(state: gr.State, figure_state: gr.State) -> gr.File:
-    """Export buttons whose figure is whatever the dropdown currently shows."""
-    from explorer.ui.common import _export_handler
-
-    with gr.Row(elem_classes=["export-row"]):
-        gr.Markdown("**Export:**", elem_classes=["export-label"])
-        buttons = {
-            fmt: gr.Button(fmt.upper(), size="sm", min_width=60)
-            for fmt in ("png", "svg", "pdf", "csv", "parquet")
-        }
-    out = gr.File(label="Download", interactive=False, visible=False)
-    for fmt, button in buttons.items():
-        button.click(
-            user_errors(lambda r, f, fmt=fmt: _export_handler(r, figure=f, fmt=fmt)),
-            [state, figure_state],
-            out,
-            api_visibility="private",
-        )
-    return out

@@ -31,8 +31,11 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     db = tmp_path_factory.mktemp("hosting") / "runs.duckdb"
     settings = Settings.from_env(db_path=db, port=_free_port(), sql_timeout_s=2.0, queue_max_size=3)
-    demo = launch(settings, prevent_thread_lock=True, quiet=True)
-    client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+    # _frontend=False: no HEAD probe of "/" at launch (it times out on a loaded machine); the
+    # client below talks to the API only
+    demo = launch(settings, prevent_thread_lock=True, quiet=True, _frontend=False)
+    # generous HTTP timeouts: on a loaded machine the first /config alone can take over 5 s
+    client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False, httpx_kwargs={"timeout": 120})
     yield demo, client, settings
     demo.close()
 
@@ -57,7 +60,7 @@ def test_queue_is_bounded(app) -> None:
     outcomes = []
     for job in jobs:
         try:
-            job.result(timeout=60)
+            job.result(timeout=300)
             outcomes.append("ok")
         except Exception as exc:  # noqa: BLE001 - we classify what the client saw
             outcomes.append(str(exc))

@@ -55,3 +55,33 @@ def test_shared_link_opens_the_run_and_view(tiny_llama, tmp_path: Path) -> None:
             browser.close()
     finally:
         demo.close()
+
+
+def test_every_result_panel_has_a_share_link(tiny_llama, tmp_path: Path) -> None:
+    """Each export row of every tab has a "Link" button; it gives the run's URL on the visitor's host
+    (behind a proxy too), and says why when there is no stored run to link to."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from explorer import api
+    from explorer.config import Settings
+    from explorer.ui.app import build_demo
+    from explorer.ui.runs_tab import TAB_ID
+    from explorer.ui.share import result_link
+
+    demo = build_demo(Settings.from_env(db_path=tmp_path / "links.duckdb"))
+    labels = [b.value for b in demo.blocks.values() if isinstance(b, gr.Button)]
+    # every export row has a PNG button; the Runs tab's row has its own share box instead
+    assert labels.count("Link") == labels.count("PNG") - 1 > 10
+    run = api.logit_lens(tiny_llama, "link me", db=tmp_path / "links.duckdb")
+    request = SimpleNamespace(
+        headers={"x-forwarded-host": "user-space.hf.space", "x-forwarded-proto": "https"}
+    )
+    link = result_link(run, "tracked", request)  # type: ignore[arg-type]
+    assert link == f"https://user-space.hf.space/?run={run.run_id}&tab={TAB_ID}&view=tracked"
+    with pytest.raises(gr.Error, match="nothing to link"):
+        result_link(None, "tracked", request)  # type: ignore[arg-type]
+    unstored = api.logit_lens(tiny_llama, "not stored", db=False)
+    with pytest.raises(gr.Error, match="not stored"):
+        result_link(unstored, "tracked", request)  # type: ignore[arg-type]

@@ -187,3 +187,23 @@ def test_memory_budget_from_environment(monkeypatch) -> None:
 
     monkeypatch.setenv("EXPLORER_MODEL_MEMORY_GB", "0.5")
     assert memory_budget_bytes() == 512 * 1024 * 1024
+
+
+def test_dockerfile_allows_every_embedded_model(monkeypatch) -> None:
+    """The Space image's default allow-list admits each embedded model (language, vision, demo VLM,
+    the atlas's embedded tokenizers) and nothing from the hub."""
+    import re
+
+    from explorer.analysis.atlas.tokenizers import EMBEDDED_TOKENIZERS
+    from explorer.backends.embedded import EMBEDDED_LMS, EMBEDDED_VISION_MODELS
+    from explorer.backends.vlm import EMBEDDED_VLMS
+    from explorer.config import PROJECT_ROOT
+
+    found = re.search(r'EXPLORER_ALLOWED_MODELS="([^"]*)"', (PROJECT_ROOT / "Dockerfile").read_text())
+    assert found, "the Dockerfile sets EXPLORER_ALLOWED_MODELS"
+    monkeypatch.setenv("EXPLORER_ALLOWED_MODELS", found.group(1))
+    embedded = {*EMBEDDED_LMS, *EMBEDDED_VISION_MODELS, *EMBEDDED_VLMS, *EMBEDDED_TOKENIZERS}
+    for name in embedded:
+        assert admit_model(name, embedded) == name
+    with pytest.raises(ModelNotAvailableError):
+        admit_model("openai-community/gpt2", embedded)

@@ -24,6 +24,7 @@ import pyarrow as pa
 from explorer.analysis.atlas.projection import ProjectionParams, project
 from explorer.analysis.atlas.token_types import special_ids, token_type
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
 
 MAX_POINTS = 20_000
@@ -31,8 +32,6 @@ MAX_PROMPTS = 200
 CONTEXT_BEFORE = 6
 CONTEXT_AFTER = 2
 COLOUR_BY = ("layer", "position", "token_type", "modality", "norm", "prompt")
-
-ProgressFn = Any
 
 
 @dataclass(frozen=True)

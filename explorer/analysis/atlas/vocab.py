@@ -30,13 +30,13 @@ from explorer.analysis.atlas import verify as _verify
 from explorer.analysis.atlas.projection import ProjectionParams, fit_umap, unit_rows
 from explorer.analysis.atlas.vocab_tokens import analyse_tokenizer
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
 
 GH_P0 = 0.25  # null hypothesis: at most a quarter of a cluster is glitchy
 GH_ALPHA = 0.1
 GH_MAX_ROUNDS = 3
 FALLBACK_REFERENCE = 20
-ProgressFn = Any
 
 
 @dataclass(frozen=True)
