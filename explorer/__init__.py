@@ -51,11 +51,18 @@ _LAZY = {
     "prune_image": "explorer.pruning_api",
     "load_vision_model": "explorer.backends.vision",
     "visual_tokens": "explorer.vlm_api",
+    "vlm_eval": "explorer.vlm_api",
+    "vista_compare": "explorer.vlm_api",
+    "latent_neighbours": "explorer.vlm_api",
+    "text_bank": "explorer.vlm_api",
     "token_map": "explorer.atlas_api",
     "map_scores": "explorer.atlas_api",
     "vocab_health": "explorer.atlas_api",
     "microscope": "explorer.atlas_api",
     "inspect_tokenizers": "explorer.atlas_api",
+    "export_figure": "explorer.export_api",
+    "export_panel": "explorer.export_api",
+    "list_figures": "explorer.export_api",
     "compare": "explorer.compare",
 }
 

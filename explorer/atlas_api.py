@@ -25,9 +25,10 @@ from explorer.analysis.atlas import microscope as _micro
 from explorer.analysis.atlas import token_map as _map
 from explorer.analysis.atlas import tokenizers as _tok
 from explorer.analysis.atlas import vocab as _vocab
-from explorer.analysis.atlas.projection import ProjectionParams
+from explorer.analysis.atlas.projection import PCA_DIMS, ProjectionParams
 from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
 from explorer.config import Settings
+from explorer.errors import InputError
 from explorer.models.loading import LanguageModel
 from explorer.store import Store
 
@@ -38,14 +39,16 @@ def prompt_key(prompts: list[str]) -> str:
 
 
 def token_map(
-    model: str | LanguageModel | None,
+    model: str | LanguageModel | Any | None,
     prompts: str | Sequence[str],
     *,
+    image: Any = None,
     layer: int | None = None,
     method: str = "umap",
     n_neighbors: int = 15,
     min_dist: float = 0.1,
     seed: int = 0,
+    pca_dims: int = PCA_DIMS,
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
@@ -54,31 +57,59 @@ def token_map(
     """Map the token states of `prompts` (one string or several) to 2-D.
 
     `layer`: residual layer (0 = embeddings, n_layers = last block's output; negative counts from
-    the end) or None for all layers in one aligned fit. `method`: "umap" (cosine metric) or
-    "pca". Returns a `TokenMapResult`; `.to_dict()` is the CLI's JSON.
+    the end) or None for all layers in one aligned fit. `method`: "umap" (cosine metric; `pca_dims`:
+    PCA pre-reduction of the unit vectors, 0 = none) or "pca". With `image` (a path, bytes or PIL
+    image) or a vision-language `model` ("tiny-vlm", a hub VLM), each prompt is fed with the image and
+    its visual tokens are mapped too. Returns a `TokenMapResult`; `.to_dict()` is the CLI's JSON.
     """
+    from explorer import vlm_api
+
     settings = settings or Settings.from_env()
     items = _map.clean_prompts(prompts if isinstance(prompts, str) else list(prompts))
     params = _map.TokenMapParams(
         layer=None if layer is None else int(layer),
         projection=ProjectionParams(
-            method=str(method), n_neighbors=int(n_neighbors), min_dist=float(min_dist), seed=int(seed)
+            method=str(method),
+            n_neighbors=int(n_neighbors),
+            min_dist=float(min_dist),
+            seed=int(seed),
+            pca_dims=int(pca_dims),
         ),
     )
     params.validate()
-    lm = get_model(model, settings, progress)
-    _map.resolve_layer(params.layer, lm.n_layers)
+    picture = vlm_api.open_image(image, settings)
+    backend: Any
+    from explorer.backends.sentence import SENTENCE_MODEL, sentence_encoder
+
+    if isinstance(model, str) and model == SENTENCE_MODEL:
+        if picture is not None:
+            raise InputError(f"{SENTENCE_MODEL!r} is a text encoder and cannot take an image")
+        backend = sentence_encoder()
+    elif picture is not None or vlm_api.is_vlm(model):
+        if isinstance(model, LanguageModel):
+            raise InputError(f"{model.model_id!r} is a text-only language model and cannot take an image")
+        backend = vlm_api.resolve_vlm(model, settings, progress)
+    else:
+        backend = get_model(model, settings, progress)
+    _map.resolve_layer(params.layer, backend.n_layers)
+    digest = vlm_api.image_digest(picture)
     return run_cached(
         _map.TokenMapResult.kind,
-        model_id=lm.model_id,
-        weight_hash=lm.weight_hash,
+        model_id=backend.model_id,
+        weight_hash=backend.weight_hash,
         prompt=prompt_key(items),
-        params={**params.to_json(), "max_tokens": settings.max_prompt_tokens},
+        params={
+            **params.to_json(),
+            "max_tokens": settings.max_prompt_tokens,
+            **({"image": digest} if digest else {}),
+        },
         compute=lambda: _map.token_map(
-            lm,
+            backend,
             items,
             params=params,
             max_tokens=settings.max_prompt_tokens,
+            image=picture,
+            image_digest=digest,
             cache_dir=settings.cache_dir,
             progress=progress,
         ),
@@ -89,22 +120,29 @@ def token_map(
 
 # ---- scores of other stored runs on the same input --------------------------------------------
 _LENS_FINAL = "final_top1"
+SCORE_KINDS = ("lens", "attribution", "prune_text", "vlm_lens", "vlm_attribution")
 
 
 def map_scores(
     result: _map.TokenMapResult, db: DbArg = None, settings: Settings | None = None
 ) -> dict[str, np.ndarray]:
-    """Values of other stored runs on the same model and prompt(s), one per map point (NaN where a
-    run has no value): "lens rank <run>" per (layer, position) from logit-lens runs (rank of the
-    model's final prediction), and per position (all layers alike) "attribution <method> <run>" and
-    "pruning <signal> <run>". Keyed by a readable label."""
+    """Values of other stored runs on the same model and input (prompt, and image for a VLM map), one
+    per map point (NaN where a run has no value), keyed by a readable label:
+
+    - "lens rank of final prediction (<run>)" per (layer, position), from logit-lens runs (text or VLM);
+    - "attribution <method> (<run>)" per position (all layers alike);
+    - "pruning <signal> (<run>)": the score a pruning strategy ranked tokens by, per position;
+    - "pruning kept <strategy> @<ratio> (<run>)": 1 where that pruning row kept the token, 0 where it
+      dropped it;
+    - "image attribution <method> (<run>)": a VLM answer's attribution to each visual token.
+    """
     store = open_store(db, settings)
     if store is None:
         return {}
     out: dict[str, np.ndarray] = {}
     for pi, prompt in enumerate(result.prompts):
         mask = result.prompt_index == pi
-        for run_id, kind, params in _runs_for(store, result.model, prompt):
+        for run_id, kind, params in _runs_for(store, result.model, prompt, result.image):
             for label, values in _run_values(store, run_id, kind, params, result, mask):
                 arr = out.setdefault(label, np.full(result.n_points, np.nan, dtype=np.float64))
                 ok = ~np.isnan(values)
@@ -112,17 +150,29 @@ def map_scores(
     return out
 
 
-def _runs_for(store: Store, model_id: str, prompt: str) -> list[tuple[str, str, dict[str, Any]]]:
+def _runs_for(
+    store: Store, model_id: str, prompt: str, image: str | None
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """Complete runs of a score kind on this model and prompt, with the same image (or none)."""
+    marks = ", ".join("?" for _ in SCORE_KINDS)
     rows = (
         store.cursor()
         .execute(
             "SELECT run_id, kind, params FROM runs WHERE model_id = ? AND prompt = ? AND status = 'complete' "
-            "AND kind IN ('lens', 'attribution', 'prune_text') ORDER BY created DESC",
-            [model_id, prompt],
+            f"AND kind IN ({marks}) ORDER BY created DESC",
+            [model_id, prompt, *SCORE_KINDS],
         )
         .fetchall()
     )
-    return [(r[0], r[1], json.loads(r[2])) for r in rows]
+    runs = [(r[0], r[1], json.loads(r[2])) for r in rows]
+    return [r for r in runs if r[2].get("image") == image]
+
+
+def _per_position(result: _map.TokenMapResult, idx: np.ndarray, by_pos: dict[int, float]) -> np.ndarray:
+    values = np.full(result.n_points, np.nan)
+    for i in idx:
+        values[i] = by_pos.get(int(result.position[i]), np.nan)
+    return values
 
 
 def _run_values(
@@ -136,9 +186,9 @@ def _run_values(
     cur = store.cursor()
     idx = np.flatnonzero(mask)
     out: list[tuple[str, np.ndarray]] = []
-    if kind == "lens":
+    if kind in ("lens", "vlm_lens"):
         rows = cur.execute(
-            "SELECT layer, position, rank FROM lens_tracked WHERE run_id = ? AND role = ?",
+            f"SELECT layer, position, rank FROM {kind}_tracked WHERE run_id = ? AND role = ?",
             [run_id, _LENS_FINAL],
         ).fetchall()
         table = {(int(layer), int(pos)): float(rank) for layer, pos, rank in rows}
@@ -151,10 +201,18 @@ def _run_values(
             "SELECT position, score FROM attribution_scores WHERE run_id = ?", [run_id]
         ).fetchall()
         by_pos = {int(p): float(s) for p, s in rows}
-        values = np.full(result.n_points, np.nan)
-        for i in idx:
-            values[i] = by_pos.get(int(result.position[i]), np.nan)
-        out.append((f"attribution {params.get('method', '')} ({run_id})", values))
+        out.append((f"attribution {params.get('method', '')} ({run_id})", _per_position(result, idx, by_pos)))
+    elif kind == "vlm_attribution":
+        rows = cur.execute(
+            'SELECT "index", score FROM vlm_attribution_patches WHERE run_id = ?', [run_id]
+        ).fetchall()
+        by_patch = {int(p): float(s) for p, s in rows}
+        # the k-th image position of the prompt is patch k (row-major), as the VLM's prepare lays them out
+        first = idx[result.layer[idx] == result.layer[idx].min()] if idx.size else idx
+        image_positions = [int(result.position[i]) for i in first if result.modality[i] == "image"]
+        by_pos = {pos: by_patch.get(k, np.nan) for k, pos in enumerate(sorted(image_positions))}
+        label = f"image attribution {params.get('method', '')} ({run_id})"
+        out.append((label, _per_position(result, idx, by_pos)))
     elif kind == "prune_text":
         rows = cur.execute(
             "SELECT signal, position, score FROM prune_text_scores WHERE run_id = ?", [run_id]
@@ -163,10 +221,18 @@ def _run_values(
         for signal, pos, score in rows:
             signals.setdefault(str(signal), {})[int(pos)] = float(score)
         for signal, by_pos in signals.items():
-            values = np.full(result.n_points, np.nan)
-            for i in idx:
-                values[i] = by_pos.get(int(result.position[i]), np.nan)
-            out.append((f"pruning {signal} ({run_id})", values))
+            out.append((f"pruning {signal} ({run_id})", _per_position(result, idx, by_pos)))
+        n_prompt = int(result.position[idx].max()) + 1 if idx.size else 0
+        kept_rows = cur.execute(
+            "SELECT strategy, keep_ratio, kept FROM prune_text_rows WHERE run_id = ? AND keep_ratio < 1 "
+            "ORDER BY strategy, keep_ratio",
+            [run_id],
+        ).fetchall()
+        for strategy, ratio, kept in kept_rows:
+            keep = {int(p) for p in kept}
+            by_pos = {p: float(p in keep) for p in range(n_prompt)}
+            label = f"pruning kept {strategy} @{float(ratio):g} ({run_id})"
+            out.append((label, _per_position(result, idx, by_pos)))
     return out
 
 
@@ -233,8 +299,6 @@ def microscope(
     Returns a `MicroscopeResult`; `.to_dict()` is the CLI's JSON."""
     settings = settings or Settings.from_env()
     if prompt is None or not prompt.strip():
-        from explorer.errors import InputError
-
         raise InputError("the prompt is empty: type some text to analyse")
     lm = get_model(model, settings, progress)
     return run_cached(

@@ -14,6 +14,7 @@ the returned result.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from explorer.analysis import attention as _att
 from explorer.analysis import vision_attention_result as _vatt
@@ -21,10 +22,11 @@ from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.images import ImageInput, load_image
 from explorer.backends.language import LanguageModel
-from explorer.backends.vision import VisionModel, load_vision_model
+from explorer.backends.vision import EMBEDDED_VISION_MODELS, VisionModel, load_vision_model
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.text_input import check_prompt
+from explorer.vlm.attention import VLMAttentionParams, VLMAttentionResult
 
 
 def attention(
@@ -38,7 +40,9 @@ def attention(
     settings: Settings | None = None,
     dtype: str | None = None,
     progress: ProgressFn | None = None,
-) -> _att.AttentionResult:
+    image: ImageInput | None = None,
+    generate: int | None = None,
+) -> _att.AttentionResult | VLMAttentionResult:
     """Attention of every layer and head over `prompt`, plus rollout, entropy and sink shares.
 
     `model`: embedded name (default "smollm2-135m"), hub id, local dir or a loaded
@@ -46,8 +50,18 @@ def attention(
     `flow_positions` (query positions after the last block; -1 = the last token) to every input
     token; it is exact max-flow, limited to prompts of at most `MAX_FLOW_TOKENS` tokens.
     Returns an `AttentionResult`; `.to_dict()` is the CLI's JSON.
+
+    `image` (a path, bytes or PIL image) makes it a vision-language model's attention (default
+    model "tiny-vlm"): every text token after the image (prompt and the `generate` greedy answer
+    tokens, default 8) -> image patch attention per block and head and rolled out, and per block
+    the share of attention on image / text / sink tokens. Returns a `VLMAttentionResult` (kind
+    "vlm_attention"); a text-only model with an image raises InputError.
     """
     settings = settings or Settings.from_env()
+    if image is not None:
+        return _vlm_attention(model, prompt, image, flow, generate, db, use_cache, settings, dtype, progress)
+    if generate is not None:
+        raise InputError("generate applies to attention over an image (a vision-language model)")
     params = _att.AttentionParams(flow=bool(flow), flow_positions=tuple(int(p) for p in flow_positions))
     params.validate()
     check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
@@ -59,11 +73,51 @@ def attention(
         prompt=prompt,
         params={**params.to_json(), "max_tokens": settings.max_prompt_tokens},
         compute=lambda: _att.analyze_attention(
-            lm, prompt, params=params, max_tokens=settings.max_prompt_tokens, progress=progress
+            lm,
+            prompt,
+            params=params,
+            max_tokens=settings.max_prompt_tokens,
+            max_attention_tokens=settings.max_attention_tokens,
+            progress=progress,
         ),
         store=open_store(db, settings),
         use_cache=use_cache,
     )
+
+
+def _vlm_attention(
+    model: Any,
+    prompt: str,
+    image: ImageInput,
+    flow: bool,
+    generate: int | None,
+    db: DbArg,
+    use_cache: bool,
+    settings: Settings,
+    dtype: str | None,
+    progress: ProgressFn | None,
+) -> VLMAttentionResult:
+    from explorer import vlm_api
+
+    name = model if isinstance(model, str) else getattr(model, "model_id", None)
+    if isinstance(model, LanguageModel) or (isinstance(model, str) and model in EMBEDDED_LMS):
+        raise InputError(
+            f"{name!r} is a text-only language model and cannot take an image; use a vision-language "
+            "model (tiny-vlm or a hub VLM), or drop the prompt for a vision encoder's [CLS] attention"
+        )
+    if isinstance(model, VisionModel) or (isinstance(model, str) and model in EMBEDDED_VISION_MODELS):
+        raise InputError(
+            f"{name!r} is a vision encoder: it reads no prompt; give a "
+            "vision-language model (tiny-vlm) or drop the prompt for its [CLS] attention"
+        )
+    if flow:
+        raise InputError("attention flow applies to text prompts of a language model, not to an image")
+    params = VLMAttentionParams(generate=8 if generate is None else int(generate))
+    params.validate()
+    return vlm_api.vlm_attention(
+        model, prompt, image, params=params, db=db, use_cache=use_cache, settings=settings, dtype=dtype,
+        progress=progress,
+    )  # fmt: skip
 
 
 def attention_image(
@@ -123,4 +177,11 @@ MAX_FLOW_TOKENS = _att.MAX_FLOW_TOKENS
 AttentionResult = _att.AttentionResult
 VisionAttentionResult = _vatt.VisionAttentionResult
 
-__all__ = ["MAX_FLOW_TOKENS", "AttentionResult", "VisionAttentionResult", "attention", "attention_image"]
+__all__ = [
+    "MAX_FLOW_TOKENS",
+    "AttentionResult",
+    "VLMAttentionResult",
+    "VisionAttentionResult",
+    "attention",
+    "attention_image",
+]

@@ -48,7 +48,7 @@ def attribute_image(
     prompt: str,
     image: Any,
     target: str | None = None,
-    method: str = "occlusion",
+    method: str | None = "occlusion",
     seed: int = 0,
     db: DbArg = None,
     settings: Settings | None = None,
@@ -81,7 +81,7 @@ def attribute_image(
     vparams = VLMAttributionParams(
         **{
             **params,
-            "method": "occlusion" if method in (None, "all") else method,
+            "method": method or "occlusion",
             "target": target or None,
             "seed": int(seed),
         }
@@ -103,7 +103,7 @@ def attribute(
     model: Any,
     prompt: str,
     target: str | None = None,
-    method: str = "reagent",
+    method: str | None = None,
     contrast: str | None = None,
     generate: int = 0,
     seed: int = 0,
@@ -118,8 +118,8 @@ def attribute(
     """Attribute `target` (the text the model should produce after `prompt`) to the prompt tokens.
 
     model: embedded name ("smollm2-135m"), hub id, local dir, or a loaded `LanguageModel`.
-    method: a name from `ATTRIBUTION_METHODS`, or "all" (every method; with `contrast`, every
-    method that supports it). contrast: a foil; the objective becomes log p(target) - log p(foil).
+    method: a name from `ATTRIBUTION_METHODS` (default "reagent"), or "all" (every method; with
+    `contrast`, every method that supports it). contrast: a foil; the objective becomes log p(target) - log p(foil).
     generate: > 0 generates that many tokens greedily and attributes each to all preceding
     tokens (returns a `GenerationAttributionResult`; `target` is not used).
     method_params: parameters of the method(s), e.g. ReAGent's `num_probes`, `max_steps`,
@@ -150,6 +150,7 @@ def attribute(
             generate=generate,
             **method_params,
         )
+    method = method or "reagent"
     if generate:
         return attribute_generation(
             model,

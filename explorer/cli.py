@@ -27,6 +27,9 @@ COMMAND_MODULES = (
     "atlas",
     "compare",
     "visual_tokens",
+    "vlm_eval",
+    "vista",
+    "latent_neighbours",
 )
 
 

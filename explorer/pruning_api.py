@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from explorer.analysis.pruning import text as _text
+from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
 from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
 from explorer.backends.images import ImageInput, load_image
 from explorer.backends.language import LanguageModel
@@ -26,7 +27,7 @@ from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.text_input import check_prompt
 
-SWEEP_RATIOS = _text.SWEEP_RATIOS
+SWEEP_RATIOS = DEFAULT_KEEP_RATIOS  # the one default list (analysis.pruning.common)
 TextPruningResult = _text.TextPruningResult
 
 
@@ -62,7 +63,7 @@ def prune_text(
     if progress is not None:
         progress(0.0, "Loading model")
     lm = get_model(model, settings, progress, dtype)
-    has_fastv = any(_text.split_strategy(n)[0].inside_lm for n in names)
+    has_fastv = any(_text.TEXT_STRATEGIES.parse(n)[0].inside_model for n in names)
     layer = _text.validate_layer(lm, layer, needs_layer=has_fastv)
     params: dict[str, Any] = {
         "strategies": names,
@@ -130,7 +131,7 @@ def prune_image(
     engine = _image_engine()
     settings = settings or Settings.from_env()
     names = engine.resolve_strategies(strategies)
-    ratios = engine.resolve_keep_ratios(keep_ratios)
+    ratios = engine.resolve_keep_ratios(keep_ratios, "patches")
     pil = load_image(image, settings)
     if isinstance(model, VisionModel):
         vm = model
@@ -141,8 +142,7 @@ def prune_image(
             model or settings.default_vision_model, settings=settings, progress=progress, dtype=dtype
         )
     layer = engine.validate_layer(vm, layer)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"seed must be an integer; got {seed!r}")
+    seed = engine.validate_seed(seed)
     pre = vm.preprocessing
     params: dict[str, Any] = {
         "strategies": names,
@@ -229,7 +229,7 @@ def prune(
 
 def text_strategy_names() -> list[str]:
     """Selectable text strategies ("frugalprompt:<method>" and "bottom_k:<method>" per attribution method)."""
-    return _text.strategy_names()
+    return _text.TEXT_STRATEGIES.selectable_names()
 
 
 def image_strategy_names() -> list[str]:
@@ -239,7 +239,10 @@ def image_strategy_names() -> list[str]:
 
 def deviations() -> dict[str, dict[str, str]]:
     """Where each strategy departs from its paper: {"text": {...}, "image": {...}}."""
-    return {"text": dict(_text.DEVIATIONS), "image": dict(_image_engine().DEVIATIONS)}
+    return {
+        "text": _text.TEXT_STRATEGIES.deviations(),
+        "image": _image_engine().IMAGE_STRATEGIES.deviations(),
+    }
 
 
 __all__ = [

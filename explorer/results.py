@@ -60,7 +60,13 @@ class _KindRegistry:
         return self._classes[kind]
 
     def kinds(self) -> list[str]:
+        """Kinds registered so far (by the modules imported until now)."""
         return sorted(self._classes)
+
+    def all_kinds(self) -> list[str]:
+        """Every kind an analysis of this install can store (imports `RESULT_MODULES` first)."""
+        _import_result_modules()
+        return self.kinds()
 
 
 # Modules that define result classes; imported on a registry miss so that reopening a run
@@ -79,6 +85,9 @@ RESULT_MODULES = (
     "explorer.analysis.atlas.microscope",
     "explorer.analysis.atlas.tokenizers",
     "explorer.vlm.tokens",
+    "explorer.vlm.vlm_eval",
+    "explorer.vlm.attention",
+    "explorer.vlm.latent",
 )
 
 

@@ -9,7 +9,8 @@ recompute.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -20,7 +21,10 @@ from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM, VisionLanguageModel, 
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
+from explorer.results import StoredResult
 from explorer.vlm.lens import VLMLensResult, vlm_logit_lens
+
+R = TypeVar("R", bound=StoredResult)
 
 
 def is_vlm(model: str | Any | None) -> bool:
@@ -78,6 +82,39 @@ def image_digest(image: Image.Image | None) -> str | None:
     return None if image is None else hashlib.sha256(image_to_png(image)).hexdigest()[:16]
 
 
+def run_vlm(
+    kind: str,
+    compute: Callable[..., R],
+    model: str | VisionLanguageModel | None,
+    prompt: str,
+    picture: Image.Image | None,
+    params: Any,
+    *,
+    db: Any,
+    use_cache: bool,
+    settings: Settings,
+    dtype: str | None,
+    progress: ProgressFn | None,
+) -> R:
+    """Load the VLM, then serve (kind, model, prompt, image, params) from the store or run
+    `compute(vlm, prompt, picture, params, max_tokens=..., progress=...)` and store it."""
+    from explorer.api import open_store, run_cached
+
+    vlm = resolve_vlm(model, settings, progress, dtype)
+    return run_cached(
+        kind,
+        model_id=vlm.model_id,
+        weight_hash=vlm.weight_hash,
+        prompt=prompt,
+        params={**params.to_json(), "image": image_digest(picture), "max_tokens": settings.max_prompt_tokens},
+        compute=lambda: compute(
+            vlm, prompt, picture, params, max_tokens=settings.max_prompt_tokens, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
 def vlm_lens(
     model: str | VisionLanguageModel | None,
     prompt: str,
@@ -91,24 +128,15 @@ def vlm_lens(
     progress: ProgressFn | None = None,
 ) -> VLMLensResult:
     """Logit lens of a VLM over (image, prompt) [+ generated tokens]; stored as kind "vlm_lens"."""
-    from explorer.api import open_store, run_cached
-
     settings = settings or Settings.from_env()
     params.validate()
     picture = open_image(image, settings)
-    vlm = resolve_vlm(model, settings, progress, dtype)
-    return run_cached(
+    return run_vlm(
         VLMLensResult.kind,
-        model_id=vlm.model_id,
-        weight_hash=vlm.weight_hash,
-        prompt=prompt,
-        params={**params.to_json(), "image": image_digest(picture), "max_tokens": settings.max_prompt_tokens},
-        compute=lambda: vlm_logit_lens(
-            vlm, prompt, picture, params=params, max_tokens=settings.max_prompt_tokens, progress=progress
-        ),
-        store=open_store(db, settings),
-        use_cache=use_cache,
-    )
+        lambda vlm, p, pic, prm, **kw: vlm_logit_lens(vlm, p, pic, params=prm, **kw),
+        model, prompt, picture, params,
+        db=db, use_cache=use_cache, settings=settings, dtype=dtype, progress=progress,
+    )  # fmt: skip
 
 
 def visual_tokens(
@@ -125,7 +153,6 @@ def visual_tokens(
 ) -> Any:
     """EmbedLens-style sink / dead / alive visual tokens and text->image attention; stored as
     kind "vlm_tokens". `params` is an `explorer.vlm.tokens.TokenParams` (default thresholds)."""
-    from explorer.api import open_store, run_cached
     from explorer.vlm.tokens import TokenParams, VisualTokensResult
     from explorer.vlm.tokens import visual_tokens as compute_tokens
 
@@ -135,19 +162,12 @@ def visual_tokens(
     picture = open_image(image, settings)
     if picture is None:
         raise InputError("visual-token analysis needs an image")
-    vlm = resolve_vlm(model, settings, progress, dtype)
-    return run_cached(
+    return run_vlm(
         VisualTokensResult.kind,
-        model_id=vlm.model_id,
-        weight_hash=vlm.weight_hash,
-        prompt=prompt,
-        params={**params.to_json(), "image": image_digest(picture), "max_tokens": settings.max_prompt_tokens},
-        compute=lambda: compute_tokens(
-            vlm, prompt, picture, params=params, max_tokens=settings.max_prompt_tokens, progress=progress
-        ),
-        store=open_store(db, settings),
-        use_cache=use_cache,
-    )
+        lambda vlm, p, pic, prm, **kw: compute_tokens(vlm, p, pic, params=prm, **kw),
+        model, prompt, picture, params,
+        db=db, use_cache=use_cache, settings=settings, dtype=dtype, progress=progress,
+    )  # fmt: skip
 
 
 def vlm_attribute(
@@ -164,22 +184,285 @@ def vlm_attribute(
 ) -> Any:
     """Attribution of the VLM's answer to the image patches; stored as kind "vlm_attribution"."""
     from explorer.analysis.vlm_attribution import VLMAttributionResult, vlm_attribution
-    from explorer.api import open_store, run_cached
 
     settings = settings or Settings.from_env()
     params.validate()
     if image is None:
         raise InputError("image attribution needs an image (--image PATH)")
     picture = open_image(image, settings)
+    return run_vlm(
+        VLMAttributionResult.kind, vlm_attribution, model, prompt, picture, params,
+        db=db, use_cache=use_cache, settings=settings, dtype=dtype, progress=progress,
+    )  # fmt: skip
+
+
+def vlm_attention(
+    model: str | VisionLanguageModel | None,
+    prompt: str,
+    image: ImageInput | None,
+    *,
+    params: Any = None,
+    db: Any = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """Text -> image attention (per block, head, rolled out) and attention shares on image /
+    text / sink tokens; stored as kind "vlm_attention". `params` is an
+    `explorer.vlm.attention.VLMAttentionParams` (default: 8 answer tokens)."""
+    from explorer.vlm.attention import VLMAttentionParams, VLMAttentionResult
+    from explorer.vlm.attention import vlm_attention as compute_attention
+
+    settings = settings or Settings.from_env()
+    params = params or VLMAttentionParams()
+    params.validate()
+    if image is None:
+        raise InputError("attention to image patches needs an image (--image PATH)")
+    picture = open_image(image, settings)
+    return run_vlm(
+        VLMAttentionResult.kind,
+        lambda vlm, p, pic, prm, **kw: compute_attention(vlm, p, pic, params=prm, **kw),
+        model, prompt, picture, params,
+        db=db, use_cache=use_cache, settings=settings, dtype=dtype, progress=progress,
+    )  # fmt: skip
+
+
+def vlm_eval(
+    model: str | VisionLanguageModel | None = None,
+    dataset: str = "pope",
+    *,
+    n_scenes: int = 20,
+    seed: int = 0,
+    batch_size: int = 8,
+    n_boot: int = 1000,
+    vista: Any = None,
+    db: Any = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """Evaluate a VLM over a built-in set ("all", "caption", "pope", "qa"; `n_scenes` synthetic
+    scenes) or a JSONL / CSV / Parquet file of {image, question, answer} rows: accuracy per
+    question type, POPE accuracy / precision / recall / F1 / yes-ratio, CHAIR_s / CHAIR_i, each
+    with a seeded 95% bootstrap interval. `vista` (an `explorer.vlm.vista.VistaParams` or its
+    JSON dict) with VSV and/or SLA switched on answers every prompt plainly and steered and
+    reports both plus the latency ratio. Stored as kind "vlm_eval"."""
+    from pathlib import Path
+
+    from explorer.api import open_store, run_cached
+    from explorer.text_input import check_text
+    from explorer.vlm.eval_sets import BUILTIN_SETS, load_eval_set
+    from explorer.vlm.vista import VistaParams
+    from explorer.vlm.vlm_eval import EvalParams, VLMEvalResult, evaluate_vlm
+
+    settings = settings or Settings.from_env()
+    check_text(str(dataset), "the evaluation set")
+    steering = vista if isinstance(vista, VistaParams) else VistaParams.from_json(vista)
+    params = EvalParams(
+        dataset=str(dataset),
+        n_scenes=int(n_scenes),
+        seed=int(seed),
+        batch_size=int(batch_size),
+        n_boot=int(n_boot),
+        vista=steering,
+    )
+    params.validate()
+    samples = load_eval_set(params.dataset, params.n_scenes, params.seed)  # bad input fails before loading
+    key = params.to_json()
+    prompt = params.dataset
+    if params.dataset not in BUILTIN_SETS:
+        path = Path(params.dataset).expanduser().resolve()
+        prompt = str(path)
+        key["file_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        key.pop("n_scenes")
     vlm = resolve_vlm(model, settings, progress, dtype)
+    key["max_tokens"] = settings.max_prompt_tokens
     return run_cached(
-        VLMAttributionResult.kind,
+        VLMEvalResult.kind,
         model_id=vlm.model_id,
         weight_hash=vlm.weight_hash,
         prompt=prompt,
-        params={**params.to_json(), "image": image_digest(picture), "max_tokens": settings.max_prompt_tokens},
-        compute=lambda: vlm_attribution(
-            vlm, prompt, picture, params, max_tokens=settings.max_prompt_tokens, progress=progress
+        params=key,
+        compute=lambda: evaluate_vlm(
+            vlm, samples, params, max_tokens=settings.max_prompt_tokens, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
+def vista_compare(
+    model: str | VisionLanguageModel | None,
+    prompt: str,
+    image: ImageInput | None,
+    *,
+    vista: Any,
+    max_new_tokens: int = 32,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """The greedy answer to (image, prompt) without and with VISTA, side by side, with wall times.
+    Not stored (two generations; `vlm_eval` stores dataset-level comparisons)."""
+    import time
+
+    from explorer.text_input import check_prompt
+    from explorer.vlm.vista import DEVIATIONS, VistaParams, vista_generate_batch
+
+    settings = settings or Settings.from_env()
+    check_prompt(prompt, settings.max_prompt_tokens)
+    steering = vista if isinstance(vista, VistaParams) else VistaParams.from_json(vista)
+    if not 1 <= int(max_new_tokens) <= 256:
+        raise InputError(f"max_new_tokens must be in 1..256 (got {max_new_tokens})")
+    picture = open_image(image, settings)
+    if picture is None:
+        raise InputError("VISTA steers towards the image: give an image")
+    vlm = resolve_vlm(model, settings, progress, dtype)
+    steering.validate(vlm.n_layers)
+    inputs = vlm.prepare(prompt, picture, settings.max_prompt_tokens)
+    out: dict[str, Any] = {"model": vlm.model_id, "prompt": prompt, "vista": steering.to_json()}
+    for name, params in (("plain", VistaParams()), ("vista", steering)):
+        t0 = time.perf_counter()
+        ids = vista_generate_batch(
+            vlm, [inputs], [prompt], int(max_new_tokens), params, settings.max_prompt_tokens
+        )[0]
+        out[name] = {
+            "text": str(vlm.tokenizer.decode(ids, skip_special_tokens=True)).strip(),
+            "tokens": vlm.lm.tokens_str(ids),
+            "seconds": time.perf_counter() - t0,
+        }
+    out["latency_ratio"] = out["vista"]["seconds"] / max(out["plain"]["seconds"], 1e-9)
+    out["deviations"] = list(DEVIATIONS)
+    return out
+
+
+def text_bank(
+    model: str | VisionLanguageModel | None,
+    *,
+    db: Any = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    corpus: Any = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """The LatentLens text bank of a VLM's language model (an `explorer.vlm.latent.TextBank`).
+
+    Built once per (model, weight fingerprint, corpus hash, layers) from the shipped corpus
+    (`explorer.vlm.latent_corpus.default_corpus()` unless `corpus` is given), saved under
+    `<cache>/latent_banks/` and indexed in the store as a run of kind "latent_bank"; later
+    calls reuse the file (and, within a process, the loaded vectors)."""
+    from explorer.api import open_store, run_cached
+    from explorer.backends.loading import MODEL_CACHE
+    from explorer.vlm.latent import (
+        BANK_FORMAT,
+        MAX_CONTEXTS,
+        TextBank,
+        bank_file,
+        bank_layers,
+        build_text_bank,
+        load_bank,
+        save_bank,
+    )
+    from explorer.vlm.latent_corpus import default_corpus
+
+    settings = settings or Settings.from_env()
+    vlm = resolve_vlm(model, settings, progress, dtype)
+    lm = vlm.lm
+    corpus = corpus or default_corpus()
+    layers = bank_layers(lm.n_layers)
+    path = bank_file(settings.cache_dir, lm.model_id, lm.weight_hash, corpus.digest, layers, MAX_CONTEXTS)
+    store = open_store(db, settings)
+    params = {"corpus": corpus.digest, "layers": layers, "max_contexts": MAX_CONTEXTS, "format": BANK_FORMAT}
+
+    def compute() -> TextBank:
+        if use_cache and path.exists():
+            try:
+                return load_bank(path)
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable or from another format: rebuild it
+        bank = build_text_bank(lm, corpus, layers=layers, max_contexts=MAX_CONTEXTS, progress=progress)
+        bank.path = str(path)
+        save_bank(bank, path)
+        return bank
+
+    def load() -> TextBank:
+        def cached(reuse: bool) -> TextBank:
+            return run_cached(
+                TextBank.kind,
+                model_id=lm.model_id,
+                weight_hash=lm.weight_hash,
+                prompt="",
+                params=params,
+                compute=compute,
+                store=store,
+                use_cache=reuse,
+            )
+
+        bank = cached(use_cache)
+        try:
+            bank.matrix()
+        except FileNotFoundError:  # the store knows the bank but its file was deleted
+            bank = cached(False)
+        return bank
+
+    if not use_cache:
+        return load()
+    key = ("latent_bank", str(path), str(store.path if store is not None else ""))
+    return MODEL_CACHE.get(key, load)
+
+
+def latent_neighbours(
+    model: str | VisionLanguageModel | None,
+    prompt: str,
+    image: ImageInput | None,
+    *,
+    params: Any = None,
+    db: Any = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    corpus: Any = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """LatentLens-style nearest text neighbours of every visual token; stored as kind
+    "vlm_latent". `params` is an `explorer.vlm.latent.LatentParams` (default: k=5, same layer).
+    The first call for a model builds its text bank (see `text_bank`; `corpus` is an
+    `explorer.vlm.latent_corpus.Corpus`, default the shipped one)."""
+    from explorer.api import open_store, run_cached
+    from explorer.vlm.latent import LatentNeighboursResult, LatentParams
+    from explorer.vlm.latent import latent_neighbours as compute_neighbours
+
+    settings = settings or Settings.from_env()
+    params = params or LatentParams()
+    params.validate()
+    picture = open_image(image, settings)
+    if picture is None:
+        raise InputError("nearest text neighbours of visual tokens need an image (--image PATH)")
+    vlm = resolve_vlm(model, settings, progress, dtype)
+    vlm.prepare(prompt, picture, settings.max_prompt_tokens)  # bad input fails before any bank is built
+    bank = text_bank(vlm, db=db, settings=settings, corpus=corpus, progress=progress)
+    return run_cached(
+        LatentNeighboursResult.kind,
+        model_id=vlm.model_id,
+        weight_hash=vlm.weight_hash,
+        prompt=prompt,
+        params={
+            **params.to_json(),
+            "image": image_digest(picture),
+            "bank": [bank.corpus_digest, bank.layers, bank.max_contexts],
+            "max_tokens": settings.max_prompt_tokens,
+        },
+        compute=lambda: compute_neighbours(
+            vlm,
+            prompt,
+            picture,
+            bank,
+            params=params,
+            max_tokens=settings.max_prompt_tokens,
+            progress=progress,
         ),
         store=open_store(db, settings),
         use_cache=use_cache,

@@ -8,14 +8,14 @@ every view of a run comes from the one forward pass of that request.
 Layers are numbered by block: attention layer l is block l (0-based). In the rollout and
 flow graphs, node layer 0 is the input tokens and node layer l + 1 is the output of block l.
 
+The maths (rollout, attention flow, row entropy) lives in `analysis.attention_math`, shared
+with vision attention and attention-based attribution.
+
 - Rollout (Abnar & Zuidema 2020): per block A'_l = 0.5 * mean_heads(A_l) + 0.5 * I (the
   residual connection), rows re-normalised; the rollout after block l is the product
   A'_l @ A'_{l-1} @ ... @ A'_0. Rows of a product of row-stochastic matrices sum to 1.
-- Attention flow (same paper): treat the layered graph as a flow network whose edge
-  (layer l + 1, query q) -> (layer l, key k) has capacity A'_l[q, k]; the flow from output
-  position t to input token j is the max-flow between those nodes, normalised over j. Exact
-  max-flow (Dinic's algorithm, implemented below) costs one max-flow per (t, j) pair, so it is
-  computed only for chosen output positions and prompts of at most `MAX_FLOW_TOKENS` tokens.
+- Attention flow (same paper): exact max-flow per (output, input) pair, so it is computed only
+  for chosen output positions and prompts of at most `MAX_FLOW_TOKENS` tokens.
 - Entropy: Shannon entropy (bits) of each attention row, averaged over queries 1..seq-1
   (query 0 can only attend to itself, entropy 0).
 - Sink share: the attention mass a head gives a set of key positions (the first token, or
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import time
 import unicodedata
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -36,6 +35,13 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from explorer.analysis.attention_math import (
+    attention_flow,
+    attention_rollout,
+    check_attention_tokens,
+    check_attentions,
+    row_entropy,
+)
 from explorer.backends.language import LanguageModel, capture, encode
 from explorer.backends.trace import Trace
 from explorer.errors import InputError
@@ -43,13 +49,10 @@ from explorer.progress import ProgressFn
 from explorer.results import register_result
 
 MAX_FLOW_TOKENS = 64
-# Every head's full matrix is kept (store, JSON): 30 layers x 9 heads x 256^2 is 17.7M weights.
-MAX_ATTENTION_TOKENS = 256
 MAX_FLOW_POSITIONS = 8
 SINK_FIRST = "first"
 SINK_DELIMITER = "delimiter"
 SINK_SPECIAL = "special"
-_FLOW_EPS = 1e-12
 
 
 # ---- parameters ----------------------------------------------------------------------------
@@ -98,55 +101,19 @@ def resolve_positions(positions: Sequence[int], seq: int, what: str = "position"
 
 
 # ---- pure functions over attention tensors ----------------------------------------------
-def _check_attentions(attentions: np.ndarray) -> None:
-    if attentions.ndim != 4 or attentions.shape[2] != attentions.shape[3]:
-        raise ValueError(f"attentions must be (n_layers, n_heads, seq, seq), got {attentions.shape}")
-
-
-def residual_augmented(attentions: np.ndarray) -> np.ndarray:
-    """(L, H, seq, seq) -> (L, seq, seq): A'_l = 0.5 * mean_heads(A_l) + 0.5 * I, rows normalised.
-
-    The identity stands for the residual connection around each attention block."""
-    _check_attentions(attentions)
-    mean = attentions.astype(np.float64).mean(axis=1)  # (L, seq, seq)
-    seq = mean.shape[-1]
-    aug = 0.5 * mean + 0.5 * np.eye(seq)[None]
-    return aug / aug.sum(axis=-1, keepdims=True)
-
-
-def attention_rollout(attentions: np.ndarray) -> np.ndarray:
-    """(L, H, seq, seq) -> (L, seq, seq) float64: rollout[l] = A'_l @ ... @ A'_0.
-
-    rollout[l][q, k] is how much of position q's representation after block l traces back to
-    input token k when attention is linearly combined through the residual stream."""
-    aug = residual_augmented(attentions)
-    out = np.empty_like(aug)
-    acc = np.eye(aug.shape[-1])
-    for layer in range(aug.shape[0]):
-        acc = aug[layer] @ acc
-        out[layer] = acc
-    return out
-
-
 def head_entropy(attentions: np.ndarray) -> np.ndarray:
     """(L, H, seq, seq) -> (L, H): mean Shannon entropy (bits) of the rows of queries 1..seq-1.
 
     Low entropy = a head that focuses on one or few keys; log2(q + 1) is the maximum for row q."""
-    _check_attentions(attentions)
-    rows = (
-        attentions[:, :, 1:, :].astype(np.float64)
-        if attentions.shape[2] > 1
-        else attentions.astype(np.float64)
-    )
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(rows > 0, -rows * np.log2(np.where(rows > 0, rows, 1.0)), 0.0)
-    return terms.sum(axis=-1).mean(axis=-1)  # type: ignore[no-any-return]
+    check_attentions(attentions)
+    rows = attentions[:, :, 1:, :] if attentions.shape[2] > 1 else attentions
+    return row_entropy(rows).mean(axis=-1)  # type: ignore[no-any-return]
 
 
 def sink_share(attentions: np.ndarray, positions: Sequence[int]) -> np.ndarray:
     """(L, H, seq, seq), key positions -> (L, H): attention mass given to `positions`, averaged
     over queries 1..seq-1 (query 0 can only attend to itself). Zeros when `positions` is empty."""
-    _check_attentions(attentions)
+    check_attentions(attentions)
     n_l, n_h, seq, _ = attentions.shape
     keys = sorted({int(p) for p in positions if 0 <= int(p) < seq})
     if not keys:
@@ -181,139 +148,6 @@ def find_sink_tokens(
             continue
         out.append({"position": pos, "token": tok, "reason": reason})
     return out
-
-
-# ---- attention flow: exact max-flow on the layered graph ---------------------------------
-class _FlowNetwork:
-    """Directed graph with float capacities and Dinic's max-flow (BFS levels + blocking flow)."""
-
-    def __init__(self, n_nodes: int) -> None:
-        self.n = n_nodes
-        self.head: list[list[int]] = [[] for _ in range(n_nodes)]  # node -> edge indices
-        self.to: list[int] = []
-        self.cap: list[float] = []
-
-    def add_edge(self, u: int, v: int, capacity: float) -> None:
-        self.head[u].append(len(self.to))
-        self.to.append(v)
-        self.cap.append(capacity)
-        self.head[v].append(len(self.to))
-        self.to.append(u)
-        self.cap.append(0.0)
-
-    def _levels(self, s: int, t: int) -> list[int] | None:
-        level = [-1] * self.n
-        level[s] = 0
-        queue = deque([s])
-        while queue:
-            u = queue.popleft()
-            for e in self.head[u]:
-                v = self.to[e]
-                if level[v] < 0 and self.cap[e] > _FLOW_EPS:
-                    level[v] = level[u] + 1
-                    queue.append(v)
-        return level if level[t] >= 0 else None
-
-    def max_flow(self, s: int, t: int) -> float:
-        total = 0.0
-        while (level := self._levels(s, t)) is not None:
-            pointer = [0] * self.n
-            while True:
-                pushed = self._augment(s, t, level, pointer)
-                if pushed <= _FLOW_EPS:
-                    break
-                total += pushed
-        return total
-
-    def _augment(self, s: int, t: int, level: list[int], pointer: list[int]) -> float:
-        """Find one s-t path in the level graph (iterative DFS with current-arc pointers) and
-        push its bottleneck; dead ends are skipped for the rest of the phase."""
-        path: list[int] = []  # edge indices
-        u = s
-        while u != t:
-            advanced = False
-            edges = self.head[u]
-            while pointer[u] < len(edges):
-                e = edges[pointer[u]]
-                v = self.to[e]
-                if self.cap[e] > _FLOW_EPS and level[v] == level[u] + 1:
-                    path.append(e)
-                    u = v
-                    advanced = True
-                    break
-                pointer[u] += 1
-            if not advanced:
-                if u == s:
-                    return 0.0
-                level[u] = -1  # dead end for this phase
-                e = path.pop()
-                u = self.to[e ^ 1]
-                pointer[u] += 1
-        bottleneck = min(self.cap[e] for e in path)
-        for e in path:
-            self.cap[e] -= bottleneck
-            self.cap[e ^ 1] += bottleneck
-        return bottleneck
-
-
-def _max_flow_to_input(aug: np.ndarray, output: int, source_token: int) -> float:
-    """Max-flow from node (layer L, position `output`) to (layer 0, position `source_token`).
-
-    aug: (L, seq, seq) residual-augmented attention. Edges go (l + 1, q) -> (l, k) with
-    capacity aug[l, q, k]. Only positions source_token..output can lie on a path (a causal
-    edge never increases the position), so the graph is restricted to them."""
-    n_l = aug.shape[0]
-    j, t = source_token, output
-    if n_l == 1:
-        return float(aug[0, t, j])
-    width = t - j + 1
-    # node ids: 0 = source (L, t); 1 = sink (0, j); layer l in 1..L-1, position p -> 2 + (l-1)*width + (p-j)
-    net = _FlowNetwork(2 + (n_l - 1) * width)
-
-    def node(layer: int, pos: int) -> int:
-        if layer == n_l:
-            return 0
-        if layer == 0:
-            return 1
-        return 2 + (layer - 1) * width + (pos - j)
-
-    for layer in range(n_l, 0, -1):  # edges from node layer `layer` to `layer - 1` use block layer-1
-        queries = [t] if layer == n_l else range(j, t + 1)
-        keys = [j] if layer == 1 else range(j, t + 1)
-        block = aug[layer - 1]
-        for q in queries:
-            for k in keys:
-                c = float(block[q, k])
-                if c > _FLOW_EPS:
-                    net.add_edge(node(layer, q), node(layer - 1, k), c)
-    return net.max_flow(0, 1)
-
-
-def attention_flow(
-    attentions: np.ndarray,
-    outputs: Sequence[int],
-    progress: ProgressFn | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Attention flow from each output position (after the last block) to every input token.
-
-    attentions: (L, H, seq, seq). Returns (normalised, raw), both (len(outputs), seq) float64:
-    raw[i, j] = max-flow value from output outputs[i] to input j (each <= 1); normalised rows sum
-    to 1 (as in Abnar & Zuidema's reference code). Inputs after an output get 0 (causal)."""
-    _check_attentions(attentions)
-    aug = residual_augmented(attentions)
-    seq = aug.shape[-1]
-    raw = np.zeros((len(outputs), seq))
-    total = sum(int(t) + 1 for t in outputs)
-    done = 0
-    for i, t in enumerate(outputs):
-        for j in range(int(t) + 1):
-            raw[i, j] = _max_flow_to_input(aug, int(t), j)
-            done += 1
-            if progress is not None and (done % 8 == 0 or done == total):
-                progress(done / total, f"Attention flow: {done}/{total} max-flows")
-    sums = raw.sum(axis=1, keepdims=True)
-    normalised = np.divide(raw, sums, out=np.zeros_like(raw), where=sums > 0)
-    return normalised, raw
 
 
 # ---- display helper shared by plots ----------------------------------------------------
@@ -640,19 +474,19 @@ def analyze_attention(
     *,
     params: AttentionParams | None = None,
     max_tokens: int = 512,
+    max_attention_tokens: int = 256,
     progress: ProgressFn | None = None,
 ) -> AttentionResult:
-    """Tokenise `prompt`, run ONE forward pass with attentions, and compute every attention view."""
+    """Tokenise `prompt`, run ONE forward pass with attentions, and compute every attention view.
+
+    `max_tokens` is the prompt limit, `max_attention_tokens` the attention view's (every head's
+    full matrix is stored); both come from `Settings`."""
     prog = progress or (lambda f, m: None)
     params = params or AttentionParams()
     params.validate()
     t0 = time.perf_counter()
     ids = encode(lm, prompt, max_tokens)
-    if ids.numel() > MAX_ATTENTION_TOKENS:
-        raise InputError(
-            f"the prompt is {ids.numel()} tokens long; the attention view keeps every head's full matrix and "
-            f"accepts at most {MAX_ATTENTION_TOKENS} tokens. Shorten the prompt"
-        )
+    check_attention_tokens(int(ids.numel()), max_attention_tokens)
     if params.flow and ids.numel() > MAX_FLOW_TOKENS:
         raise InputError(
             f"attention flow is limited to prompts of at most {MAX_FLOW_TOKENS} tokens; this prompt has "

@@ -6,7 +6,7 @@ saliency map when the model has a decoder). The views are pure functions of the 
 
 - `cls_attention_maps(trace)`  -> [n_layers, n_heads, grid_h, grid_w]: [CLS] -> patch attention.
 - `rollout_matrix(trace)`      -> [T, T]: attention rollout (Abnar & Zuidema 2020).
-- `attention_rollout(trace)`   -> [grid_h, grid_w]: the rollout row of [CLS], over patches.
+- `rollout_relevance(trace)`   -> [grid_h, grid_w]: the rollout row of [CLS], over patches.
 - `upsample_map(map, size)`    -> [H, W]: bilinear resize for overlays on the model's view.
 
 All outputs are numpy arrays (float32) ready to draw; plotting lives elsewhere.
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from explorer.analysis.attention_math import RESIDUAL_WEIGHT, attention_rollout
 from explorer.backends.vision import VisionModel
 from explorer.errors import InputError
 
@@ -139,27 +140,16 @@ def cls_attention_maps(trace: VisionTrace) -> np.ndarray:
     return maps.reshape(attn.shape[0], attn.shape[1], *trace.grid).numpy().astype(np.float32)
 
 
-def rollout_matrix(trace: VisionTrace, residual_weight: float = 0.5) -> np.ndarray:
-    """Attention rollout (Abnar & Zuidema 2020) -> [T, T], rows sum to 1.
+def rollout_matrix(trace: VisionTrace, residual_weight: float = RESIDUAL_WEIGHT) -> np.ndarray:
+    """Attention rollout (Abnar & Zuidema 2020) after the last block -> [T, T] float32, rows sum to 1.
 
-    Per layer: A = residual_weight * I + (1 - residual_weight) * mean_heads(attention), rows
-    re-normalised; then R = A_{L-1} @ ... @ A_0 (how much each output token draws, through
-    the residual-augmented attention graph, from each input token).
+    See `attention_math.attention_rollout`: per layer A = w * I + (1 - w) * mean_heads(attention),
+    rows re-normalised; R = A_{L-1} @ ... @ A_0.
     """
-    attn = _need_attentions(trace).double()
-    if not 0.0 <= residual_weight <= 1.0:
-        raise InputError(f"residual_weight must be in [0, 1]; got {residual_weight}")
-    t = attn.shape[-1]
-    eye = torch.eye(t, dtype=attn.dtype)
-    rollout = eye.clone()
-    for layer in range(attn.shape[0]):
-        a = (1.0 - residual_weight) * attn[layer].mean(dim=0) + residual_weight * eye
-        a = a / a.sum(dim=-1, keepdim=True)
-        rollout = a @ rollout
-    return rollout.numpy().astype(np.float32)
+    return attention_rollout(_need_attentions(trace), residual_weight)[-1].cpu().numpy().astype(np.float32)
 
 
-def attention_rollout(trace: VisionTrace, residual_weight: float = 0.5) -> np.ndarray:
+def rollout_relevance(trace: VisionTrace, residual_weight: float = RESIDUAL_WEIGHT) -> np.ndarray:
     """Rollout relevance of each patch for [CLS] -> [grid_h, grid_w], re-normalised to sum to 1.
 
     Models without [CLS] use the mean rollout row over all tokens.

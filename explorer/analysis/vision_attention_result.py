@@ -33,7 +33,8 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from explorer.analysis.vision_attention import attention_rollout, cls_attention_maps, trace_image
+from explorer.analysis.attention_math import check_residual_weight, row_entropy
+from explorer.analysis.vision_attention import cls_attention_maps, rollout_relevance, trace_image
 from explorer.backends.images import ImageInput, image_to_png, load_image, model_view, normalize, png_to_array
 from explorer.backends.vision import VisionModel
 from explorer.config import Settings
@@ -62,9 +63,7 @@ class VisionAttentionParams:
     residual_weight: float = 0.5
 
     def validate(self) -> None:
-        w = self.residual_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
-            raise InputError(f"the rollout residual weight must be a number in [0, 1]; got {w!r}")
+        check_residual_weight(self.residual_weight)
 
     def to_json(self) -> dict[str, Any]:
         return {"residual_weight": float(self.residual_weight)}
@@ -78,10 +77,9 @@ def cls_row_stats(attentions: torch.Tensor, n_prefix: int, has_cls: bool) -> tup
     on the first `n_prefix` keys ([CLS] and registers)."""
     att = attentions.double()
     rows = att[:, :, :1, :] if has_cls else att  # (L, H, Q, T)
-    terms = torch.where(rows > 0, -rows * torch.log2(rows.clamp_min(1e-300)), torch.zeros_like(rows))
-    entropy = terms.sum(dim=-1).mean(dim=-1)
+    entropy = row_entropy(rows).mean(dim=-1)
     prefix = rows[..., :n_prefix].sum(dim=-1).mean(dim=-1)
-    return entropy.numpy().astype(np.float32), prefix.numpy().astype(np.float32)
+    return entropy.cpu().numpy().astype(np.float32), prefix.cpu().numpy().astype(np.float32)
 
 
 @register_result
@@ -317,7 +315,7 @@ def analyze_image_attention(
     if attentions is None:  # trace_image(attentions=True) always captures them
         raise InputError(f"{vm.model_id}: no attention weights were captured")
     maps = cls_attention_maps(trace)  # (L, H, gh, gw)
-    rollout = attention_rollout(trace, residual_weight=float(params.residual_weight))  # (gh, gw)
+    rollout = rollout_relevance(trace, residual_weight=float(params.residual_weight))  # (gh, gw)
     entropy, prefix = cls_row_stats(attentions, trace.n_prefix, trace.has_cls)
     notes = []
     if not trace.has_cls:

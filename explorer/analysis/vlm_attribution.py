@@ -36,7 +36,6 @@ import base64
 import io
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -49,9 +48,9 @@ from explorer.analysis.attribution.reagent import EPS, rational_size
 from explorer.backends.images import image_to_png
 from explorer.backends.vlm import VisionLanguageModel, VLMInputs, generate
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
 
-ProgressFn = Callable[[float, str], None]
 VLM_METHODS = ("occlusion", "reagent")
 BASELINES = ("mean", "blur")
 DELETION_FRACTIONS = (0.1, 0.2, 0.3, 0.5)

@@ -55,6 +55,11 @@ from explorer.text_input import check_prompt
 
 # Called after each generation step with (step index, chosen tokens (B,) int64 on the model's device).
 StepHook = Callable[[int, torch.Tensor], None]
+# Called at each generation step with (step index, next-token logits (B, vocab) float32) before the
+# token is chosen; returns the logits to choose from (e.g. mixed with an early layer's logits).
+LogitsHook = Callable[[int, torch.Tensor], torch.Tensor]
+# Replaces a residual (B, T, d_model) by an edited one of the same shape and dtype.
+ResidualEdit = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -347,6 +352,7 @@ class LanguageModel:
         position_ids: torch.Tensor | None = None,
         output_attentions: bool = False,
         step_hook: StepHook | None = None,
+        logits_hook: LogitsHook | None = None,
     ) -> Generation:
         """Decode up to `max_new_tokens` after a prompt, with a KV cache.
 
@@ -407,6 +413,8 @@ class LanguageModel:
                     )
                     cache = step_out.cache
                     logits = step_out.logits[:, -1]
+                if logits_hook is not None:
+                    logits = logits_hook(step, logits.float())
                 nxt = choose(logits)
                 tokens.append(nxt)
                 if step_hook is not None:
@@ -422,6 +430,107 @@ class LanguageModel:
             prefill_seconds=prefill,
             prefill_attentions=out.attentions,
         )
+
+    @torch.no_grad()
+    def residuals(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]
+    ) -> torch.Tensor:
+        """Residual stream of a right-padded batch at the given layers, as `capture` defines them
+        (0 = input to block 0, i = raw output of block i-1, no final norm).
+
+        input_ids, attention_mask: (B, T); layers: sorted, in 0..n_layers.
+        Returns (len(layers), B, T, d_model) float32 on the CPU. Padded positions hold garbage.
+        The pass stops after the last block needed and computes no logits."""
+        wanted = sorted({int(x) for x in layers})
+        n = self.n_layers
+        if not wanted or wanted[0] < 0 or wanted[-1] > n:
+            raise ValueError(f"layers must lie in 0..{n} (got {list(layers)})")
+        blocks = self.blocks()
+        captured: dict[int, torch.Tensor] = {}
+        last = wanted[-1]
+
+        class _Done(Exception):
+            pass
+
+        def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured[0] = _first_tensor(args[0] if args else kwargs.get("hidden_states")).float().cpu()
+            if last == 0:
+                raise _Done
+
+        def make_hook(i: int) -> Any:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+                if i + 1 in wanted:
+                    captured[i + 1] = _first_tensor(output).float().cpu()
+                if i + 1 == last:
+                    raise _Done
+
+            return hook
+
+        with self.lock:
+            handles = [blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+            handles += [block.register_forward_hook(make_hook(i)) for i, block in enumerate(blocks[:last])]
+            try:
+                self.forward(input_ids, attention_mask=attention_mask, logits_to_keep=1)
+            except _Done:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
+        return torch.stack([captured[x] for x in wanted])
+
+    @contextmanager
+    def residual_edits(self, edits: dict[int, ResidualEdit]) -> Iterator[None]:
+        """While inside (and under the lock), residual `l` (1..n_layers: the output of block l-1)
+        is replaced by `edits[l](residual)` in every pass: prefill and each decoding step, at
+        every position. residual: (B, T, d_model) in the model's dtype."""
+        blocks = self.blocks()
+        for layer in edits:
+            if not 1 <= layer <= len(blocks):
+                raise ValueError(f"residual layer {layer} is outside 1..{len(blocks)}")
+
+        def make_hook(edit: ResidualEdit) -> Any:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+                if isinstance(output, torch.Tensor):
+                    return edit(output)
+                if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+                    return (edit(output[0]), *output[1:])
+                raise TypeError(f"cannot edit a block output of type {type(output).__name__}")
+
+            return hook
+
+        with self.lock:
+            handles = [blocks[layer - 1].register_forward_hook(make_hook(fn)) for layer, fn in edits.items()]
+            try:
+                yield
+            finally:
+                for h in handles:
+                    h.remove()
+
+    @contextmanager
+    def residual_recorder(self, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+        """While inside (and under the lock), the returned dict holds, for each residual layer in
+        `layers` (1..n_layers), the last position's residual (B, d_model) of the latest pass (the
+        prefill, then each decoding step), after any `residual_edits` of that layer."""
+        blocks = self.blocks()
+        record: dict[int, torch.Tensor] = {}
+        for layer in layers:
+            if not 1 <= layer <= len(blocks):
+                raise ValueError(f"residual layer {layer} is outside 1..{len(blocks)}")
+
+        def make_hook(layer: int) -> Any:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+                record[layer] = _first_tensor(output)[:, -1]
+
+            return hook
+
+        with self.lock:
+            # registered after any edit hooks entered before, so they see the edited residual
+            handles = [blocks[layer - 1].register_forward_hook(make_hook(layer)) for layer in layers]
+            try:
+                yield record
+            finally:
+                for h in handles:
+                    h.remove()
 
     @contextmanager
     def frozen_weights(self) -> Iterator[None]:

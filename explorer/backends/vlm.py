@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from explorer.backends.language import LanguageModel, _first_tensor
+from explorer.backends.language import LanguageModel, LogitsHook, _first_tensor
 from explorer.backends.loading import MODEL_CACHE
 from explorer.backends.trace import Trace
 from explorer.config import Settings
@@ -164,9 +164,11 @@ def generate(
     seed: int = 0,
     stop_at_eos: bool = True,
     progress: ProgressFn | None = None,
+    logits_hook: LogitsHook | None = None,
 ) -> list[int]:
     """Decode up to `max_new_tokens` after the multimodal prompt (KV cache; greedy or seeded
-    sampling). Stops after the end-of-turn / EOS token, which is kept."""
+    sampling). Stops after the end-of-turn / EOS token, which is kept. `logits_hook(step,
+    logits (1, vocab))` may replace the next-token logits before each choice."""
     if not vlm.uses_model_forward:
         assert inputs.inputs_embeds is not None
         if progress is not None:
@@ -178,6 +180,7 @@ def generate(
             temperature=temperature,
             seed=seed,
             stop_at_eos=stop_at_eos,
+            logits_hook=logits_hook,
         )
         return out.ids()
     # hub VLMs: their own forward (pixel values, M-RoPE, image attention masks) for the prefill
@@ -192,6 +195,8 @@ def generate(
                 progress(step / max(1, max_new_tokens), f"Generating token {step + 1} of {max_new_tokens}")
             past = _cache_of(res)
             logits = res.logits[0, -1].float()
+            if logits_hook is not None:
+                logits = logits_hook(step, logits.unsqueeze(0))[0]
             if sample:
                 probs = torch.softmax(logits / temperature, dim=-1).cpu()
                 nxt = int(torch.multinomial(probs, 1, generator=gen).item())
@@ -202,6 +207,78 @@ def generate(
                 break
             res = _decode_step(vlm, nxt, past, len(inputs.input_ids) + len(out_ids))
     return out_ids
+
+
+def _left_padded(vlm: VisionLanguageModel, batch: list[VLMInputs]) -> tuple[torch.Tensor, ...]:
+    """Input embeddings (B, T, d) left-padded with zeros, attention mask (B, T) and position ids
+    (B, T) (0 on padding, 0.. on each row's tokens) of projector-VLM inputs."""
+    longest = max(b.seq_len for b in batch)
+    d = int(batch[0].inputs_embeds.shape[-1])  # type: ignore[union-attr]
+    embeds = torch.zeros(len(batch), longest, d)
+    mask = torch.zeros(len(batch), longest, dtype=torch.long)
+    positions = torch.zeros(len(batch), longest, dtype=torch.long)
+    for row, b in enumerate(batch):
+        n = b.seq_len
+        assert b.inputs_embeds is not None
+        embeds[row, longest - n :] = b.inputs_embeds
+        mask[row, longest - n :] = 1
+        positions[row, longest - n :] = torch.arange(n)
+    return embeds, mask, positions
+
+
+def _trim_at_stop(vlm: VisionLanguageModel, ids: list[int]) -> list[int]:
+    stops = _stop_ids(vlm)
+    for i, t in enumerate(ids):
+        if t in stops:
+            return ids[: i + 1]
+    return ids
+
+
+@torch.inference_mode()
+def generate_batch(
+    vlm: VisionLanguageModel,
+    batch: list[VLMInputs],
+    max_new_tokens: int,
+    *,
+    logits_hook: LogitsHook | None = None,
+) -> list[list[int]]:
+    """Greedy answers of several prompts at once: each row stops after its end-of-turn / EOS
+    token (kept), as `generate` would. Projector VLMs decode the rows together (left-padded, one
+    KV cache); hub VLMs run their own forward row by row. `logits_hook(step, logits (B, vocab))`
+    may replace the next-token logits before each choice."""
+    if not batch:
+        return []
+    if vlm.uses_model_forward or len(batch) == 1:
+        return [generate(vlm, b, max_new_tokens, logits_hook=logits_hook) for b in batch]
+    embeds, mask, positions = _left_padded(vlm, batch)
+    out = vlm.lm.generate(
+        inputs_embeds=embeds,
+        max_new_tokens=max_new_tokens,
+        attention_mask=mask,
+        position_ids=positions,
+        logits_hook=logits_hook,
+    )
+    return [_trim_at_stop(vlm, out.ids(row)) for row in range(len(batch))]
+
+
+@torch.inference_mode()
+def last_token_residuals(vlm: VisionLanguageModel, batch: list[VLMInputs]) -> torch.Tensor:
+    """The residual stream at each prompt's last position: (B, n_layers + 1, d_model) float32 on
+    the CPU (layer 0 = input embeddings, l = output of block l-1). Projector VLMs run the rows
+    together (left-padded); hub VLMs one traced forward per row."""
+    if vlm.uses_model_forward or len(batch) == 1:
+        rows = []
+        for b in batch:
+            trace, _ = capture_vlm(vlm, b)
+            rows.append(trace.residual[:, -1])
+        return torch.stack(rows).float().cpu()
+    lm = vlm.lm
+    embeds, mask, positions = _left_padded(vlm, batch)
+    layers = list(range(1, lm.n_layers + 1))
+    with lm.residual_recorder(layers) as record:
+        lm.forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+        per_layer = [embeds[:, -1].to(lm.device)] + [record[layer] for layer in layers]
+    return torch.stack([r.float() for r in per_layer], dim=1).cpu()
 
 
 def _cache_of(res: Any) -> Any:

@@ -40,13 +40,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     m = inner.add_parser(
         "map",
         help="UMAP (cosine) or PCA map of token states",
-        description="Prints {run_id, model, method, layer, n_layers, prompts, tokens, n_points, fit, seconds, "
+        description="Prints {run_id, model, method, layer, n_layers, prompts, image, tokens, n_points, fit, seconds, "
         "notes, points: [{point, prompt_index, position, layer, token_id, token, token_type, modality, context, "
         "norm, x, y}]}. A repeated request is served from the store (the map is never refitted).",
     )
     m.add_argument("--prompt", action="append", default=None, help="text to map (repeatable)")
     m.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
-    m.add_argument("--model", default=None, help="embedded name (smollm2-135m), hub id or local dir")
+    m.add_argument(
+        "--model", default=None, help="embedded name (smollm2-135m, tiny-vlm), hub id or local dir"
+    )
+    m.add_argument(
+        "--image",
+        default=None,
+        help="an image file: map the image's visual tokens with the prompt's on a vision-language model "
+        "(default model then tiny-vlm)",
+    )
     m.add_argument(
         "--layer", type=_layer, default=None, help="residual layer (0 = embeddings) or 'all' (default)"
     )
@@ -54,6 +62,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     m.add_argument("--n-neighbors", type=int, default=15)
     m.add_argument("--min-dist", type=float, default=0.1)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--pca-dims",
+        type=int,
+        default=50,
+        help="UMAP: PCA pre-reduction of the unit-normalised vectors (default 50; 0 = exact cosine on raw vectors)",
+    )
     m.add_argument("--no-cache", action="store_true", help="recompute even if the run is stored")
     v = inner.add_parser(
         "vocab",
@@ -125,13 +139,15 @@ def run(args: argparse.Namespace, settings: Settings) -> Any:
     model = getattr(args, "model", None) or settings.default_model
     if args.atlas_command == "map":
         return atlas_api.token_map(
-            model,
+            args.model if args.image is not None else model,
             _prompts(args),
+            image=args.image,
             layer=args.layer,
             method=args.method,
             n_neighbors=args.n_neighbors,
             min_dist=args.min_dist,
             seed=args.seed,
+            pca_dims=args.pca_dims,
             use_cache=not args.no_cache,
             settings=settings,
         ).to_dict()

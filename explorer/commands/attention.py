@@ -1,6 +1,7 @@
 """`explorer attention`: per-layer, per-head attention, sink shares, entropy and rollout of a
-causal LM over a prompt (`--prompt`), or [CLS] -> patch attention, rollout and entropy of a
-vision transformer over an image (`--image PATH`)."""
+causal LM over a prompt (`--prompt`); [CLS] -> patch attention, rollout and entropy of a
+vision transformer over an image (`--image PATH`); or, with both, text -> image attention and
+attention shares inside a vision-language model (default tiny-vlm)."""
 
 from __future__ import annotations
 
@@ -11,31 +12,53 @@ from typing import Any
 # subcommands (export, runs) can reopen those runs in a fresh process.
 import explorer.analysis.attention  # noqa: F401
 import explorer.analysis.vision_attention_result  # noqa: F401
+import explorer.vlm.attention  # noqa: F401
 from explorer.config import Settings
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "attention",
-        help="attention of every layer and head of a language model (--prompt) or a vision model (--image)",
+        help="attention of every layer and head of a language model (--prompt), a vision model (--image) "
+        "or a vision-language model (--image and --prompt)",
         description="One forward pass with attentions. With --prompt (causal LM) prints {run_id, model, "
         "n_layers, n_heads, tokens, layers: [{layer, heads: [{head, attention (seq x seq, query x key), "
         "sink_share (to the first token), delimiter_share, entropy (bits)}]}], rollout (seq x seq, after the "
         "last layer), sink_tokens[, flow]}. With --image (vision transformer) prints {run_id, model, "
         "n_layers, n_heads, grid: [gh, gw], image_sha256, layers: [{layer, heads: [{head, cls_attention "
-        "(gh x gw), entropy (bits, [CLS] row)}]}], rollout (gh x gw, sums to 1)}.",
+        "(gh x gw), entropy (bits, [CLS] row)}]}], rollout (gh x gw, sums to 1)}. With --image and --prompt "
+        "(vision-language model) prints {run_id, kind: vlm_attention, model, n_layers, n_heads, grid, tokens, "
+        "modality, answer, query_positions, query {position, token, generated}, layers: [{layer (LM block, "
+        "1-based), shares {image, text, sink}, sink_patches, mean (grid), rollout (grid), heads: [{head, "
+        "image_share, attention (grid)}]}], rollout (grid, after the last block)}: grids are the attention of "
+        "one text query (--query; default the last) to the image patches.",
     )
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", help="text to analyse with a causal language model")
-    source.add_argument(
+    p.add_argument("--prompt", help="text to analyse with a causal language model (with --image: a question)")
+    p.add_argument(
         "--image",
         metavar="PATH",
-        help="image file to analyse with a vision transformer (default model: dinov2-small-focus)",
+        help="image file: alone, a vision transformer's [CLS] attention (default model dinov2-small-focus); "
+        "with --prompt, a vision-language model's text -> image attention (default model tiny-vlm)",
     )
     p.add_argument(
         "--model",
         default=None,
-        help="embedded name (smollm2-135m; with --image: dinov2-small-focus), hub id or local dir",
+        help="embedded name (smollm2-135m; with --image: dinov2-small-focus; with --image and --prompt: "
+        "tiny-vlm), hub id or local dir",
+    )
+    p.add_argument(
+        "--generate",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --image and --prompt: greedy answer tokens appended as further queries (default 8)",
+    )
+    p.add_argument(
+        "--query",
+        type=int,
+        default=None,
+        metavar="POS",
+        help="with --image and --prompt: the text position whose attention the JSON grids show (default last)",
     )
     p.add_argument(
         "--flow",
@@ -58,7 +81,33 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from explorer.attention_api import attention, attention_image
     from explorer.errors import InputError
 
+    if args.prompt is None and args.image is None:
+        raise InputError(
+            "give --prompt (a language model), --image (a vision model) or both (a vision-language model)"
+        )
+    if args.image is None or args.prompt is None:
+        for flag in ("generate", "query"):
+            if getattr(args, flag) is not None:
+                raise InputError(f"--{flag} applies to --image with --prompt (a vision-language model)")
+    if args.image is not None and args.prompt is not None:
+        from explorer.vlm.attention import VLMAttentionResult
+
+        result = attention(
+            args.model,
+            args.prompt,
+            image=args.image,
+            generate=args.generate,
+            flow=args.flow or bool(args.flow_position),
+            use_cache=not args.no_cache,
+            settings=settings,
+        )
+        assert isinstance(result, VLMAttentionResult)
+        return result.to_dict(query=args.query)
     if args.image is not None:
+        from explorer.backends.vlm import EMBEDDED_VLMS
+
+        if args.model in EMBEDDED_VLMS:
+            raise InputError(f"{args.model!r} is a vision-language model: give a question with --prompt")
         if args.flow or args.flow_position:
             raise InputError("--flow and --flow-position apply to --prompt (language models) only")
         image = attention_image(

@@ -25,7 +25,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--target", default=None, help="text the model should produce next, e.g. ' Paris' (mind the space)"
     )
     p.add_argument(
-        "--method", default="reagent", help=f"one of {', '.join(method_names())}, or all (default reagent)"
+        "--method",
+        default=None,
+        help=f"one of {', '.join(method_names())}, or all (default reagent); with --image: occlusion "
+        "(default) or reagent",
     )
     p.add_argument(
         "--contrast", default=None, metavar="FOIL", help="contrastive: attribute log p(target) - log p(FOIL)"
@@ -89,6 +92,7 @@ PARAM_FLAGS = (
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | list[dict[str, Any]]:
     from explorer.analysis.attribution import ATTRIBUTION_METHODS
     from explorer.attribution_api import attribute
+    from explorer.errors import InputError
 
     if args.image is not None:
         from explorer.attribution_api import attribute_image
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | list[d
             args.prompt,
             args.image,
             target=args.target,
-            method="occlusion" if args.method == "reagent" and "--method" not in _argv() else args.method,
+            method=args.method or "occlusion",
             seed=args.seed,
             settings=settings,
             use_cache=not args.no_cache,
@@ -111,6 +115,10 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | list[d
             generate=args.generate,
             **extra,
         ).to_dict()
+    for flag in ("baseline", "answer_tokens"):
+        if getattr(args, flag) is not None:
+            raise InputError(f"--{flag.replace('_', '-')} applies to --image (a vision-language model)")
+    args.method = args.method or "reagent"
     params = {k: getattr(args, k) for k in PARAM_FLAGS if getattr(args, k) is not None}
     if args.method != "all" and args.method in ATTRIBUTION_METHODS:
         accepted = ATTRIBUTION_METHODS[args.method].param_names()
@@ -128,9 +136,3 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | list[d
         **params,
     )
     return result.to_dict()
-
-
-def _argv() -> list[str]:
-    import sys
-
-    return sys.argv

@@ -7,10 +7,13 @@ from typing import Any
 
 from explorer.config import Settings
 
-DEFAULT_RATIOS = (1.0, 0.9, 0.75, 0.5, 0.3, 0.2, 0.1, 0.05)
-
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
+    from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
+    from explorer.analysis.pruning.image import IMAGE_STRATEGIES
+    from explorer.analysis.pruning.text import TEXT_STRATEGIES
+
+    text_names = ", ".join(f"{s.name}[:METHOD]" if s.options else s.name for s in TEXT_STRATEGIES.values())
     p: argparse.ArgumentParser = sub.add_parser(
         "prune",
         help="pruning lab: drop prompt tokens or image patches by a strategy, re-run, measure fidelity",
@@ -32,9 +35,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="NAME",
-        help="strategy (repeatable) or 'all' (default). Text: frugalprompt[:METHOD], self_information, "
-        "bottom_k[:METHOD], random, fastv. Image: cls_attention, cls_attention_last, cls_attention_ensemble, "
-        "kcenter, idpruner_mmr, transprune_ttv, uniform, random",
+        help=f"strategy (repeatable) or 'all' (default). Text: {text_names}. Image: {', '.join(IMAGE_STRATEGIES)}",
     )
     p.add_argument(
         "--keep",
@@ -42,7 +43,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="RATIO",
-        help=f"keep ratios in (0, 1] (default {' '.join(str(r) for r in DEFAULT_RATIOS)})",
+        help=f"keep ratios in (0, 1] (default {' '.join(str(r) for r in DEFAULT_KEEP_RATIOS)})",
     )
     p.add_argument(
         "--layer",
@@ -62,6 +63,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
     from explorer.errors import InputError
     from explorer.pruning_api import prune
 
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         image=args.image,
         model=args.model,
         strategies=strategies,
-        keep_ratios=tuple(args.keep) if args.keep else DEFAULT_RATIOS,
+        keep_ratios=tuple(args.keep) if args.keep else DEFAULT_KEEP_RATIOS,
         layer=args.layer,
         target=args.target,
         continuation_tokens=args.continuation,

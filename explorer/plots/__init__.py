@@ -76,7 +76,18 @@ def _load_builtin_figures() -> None:
     # importing registers; kept lazy so `import explorer` stays light
     import explorer.plots.lens  # noqa: F401
 
-    for module in ("attention", "attribution", "pruning", "vlm", "atlas", "vlm_tokens"):
+    for module in (
+        "attention",
+        "attribution",
+        "pruning",
+        "vlm",
+        "atlas",
+        "vlm_tokens",
+        "vlm_attention",
+        "vlm_attribution",
+        "vlm_eval",
+        "vlm_latent",
+    ):
         try:
             __import__(f"explorer.plots.{module}")
         except ModuleNotFoundError as exc:
@@ -145,31 +156,67 @@ def _ensure_kaleido() -> None:
     _KALEIDO_STARTED = True
 
 
-def figure_bytes(fig: go.Figure, fmt: str, width: int | None = None, height: int | None = None) -> bytes:
-    """Render `fig` (publication style) to PNG/SVG/PDF bytes with kaleido + Chromium."""
+def figure_bytes(
+    fig: go.Figure,
+    fmt: str,
+    width: int | None = None,
+    height: int | None = None,
+    options: Any | None = None,
+    provenance: dict[str, Any] | None = None,
+    laid_out: bool = False,
+) -> bytes:
+    """Render `fig` to PNG/SVG/PDF bytes with kaleido + Chromium.
+
+    `options` (an `ExportOptions`) lays the figure out for a journal column (the default: double
+    column) or, with size "screen", keeps the page layout in publication style. `provenance` is
+    written into the file's metadata; the same figure and provenance always give the same bytes.
+    `laid_out=True`: `fig` is already laid out for print (a composed panel figure)."""
     from explorer.errors import InputError
+    from explorer.plots.paper import PNG_DPI, PX_PER_IN, ExportOptions, paper_figure
+    from explorer.plots.provenance import with_provenance
 
     if fmt not in FIGURE_FORMATS:
         raise InputError(f"unknown figure format {fmt!r}; choose from {FIGURE_FORMATS}")
-    styled = publication_style(fig)
+    opts = options or ExportOptions()
+    if laid_out:
+        styled = fig
+    else:
+        styled = publication_style(fig) if opts.size == "screen" else fig
+        styled = paper_figure(styled, opts)
+    styled = go.Figure(styled)
+    for i, trace in enumerate(styled.data):  # plotly draws random trace uids into the SVG otherwise
+        if getattr(trace, "uid", None) is None:
+            trace.uid = f"t{i}"
     w = width or styled.layout.width or 1000
     h = height or styled.layout.height or 500
+    scale = 2.0 if opts.size == "screen" else PNG_DPI / PX_PER_IN
     import plotly.io as pio
 
     with _KALEIDO_LOCK:
         try:
             _ensure_kaleido()
-            return bytes(pio.to_image(styled, format=fmt, width=w, height=h, scale=2 if fmt == "png" else 1))
+            data = bytes(
+                pio.to_image(styled, format=fmt, width=w, height=h, scale=scale if fmt == "png" else 1)
+            )
         except Exception as exc:  # no Chromium, crashed renderer ...
             raise RuntimeError(
                 f"figure export failed ({exc}). Export needs Chromium: `apt-get install chromium` "
                 f"(or set BROWSER_PATH)"
             ) from exc
+    dpi = PNG_DPI if opts.size != "screen" else None
+    return with_provenance(data, fmt, provenance or {}, dpi=dpi)
 
 
-def write_figure(fig: go.Figure, path: Path, fmt: str | None = None) -> Path:
+def write_figure(
+    fig: go.Figure,
+    path: Path,
+    fmt: str | None = None,
+    options: Any | None = None,
+    provenance: dict[str, Any] | None = None,
+    laid_out: bool = False,
+) -> Path:
     fmt = fmt or path.suffix.lstrip(".")
-    path.write_bytes(figure_bytes(fig, fmt))
+    path.write_bytes(figure_bytes(fig, fmt, options=options, provenance=provenance, laid_out=laid_out))
     return path
 
 
@@ -194,16 +241,64 @@ def write_table(table: pa.Table, path: Path, fmt: str | None = None) -> Path:
     return path
 
 
-def export(result: Any, fmt: str, out_dir: Path, figure: str | None = None, stem: str | None = None) -> Path:
-    """Export one figure of `result` (default: its first) or that figure's data."""
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("token-explorer")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def figure_provenance(
+    result: Any, figure: str, fmt: str, options: Any, run_info: Any | None = None
+) -> dict[str, Any]:
+    """What an exported figure carries in its metadata: enough to regenerate it exactly."""
+    from explorer.plots.paper import export_command, export_python
+
+    run_id = getattr(result, "run_id", None)
+    info = run_info.to_dict() if run_info is not None else {}
+    return {
+        "run_id": run_id,
+        "kind": result.kind,
+        "figure": figure,
+        "model": info.get("model") or getattr(result, "model", None) or getattr(result, "model_id", None),
+        "weight_hash": info.get("weight_hash") or getattr(result, "weight_hash", None),
+        "params": info.get("params") if info else getattr(result, "params", None),
+        "prompt": info.get("prompt"),
+        "version": package_version(),
+        "options": options.to_json(),
+        "command": export_command(run_id, figure, fmt, options),
+        "python": export_python(run_id, figure, fmt, options),
+    }
+
+
+def export(
+    result: Any,
+    fmt: str,
+    out_dir: Path,
+    figure: str | None = None,
+    stem: str | None = None,
+    options: Any | None = None,
+    run_info: Any | None = None,
+) -> Path:
+    """Export one figure of `result` (default: its first) or that figure's data.
+
+    Figures are laid out by `options` (an `ExportOptions`, default double column) and carry
+    their provenance (run id, model, weight hash, parameters, version, the regenerating command)
+    in the file's metadata; `run_info` (the store's `RunInfo`) supplies the model's weight hash."""
     from explorer.errors import InputError
+    from explorer.plots.paper import ExportOptions
 
     spec = figure_spec(result, figure)
+    opts = (options or ExportOptions()).validate()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or f"{getattr(result, 'run_id', None) or result.kind}_{spec.name}"
     path = out_dir / f"{stem}.{fmt}"
     if fmt in FIGURE_FORMATS:
-        return write_figure(spec.build(result), path, fmt)
+        meta = figure_provenance(result, spec.name, fmt, opts, run_info)
+        meta["title"] = spec.title
+        return write_figure(spec.build(result), path, fmt, options=opts, provenance=meta)
     if fmt in DATA_FORMATS:
         return write_table(spec.data(result), path, fmt)
     raise InputError(f"unknown export format {fmt!r}; choose from {FIGURE_FORMATS + DATA_FORMATS}")

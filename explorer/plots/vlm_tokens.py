@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +19,14 @@ import numpy as np
 import plotly.graph_objects as go
 import pyarrow as pa
 
-from explorer.backends.images import image_to_png
 from explorer.errors import InputError
 from explorer.plots import base_layout, register_figure, token_label
+from explorer.plots.image_grid import image_axes, image_trace, patch_geometry
+from explorer.vlm.attention import VLMAttentionResult
 from explorer.vlm.tokens import ALIVE, CATEGORY_NAMES, DEAD, SINK, VisualTokensResult
+
+# The attention figures draw both kinds: a "vlm_tokens" run and a "vlm_attention" run (Attention tab).
+TextImageResult = VisualTokensResult | VLMAttentionResult
 
 KIND = VisualTokensResult.kind
 CATEGORY_COLOURS = {ALIVE: "rgba(44,160,44,0.25)", DEAD: "rgba(90,90,90,0.75)", SINK: "rgba(214,39,40,0.75)"}
@@ -35,7 +38,7 @@ ATTENTION_SCALE = [
 ]
 
 
-def _block(result: VisualTokensResult, layer: Any) -> int:
+def _block(result: TextImageResult, layer: Any) -> int:
     """A block number 1..n_layers (negative counts from the end; default the last)."""
     n = result.n_layers
     value = n if layer is None else int(layer)
@@ -47,29 +50,24 @@ def _block(result: VisualTokensResult, layer: Any) -> int:
 
 
 def image_grid_slider(
-    result: VisualTokensResult,
+    result: Any,
     heat: Callable[[int], go.Heatmap],
     start: int,
     title: str,
+    steps: list[int] | None = None,
+    prefix: str = "block ",
 ) -> go.Figure:
-    """The run's image with one heatmap trace over its patch grid and a slider over blocks 1..n."""
-    rows, cols = result.grid
+    """The run's image with one heatmap trace over its patch grid and a slider over `steps`
+    (default: blocks 1..n); `heat(step)` draws one step. `result` has `.grid`, `.n_layers`, `.image()`."""
     image = result.image()
-    width, height = image.size
-    png = base64.b64encode(image_to_png(image)).decode("ascii")
-    fig = go.Figure(
-        data=[
-            go.Image(source="data:image/png;base64," + png, x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"),
-            heat(start),
-        ]
-    )
-    blocks = list(range(1, result.n_layers + 1))
+    fig = go.Figure(data=[image_trace(image), heat(start)])
+    blocks = steps if steps is not None else list(range(1, result.n_layers + 1))
     fig.frames = [go.Frame(data=[heat(b)], traces=[1], name=str(b)) for b in blocks]
     fig.update_layout(
         sliders=[
             {
-                "active": start - 1,
-                "currentvalue": {"prefix": "block "},
+                "active": blocks.index(start),
+                "currentvalue": {"prefix": prefix},
                 "pad": {"t": 40},
                 "steps": [
                     {
@@ -82,21 +80,12 @@ def image_grid_slider(
             }
         ]
     )
-    fig.update_xaxes(title=f"x (pixels; {cols} visual-token columns)", range=[0, width], showgrid=False)
-    fig.update_yaxes(
-        title=f"y (pixels; {rows} rows)",
-        range=[height, 0],
-        showgrid=False,
-        scaleanchor="x",
-        constrain="domain",
-    )
+    image_axes(fig, image.size, result.grid)
     return base_layout(fig, title, height=640)
 
 
-def _geometry(result: VisualTokensResult) -> dict[str, float]:
-    rows, cols = result.grid
-    width, height = result.image().size
-    return {"x0": width / cols / 2, "dx": width / cols, "y0": height / rows / 2, "dy": height / rows}
+def _geometry(result: TextImageResult) -> dict[str, float]:
+    return patch_geometry(result.image().size, result.grid)
 
 
 def token_categories(result: VisualTokensResult, layer: int | None = None) -> go.Figure:
@@ -202,7 +191,7 @@ VIEWS = ("mean", "head", "rollout")
 
 
 def text_to_image_attention(
-    result: VisualTokensResult,
+    result: TextImageResult,
     layer: int | None = None,
     query: int | None = None,
     view: str = "mean",
@@ -255,7 +244,7 @@ def text_to_image_attention(
     return image_grid_slider(result, heat, start, title)
 
 
-def attention_data(result: VisualTokensResult) -> pa.Table:
+def attention_data(result: TextImageResult) -> pa.Table:
     L, H, Q, n = result.attention.shape
     li, hi, qi, pi = np.meshgrid(np.arange(L), np.arange(H), np.arange(Q), np.arange(n), indexing="ij")
     pos = np.asarray(result.query_positions)[qi.ravel()]
@@ -272,7 +261,7 @@ def attention_data(result: VisualTokensResult) -> pa.Table:
     )
 
 
-def attention_shares(result: VisualTokensResult) -> go.Figure:
+def attention_shares(result: TextImageResult) -> go.Figure:
     blocks = np.arange(1, result.n_layers + 1)
     colours = {"image": "rgba(31,119,180,0.8)", "text": "rgba(255,127,14,0.8)", "sink": "rgba(214,39,40,0.8)"}
     fig = go.Figure(
@@ -295,7 +284,7 @@ def attention_shares(result: VisualTokensResult) -> go.Figure:
     )
 
 
-def shares_data(result: VisualTokensResult) -> pa.Table:
+def shares_data(result: TextImageResult) -> pa.Table:
     return pa.table(
         {
             "block": np.arange(1, result.n_layers + 1),

@@ -17,13 +17,18 @@ TAB_MODULES = (
     "attribution_tab",
     "pruning_tab",
     "visual_tokens_tab",
+    "vlm_eval_tab",
     "atlas_tab",
     "runs_tab",
     "compare_tab",
 )
 
 CSS = """
-.export-row { align-items: center; gap: 6px; flex-wrap: nowrap; }
+.export-row { align-items: center; gap: 6px; flex-wrap: wrap; }
+.export-row .export-size { flex: 0 0 190px !important; }
+.export-row .export-font { flex: 0 0 80px !important; }
+.reproduce-snippet { font-size: 12px; }
+.reproduce-snippet pre { margin: 2px 0; }
 .export-row > .export-label { flex: 0 0 210px !important; min-width: 210px !important; }
 .export-row button { flex: 0 0 90px !important; max-width: 90px; }
 .scroll-plot { overflow-x: auto; }

@@ -9,7 +9,10 @@ from typing import Any
 import gradio as gr
 
 from explorer import atlas_api
+from explorer.analysis.atlas.projection import PCA_DIMS
 from explorer.analysis.atlas.token_map import TokenMapResult
+from explorer.backends.sentence import SENTENCE_MODEL
+from explorer.backends.vlm import EMBEDDED_VLMS
 from explorer.models.loading import EMBEDDED_LMS
 from explorer.plots import atlas as atlas_plots
 from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
@@ -19,20 +22,28 @@ EXAMPLE = "The quick brown fox jumps over the lazy dog. Then, the dog sleeps; th
 EXPLAIN = """Each point is one token's hidden state (the residual stream) at one layer. **All layers** fits
 *one* map over every (layer, token) point, so the layer slider moves through one coordinate system and a
 token's path across the layers is a trajectory on it. UMAP uses the **cosine** metric (residual norms grow with
-depth; direction is compared); PCA (of the unit-normalised vectors) is there for comparison. A fitted map is
-stored with its run: the same request is served from the store, never refitted. Lasso points (the map's
-default drag mode) and press *List selected* to list their tokens."""
+depth; direction is compared). For speed the vectors are unit-normalised and reduced by PCA to 50 dimensions
+before UMAP (Euclidean distance between unit vectors is √(2·cosine distance), so the neighbours are the cosine
+ones; the summary says how much variance the 50 dimensions keep; 0 = exact cosine UMAP on the raw vectors).
+PCA (of the unit-normalised vectors) is there for comparison. With an **image** (or the `tiny-vlm` model) the
+prompt is asked about the image on a vision-language model and its visual tokens (`<img row,col>`) are points
+too: colour by *modality*. *Colour by* also offers every stored run on the same input (lens rank, attribution,
+pruning scores and kept/dropped tokens). A fitted map is stored with its run: the same request is served from
+the store, never refitted. Lasso points (the map's default drag mode) and press *List selected* to list their
+tokens."""
 
-SELECTION_JS = """() => {
+# Runs in the browser before `on_selection`: the lassoed points' indices replace the (hidden) text
+# input; the state input is the server's own (Gradio takes stateful inputs from the session).
+SELECTION_JS = """(state, text) => {
   const gd = document.querySelector('#atlas-map .js-plotly-plot');
-  if (!gd || !gd.data) return '';
+  if (!gd || !gd.data) return [state, ''];
   const out = [];
   gd.data.forEach((t, k) => {
     const full = (gd._fullData || []).find(f => f.index === k);
     if (!t.selectedpoints || !full || !full.customdata) return;
     for (const i of t.selectedpoints) { const c = full.customdata[i]; if (c) out.push(c[0]); }
   });
-  return out.join(',');
+  return [state, out.join(',')];
 }"""
 
 
@@ -40,7 +51,7 @@ def summary_markdown(r: TokenMapResult) -> str:
     where = "all layers, one aligned fit" if r.layer_mode == "all" else f"layer {r.layer_mode}"
     lines = [
         f"**Run** `{r.run_id}` · model `{r.model}` · {r.method.upper()} of {r.n_points} points ({where}) · "
-        f"{len(r.prompts)} prompt(s) · fit {float(r.fit.get('fit_seconds', 0.0)):.1f} s · total {r.seconds:.1f} s"
+        f"{len(r.prompts)} prompt(s){' + an image (' + str(r.image) + ')' if r.image else ''} · fit {float(r.fit.get('fit_seconds', 0.0)):.1f} s · total {r.seconds:.1f} s"
     ]
     lines += [f"\n> ℹ️ {note}" for note in r.notes]
     return "\n".join(lines)
@@ -71,9 +82,16 @@ def build(ctx: UIContext) -> None:
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, value=EXAMPLE)
             per_line = gr.Checkbox(value=False, label="Each line is a separate prompt (a small data set)")
+            image = gr.Image(
+                label="Image (optional: maps its visual tokens on a vision-language model)",
+                type="pil",
+                sources=["upload", "clipboard"],
+                height=160,
+                elem_id="atlas-map-image",
+            )
         with gr.Column(scale=2):
             model = gr.Dropdown(
-                choices=sorted(EMBEDDED_LMS),
+                choices=sorted(EMBEDDED_LMS) + list(EMBEDDED_VLMS) + [SENTENCE_MODEL],
                 value=ctx.settings.default_model,
                 allow_custom_value=True,
                 label="Model (embedded name, hub id or local dir)",
@@ -89,7 +107,17 @@ def build(ctx: UIContext) -> None:
             with gr.Row():
                 n_neighbors = gr.Slider(2, 100, value=15, step=1, label="UMAP neighbours")
                 min_dist = gr.Slider(0.0, 1.0, value=0.1, step=0.05, label="UMAP min_dist")
+                pca_dims = gr.Number(
+                    value=PCA_DIMS, precision=0, minimum=0, label="PCA dims before UMAP (0 = exact cosine)"
+                )
             run = gr.Button("Map token states", variant="primary")
+    from explorer.ui.lens_tab import vlm_examples
+
+    gr.Examples(
+        [[row[0], row[1], row[3]] for row in vlm_examples(ctx)],
+        inputs=[image, prompt, model],
+        label="Synthetic scenes for the demo VLM",
+    )
     summary = gr.Markdown()
     gr.Markdown(EXPLAIN)
     with gr.Row():
@@ -98,12 +126,14 @@ def build(ctx: UIContext) -> None:
         focus = gr.Slider(0, 1, value=0, step=1, label="Layer shown (uncheck 'Show all layers')")
         trajectory = gr.Dropdown(choices=[("none", "")], value="", label="Trajectory of token")
     plot = gr.Plot(label="Map", elem_id="atlas-map")
-    export_controls(state, "map", "Export map")
+    export_controls(state, "map", "Export map", ctx=ctx)
     with gr.Row():
         list_selected = gr.Button("List selected (lasso) points", size="sm")
         search = gr.Textbox(label="Find tokens (substring)", scale=2)
     selection = gr.Textbox(visible=False, elem_id="atlas-map-selection")
-    selected = gr.Dataframe(headers=TABLE_HEADERS, label="Points", interactive=False, wrap=True)
+    selected = gr.Dataframe(
+        headers=TABLE_HEADERS, label="Points", interactive=False, wrap=True, elem_id="atlas-map-points"
+    )
 
     def _prompts(text: str, split: bool) -> list[str]:
         return [line for line in (text or "").splitlines() if line.strip()] if split else [text or ""]
@@ -123,20 +153,27 @@ def build(ctx: UIContext) -> None:
     def on_run(
         text: str,
         split: bool,
+        image_v: Any,
         model_v: str,
         layer_v: str,
         method_v: str,
         nn_v: float,
         md_v: float,
+        pca_v: float | None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
+        model_name = model_v or None
+        if image_v is not None and model_name in EMBEDDED_LMS:
+            model_name = EMBEDDED_VLMS[0]  # a text-only model cannot take the image: use the demo VLM
         result = atlas_api.token_map(
-            model_v or None,
+            model_name,
             _prompts(text, split),
+            image=image_v,
             layer=_layer(layer_v),
             method=method_v,
             n_neighbors=int(nn_v),
             min_dist=float(md_v),
+            pca_dims=int(pca_v or 0),
             settings=ctx.settings,
             progress=progress_fn(progress),
         )
@@ -155,7 +192,7 @@ def build(ctx: UIContext) -> None:
 
     run.click(
         on_run,
-        inputs=[prompt, per_line, model, layer, method, n_neighbors, min_dist],
+        inputs=[prompt, per_line, image, model, layer, method, n_neighbors, min_dist, pca_dims],
         outputs=[state, summary, plot, colour, focus_all, focus, trajectory],
         api_name="token_map",
     )
@@ -182,15 +219,15 @@ def build(ctx: UIContext) -> None:
     focus.release(redraw, *io, api_visibility="private")
     trajectory.input(redraw, *io, api_visibility="private")
 
-    list_selected.click(None, None, [selection], js=SELECTION_JS, api_visibility="private")
-
     @user_errors
     def on_selection(r: TokenMapResult | None, text: str) -> Any:
         if r is None or not text:
             return gr.skip()
         return rows_table(r.select([int(v) for v in text.split(",") if v.strip().lstrip("-").isdigit()]))
 
-    selection.change(on_selection, [state, selection], [selected], api_visibility="private")
+    list_selected.click(
+        on_selection, [state, selection], [selected], js=SELECTION_JS, api_visibility="private"
+    )
 
     @user_errors
     def on_search(r: TokenMapResult | None, query: str) -> Any:

@@ -57,16 +57,16 @@ def build(ctx: UIContext) -> None:
             )
             run = gr.Button("Measure", variant="primary")
     gr.Markdown(EXPLAIN)
-    summary = gr.Markdown()
+    summary = gr.Markdown(elem_id="atlas-microscope-summary")
     measure = gr.Radio(
         [(v[0], k) for k, v in atlas_plots.MICROSCOPE_MEASURES.items()], value="context", label="Heatmap"
     )
     heatmap = gr.Plot(label="Token × layer", elem_id="atlas-microscope-heatmap", elem_classes=["scroll-plot"])
-    export_controls(state, "heatmap", "Export heatmap")
+    export_controls(state, "heatmap", "Export heatmap", ctx=ctx)
     ranking = gr.Plot(label="Which tokens carry context", elem_id="atlas-microscope-ranking")
-    export_controls(state, "ranking", "Export ranking")
+    export_controls(state, "ranking", "Export ranking", ctx=ctx)
     layers = gr.Plot(label="Per layer", elem_id="atlas-microscope-layers")
-    export_controls(state, "layers", "Export per-layer measures")
+    export_controls(state, "layers", "Export per-layer measures", ctx=ctx)
 
     @user_errors
     def on_run(

@@ -80,7 +80,7 @@ def build(ctx: UIContext) -> None:
     boundaries = gr.Plot(
         label="Boundaries", elem_id="atlas-tokenizer-boundaries", elem_classes=["scroll-plot"]
     )
-    export_controls(state, "boundaries", "Export boundaries")
+    export_controls(state, "boundaries", "Export boundaries", ctx=ctx)
 
     @user_errors
     def on_run(text_v: str, names_v: list[str] | None) -> tuple[Any, ...]:

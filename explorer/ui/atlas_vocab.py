@@ -95,25 +95,47 @@ def build(ctx: UIContext) -> None:
             0, 20000, value=5000, step=500, label="Points in the vocabulary map (0 = none)"
         )
         run = gr.Button("Check the vocabulary", variant="primary")
+    with gr.Accordion("GlitchHunter-style detector settings", open=False):
+        with gr.Row():
+            gh_cluster_size = gr.Slider(
+                8,
+                5000,
+                value=200,
+                step=8,
+                label="Tokens per first-round cluster (larger = fewer screens, faster)",
+            )
+            gh_sample = gr.Slider(2, 20, value=4, step=1, label="Tokens verified per cluster")
     gr.Markdown(EXPLAIN)
-    summary = gr.Markdown()
+    summary = gr.Markdown(elem_id="atlas-vocab-summary")
     with gr.Row():
         colour = gr.Dropdown(choices=list(atlas_plots.VOCAB_COLOURS), value="indicator", label="Colour by")
         search = gr.Textbox(label="Search tokens (substring; marks them on the map and filters the table)")
     atlas_plot = gr.Plot(label="Vocabulary atlas", elem_id="atlas-vocab-map")
-    export_controls(state, "atlas", "Export vocabulary atlas")
-    suspects = gr.Dataframe(headers=SUSPECT_HEADERS, label="Top suspects (lowest indicator first)", wrap=True)
+    export_controls(state, "atlas", "Export vocabulary atlas", ctx=ctx)
+    suspects = gr.Dataframe(
+        headers=SUSPECT_HEADERS,
+        label="Top suspects (lowest indicator first)",
+        wrap=True,
+        elem_id="atlas-vocab-suspects",
+    )
     indicator_plot = gr.Plot(label="Indicators", elem_id="atlas-vocab-indicators")
-    export_controls(state, "indicators", "Export indicators")
+    export_controls(state, "indicators", "Export indicators", ctx=ctx)
 
     @user_errors
     def on_run(
-        model_v: str, n_v: float, points_v: float, progress: gr.Progress = gr.Progress()
+        model_v: str,
+        n_v: float,
+        points_v: float,
+        size_v: float,
+        sample_v: float,
+        progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
         result = atlas_api.vocab_health(
             model_v or None,
             n_verify=int(n_v),
             map_points=int(points_v),
+            gh_cluster_size=int(size_v),
+            gh_sample=int(sample_v),
             settings=ctx.settings,
             progress=progress_fn(progress),
         )
@@ -127,7 +149,7 @@ def build(ctx: UIContext) -> None:
 
     run.click(
         on_run,
-        inputs=[model, n_verify, map_points],
+        inputs=[model, n_verify, map_points, gh_cluster_size, gh_sample],
         outputs=[state, summary, atlas_plot, suspects, indicator_plot],
         api_name="vocab_health",
     )

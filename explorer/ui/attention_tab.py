@@ -27,27 +27,40 @@ from explorer.attention_api import attention, attention_image
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.images import load_image, sample_images
 from explorer.backends.vision import EMBEDDED_VISION_MODELS
+from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
 from explorer.errors import InputError
 from explorer.plots import attention as att_plots
 from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, ui_figure, user_errors
+from explorer.vlm.attention import VLMAttentionResult
 
 TITLE = "Attention"
 TEXT_MODE = "Text (language model)"
 IMAGE_MODE = "Image (vision model)"
+VLM_MODE = "Image + prompt (vision-language model)"
 MODE_NOTES = {
     TEXT_MODE: "A causal language model attends only to earlier tokens: query × key matrices (grey = causal "
     "mask), rollout, flow, sinks and entropy. [CLS]→patch overlays apply to vision encoders: choose "
-    f"*{IMAGE_MODE}*.",
+    f"*{IMAGE_MODE}*; an image into a language model: choose *{VLM_MODE}*.",
     IMAGE_MODE: "A vision encoder has no causal mask and no unembedding: logit lens and attribution do not "
     "apply, and the token × token views are replaced here by [CLS]→patch attention and rollout on the image.",
+    VLM_MODE: "A vision-language model (default: the embedded demo `tiny-vlm`) reads the image as visual tokens "
+    "inside its language model: here every text token after the image — the question and the generated "
+    "answer — attends to the image patches, per block and head and rolled out.",
 }
+VLM_EXPLAIN = """**Text → image attention**: how much one text token (a token of the question, or a generated
+answer token; pick it below) attends to each image patch, in one LM block (slider inside the figure) for one
+head or the mean over heads. **Rollout** multiplies 0.5·(mean attention) + 0.5·I through the blocks (Abnar &
+Zuidema 2020, the same maths as the text view) and reads the token's row over the patches: what reached it
+from each patch through every path. **Shares**: per block, the text tokens' attention (mean over heads and
+tokens) on image, text and sink tokens. Sinks are position 0 plus visual tokens whose norm is > 4× the median
+visual-token norm *and* that draw > 2× their uniform share of the image attention (the EmbedLens-style
+criterion of the Visual tokens tab); a sink counts only as sink."""
 IMAGE_EXPLAIN = """**[CLS] → patch attention**: how much the [CLS] token's query attends to each patch in one
 layer and head (or the mean over heads); the remainder of its row goes to [CLS] itself and any register tokens.
 **Rollout** multiplies 0.5·(mean attention) + 0.5·I through every layer and reads the [CLS] row over the patches
 (re-normalised to sum to 1). **Entropy**: of each head's whole [CLS] row in bits (log2 of the token count =
 uniform). Overlays are drawn on the image exactly as the model sees it (resized, letterboxed for the embedded
 model); hover shows the patch and its exact value."""
-MAX_PROMPT_CHARS_PER_TOKEN = 32  # reject absurdly long text before tokenising it
 EXAMPLES = [
     ["The capital of France is Paris. The capital of Germany is"],
     ["When Mary and John went to the store, John gave a drink to"],
@@ -111,18 +124,160 @@ def _head_value(head: float, mean: bool) -> int | str:
 
 def build(ctx: UIContext) -> None:
     """The tab: an input-kind radio, then the text mode's and the image mode's components."""
-    kind = gr.Radio([TEXT_MODE, IMAGE_MODE], value=TEXT_MODE, label="Input", elem_id="attention-input-kind")
+    kind = gr.Radio(
+        [TEXT_MODE, IMAGE_MODE, VLM_MODE], value=TEXT_MODE, label="Input", elem_id="attention-input-kind"
+    )
     note = gr.Markdown(MODE_NOTES[TEXT_MODE], elem_id="attention-mode-note")
     with gr.Column(visible=True) as text_box:
         _build_text_mode(ctx)
     with gr.Column(visible=False) as image_box:
         _build_image_mode(ctx)
+    with gr.Column(visible=False) as vlm_box:
+        _build_vlm_mode(ctx)
 
     def on_kind(kind_v: str) -> tuple[Any, ...]:
-        image = kind_v == IMAGE_MODE
-        return gr.Column(visible=not image), gr.Column(visible=image), MODE_NOTES.get(kind_v, "")
+        return (
+            gr.Column(visible=kind_v == TEXT_MODE),
+            gr.Column(visible=kind_v == IMAGE_MODE),
+            gr.Column(visible=kind_v == VLM_MODE),
+            MODE_NOTES.get(kind_v, ""),
+        )
 
-    kind.change(on_kind, [kind], [text_box, image_box, note], api_visibility="private")
+    kind.change(on_kind, [kind], [text_box, image_box, vlm_box, note], api_visibility="private")
+
+
+# ---- image + prompt (vision-language model) ----------------------------------------------------
+def vlm_summary_markdown(r: VLMAttentionResult) -> str:
+    """Run facts, the answer and where the text tokens look, from the stored result alone."""
+    peak = int(r.shares[:, 0].argmax())
+    lines = [
+        f"**Run** `{r.run_id}` · model `{r.model}` · {len(r.tokens)} tokens ({r.n_image} visual, grid "
+        f"{r.grid[0]}×{r.grid[1]}) · {r.n_layers} blocks × {r.n_heads} heads · computed in {r.seconds:.2f} s",
+        "",
+        f"**Answer** ({len(r.answer)} tokens): `{''.join(r.answer)}` · {len(r.query_positions)} text tokens after "
+        "the image attend to it.",
+        f"Text → image share of attention (sinks excluded): block 1 **{r.shares[0, 0]:.2f}**, peak "
+        f"**{r.shares[peak, 0]:.2f}** at block {peak + 1}, last block **{r.shares[-1, 0]:.2f}**; sink share in "
+        f"the last block **{r.shares[-1, 2]:.2f}** (visual sinks there: {int(r.sinks[-1].sum())}).",
+    ]
+    for text in r.notes:
+        lines.append(f"\n> {text}")
+    return "\n".join(lines)
+
+
+def _vlm_query_choices(r: VLMAttentionResult) -> list[tuple[str, int]]:
+    return [
+        (f"{q} · {r.tokens[q]!r}" + (" (generated)" if q >= r.prompt_len else ""), q)
+        for q in r.query_positions
+    ]
+
+
+def _build_vlm_mode(ctx: UIContext) -> None:
+    from explorer.plots import vlm_attention as vplots
+    from explorer.ui.lens_tab import vlm_examples
+
+    state = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=2):
+            image = gr.Image(
+                label="Image (upload, paste or drop)",
+                type="pil",
+                sources=["upload", "clipboard"],
+                height=260,
+                elem_id="vlm-attention-image",
+            )
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Question about the image", lines=2, value="What is in the picture?")
+            model = gr.Dropdown(
+                choices=list(EMBEDDED_VLMS),
+                value=TINY_VLM,
+                allow_custom_value=True,
+                label="Vision-language model (embedded name, hub id or local dir)",
+            )
+            dtype = dtype_dropdown(ctx)
+            generate = gr.Slider(0, 32, value=8, step=1, label="Generate N answer tokens (each one a query)")
+            run = gr.Button("Run VLM attention", variant="primary")
+    gr.Examples(
+        [[row[0], row[1]] for row in vlm_examples(ctx)], inputs=[image, prompt], label="Synthetic scenes"
+    )
+    summary = gr.Markdown()
+    gr.Markdown(VLM_EXPLAIN)
+    with gr.Row():
+        query = gr.Dropdown(
+            choices=[], label="Text token that attends (position · token)", elem_id="vlm-attention-query"
+        )
+        view = gr.Radio(
+            [("mean over heads", "mean"), ("one head", "head"), ("rollout", "rollout")],
+            value="mean",
+            label="View",
+        )
+        head = gr.Slider(0, 1, value=0, step=1, label="Head (for 'one head')", interactive=False)
+    overlay = gr.Plot(label="Text → image attention on the image", elem_id="vlm-attention-overlay")
+    export_controls(state, "text_to_image_attention", "Export overlay", ctx=ctx)
+    shares = gr.Plot(label="Attention shares per block: image / text / sink", elem_id="vlm-attention-shares")
+    export_controls(state, "attention_shares", "Export shares", ctx=ctx)
+    heads = gr.Plot(label="Share on the image: blocks × heads", elem_id="vlm-attention-heads")
+    export_controls(state, "image_share_heads", "Export blocks × heads", ctx=ctx)
+
+    @user_errors
+    def on_run(
+        image_v: Any,
+        prompt_v: str,
+        model_v: str,
+        generate_v: float,
+        dtype_v: str = "auto",
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[Any, ...]:
+        if image_v is None:
+            raise InputError("no image: upload or paste one, or click a synthetic scene")
+        result = attention(
+            (model_v or "").strip() or TINY_VLM,
+            prompt_v,
+            image=image_v,
+            generate=int(generate_v),
+            settings=ctx.settings,
+            dtype=dtype_v or None,
+            progress=progress_fn(progress),
+        )
+        if not isinstance(result, VLMAttentionResult):
+            raise InputError("this model did not give a vision-language attention result")
+        return (
+            result,
+            vlm_summary_markdown(result),
+            gr.Dropdown(choices=_vlm_query_choices(result), value=result.query_positions[-1]),
+            gr.Radio(value="mean"),
+            gr.Slider(0, max(1, result.n_heads - 1), value=0, step=1, interactive=result.n_heads > 1),
+            ui_figure(
+                "text_to_image_attention", vplots.text_to_image_attention, result, run_id=result.run_id
+            ),
+            ui_figure("attention_shares", vplots.attention_shares, result, run_id=result.run_id),
+            ui_figure("image_share_heads", vplots.image_share_heads, result, run_id=result.run_id),
+        )
+
+    run.click(
+        on_run,
+        inputs=[image, prompt, model, generate, dtype],
+        outputs=[state, summary, query, view, head, overlay, shares, heads],
+        api_name="attention_vlm",
+    )
+
+    @user_errors
+    def redraw(r: VLMAttentionResult | None, q: Any, v: str, h: float) -> Any:
+        if r is None:
+            return gr.skip()
+        return ui_figure(
+            "text_to_image_attention",
+            vplots.text_to_image_attention,
+            r,
+            query=None if q is None else int(q),
+            view=v or "mean",
+            head=int(h),
+            run_id=r.run_id,
+        )
+
+    query.input(redraw, [state, query, view, head], [overlay], api_visibility="private")
+    view.input(redraw, [state, query, view, head], [overlay], api_visibility="private")
+    head.release(redraw, [state, query, view, head], [overlay], api_visibility="private")
 
 
 # ---- image mode ------------------------------------------------------------------------------
@@ -182,13 +337,13 @@ def _build_image_mode(ctx: UIContext) -> None:
         head = gr.Slider(0, 1, value=0, step=1, label="Head", interactive=False)
         mean_heads = gr.Checkbox(value=True, label="Mean over heads")
     overlay_plot = gr.Plot(label="[CLS] → patch attention on the image", elem_id="vision-attention-overlay")
-    export_controls(state, "cls_overlay", "Export [CLS] overlay")
+    export_controls(state, "cls_overlay", "Export [CLS] overlay", ctx=ctx)
     rollout_plot = gr.Plot(label="Attention rollout on the image", elem_id="vision-attention-rollout")
-    export_controls(state, "rollout_overlay", "Export rollout overlay")
+    export_controls(state, "rollout_overlay", "Export rollout overlay", ctx=ctx)
     entropy_plot = gr.Plot(
         label="Entropy of the [CLS] row: layers × heads", elem_id="vision-attention-entropy"
     )
-    export_controls(state, "entropy", "Export entropy")
+    export_controls(state, "entropy", "Export entropy", ctx=ctx)
 
     @user_errors
     def on_sample(name: str | None) -> Any:
@@ -287,34 +442,34 @@ def _build_text_mode(ctx: UIContext) -> None:
         head = gr.Slider(0, 1, value=0, step=1, label="Head", interactive=False)
         mean_heads = gr.Checkbox(value=False, label="Mean over heads (head view and token view)")
     head_plot = gr.Plot(label="One head: query × key", elem_id="attention-head")
-    export_controls(state, "head", "Export head heatmap")
+    export_controls(state, "head", "Export head heatmap", ctx=ctx)
     mean_plot = gr.Plot(label="Mean over heads: query × key", elem_id="attention-mean")
-    export_controls(state, "mean_heads", "Export mean heatmap")
+    export_controls(state, "mean_heads", "Export mean heatmap", ctx=ctx)
 
     token = gr.Dropdown(choices=[], label="Token for the token-centred view", interactive=True)
     token_plot = gr.Plot(label="Token-centred view", elem_id="attention-token")
-    export_controls(state, "token", "Export token view")
+    export_controls(state, "token", "Export token view", ctx=ctx)
 
     grid_plot = gr.Plot(
         label="All heads (thumbnails)", elem_id="attention-grid", elem_classes=["scroll-plot"]
     )
-    export_controls(state, "heads_grid", "Export head grid")
+    export_controls(state, "heads_grid", "Export head grid", ctx=ctx)
 
     rollout_layer = gr.Slider(0, 1, value=0, step=1, label="Rollout through layer", interactive=False)
     rollout_plot = gr.Plot(label="Attention rollout", elem_id="attention-rollout")
-    export_controls(state, "rollout", "Export rollout")
+    export_controls(state, "rollout", "Export rollout", ctx=ctx)
 
     with gr.Column(visible=False) as flow_box:
         flow_plot = gr.Plot(label="Attention flow vs rollout", elem_id="attention-flow")
-        export_controls(state, "flow", "Export flow")
+        export_controls(state, "flow", "Export flow", ctx=ctx)
 
     sinks = gr.Dropdown(
         choices=[], value=[], multiselect=True, label="Sink tokens (default: the first token)"
     )
     sink_plot = gr.Plot(label="Sink share: layers × heads", elem_id="attention-sinks")
-    export_controls(state, "sinks", "Export sink shares")
+    export_controls(state, "sinks", "Export sink shares", ctx=ctx)
     entropy_plot = gr.Plot(label="Entropy: layers × heads", elem_id="attention-entropy")
-    export_controls(state, "entropy", "Export entropy")
+    export_controls(state, "entropy", "Export entropy", ctx=ctx)
 
     @user_errors
     def on_run(
@@ -325,9 +480,8 @@ def _build_text_mode(ctx: UIContext) -> None:
         dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
-        limit = ctx.settings.max_prompt_tokens * MAX_PROMPT_CHARS_PER_TOKEN
-        if prompt_v and len(prompt_v) > limit:
-            raise InputError(f"the prompt is {len(prompt_v)} characters long; the limit is {limit}")
+        if (model_v or "").strip() in EMBEDDED_VLMS:
+            raise InputError(f"{model_v!r} is a vision-language model: choose the input '{VLM_MODE}' above")
         report = progress_fn(progress)
         report(0.0, "Loading model")
         result = attention(
@@ -339,6 +493,7 @@ def _build_text_mode(ctx: UIContext) -> None:
             dtype=dtype_v or None,
             progress=report,
         )
+        assert isinstance(result, AttentionResult)  # no image in this mode
         return render(result)
 
     def render(result: AttentionResult) -> tuple[Any, ...]:

@@ -13,13 +13,15 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from explorer.analysis.attribution import ATTRIBUTION_METHODS, AttributionComparison, AttributionResult
+from explorer.analysis.attribution.reagent import ReagentParams
 from explorer.analysis.attribution.replacement import DEFAULT_MLM
 from explorer.analysis.attribution.result import METRIC_LABELS, GenerationAttributionResult
 from explorer.attribution_api import attribute, attribute_generation
 from explorer.backends.embedded import EMBEDDED_LMS
+from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
 from explorer.errors import InputError
 from explorer.plots import figure_spec
-from explorer.ui.common import UIContext, export_controls, progress_fn, ui_figure, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, ui_figure, user_errors
 
 TITLE = "Attribution"
 EXAMPLES = [
@@ -147,6 +149,7 @@ def run_attribution(
     steps: float,
     ctx: UIContext,
     progress: gr.Progress,
+    dtype: str | None = None,
 ) -> tuple[AttributionComparison, str, go.Figure | None, go.Figure | None]:
     """Handler: returns (state, summary, coloured-token heatmap, faithfulness table)."""
     if not target:
@@ -162,13 +165,14 @@ def run_attribution(
         contrast=contrast or None,
         seed=int(seed or 0),
         settings=ctx.settings,
+        dtype=dtype or None,
         progress=progress_fn(progress),
         **params,
     )
     if isinstance(result, GenerationAttributionResult):
         raise InputError("use the generation section for per-step attribution")
     if not isinstance(result, AttributionResult | AttributionComparison):
-        raise InputError("image attribution is in the CLI and API (explorer attribute --image)")
+        raise InputError("image attribution needs an image: add one in the Image box")
     references: list[AttributionResult] = []
     if isinstance(result, AttributionResult) and result.method != REFERENCE_METHOD:
         reference = attribute(
@@ -179,6 +183,7 @@ def run_attribution(
             contrast=contrast or None,
             seed=int(seed or 0),
             settings=ctx.settings,
+            dtype=dtype or None,
         )
         if isinstance(reference, AttributionResult):
             references.append(reference)
@@ -186,8 +191,102 @@ def run_attribution(
     return comp, summary_markdown(comp), _figure(comp, "text_heatmap"), _figure(comp, "faithfulness_table")
 
 
+IMAGE_EXPLAIN = """**With an image** the model is a vision-language model (default: the embedded demo `tiny-vlm`)
+and the answer — the **target** if you give one, else the model's greedy answer of N tokens — is attributed to
+the **image patches** (its visual tokens). A patch is removed by replacing its visual token (the projected patch
+embedding the LM receives) with a baseline: the image's **mean** visual token, or the visual token of a
+**blurred** copy of the image. *Occlusion* replaces one patch at a time (score = drop in log p(answer));
+*ReAGent* replaces random sets of patches and updates importance by the drop in p(answer), with the ReAGent
+parameters below (rational size n counts patches). **Faithfulness** by patch deletion: the answer's
+probability after replacing the top k% patches by importance vs random k% (mean of 4 draws), and the deletion
+curve. Deviation from ReAGent: patches are replaced by a baseline, not by a replacement model's tokens (there is
+no "visual token vocabulary" to sample from)."""
+IMAGE_METHODS = ("occlusion", "reagent")
+
+
+def run_image_attribution(
+    image: Any,
+    model: str,
+    prompt: str,
+    target: str,
+    method: str,
+    seed: float,
+    baseline: str,
+    answer_tokens: float,
+    reagent: dict[str, Any],
+    ctx: UIContext,
+    progress: gr.Progress,
+) -> tuple[Any, ...]:
+    """Handler with an image: returns (vlm state, summary, overlay, deletion curve, deletion table)."""
+    from explorer.attribution_api import attribute_image
+    from explorer.plots import vlm_attribution as vplots
+
+    if method not in IMAGE_METHODS:
+        raise InputError(f"with an image, choose the method occlusion or reagent (got {method!r})")
+    params: dict[str, Any] = {"baseline": baseline, "answer_tokens": int(answer_tokens)}
+    if method == "reagent":
+        params.update(
+            {
+                k: reagent[k]
+                for k in ("replacing_ratio", "stop_top_k", "keep_top_n", "num_probes", "max_steps")
+            }
+        )
+    chosen = (model or "").strip()
+    result = attribute_image(
+        TINY_VLM if not chosen or chosen in EMBEDDED_LMS else chosen,
+        prompt,
+        image,
+        target=target or None,
+        method=method,
+        seed=int(seed or 0),
+        settings=ctx.settings,
+        progress=progress_fn(progress),
+        **params,
+    )
+    rid = result.run_id
+    return (
+        result,
+        image_summary_markdown(result),
+        ui_figure("patch_attribution", vplots.patch_attribution, result, run_id=rid),
+        ui_figure("deletion_curve", vplots.deletion_curve, result, run_id=rid),
+        ui_figure("deletion_table", vplots.deletion_table, result, run_id=rid),
+    )
+
+
+def image_summary_markdown(r: Any) -> str:
+    f = r.faithfulness
+    top = r.ranking()[0]
+    cols = int(r.grid[1])
+    first = f["deletion"][0]
+    lines = [
+        f"**Run** `{r.run_id}` · `{r.method}` ({r.baseline} patch) · model `{r.model}` · {len(r.scores)} patches "
+        f"({r.grid[0]}×{r.grid[1]}) · {r.seconds:.1f} s",
+        "",
+        f"**Answer** {'(given target)' if r.target_given else '(greedy)'}: `{r.answer}` · p = {f['answer_prob']:.4f}",
+        f"Most important patch: row {top // cols}, column {top % cols}. **Deletion**: replacing the top "
+        f"{first['fraction']:.0%} patches drops p by {first['top_drop']:.4f} vs {first['random_drop']:.4f} for random "
+        f"patches; deletion-curve area {f['auc_importance']:.4f} (importance order) vs {f['auc_random']:.4f} "
+        "(random; lower = more faithful).",
+    ]
+    if r.method == "reagent":
+        e = r.extras
+        lines.append(
+            f"ReAGent: {e.get('steps')} steps, {e.get('stopped_probes')}/{e.get('num_probes')} probes stopped."
+        )
+    for note in r.notes:
+        lines.append(f"\n> ⚠️ {note}")
+    return "\n".join(lines)
+
+
 def run_generation(
-    model: str, prompt: str, method: str, n: float, seed: float, ctx: UIContext, progress: gr.Progress
+    model: str,
+    prompt: str,
+    method: str,
+    n: float,
+    seed: float,
+    ctx: UIContext,
+    progress: gr.Progress,
+    dtype: str | None = None,
 ) -> tuple[GenerationAttributionResult, go.Figure]:
     """Handler: generate N tokens and attribute each to all preceding tokens."""
     if method == "all":
@@ -199,14 +298,18 @@ def run_generation(
         method=method,
         seed=int(seed or 0),
         settings=ctx.settings,
+        dtype=dtype or None,
         progress=progress_fn(progress),
     )
     return result, ui_figure("steps_heatmap", figure_spec(result, "steps_heatmap").build, result)
 
 
 def build(ctx: UIContext) -> None:
+    from explorer.ui.lens_tab import vlm_examples
+
     state = gr.State(None)
     gen_state = gr.State(None)
+    image_state = gr.State(None)
     methods = ["all"] + list(ATTRIBUTION_METHODS)
     with gr.Row():
         with gr.Column(scale=3):
@@ -215,8 +318,15 @@ def build(ctx: UIContext) -> None:
                 target = gr.Textbox(label="Target (mind the leading space: ' Paris')", placeholder=" Paris")
                 contrast = gr.Textbox(label="Contrast foil (optional)", placeholder=" London")
         with gr.Column(scale=2):
+            image = gr.Image(
+                label="Image (optional: attribute a vision-language model's answer to its patches)",
+                type="pil",
+                sources=["upload", "clipboard"],
+                height=180,
+                elem_id="attribution-image",
+            )
             model = gr.Dropdown(
-                choices=sorted(EMBEDDED_LMS),
+                choices=sorted(EMBEDDED_LMS) + list(EMBEDDED_VLMS),
                 value=ctx.settings.default_model,
                 allow_custom_value=True,
                 label="Model (embedded name, hub id or local dir)",
@@ -225,7 +335,9 @@ def build(ctx: UIContext) -> None:
                 choices=methods, value="reagent", label="Method ('all' compares every method)"
             )
             seed = gr.Number(value=0, label="Seed", precision=0)
+            dtype = dtype_dropdown(ctx)
             run = gr.Button("Attribute", variant="primary")
+    reagent_defaults = ReagentParams()  # the sliders start at the engine's defaults
     with gr.Accordion("ReAGent parameters", open=False):
         with gr.Row():
             replacement = gr.Radio(
@@ -236,26 +348,61 @@ def build(ctx: UIContext) -> None:
             )  # fmt: skip
             mlm_model = gr.Textbox(label="Masked LM (hub id or local dir)", placeholder=DEFAULT_MLM)
         with gr.Row():
-            ratio = gr.Slider(0.05, 0.95, value=0.3, step=0.05, label="Replacing ratio r")
-            top_k = gr.Slider(1, 20, value=3, step=1, label="Stop when target in top-k")
-            keep_n = gr.Slider(1, 20, value=5, step=1, label="Rational size n (kept in the stopping check)")
-            probes = gr.Slider(1, 64, value=8, step=1, label="Probes")
-            steps = gr.Slider(1, 1000, value=30, step=1, label="Max steps")
+            ratio = gr.Slider(
+                0.05, 0.95, value=reagent_defaults.replacing_ratio, step=0.05, label="Replacing ratio r"
+            )
+            top_k = gr.Slider(
+                1, 20, value=reagent_defaults.stop_top_k, step=1, label="Stop when target in top-k"
+            )
+            keep_n = gr.Slider(
+                1,
+                20,
+                value=reagent_defaults.keep_top_n,
+                step=1,
+                label="Rational size n (kept in the stopping check)",
+            )
+            probes = gr.Slider(1, 64, value=reagent_defaults.num_probes, step=1, label="Probes")
+            steps = gr.Slider(1, 1000, value=reagent_defaults.max_steps, step=1, label="Max steps")
+    with gr.Accordion("With an image: patch baseline and answer", open=False):
+        with gr.Row():
+            baseline = gr.Radio(
+                [("mean visual token", "mean"), ("blurred image", "blur")],
+                value="mean",
+                label="Patch replacement",
+            )
+            answer_tokens = gr.Slider(1, 16, value=3, step=1, label="Greedy answer tokens (when no target)")
     gr.Examples(EXAMPLES, inputs=[prompt, target, method, contrast])
+    gr.Examples(
+        [[row[0], row[1], "", "occlusion", TINY_VLM] for row in vlm_examples(ctx)],
+        inputs=[image, prompt, target, method, model],
+        label="Vision-language examples (attribution to image patches)",
+    )
     summary = gr.Markdown()
-    tokens_plot = gr.Plot(label="Coloured tokens", elem_id="attribution-tokens")
-    export_controls(state, "text_heatmap", "Export coloured tokens")
-    table_plot = gr.Plot(label="Faithfulness and wall time", elem_id="attribution-table")
-    export_controls(state, "faithfulness_table", "Export table")
+    with gr.Column(visible=False) as image_box:
+        gr.Markdown(IMAGE_EXPLAIN)
+        overlay_plot = gr.Plot(label="Attribution on the image patches", elem_id="attribution-image-overlay")
+        export_controls(image_state, "patch_attribution", "Export overlay", ctx=ctx)
+        curve_plot = gr.Plot(label="Patch deletion curve", elem_id="attribution-deletion-curve")
+        export_controls(image_state, "deletion_curve", "Export deletion curve", ctx=ctx)
+        deletion_plot = gr.Plot(label="Patch deletion: top vs random", elem_id="attribution-deletion-table")
+        export_controls(image_state, "deletion_table", "Export deletion table", ctx=ctx)
+    with gr.Column(visible=True) as text_box:
+        tokens_plot = gr.Plot(label="Coloured tokens", elem_id="attribution-tokens")
+        export_controls(state, "text_heatmap", "Export coloured tokens", ctx=ctx)
+        table_plot = gr.Plot(label="Faithfulness and wall time", elem_id="attribution-table")
+        export_controls(state, "faithfulness_table", "Export table", ctx=ctx)
     gr.Markdown(DEVIATIONS)
     with gr.Accordion("Per generation step (steps × sources)", open=False):
         with gr.Row():
             n_gen = gr.Slider(1, 32, value=8, step=1, label="Generate N tokens")
             gen_run = gr.Button("Generate and attribute each step")
         gen_plot = gr.Plot(label="Steps × sources", elem_id="attribution-steps")
-        export_controls(gen_state, "steps_heatmap", "Export steps × sources")
+        export_controls(gen_state, "steps_heatmap", "Export steps × sources", ctx=ctx)
 
     def on_run(
+        image_v: Any,
+        baseline_v: str,
+        answer_v: float,
         model: str,
         prompt: str,
         target: str,
@@ -269,12 +416,59 @@ def build(ctx: UIContext) -> None:
         keep_n: float,
         probes: float,
         steps: float,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Any:
-        return run_attribution(
+        if image_v is not None:
+            if contrast:
+                raise InputError(
+                    "contrastive attribution is not supported with an image: clear the contrast foil"
+                )
+            reagent = _reagent_params(replacement, mlm_model, ratio, top_k, keep_n, probes, steps)
+            img = run_image_attribution(
+                image_v,
+                model,
+                prompt,
+                target,
+                method,
+                seed,
+                baseline_v,
+                answer_v,
+                reagent,
+                ctx=ctx,
+                progress=progress,
+            )
+            return (
+                None,
+                img[1],
+                gr.Column(visible=False),
+                None,
+                None,
+                img[0],
+                gr.Column(visible=True),
+                *img[2:],
+            )
+        if (model or "").strip() in EMBEDDED_VLMS:
+            raise InputError(
+                f"{model!r} is a vision-language model: add an image (or choose a language model)"
+            )
+        text = run_attribution(
             model, prompt, target, method, contrast, seed, replacement, mlm_model, ratio, top_k, keep_n, probes, steps,
-            ctx=ctx, progress=progress,
+            ctx=ctx, progress=progress, dtype=dtype_v,
         )  # fmt: skip
+        state_v, summary_v, tokens_v, table_v = text
+        return (
+            state_v,
+            summary_v,
+            gr.Column(visible=True),
+            tokens_v,
+            table_v,
+            None,
+            gr.Column(visible=False),
+            None,
+            None,
+            None,
+        )
 
     def on_generate(
         model: str,
@@ -282,13 +476,17 @@ def build(ctx: UIContext) -> None:
         method: str,
         n: float,
         seed: float,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Any:
-        return run_generation(model, prompt, method, n, seed, ctx=ctx, progress=progress)
+        return run_generation(model, prompt, method, n, seed, ctx=ctx, progress=progress, dtype=dtype_v)
 
     run.click(
         user_errors(on_run),
         inputs=[
+            image,
+            baseline,
+            answer_tokens,
             model,
             prompt,
             target,
@@ -302,13 +500,24 @@ def build(ctx: UIContext) -> None:
             keep_n,
             probes,
             steps,
+            dtype,
         ],
-        outputs=[state, summary, tokens_plot, table_plot],
+        outputs=[
+            state, summary, text_box, tokens_plot, table_plot, image_state, image_box, overlay_plot, curve_plot,
+            deletion_plot,
+        ],
         api_name="attribute",
+    )  # fmt: skip
+    image.upload(lambda m: TINY_VLM if m in EMBEDDED_LMS else m, [model], [model], api_visibility="private")
+    image.clear(
+        lambda m: ctx.settings.default_model if m in EMBEDDED_VLMS else m,
+        [model],
+        [model],
+        api_visibility="private",
     )
     gen_run.click(
         user_errors(on_generate),
-        inputs=[model, prompt, method, n_gen, seed],
+        inputs=[model, prompt, method, n_gen, seed, dtype],
         outputs=[gen_state, gen_plot],
         api_visibility="private",
     )

@@ -17,6 +17,7 @@ from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.model_policy import hosted_mode
 from explorer.plots import DATA_FORMATS, FIGURE_FORMATS, export, figure_spec
+from explorer.plots.paper import ExportOptions, export_command, export_python
 from explorer.progress import ProgressFn
 from explorer.store import Store
 from explorer.temp_files import fresh_temp_dir
@@ -203,36 +204,115 @@ def client_gone() -> Callable[[], bool]:
     return gone
 
 
-def export_file(result: Any, figure: str, fmt: str) -> str:
-    """Export `figure` of `result` to a fresh temp dir and return the path for a gr.File."""
+def export_file(
+    result: Any, figure: str, fmt: str, options: ExportOptions | None = None, settings: Settings | None = None
+) -> str:
+    """Export `figure` of `result` to a fresh temp dir and return the path for a gr.File. The file
+    carries its provenance (with the model's weight hash from the run store when it is there)."""
     if result is None:
         raise gr.Error("Run an analysis first: there is nothing to export yet.")
     out_dir = fresh_temp_dir("export-", max_age_s=Settings.from_env().temp_file_ttl_s)
     spec = figure_spec(result, figure)
     stem = f"{getattr(result, 'run_id', None) or result.kind}_{spec.name}"
-    return str(export(result, fmt, out_dir, figure=spec.name, stem=stem))
+    info = None
+    run_id = getattr(result, "run_id", None)
+    if settings is not None and run_id:
+        try:
+            info = Store.open(settings.database).info(run_id)
+        except Exception:  # the run is not stored (or the store is busy): export without its hash
+            log.warning("no store entry for run %s; its export carries no weight hash", run_id)
+    return str(export(result, fmt, out_dir, figure=spec.name, stem=stem, options=options, run_info=info))
 
 
-def export_controls(result_state: gr.State, figure: str, label: str = "Export") -> gr.File:
-    """A row of PNG/SVG/PDF/CSV/Parquet buttons for one figure, plus the download slot."""
+def reproduce_snippet(result: Any, figure: str, options: ExportOptions) -> str:
+    """Markdown: the CLI command and Python call that regenerate this figure from the store."""
+    if result is None or not getattr(result, "run_id", None):
+        return "*Run an analysis: the command that reproduces this figure appears here.*"
+    run_id = str(result.run_id)
+    return (
+        "Reproduce this figure:\n"
+        f"```bash\n{export_command(run_id, figure, 'pdf', options)}\n```\n"
+        f"```python\nimport explorer\n{export_python(run_id, figure, 'pdf', options)}\n```"
+    )
+
+
+def _options(size: str, title: bool, font_pt: float | None, background: str) -> ExportOptions:
+    try:
+        return ExportOptions(
+            size=size, title=bool(title), font_pt=float(font_pt or 8), background=background
+        ).validate()
+    except InputError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def export_controls(
+    result_state: gr.State, figure: str | gr.State, label: str = "Export", ctx: UIContext | None = None
+) -> gr.File:
+    """`figure`: a figure name, or a State holding the name (a view that switches figures).
+
+    A figure's export row: journal size, title, font size and background; PNG/SVG/PDF/CSV/
+    Parquet buttons; the download slot; and the CLI/Python snippet that reproduces the figure."""
+    default = ExportOptions()
     with gr.Row(elem_classes=["export-row"]):
         gr.Markdown(f"**{label}:**", elem_classes=["export-label"])
+        size = gr.Dropdown(
+            [("single column (3.3 in)", "single"), ("double column (7 in)", "double"), ("screen", "screen")],
+            value=default.size, show_label=False, container=False, min_width=150, elem_classes=["export-size"],
+        )  # fmt: skip
+        title = gr.Checkbox(value=default.title, label="title", container=False, min_width=70)
+        font = gr.Number(
+            value=default.font_pt, minimum=7, maximum=14, step=0.5, label="pt", container=False, min_width=70,
+            elem_classes=["export-font"],
+        )  # fmt: skip
+        background = gr.Dropdown(
+            [("white", "light"), ("transparent", "transparent")], value=default.background, show_label=False,
+            container=False, min_width=110,
+        )  # fmt: skip
         buttons = {
             fmt: gr.Button(fmt.upper(), size="sm", min_width=60) for fmt in FIGURE_FORMATS + DATA_FORMATS
         }
         from explorer.ui.share import link_controls
 
         link_controls(result_state, figure)  # every result panel has a share link with a copy button
+    snippet = gr.Markdown(reproduce_snippet(None, "", default), elem_classes=["reproduce-snippet"])
     out = gr.File(label="Download", visible=False, interactive=False)
+    settings = ctx.settings if ctx is not None else None
+    figure_input = [figure] if isinstance(figure, gr.State) else []
+    fixed: dict[str, str] = {} if isinstance(figure, gr.State) else {"figure": figure}
+    inputs = [result_state, *figure_input, size, title, font, background]
     for fmt, button in buttons.items():
-        button.click(
-            user_errors(functools.partial(_export_handler, figure=figure, fmt=fmt)),
-            inputs=[result_state],
-            outputs=[out],
-            api_visibility="private",
-        )
+        handler = functools.partial(_export_handler, fmt=fmt, settings=settings, **fixed)
+        button.click(user_errors(handler), inputs=inputs, outputs=[out], api_visibility="private")
+    show = functools.partial(_snippet_handler, **fixed)
+    for trigger in inputs:
+        trigger.change(show, inputs=inputs, outputs=[snippet], api_visibility="private")  # type: ignore[attr-defined]
     return out
 
 
-def _export_handler(result: Any, *, figure: str, fmt: str) -> Any:
-    return gr.File(value=export_file(result, figure, fmt), visible=True)
+def _by_position(args: tuple[Any, ...], figure: str | None) -> tuple[Any, str, tuple[Any, ...]]:
+    """(result, figure name, option values) from a handler's inputs: the figure is either fixed
+    or the second input."""
+    if figure is None:
+        return args[0], args[1], args[2:]
+    return args[0], figure, args[1:]
+
+
+def _snippet_handler(*args: Any, figure: str | None = None) -> str:
+    result, name, (size, title, font_pt, background) = _by_position(args, figure)
+    if not name:
+        return reproduce_snippet(None, "", ExportOptions())
+    try:
+        options = ExportOptions(
+            size=size, title=bool(title), font_pt=float(font_pt or 8), background=background
+        )
+        return reproduce_snippet(result, name, options.validate())
+    except InputError as exc:
+        return f"*{exc}*"
+
+
+def _export_handler(*args: Any, fmt: str, settings: Settings | None, figure: str | None = None) -> Any:
+    result, name, (size, title, font_pt, background) = _by_position(args, figure)
+    if not name:
+        raise gr.Error("Choose a figure first.")
+    options = _options(size, title, font_pt, background)
+    return gr.File(value=export_file(result, name, fmt, options, settings), visible=True)

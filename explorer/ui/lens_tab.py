@@ -177,9 +177,9 @@ def build(ctx: UIContext) -> None:
     with gr.Column(visible=False) as vlm_box:
         gr.Markdown(VLM_EXPLAIN)
         patches = gr.Plot(label="Logit lens on the image patches", elem_id="lens-patches")
-        export_controls(state, "patches", "Export patch overlay")
+        export_controls(state, "patches", "Export patch overlay", ctx=ctx)
         surfacing = gr.Plot(label="Where the target surfaces", elem_id="lens-surfacing")
-        export_controls(state, "surfacing", "Export surfacing curve")
+        export_controls(state, "surfacing", "Export surfacing curve", ctx=ctx)
     with gr.Row():
         metric = gr.Radio([("probability", "prob"), ("log rank", "rank")], value="prob", label="Colour")
         role = gr.Radio(
@@ -196,17 +196,17 @@ def build(ctx: UIContext) -> None:
             label=f"First position shown (long prompts: {WINDOW} at a time)",
         )
     heatmap = gr.Plot(label="Layer × position", elem_id="lens-heatmap", elem_classes=["scroll-plot"])
-    export_controls(state, "heatmap", "Export heatmap")
+    export_controls(state, "heatmap", "Export heatmap", ctx=ctx)
     position = gr.Slider(
         0, 1, value=0, step=1, interactive=False, label="Position for the tracked-token chart"
     )
     tracked = gr.Plot(label="Tracked tokens across layers", elem_id="lens-tracked")
-    export_controls(state, "tracked", "Export tracked ranks")
+    export_controls(state, "tracked", "Export tracked ranks", ctx=ctx)
     with gr.Column(visible=False) as gen_box:
         generation = gr.Plot(label="Generation: steps × layers", elem_id="lens-generation")
-        export_controls(state, "generation", "Export generation heatmap")
+        export_controls(state, "generation", "Export generation heatmap", ctx=ctx)
         hidden = gr.Plot(label="Never-emitted candidates", elem_id="lens-hidden")
-        export_controls(state, "hidden", "Export never-emitted candidates")
+        export_controls(state, "hidden", "Export never-emitted candidates", ctx=ctx)
 
     @user_errors
     def on_run(

@@ -11,7 +11,8 @@ from typing import Any
 
 import gradio as gr
 
-from explorer.analysis.pruning.text import DEFAULT_STRATEGIES, TextPruningResult
+from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
+from explorer.analysis.pruning.text import DEFAULT_LAYER, DEFAULT_STRATEGIES, TextPruningResult
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.images import sample_images
 from explorer.errors import InputError
@@ -23,11 +24,10 @@ from explorer.pruning_api import (
     prune_text,
     text_strategy_names,
 )
-from explorer.ui.common import UIContext, export_controls, progress_fn, ui_figure, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, ui_figure, user_errors
 
 TITLE = "Pruning lab"
-DEFAULT_RATIOS = "1.0, 0.75, 0.5, 0.25, 0.1, 0.05"
-MAX_PROMPT_CHARS_PER_TOKEN = 32
+DEFAULT_RATIOS = ", ".join(f"{r:g}" for r in DEFAULT_KEEP_RATIOS)
 EXAMPLE_PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
 
 EXPLAIN = """Every pruned input is **re-run through the model** and compared with the unpruned run.
@@ -167,9 +167,12 @@ def build(ctx: UIContext) -> None:
             )
             with gr.Row():
                 layer = gr.Number(
-                    value=2, precision=0, label="Layer (text: FastV's K; image: prune before block L)"
+                    value=DEFAULT_LAYER,
+                    precision=0,
+                    label="Layer (text: FastV's K; image: prune before block L)",
                 )
                 seed = gr.Number(value=0, precision=0, label="Seed (random strategy)")
+            dtype = dtype_dropdown(ctx)
             run = gr.Button("Run pruning sweep", variant="primary")
     summary = gr.Markdown(elem_id="pruning-summary")
     with gr.Accordion("How it works, and where we deviate from the papers", open=False):
@@ -180,19 +183,19 @@ def build(ctx: UIContext) -> None:
         metric = gr.Dropdown(choices=list(plots.TEXT_METRICS), value="kl", label="Retention measure")
         shown_ratio = gr.Dropdown(choices=[], value=None, label="Keep ratio shown (prompts / patches)")
     retention_plot = gr.Plot(label="Retention curves", elem_id="pruning-retention")
-    export_controls(state, "retention", "Export retention curves")
+    export_controls(state, "retention", "Export retention curves", ctx=ctx)
 
     with gr.Column(visible=True) as text_outputs:
         struck = gr.HTML(label="Pruned prompts and continuations")
         prompt_plot = gr.Plot(label="Pruned prompts", elem_id="pruning-prompts")
-        export_controls(state, "pruned_prompt", "Export pruned prompts")
+        export_controls(state, "pruned_prompt", "Export pruned prompts", ctx=ctx)
         outputs_plot = gr.Plot(label="Outputs side by side", elem_id="pruning-outputs")
-        export_controls(state, "outputs", "Export outputs")
+        export_controls(state, "outputs", "Export outputs", ctx=ctx)
     with gr.Column(visible=False) as image_outputs:
         patches_plot = gr.Plot(label="Kept patches", elem_id="pruning-patches")
-        export_controls(state, "kept_patches", "Export kept patches")
+        export_controls(state, "kept_patches", "Export kept patches", ctx=ctx)
         saliency_plot = gr.Plot(label="Saliency before / after", elem_id="pruning-saliency")
-        export_controls(state, "saliency", "Export saliency maps")
+        export_controls(state, "saliency", "Export saliency maps", ctx=ctx)
 
     def on_mode(mode_v: str) -> tuple[Any, ...]:
         is_text = mode_v == "Text"
@@ -227,6 +230,7 @@ def build(ctx: UIContext) -> None:
         ratios_v: str,
         layer_v: float | None,
         seed_v: float | None,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
         report = progress_fn(progress)
@@ -236,9 +240,6 @@ def build(ctx: UIContext) -> None:
         seed_i = int(seed_v or 0)
         result: Any
         if mode_v == "Text":
-            limit = ctx.settings.max_prompt_tokens * MAX_PROMPT_CHARS_PER_TOKEN
-            if prompt_v and len(prompt_v) > limit:
-                raise InputError(f"the prompt is {len(prompt_v)} characters long; the limit is {limit}")
             if not text_strategies_v:
                 raise InputError("choose at least one text strategy")
             result = prune_text(
@@ -251,6 +252,7 @@ def build(ctx: UIContext) -> None:
                 continuation_tokens=int(continuation_v if continuation_v is not None else 8),
                 seed=seed_i,
                 settings=ctx.settings,
+                dtype=dtype_v or None,
                 progress=report,
             )
         else:
@@ -267,6 +269,7 @@ def build(ctx: UIContext) -> None:
                 layer=int(layer_v),
                 seed=seed_i,
                 settings=ctx.settings,
+                dtype=dtype_v or None,
                 progress=report,
             )
         return render(result)
@@ -336,6 +339,7 @@ def build(ctx: UIContext) -> None:
         ratios,
         layer,
         seed,
+        dtype,
     ]
     run.click(on_run, inputs=inputs, outputs=outputs, api_name="prune")
 

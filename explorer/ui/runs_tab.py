@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 
 from explorer.api import query_limits
 from explorer.plots import figure_spec, figures_for
-from explorer.ui.common import UIContext, client_gone, ui_figure, user_errors
+from explorer.ui.common import UIContext, client_gone, export_controls, ui_figure, user_errors
 from explorer.ui.share import RUNS_TAB_ID, share_link
 
 TITLE = "Runs"
@@ -46,6 +46,13 @@ def run_choices(ctx: UIContext, kind: str | None = None, limit: int = 200) -> li
     return out
 
 
+def kind_choices() -> list[str]:
+    """ "" (every kind) plus every result kind registered by the analyses (the result registry)."""
+    from explorer.results import RESULT_KINDS
+
+    return ["", *RESULT_KINDS.all_kinds()]
+
+
 def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     state = gr.State(None)
     gr.Markdown(
@@ -54,16 +61,7 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     )
     with gr.Row():
         kind = gr.Dropdown(
-            [
-                "",
-                "lens",
-                "attention",
-                "vision_attention",
-                "attribution",
-                "attribution_generation",
-                "prune_text",
-                "prune_image",
-            ],
+            kind_choices(),
             value="",
             label="Kind",
             allow_custom_value=True,
@@ -90,7 +88,7 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
     figure = gr.Dropdown(choices=[], label="Figure", elem_id="runs-figure")
     plot = gr.Plot(label="Figure", elem_id="runs-plot", elem_classes=["scroll-plot"])
     figure_state = gr.State("")
-    _export_any(state, figure_state)
+    export_controls(state, figure_state, ctx=ctx)  # the figure the dropdown shows
 
     with gr.Accordion("Query the store (read-only SQL)", open=False):
         gr.Markdown(
@@ -193,24 +191,3 @@ def _figure(result: Any, name: str | None) -> go.Figure | None:
     if result is None or not name:
         return None
     return ui_figure(name, figure_spec(result, name).build, result, run_id=getattr(result, "run_id", None))
-
-
-def _export_any(state: gr.State, figure_state: gr.State) -> gr.File:
-    """Export buttons whose figure is whatever the dropdown currently shows."""
-    from explorer.ui.common import _export_handler
-
-    with gr.Row(elem_classes=["export-row"]):
-        gr.Markdown("**Export:**", elem_classes=["export-label"])
-        buttons = {
-            fmt: gr.Button(fmt.upper(), size="sm", min_width=60)
-            for fmt in ("png", "svg", "pdf", "csv", "parquet")
-        }
-    out = gr.File(label="Download", interactive=False, visible=False)
-    for fmt, button in buttons.items():
-        button.click(
-            user_errors(lambda r, f, fmt=fmt: _export_handler(r, figure=f, fmt=fmt)),
-            [state, figure_state],
-            out,
-            api_visibility="private",
-        )
-    return out

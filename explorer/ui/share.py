@@ -33,8 +33,9 @@ def result_link(result: Any, figure: str, request: gr.Request | None) -> str:
     return share_link(request, str(run_id), figure)
 
 
-def link_controls(result_state: gr.State, figure: str) -> gr.Textbox:
-    """A "Link" button for one result panel and the box (with a copy button) it fills."""
+def link_controls(result_state: gr.State, figure: str | gr.State) -> gr.Textbox:
+    """A "Link" button for one result panel and the box (with a copy button) it fills.
+    `figure` is the figure's name, or a State holding it (a view that switches figures)."""
     button = gr.Button("Link", size="sm", min_width=60, elem_classes=["share-link-button"])
     box = gr.Textbox(
         label="Share link (opens this run and figure)",
@@ -43,6 +44,14 @@ def link_controls(result_state: gr.State, figure: str) -> gr.Textbox:
         visible=False,
         elem_classes=["share-link"],
     )
+
+    if isinstance(figure, gr.State):
+
+        def on_link_view(result: Any, name: str, request: gr.Request) -> Any:
+            return gr.Textbox(value=result_link(result, name, request), visible=True)
+
+        button.click(on_link_view, inputs=[result_state, figure], outputs=[box], api_visibility="private")
+        return box
 
     def on_link(result: Any, request: gr.Request) -> Any:
         return gr.Textbox(value=result_link(result, figure, request), visible=True)

@@ -1,4 +1,5 @@
-"""The "Visual tokens" tab: sink / dead / alive visual tokens and where text tokens look in the image."""
+"""The "Visual tokens" tab: sink / dead / alive visual tokens, where text tokens look in the image,
+and the nearest contextual text tokens of each visual token (LatentLens)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,32 @@ position's logits by < ε' relative L2; one ablation per token, batched) or **al
 and "dead" is an input-level property shown at every block. Text → image attention: one text query
 (prompt text after the image, or a generated token) to every patch, per block, for one head, the mean
 over heads, or rolled out (0.5·mean + 0.5·I multiplied through the blocks, Abnar & Zuidema 2020)."""
+
+
+LATENT_EXPLAIN = """**Nearest text tokens (LatentLens, Krojer et al. 2026).** Every token of a text corpus that
+ships with the app (scene captions + ~2,400 general sentences) is run through the VLM's language model
+once, and its hidden state *in context* is kept (the *text bank*, built on first use, then cached). Each
+visual token's hidden state at a layer is compared with the bank by **cosine similarity**; each cell
+shows its nearest text token, hover lists the k nearest with similarity, text layer and context.
+*Same layer* compares with text at the same layer; *all text layers* ranks every stored text layer
+together, as the paper does. *Deviations from the paper:* a small corpus (the paper: 117k sentences;
+here about 500 distinct tokens, so many patches have no good match), float16 vectors, a fixed set of
+stored layers (the paper's grid 1, 2, 4, 8, 16, 24, n-2, n-1 plus n)."""
+
+
+def _latent_summary(r: Any) -> str:
+    b = r.bank
+    common = {row["layer"]: row["top1"][:4] for row in r.top_tokens()}
+    step = max(1, len(r.layers) // 4)
+    shown = " · ".join(
+        f"layer {layer}: " + ", ".join(f"`{t}`×{n}" for t, n in common[layer]) for layer in r.layers[::step]
+    )
+    return (
+        f"**Run {r.run_id}** · {r.model} · {r.n_image} visual tokens · text bank: {b['n_entries']} contextual "
+        f"tokens from {b['n_sentences']} sentences, layers {b['layers']} (built in {b['seconds']:.0f} s) · "
+        f"{r.seconds:.1f} s  \nMost frequent nearest tokens: {shown}  \n*Deviations:* "
+        + "; ".join(r.deviations)
+    )
 
 
 def _summary(r: Any) -> str:
@@ -64,9 +91,9 @@ def build(ctx: UIContext) -> None:
     summary = gr.Markdown()
     gr.Markdown(EXPLAIN)
     categories = gr.Plot(label="Sink / dead / alive on the image", elem_id="vt-categories")
-    export_controls(state, "token_categories", "Export categories")
+    export_controls(state, "token_categories", "Export categories", ctx=ctx)
     counts = gr.Plot(label="Counts per block", elem_id="vt-counts")
-    export_controls(state, "category_counts", "Export counts")
+    export_controls(state, "category_counts", "Export counts", ctx=ctx)
     with gr.Row():
         query = gr.Dropdown(choices=[], label="Text query (position · token)")
         view = gr.Radio(
@@ -76,9 +103,22 @@ def build(ctx: UIContext) -> None:
         )
         head = gr.Slider(0, 1, value=0, step=1, label="Head (for 'one head')")
     attention = gr.Plot(label="Text → image attention", elem_id="vt-attention")
-    export_controls(state, "text_to_image_attention", "Export attention")
+    export_controls(state, "text_to_image_attention", "Export attention", ctx=ctx)
     shares = gr.Plot(label="Attention shares", elem_id="vt-shares")
-    export_controls(state, "attention_shares", "Export shares")
+    export_controls(state, "attention_shares", "Export shares", ctx=ctx)
+    gr.Markdown(LATENT_EXPLAIN)
+    latent_state = gr.State(None)
+    with gr.Row():
+        latent_match = gr.Radio(
+            [("same layer", "same"), ("all text layers (paper)", "all")],
+            value="same",
+            label="Text layers searched",
+        )
+        latent_k = gr.Slider(1, 10, value=5, step=1, label="Neighbours per patch (k)")
+        latent_run = gr.Button("Find nearest text tokens", variant="secondary")
+    latent_summary = gr.Markdown()
+    latent_plot = gr.Plot(label="Nearest contextual text token per patch", elem_id="vt-latent")
+    export_controls(latent_state, "latent_neighbours", "Export neighbours", ctx=ctx)
 
     @user_errors
     def analyse(
@@ -144,3 +184,33 @@ def build(ctx: UIContext) -> None:
 
     for control in (query, view, head):
         control.change(redraw, [state, query, view, head], [attention], api_visibility="private")
+
+    @user_errors
+    def find_neighbours(
+        image_v: Any,
+        prompt_v: str,
+        model_v: str,
+        match_v: str,
+        k_v: int,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> tuple[Any, ...]:
+        from explorer.plots.vlm_latent import latent_neighbours_overlay
+        from explorer.vlm.latent import LatentParams
+        from explorer.vlm_api import latent_neighbours
+
+        r = latent_neighbours(
+            model_v or TINY_VLM,
+            prompt_v,
+            image_v,
+            params=LatentParams(k=int(k_v), match=match_v or "same"),
+            settings=ctx.settings,
+            progress=progress_fn(progress),
+        )
+        return r, _latent_summary(r), latent_neighbours_overlay(r)
+
+    latent_run.click(
+        find_neighbours,
+        inputs=[image, prompt, model, latent_match, latent_k],
+        outputs=[latent_state, latent_summary, latent_plot],
+        api_name="latent_neighbours",
+    )

@@ -24,9 +24,7 @@ the classic attention sink, plus the visual sinks of that layer).
 from __future__ import annotations
 
 import base64
-import io
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,13 +33,23 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from explorer.analysis.attention import attention_rollout
+from explorer.analysis.attention_math import attention_rollout
 from explorer.backends.images import image_to_png
 from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm, generate
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
+from explorer.vlm.attention import (
+    TextImageAttention,
+    attention_from_tables,
+    attention_shares,
+    attention_tables,
+    image_attention,
+    table_column,
+    text_queries,
+    visual_sinks,
+)
 
-ProgressFn = Callable[[float, str], None]
 ALIVE, DEAD, SINK = 0, 1, 2
 CATEGORY_NAMES = ("alive", "dead", "sink")
 
@@ -82,7 +90,7 @@ class TokenParams:
 
 @register_result
 @dataclass
-class VisualTokensResult:
+class VisualTokensResult(TextImageAttention):
     """Per visual token and layer: norm, received attention, category; text->image attention.
 
     norms:      (n_layers + 1, n_img) residual L2 norm (0 = input embeddings)
@@ -119,33 +127,12 @@ class VisualTokensResult:
     seconds: float = 0.0
     run_id: str | None = None
 
-    @property
-    def image_positions(self) -> list[int]:
-        return [i for i, m in enumerate(self.modality) if m == MODALITY_IMAGE]
-
-    @property
-    def n_image(self) -> int:
-        return len(self.image_positions)
-
-    def image(self) -> Image.Image:
-        return Image.open(io.BytesIO(base64.b64decode(self.image_png))).convert("RGB")
-
     def counts(self) -> list[dict[str, int]]:
         """Per block: how many visual tokens are alive / dead / sink."""
         return [
             {"layer": layer + 1, **{name: int((row == c).sum()) for c, name in enumerate(CATEGORY_NAMES)}}
             for layer, row in enumerate(self.categories)
         ]
-
-    def query_index(self, query: int | None) -> int:
-        """A text query position (default: the last one) -> its index in `query_positions`."""
-        if query is None:
-            return len(self.query_positions) - 1
-        if query not in self.query_positions:
-            raise InputError(
-                f"position {query} is not a text query after the image; choose {self.query_positions}"
-            )
-        return self.query_positions.index(query)
 
     def to_dict(self) -> dict[str, Any]:
         rows, cols = self.grid
@@ -207,7 +194,6 @@ class VisualTokensResult:
 
     def to_tables(self) -> dict[str, pa.Table]:
         n_layers1, n_img = self.norms.shape
-        L, H, Q, _ = self.attention.shape
         lay, patch = np.meshgrid(np.arange(n_layers1), np.arange(n_img), indexing="ij")
         blocks = np.arange(1, n_layers1)
         recv = np.vstack([np.full((1, n_img), np.nan), self.received])
@@ -228,27 +214,6 @@ class VisualTokensResult:
                 "delta_hidden": self.delta_hidden.astype(np.float64),
             }
         )
-        li, hi, qi, pi = np.meshgrid(
-            np.arange(L), np.arange(H), np.arange(Q), np.arange(n_img), indexing="ij"
-        )
-        attention = pa.table(
-            {
-                "layer": (li.ravel() + 1).astype(np.int32),
-                "head": hi.ravel().astype(np.int32),
-                "query": qi.ravel().astype(np.int32),
-                "patch": pi.ravel().astype(np.int32),
-                "weight": self.attention.ravel().astype(np.float64),
-            }
-        )
-        lr, qr, pr = np.meshgrid(np.arange(L), np.arange(Q), np.arange(n_img), indexing="ij")
-        rollout = pa.table(
-            {
-                "layer": (lr.ravel() + 1).astype(np.int32),
-                "query": qr.ravel().astype(np.int32),
-                "patch": pr.ravel().astype(np.int32),
-                "weight": self.rollout.ravel().astype(np.float64),
-            }
-        )
         shares = pa.table(
             {
                 "layer": blocks.astype(np.int32),
@@ -260,8 +225,7 @@ class VisualTokensResult:
         return {
             "tokens": tokens,
             "ablation": ablation,
-            "attention": attention,
-            "rollout": rollout,
+            **attention_tables(self.attention, self.rollout),
             "shares": shares,
         }
 
@@ -272,16 +236,13 @@ class VisualTokensResult:
         n_q = len(meta["query_positions"])
 
         def column(table: str, name: str, order: list[str]) -> np.ndarray:
-            t = tables[table].sort_by([(k, "ascending") for k in order])
-            return np.asarray(t.column(name).to_numpy(zero_copy_only=False))
+            return table_column(tables, table, name, order)
 
         tok_order = ["layer", "patch"]
         norms = column("tokens", "norm", tok_order).reshape(n_layers + 1, n_img).astype(np.float64)
         received = column("tokens", "received", tok_order).reshape(n_layers + 1, n_img)[1:].astype(np.float64)
         cats = column("tokens", "category", tok_order).reshape(n_layers + 1, n_img)[1:].astype(np.int64)
-        att_order = ["layer", "head", "query", "patch"]
-        attention = column("attention", "weight", att_order).reshape(n_layers, n_heads, n_q, n_img)
-        rollout = column("rollout", "weight", ["layer", "query", "patch"]).reshape(n_layers, n_q, n_img)
+        attention, rollout = attention_from_tables(tables, (n_layers, n_heads, n_q, n_img))
         shares = np.stack([column("shares", k, ["layer"]) for k in ("image", "text", "sink")], axis=1)
         return cls(
             model=meta["model"],
@@ -368,11 +329,7 @@ def classify(
     """(n_layers + 1, n_img) norms, (n_layers, n_img) received shares -> (n_layers, n_img) categories.
 
     Block l (0-based index) reads the residual norms[l]."""
-    n_img = norms.shape[1]
-    median = np.median(norms[:-1], axis=1, keepdims=True)
-    sink = (norms[:-1] > params.sink_norm_k * np.maximum(median, 1e-12)) & (
-        received > params.sink_share_k / max(n_img, 1)
-    )
+    sink = visual_sinks(norms, received, params.sink_norm_k, params.sink_share_k)
     dead = (d_lp < params.dead_logprob_eps) & (d_h < params.dead_hidden_eps)
     cats = np.full(received.shape, ALIVE, dtype=np.int64)
     cats[:, dead] = DEAD
@@ -407,13 +364,11 @@ def visual_tokens(
     att = trace.attentions.numpy().astype(np.float64)  # (L, H, T, T)
     img = inputs.image_positions
     prompt_len = inputs.seq_len
-    queries = [q for q in range(img[-1] + 1, trace.seq_len) if modality[q] != MODALITY_IMAGE]
+    queries = text_queries(modality)
     if not queries:
         raise InputError("no text follows the image, so no text token attends to it")
     norms = trace.residual[:, img].norm(dim=-1).numpy().astype(np.float64)  # (L+1, n_img)
-    text_to_img = att[:, :, queries][:, :, :, img]  # (L, H, Q, n_img)
-    img_mass = text_to_img.sum(axis=-1, keepdims=True)
-    received = (text_to_img / np.maximum(img_mass, 1e-12)).mean(axis=(1, 2))  # (L, n_img)
+    text_to_img, received = image_attention(att, queries, img)  # (L, H, Q, n_img), (L, n_img)
     prog(0.35, "Ablating each visual token")
     assert inputs.inputs_embeds is not None
     embeds, _ = _full_embeds(vlm, inputs, answer)
@@ -422,7 +377,7 @@ def visual_tokens(
     )
     cats = classify(norms, received, d_lp, d_h, params)
     rolled = attention_rollout(att)[:, queries][:, :, img]  # (L, Q, n_img)
-    shares = _shares(att, queries, img, cats)
+    shares = attention_shares(att, queries, img, cats == SINK)
     notes = [
         "EmbedLens categories use operational definitions (see thresholds); the paper's clustering was not reproduced",
         "dead is input-level: one ablation per visual token, the same at every layer",
@@ -463,20 +418,3 @@ def _full_embeds(
     embeds, ids = _with_extra(vlm, inputs, answer)
     assert embeds is not None
     return embeds, ids
-
-
-def _shares(att: np.ndarray, queries: list[int], img: list[int], cats: np.ndarray) -> np.ndarray:
-    """(L, 3): mean over heads and text queries of the attention on image / text / sink tokens.
-
-    Sinks: position 0 plus the visual tokens that are sinks at that block."""
-    seq = att.shape[-1]
-    out = np.zeros((att.shape[0], 3))
-    is_img = np.zeros(seq, dtype=bool)
-    is_img[img] = True
-    for layer in range(att.shape[0]):
-        sink = np.zeros(seq, dtype=bool)
-        sink[0] = True
-        sink[np.asarray(img)[cats[layer] == SINK]] = True
-        rows = att[layer][:, queries].mean(axis=(0, 1))  # (seq,)
-        out[layer] = [rows[is_img & ~sink].sum(), rows[~is_img & ~sink].sum(), rows[sink].sum()]
-    return out

@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.analysis.pruning.image import _top_k, keep_count, run_pruned, select_patches, unpruned_pass
-from explorer.analysis.vision_attention import attention_rollout, cls_attention_maps, trace_image
+from explorer.analysis.pruning.image import (
+    keep_count,
+    run_pruned,
+    select_patches,
+    top_k_patches,
+    unpruned_pass,
+)
+from explorer.analysis.vision_attention import cls_attention_maps, rollout_relevance, trace_image
 from explorer.backends.images import load_image, preprocess, sample_images
 from explorer.backends.loading import embedded_package_dir
 from explorer.backends.vision import EMBEDDED_VISION_MODELS, VisionModel, load_vision_model
@@ -67,7 +73,7 @@ def test_attention_views_on_a_real_image(vm: VisionModel) -> None:
     trace = trace_image(vm, _pixels(vm, "grace_hopper"))
     assert trace.attentions is not None and trace.attentions.shape == (12, 6, 257, 257)
     assert cls_attention_maps(trace).shape == (12, 6, 16, 16)
-    assert attention_rollout(trace).sum() == pytest.approx(1.0, abs=1e-5)
+    assert rollout_relevance(trace).sum() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_keep_all_is_exact_on_the_real_model(vm: VisionModel) -> None:
@@ -91,7 +97,9 @@ def test_cls_attention_carries_signal_at_half_keep(vm: VisionModel) -> None:
         ref = unpruned_pass(vm, _pixels(vm, name), layer)
         embedding = vm.pooled(ref.final)[0]
         scores = ref.signals.patch_attention[-1]
-        final = run_pruned(vm, ref.hidden[layer], [_top_k(scores, keep), _top_k(-scores, keep)], layer)
+        final = run_pruned(
+            vm, ref.hidden[layer], [top_k_patches(scores, keep), top_k_patches(-scores, keep)], layer
+        )
         top, bottom = torch.nn.functional.cosine_similarity(vm.pooled(final), embedding[None]).tolist()
         assert top > bottom, name
         tops.append(top)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from explorer.analysis.pruning.text import _FastVCut, reference_run, run_batch
+from explorer.analysis.pruning.text import FastVCut, reference_run, run_batch
 from explorer.backends.language import LanguageModel, load_model
 from explorer.errors import InputError
 from explorer.store import Store
@@ -38,7 +38,7 @@ def test_fastv_full_keep_is_bit_exact_on_smollm2(lm: LanguageModel) -> None:
     ids = lm.tokenizer(PROMPT, return_tensors="pt").input_ids[0]
     n = int(ids.shape[0])
     ref = reference_run(lm, ids, 4, layer=2)
-    run, _ = run_batch(lm, ids.unsqueeze(0), 4, _FastVCut(torch.arange(n).unsqueeze(0), n, 2))
+    run, _ = run_batch(lm, ids.unsqueeze(0), 4, FastVCut(torch.arange(n).unsqueeze(0), n, 2))
     assert torch.equal(run.last_logits[0], ref.last_logits)
     assert torch.equal(run.continuation[0], ref.continuation)
     assert lm.token_str(int(ref.last_logits.argmax())) == " Rome"
@@ -92,3 +92,35 @@ def test_image_sweep_on_dinov2_stored_and_plotted(store: Store) -> None:
     with pytest.raises(InputError):
         prune(image=image, keep_ratios=(0.0,), db=store)
     assert len(store.list_runs()) == before
+
+
+def test_cli_prune_image_strategy_all_runs_every_registered_strategy(tmp_path: Path) -> None:
+    """`explorer prune --image X --strategy all` works as `--help` says: every image strategy."""
+    import contextlib
+    import io
+    import json
+
+    from explorer.analysis.pruning.image import IMAGE_STRATEGIES
+    from explorer.backends.images import sample_images
+    from explorer.cli import main
+
+    image = str(next(iter(sample_images().values())))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(
+            [
+                "--db",
+                str(tmp_path / "x.duckdb"),
+                "prune",
+                "--image",
+                image,
+                "--strategy",
+                "all",
+                "--keep",
+                "0.25",
+            ]
+        )
+    assert code == 0
+    result = json.loads(out.getvalue())
+    assert [r["strategy"] for r in result["rows"]] == list(IMAGE_STRATEGIES)
+    assert set(result["deviations"]) == set(IMAGE_STRATEGIES)

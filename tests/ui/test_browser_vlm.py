@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,4 +87,121 @@ def test_vlm_example_shows_the_patch_lens(vlm_app_url, tmp_path) -> None:
         assert page.get_by_text("on the image tokens").count() >= 1
         assert page.get_by_text("visual)").count() >= 1
         page.screenshot(path=str(shots / "vlm-lens.png"), full_page=True)
+        browser.close()
+
+
+# ---- Attention and Attribution tabs with an image and the demo VLM ---------------------------
+VLM_TIMEOUT_MS = 900_000  # the machine is shared; occlusion runs ~190 perturbed passes of the demo VLM
+
+
+def _vlm_page(playwright: Any, url: str) -> tuple[Any, Any]:
+    from test_browser import Page
+
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    return browser, Page(browser, url, height=2400)
+
+
+def _click_visible_example(page: Any, text: str) -> None:
+    page.locator(f"text={text} >> visible=true").first.click()
+    page.wait_for_function(
+        "(t) => Array.from(document.querySelectorAll('textarea')).some(a => a.value === t && a.offsetParent)",
+        arg=text,
+        timeout=30_000,
+    )
+
+
+def _overlay_info(page: Any, elem_id: str) -> dict[str, Any]:
+    return page.evaluate(
+        "(id) => { const el = document.querySelector('#' + id + ' .js-plotly-plot');"
+        " const h = el._fullData.find(d => d.type === 'heatmap');"
+        " const img = el._fullData.find(d => d.type === 'image');"
+        " return {rows: h.z.length, cols: h.z[0].length, image: !!img, w: el.offsetWidth, h: el.offsetHeight,"
+        " steps: (el.layout.sliders && el.layout.sliders[0].steps || []).length,"
+        " max: Math.max(...Array.from(h.z).flatMap(r => Array.from(r)).map(Math.abs))}; }",
+        elem_id,
+    )
+
+
+def test_vlm_attention_tab_draws_text_to_image_attention(vlm_app_url, tmp_path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: `make setup` installs Debian's chromium")
+    with sync_playwright() as p:
+        browser, app = _vlm_page(p, vlm_app_url)
+        page = app.page
+        app.tab("Attention")
+        page.get_by_label("Image + prompt (vision-language model)").check()
+        _click_visible_example(page, "What is in the picture?")  # the red circle + blue square
+        page.wait_for_selector("#vlm-attention-image img", timeout=30_000)
+        page.get_by_role("button", name="Run VLM attention").click()
+        figures = {
+            "overlay": "vlm-attention-overlay",
+            "shares": "vlm-attention-shares",
+            "heads": "vlm-attention-heads",
+        }
+        app.assert_visible(figures, timeout=VLM_TIMEOUT_MS)
+        info = _overlay_info(page, "vlm-attention-overlay")
+        assert (info["rows"], info["cols"]) == (8, 8) and info["image"], info
+        assert info["w"] > 200 and info["h"] > 200 and info["max"] > 0, info
+        assert info["steps"] == 30  # a block slider over the 30 LM blocks
+        shares = page.evaluate(
+            "() => document.querySelector('#vlm-attention-shares .js-plotly-plot')._fullData.map(d => d.name)"
+        )
+        assert shares == ["image", "text", "sink"]
+        assert page.get_by_text("text tokens after the image attend to it").count() >= 1
+        # the generated token " red" as the query: redrawn from the stored result
+        page.locator("#vlm-attention-query input").click()
+        page.get_by_role("option", name=re.compile(r"' red' \(generated\)")).first.click()
+        page.wait_for_function(
+            "() => { const el = document.querySelector('#vlm-attention-overlay .js-plotly-plot');"
+            " return el && el.layout.title.text.includes('red'); }",
+            timeout=60_000,
+        )
+        page.wait_for_function(
+            "() => !document.querySelector('#vlm-attention-overlay').innerText.includes('processing')",
+            timeout=60_000,
+        )
+        page.wait_for_timeout(500)  # plotly's resize after the redraw
+        app.screenshot(tmp_path, "vlm-attention")
+        # another view re-renders from the stored result: the rollout of the same query
+        page.get_by_label("rollout").check()
+        page.wait_for_function(
+            "() => { const el = document.querySelector('#vlm-attention-overlay .js-plotly-plot');"
+            " return el && el.layout.title.text.includes('rollout'); }",
+            timeout=60_000,
+        )
+        assert not app.errors, app.errors
+        browser.close()
+
+
+def test_vlm_attribution_tab_draws_patch_attribution(vlm_app_url, tmp_path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: `make setup` installs Debian's chromium")
+    with sync_playwright() as p:
+        browser, app = _vlm_page(p, vlm_app_url)
+        page = app.page
+        app.tab("Attribution")
+        _click_visible_example(page, "What is in the picture?")  # occlusion, target " red"
+        page.wait_for_selector("#attribution-image img", timeout=30_000)
+        page.get_by_role("button", name="Attribute", exact=True).click()
+        figures = {
+            "overlay": "attribution-image-overlay",
+            "curve": "attribution-deletion-curve",
+            "table": "attribution-deletion-table",
+        }
+        app.assert_visible(figures, timeout=VLM_TIMEOUT_MS)
+        info = _overlay_info(page, "attribution-image-overlay")
+        assert (info["rows"], info["cols"]) == (8, 8) and info["image"], info
+        assert info["w"] > 200 and info["h"] > 200 and info["max"] > 0, info
+        curve = page.evaluate(
+            "() => document.querySelector('#attribution-deletion-curve .js-plotly-plot')._fullData"
+            ".map(d => d.y.length)"
+        )
+        assert len(curve) == 2 and min(curve) > 2, curve
+        assert page.get_by_text("Most important patch").count() >= 1
+        app.screenshot(tmp_path, "vlm-attribution")
+        assert not app.errors, app.errors
         browser.close()

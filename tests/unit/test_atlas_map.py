@@ -153,7 +153,164 @@ def test_cli_map_and_bad_layer(tmp_path, capsys) -> None:
         ["--db", db, "atlas", "map", "--prompt", PROMPT, "--model", str(d), "--layer", "9"], capsys
     )
     assert code == 2 and out is None and "layer must be between" in err
+    missing = str(tmp_path / "missing.png")
+    code, out, err = run_cli(["--db", db, "atlas", "map", "--prompt", PROMPT, "--image", missing], capsys)
+    assert code == 2 and out is None and len(err.strip().splitlines()) == 1 and "missing.png" in err
     code, out, _ = run_cli(
         ["--db", db, "export", again["run_id"], "--format", "csv", "--out", str(tmp_path)], capsys
     )
     assert code == 0 and out["path"].endswith(".csv")
+
+
+# ---- maps of an image + prompt on a vision-language model ---------------------------------------
+@pytest.fixture(scope="module")
+def tiny_vlm():  # type: ignore[no-untyped-def]
+    """The VLM tests' tiny DINOv2 -> projector -> llama (4 visual tokens)."""
+    import torch
+    from conftest import make_tiny_lm
+    from test_vlm import _tiny_vision
+
+    from explorer.backends.vlm import projector_vlm
+    from explorer.vlm.tiny_vlm import Projector, ProjectorConfig
+
+    lm = make_tiny_lm("llama")
+    torch.manual_seed(2)
+    config = ProjectorConfig(
+        vision_dim=64, lm_dim=int(lm.config.hidden_size), hidden_dim=48, grid=2, feature_layers=(2, 4)
+    )
+    return projector_vlm(lm, _tiny_vision(), Projector(config).eval(), model_id="tiny-test-vlm")
+
+
+def _picture(seed: int = 0):  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), "RGB")
+
+
+def test_vlm_map_has_visual_tokens_and_the_image_is_in_the_key(tiny_vlm, tmp_store) -> None:
+    r = atlas_api.token_map(tiny_vlm, "Describe it.", image=_picture(), method="pca", db=tmp_store)
+    n_img = tiny_vlm.n_visual_tokens
+    layer0 = r.layer == 0
+    assert sum(m == "image" for m, ok in zip(r.modality, layer0, strict=True) if ok) == n_img
+    visual = [i for i in range(r.n_points) if r.modality[i] == "image"]
+    assert len(visual) == n_img * (tiny_vlm.n_layers + 1)
+    assert all(r.token_type[i] == "visual" and r.token[i].startswith("<img ") for i in visual)
+    assert {r.token_type[i] for i in range(r.n_points) if r.modality[i] == "text"} <= {
+        "word", "punctuation", "special", "whitespace", "number"}  # fmt: skip
+    assert r.image and r.to_dict()["image"] == r.image
+    back = tmp_store.load(r.run_id)
+    assert back.image == r.image and back.modality == r.modality and back.token_type == r.token_type
+    same = atlas_api.token_map(tiny_vlm, "Describe it.", image=_picture(), method="pca", db=tmp_store)
+    other = atlas_api.token_map(tiny_vlm, "Describe it.", image=_picture(5), method="pca", db=tmp_store)
+    assert same.run_id == r.run_id and other.run_id != r.run_id and other.image != r.image
+
+
+def test_text_model_with_an_image_is_refused(tiny_llama, tmp_store) -> None:
+    with pytest.raises(InputError, match="text-only"):
+        atlas_api.token_map(tiny_llama, PROMPT, image=_picture(), db=tmp_store)
+    with pytest.raises(InputError):
+        atlas_api.token_map(None, PROMPT, image=b"not an image", db=tmp_store)
+    assert tmp_store.list_runs() == []
+
+
+def test_vlm_lens_scores_join_only_the_same_image(tiny_vlm, tmp_store) -> None:
+    import explorer
+
+    lens = explorer.logit_lens(tiny_vlm, "Describe it.", image=_picture(), db=tmp_store)
+    explorer.logit_lens(tiny_vlm, "Describe it.", image=_picture(5), db=tmp_store)  # another image
+    r = atlas_api.token_map(tiny_vlm, "Describe it.", image=_picture(), method="pca", db=tmp_store)
+    scores = atlas_api.map_scores(r, db=tmp_store)
+    assert [k for k in scores if k.startswith("lens rank")] == [
+        f"lens rank of final prediction ({lens.run_id})"
+    ]
+    values = scores[f"lens rank of final prediction ({lens.run_id})"]
+    assert not np.isnan(values).any()
+    last = np.flatnonzero((r.layer == tiny_vlm.n_layers) & (r.position == r.position.max()))
+    assert values[last] == 1  # the last layer's top-1 is the model's own prediction
+
+
+def test_pruning_kept_and_dropped_colour_the_map(tiny_llama, tmp_store) -> None:
+    from explorer.pruning_api import prune_text
+
+    pruned = prune_text(
+        tiny_llama, PROMPT, strategies=["random"], keep_ratios=(1.0, 0.5), layer=1, continuation_tokens=0,
+        db=tmp_store,
+    )  # fmt: skip
+    r = atlas_api.token_map(tiny_llama, PROMPT, method="pca", db=tmp_store)
+    scores = atlas_api.map_scores(r, db=tmp_store)
+    label = f"pruning kept random @0.5 ({pruned.run_id})"
+    assert label in scores
+    row = next(x for x in pruned.rows if x.keep_ratio == 0.5)
+    values = scores[label]
+    for i in range(r.n_points):
+        assert values[i] == float(int(r.position[i]) in set(row.kept))
+    assert 0 < values.sum() < r.n_points
+
+
+# ---- UMAP: cosine neighbours kept by the PCA pre-reduction ----------------------------------------
+def test_pca_pre_reduction_keeps_cosine_geometry() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 40)) * rng.uniform(0.5, 20, size=(200, 1))  # norms differ, directions matter
+    reduced, kept = projection.reduce_unit_rows(x, 50)  # d < dims: an exact rotation
+    assert kept == 1.0
+    u = projection.unit_rows(x)
+    d_red = np.linalg.norm(reduced[:, None] - reduced[None], axis=-1)
+    d_cos = 1 - u @ u.T
+    np.testing.assert_allclose(d_red, np.sqrt(np.maximum(2 * d_cos, 0)), atol=1e-5)
+    # low-rank directions in 300 dims: 50 PCA dims keep (nearly) all variance and every cosine neighbour
+    basis = rng.normal(size=(20, 300))
+    y = rng.normal(size=(300, 20)) @ basis * rng.uniform(1, 10, size=(300, 1))
+    red, kept = projection.reduce_unit_rows(y, 50)
+    assert red.shape == (300, 50) and kept > 0.999
+    uy = projection.unit_rows(y)
+    nn_cos = np.argsort(-(uy @ uy.T), axis=1)[:, 1:11]
+    d = np.linalg.norm(red[:, None] - red[None], axis=-1)
+    nn_red = np.argsort(d, axis=1)[:, 1:11]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(nn_cos, nn_red, strict=True)])
+    assert recall > 0.99
+
+
+def test_umap_fit_reports_its_reduction(tiny_llama) -> None:
+    r = atlas_api.token_map(tiny_llama, PROMPT, layer=-1, n_neighbors=5, db=False)
+    d_model = int(tiny_llama.hf_model.config.hidden_size)
+    assert r.fit["metric"] == "euclidean"  # on unit vectors: the cosine neighbours
+    assert r.fit["pca_dims"] == min(projection.PCA_DIMS, d_model, r.n_points)
+    assert any("cosine" in n and "PCA" in n for n in r.notes)
+    exact = atlas_api.token_map(tiny_llama, PROMPT, layer=-1, n_neighbors=5, pca_dims=0, db=False)
+    assert exact.fit["metric"] == "cosine" and "pca_dims" not in exact.fit
+    with pytest.raises(InputError, match="pca_dims"):
+        atlas_api.token_map(tiny_llama, PROMPT, pca_dims=3, db=False)
+
+
+def test_vlm_image_attribution_colours_the_visual_tokens(tiny_vlm, tmp_store) -> None:
+    from explorer.analysis.vlm_attribution import VLMAttributionParams
+    from explorer.vlm_api import vlm_attribute
+
+    params = VLMAttributionParams(answer_tokens=1, random_trials=1)
+    attr = vlm_attribute(tiny_vlm, "Describe it.", _picture(), params=params, db=tmp_store)
+    r = atlas_api.token_map(tiny_vlm, "Describe it.", image=_picture(), method="pca", layer=0, db=tmp_store)
+    values = atlas_api.map_scores(r, db=tmp_store)[f"image attribution occlusion ({attr.run_id})"]
+    image = [i for i in range(r.n_points) if r.modality[i] == "image"]
+    assert np.isnan(np.delete(values, image)).all()  # text tokens have no image-patch score
+    order = sorted(image, key=lambda i: int(r.position[i]))  # the k-th visual token is patch k
+    np.testing.assert_allclose(values[order], np.asarray(attr.scores, dtype=float))
+
+
+# ---- maps of the embedded sentence encoder (all-MiniLM-L6-v2) -----------------------------------
+def test_minilm_map_has_its_seven_layers_and_special_tokens(tmp_store) -> None:
+    r = atlas_api.token_map("all-minilm-l6-v2", "The cat sat on the mat.", method="pca", db=tmp_store)
+    assert r.model == "all-minilm-l6-v2" and r.n_layers == 6 and r.layers == list(range(7))
+    tokens = r.tokens[0]
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "cat" in tokens
+    assert r.n_points == 7 * len(tokens)
+    first = r.trajectory(0, 0)
+    assert {r.token_type[i] for i in first} == {"special"}
+    assert any("bidirectional" in n for n in r.notes)
+    assert (
+        atlas_api.token_map("all-minilm-l6-v2", "The cat sat on the mat.", method="pca", db=tmp_store).run_id
+        == r.run_id
+    )
+    assert tmp_store.load(r.run_id).tokens == r.tokens
+    with pytest.raises(InputError, match="text encoder"):
+        atlas_api.token_map("all-minilm-l6-v2", "hi there", image=_picture(), db=tmp_store)

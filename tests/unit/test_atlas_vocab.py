@@ -82,6 +82,21 @@ def test_probe_matches_a_plain_forward(vocab_run) -> None:
         assert abs(float(torch.softmax(logits.float(), -1)[tid]) - p) < 1e-5
 
 
+def test_batched_verification_equals_one_by_one(vocab_run, monkeypatch) -> None:
+    lm, _, _ = vocab_run
+    ok = np.ones(len(lm.tokenizer), dtype=bool)
+    decoded = [lm.tokenizer.decode([i]) for i in range(len(lm.tokenizer))]
+    placeholder = verify.choose_placeholder(lm.tokenizer, decoded, ok)
+    (template,) = verify.build_templates(lm.tokenizer, placeholder, ["input_output"])
+    ids = list(range(2000, 2012))
+    assert verify.MAX_BATCH_TOKENS // template.ids.numel() >= len(ids)  # all twelve in one batch
+    together, gen_together = verify.probe(lm, template, ids, steps=3)
+    monkeypatch.setattr(verify, "MAX_BATCH_TOKENS", 1)  # one candidate per batch
+    alone, gen_alone = verify.probe(lm, template, ids, steps=3)
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-6)
+    assert gen_together == gen_alone
+
+
 def test_indicator_math() -> None:
     rng = np.random.default_rng(0)
     mat = rng.normal(size=(200, 8)) + 5.0 * rng.normal(size=(1, 8))  # a dominant shared direction

@@ -19,14 +19,12 @@ from explorer.analysis.attention import (
     AttentionParams,
     AttentionResult,
     analyze_attention,
-    attention_flow,
-    attention_rollout,
     block_aggregate,
     find_sink_tokens,
     head_entropy,
-    residual_augmented,
     sink_share,
 )
+from explorer.analysis.attention_math import attention_flow, attention_rollout, residual_augmented
 from explorer.attention_api import attention
 from explorer.errors import InputError
 

@@ -15,14 +15,12 @@ import torch
 from PIL import Image
 
 from explorer.analysis.pruning import (
-    DEVIATIONS,
     IMAGE_STRATEGIES,
     ImagePruningResult,
     prune_image,
     select_patches,
 )
 from explorer.analysis.pruning.image import (
-    SCORING,
     keep_count,
     pruned_flops,
     restore_tokens,
@@ -95,12 +93,13 @@ STRATEGIES = sorted(IMAGE_STRATEGIES)
 
 
 def test_every_strategy_has_a_deviation_note() -> None:
-    assert set(DEVIATIONS) == set(IMAGE_STRATEGIES)
+    deviations = IMAGE_STRATEGIES.deviations()
+    assert set(deviations) == set(IMAGE_STRATEGIES)
     assert {"cls_attention", "cls_attention_ensemble", "kcenter", "idpruner_mmr", "transprune_ttv"} <= set(
         STRATEGIES
     )
     assert {"uniform", "random"} <= set(STRATEGIES)
-    assert all(isinstance(v, str) and v for v in DEVIATIONS.values())
+    assert all(isinstance(v, str) and v for v in deviations.values())
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -167,7 +166,9 @@ def test_prune_image_rows_and_fidelity(vm: VisionModel) -> None:
             assert row.fidelity["cls_cosine"] == pytest.approx(1.0, abs=1e-6)
             assert row.fidelity["saliency_corr"] == pytest.approx(1.0, abs=1e-6)
             assert row.fidelity["saliency_iou"] == pytest.approx(1.0)
-        if SCORING[row.strategy] == "full_pass":  # scored by a whole unpruned pass, charged to the row
+        if (
+            IMAGE_STRATEGIES[row.strategy].scoring == "full_pass"
+        ):  # scored by a whole unpruned pass, charged to the row
             assert row.flops_ratio > 1
         elif row.keep_ratio == 1.0:
             assert row.flops_ratio == pytest.approx(1.0)
@@ -206,12 +207,12 @@ def test_every_strategy_is_charged_exactly_what_it_runs(vm: VisionModel, layer: 
             "none": 0.0,
             "probe": 1.0 / vm.n_layers if layer == 0 else 0.0,
             "full_pass": (vm.n_layers - layer) / vm.n_layers,
-        }[SCORING[row.strategy]]
+        }[IMAGE_STRATEGIES[row.strategy].scoring]
         assert row.scoring_flops_ratio == pytest.approx(expected_scoring), row.strategy
         assert row.flops_ratio == pytest.approx(pruned + expected_scoring), row.strategy
         assert 0 <= row.scoring_seconds <= row.seconds
-    assert SCORING["random"] == SCORING["uniform"] == "none"
-    assert SCORING["cls_attention_last"] == "full_pass"
+    assert IMAGE_STRATEGIES["random"].scoring == IMAGE_STRATEGIES["uniform"].scoring == "none"
+    assert IMAGE_STRATEGIES["cls_attention_last"].scoring == "full_pass"
 
 
 def test_prune_image_without_decoder_skips_saliency(any_vm: VisionModel) -> None:

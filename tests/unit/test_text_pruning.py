@@ -16,8 +16,8 @@ from explorer.analysis.pruning.text import (
     DEFAULT_STRATEGIES,
     FIDELITY_KEYS,
     TEXT_STRATEGIES,
+    FastVCut,
     TextPruningResult,
-    _FastVCut,
     keep_count,
     padded_fastv_batch,
     prune_text,
@@ -84,7 +84,7 @@ def test_fastv_full_keep_reproduces_unpruned_logits_and_continuation_exactly(arc
     ids = _ids(lm)
     n = int(ids.shape[0])
     ref = reference_run(lm, ids, 4, layer=1)
-    run, _ = run_batch(lm, ids.unsqueeze(0), 4, _FastVCut(torch.arange(n).unsqueeze(0), n, 1))
+    run, _ = run_batch(lm, ids.unsqueeze(0), 4, FastVCut(torch.arange(n).unsqueeze(0), n, 1))
     assert torch.equal(run.last_logits[0], ref.last_logits)
     assert torch.equal(run.continuation[0], ref.continuation)
     plain = lm.hf_model(input_ids=ids.unsqueeze(0)).logits[0, -1].float()
@@ -123,7 +123,7 @@ def test_fastv_cut_equals_masking_the_dropped_tokens(arch: str) -> None:
     ids = _ids(lm)
     n = int(ids.shape[0])
     kept = [0, 2, 3, 7, 8, 11, n - 1]
-    run, _ = run_batch(lm, ids.unsqueeze(0), 0, _FastVCut(torch.tensor([kept]), n, 1))
+    run, _ = run_batch(lm, ids.unsqueeze(0), 0, FastVCut(torch.tensor([kept]), n, 1))
     torch.testing.assert_close(run.last_logits[0], _masked_fastv_logits(lm, ids, kept, 1), rtol=0, atol=2e-5)
 
 
@@ -144,7 +144,7 @@ def test_padded_ratio_batch_equals_separate_runs(arch: str) -> None:
         torch.testing.assert_close(merged.last_logits[row], alone.last_logits[0], rtol=0, atol=1e-4)
         assert torch.equal(merged.continuation[row], alone.continuation[0])
     fastv_alone, _ = run_batch(
-        lm, ids.unsqueeze(0), 4, _FastVCut(torch.as_tensor(fastv_set).unsqueeze(0), n, 1)
+        lm, ids.unsqueeze(0), 4, FastVCut(torch.as_tensor(fastv_set).unsqueeze(0), n, 1)
     )
     torch.testing.assert_close(merged.last_logits[2], fastv_alone.last_logits[0], rtol=0, atol=1e-4)
     assert torch.equal(merged.continuation[2], fastv_alone.continuation[0])

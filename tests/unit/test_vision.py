@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from explorer.analysis.vision_attention import (
-    attention_rollout,
     cls_attention_maps,
     rollout_matrix,
+    rollout_relevance,
     trace_image,
     upsample_map,
 )
@@ -128,7 +128,7 @@ def test_rollout_rows_sum_to_one(tiny_vm: VisionModel) -> None:
     assert rollout.shape == (trace.seq_len, trace.seq_len)
     np.testing.assert_allclose(rollout.sum(axis=1), 1.0, atol=1e-5)
     assert (rollout >= 0).all()
-    relevance = attention_rollout(trace)
+    relevance = rollout_relevance(trace)
     assert relevance.shape == (GRID, GRID)
     assert relevance.sum() == pytest.approx(1.0, abs=1e-5)
     assert upsample_map(relevance, (IMAGE_SIZE, IMAGE_SIZE)).shape == (IMAGE_SIZE, IMAGE_SIZE)

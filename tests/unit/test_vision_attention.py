@@ -249,14 +249,11 @@ def test_cli_rejects_bad_image_and_bad_flags(
     assert code == 2 and out is None and "not an image" in err
     code, _, err = run_cli(["attention", "--image", str(not_image), "--flow", "--db", db], capsys)
     assert code == 2 and "--flow" in err
-    for argv in (
-        ["attention", "--prompt", "hi", "--image", str(not_image), "--db", db],  # both
-        ["attention", "--db", db],  # neither
-    ):
-        with pytest.raises(SystemExit) as exc:
-            main(argv)
-        assert exc.value.code == 2
-    capsys.readouterr()
+    # both = a vision-language model (tests/unit/test_vlm_attention.py); neither = a one-line error
+    code, _, err = run_cli(["attention", "--prompt", "hi", "--image", str(not_image), "--db", db], capsys)
+    assert code == 2 and "not an image" in err
+    code, _, err = run_cli(["attention", "--db", db], capsys)
+    assert code == 2 and "give --prompt" in err
 
 
 # ---- the LM loader refuses vision models -------------------------------------------------
@@ -281,7 +278,7 @@ def test_lens_cli_on_a_vision_model_exits_2(
 
 
 # ---- UI ----------------------------------------------------------------------------------
-def test_tab_builds_with_both_modes(tmp_path: Path) -> None:
+def test_tab_builds_with_every_mode(tmp_path: Path) -> None:
     import gradio as gr
 
     from explorer.ui import attention_tab
@@ -292,9 +289,11 @@ def test_tab_builds_with_both_modes(tmp_path: Path) -> None:
     labels = {getattr(block, "label", None) for block in demo.blocks.values()}
     assert {"Input", "Image (upload, paste or drop)", "Prompt"} <= labels
     radio = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Input")
-    assert radio.choices == [(m, m) for m in (attention_tab.TEXT_MODE, attention_tab.IMAGE_MODE)]
+    modes = (attention_tab.TEXT_MODE, attention_tab.IMAGE_MODE, attention_tab.VLM_MODE)
+    assert radio.choices == [(m, m) for m in modes]
+    assert "Question about the image" in labels  # the vision-language mode
     api_names = {dep.get("api_name") for dep in demo.config["dependencies"]}
-    assert {"attention", "attention_image"} <= api_names
+    assert {"attention", "attention_image", "attention_vlm"} <= api_names
 
 
 def test_summary_reads_the_result(result: VisionAttentionResult) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import make_tiny_lm
 from PIL import Image
+from torch import nn
 
 from explorer.analysis.vlm_attribution import (
     VLMAttributionParams,
@@ -121,6 +122,94 @@ def test_occlusion_ranks_the_planted_patch_first(planted_vlm: Any) -> None:
     assert r.score_grid().shape == PLANTED_GRID
 
 
+# ---- planted patch on a bag-of-words VLM: the answer depends on that patch alone ---------------
+BAG_DIM = 8  # test_planted_signal.D_MODEL
+BAG_TARGET = "dog"
+
+
+class ThresholdSum(nn.Module):
+    """The one block: (B, T, d) -> cumulative sum over positions, except that dimension 0 sums
+    relu(x_0 - 2.5): only a token with x_0 > 2.5 (the planted patch) moves it, and neither the
+    mean visual token nor any mix of the ordinary patches does."""
+
+    def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = hidden.cumsum(dim=1)
+        out[..., 0] = torch.relu(hidden[..., 0] - 2.5).cumsum(dim=1)
+        return out
+
+
+@pytest.fixture(scope="module")
+def bag_vlm() -> VisionLanguageModel:
+    """3 x 3 visual tokens, random in dimensions 1.., zero in dimension 0 except PLANTED (5.0)."""
+    from conftest import bert_tokenizer
+    from test_planted_signal import PlantedLM
+
+    from explorer.backends import ArchitectureSpec, register_architecture
+    from explorer.backends.language import wrap_model
+
+    tok = bert_tokenizer()
+    register_architecture(
+        "planted_bag_of_words",
+        ArchitectureSpec(blocks="blocks", final_norm="norm", unembed="lm_head", embed="embed"),
+    )
+    # the text planted test's bag of words: the LM head reads dimension 0 only (towards the target),
+    # and a bias puts 5 other tokens above the target unless dimension 0 is large, so "answer in the
+    # top-3" (ReAGent's stopping check) holds exactly when the planted patch is kept. Its one block is
+    # swapped for ThresholdSum; its key token ("cat") is not in the prompt.
+    module = PlantedLM(len(tok), tok.convert_tokens_to_ids("cat"), tok.convert_tokens_to_ids(BAG_TARGET))
+    module.blocks = nn.ModuleList([ThresholdSum()])
+    lm = wrap_model(module, tok, model_id="bag")
+    n = PLANTED_GRID[0] * PLANTED_GRID[1]
+    visual = torch.randn(n, BAG_DIM, generator=torch.Generator().manual_seed(1))
+    visual[:, 0] = 0.0
+    visual[PLANTED, 0] = 5.0
+
+    def prepare(prompt: str, image: Image.Image | None) -> VLMInputs:
+        ids = list(tok(prompt, add_special_tokens=False).input_ids)
+        with torch.no_grad():
+            text = lm.embed_module()(torch.tensor(ids)).float()
+        embeds = torch.cat([text[:1], visual, text[1:]])
+        all_ids = torch.tensor(ids[:1] + [int(tok.unk_token_id)] * n + ids[1:])
+        modality = [MODALITY_TEXT] + [MODALITY_IMAGE] * n + [MODALITY_TEXT] * (len(ids) - 1)
+        view = None if image is None else image.convert("RGB").resize((24, 24))
+        return VLMInputs(embeds, all_ids, modality, PLANTED_GRID, view)
+
+    return VisionLanguageModel(
+        model_id="bag-vlm",
+        lm=lm,
+        weight_hash="bag",
+        prepare_fn=prepare,
+        image_token_id=int(tok.unk_token_id),
+        chat=lambda q, img: q,
+        n_visual_tokens=n,
+    )
+
+
+@pytest.mark.parametrize("method", ["occlusion", "reagent"])
+def test_each_method_ranks_the_planted_patch_first_and_deletion_beats_random(
+    bag_vlm: Any, method: str
+) -> None:
+    params = VLMAttributionParams(
+        method=method,
+        target=BAG_TARGET,
+        keep_top_n=1,
+        stop_top_k=3,
+        num_probes=8,
+        max_steps=200,
+        random_trials=4,
+    )
+    r = vlm_attribution(bag_vlm, "what animal is it", _image(), params)
+    assert r.ranking()[0] == PLANTED, (method, r.scores.round(3).tolist(), r.extras)
+    others = np.delete(r.scores, PLANTED)
+    assert r.scores[PLANTED] > others.max()
+    if method == "reagent":
+        assert r.extras["stopped_probes"] >= 1 and abs(float(r.scores.sum()) - 1) < 1e-4
+    first = r.faithfulness["deletion"][0]  # 10% of 9 patches = 1: the planted one vs a random one
+    assert first["patches"] == 1 and first["top_drop"] > first["random_drop"]
+    assert r.faithfulness["auc_importance"] < r.faithfulness["auc_random"]
+    assert r.curve["importance"][1] < r.curve["random"][1]
+
+
 def test_reagent_returns_a_distribution_over_patches(planted_vlm: Any) -> None:
     params = VLMAttributionParams(method="reagent", keep_top_n=1, stop_top_k=1, num_probes=4, max_steps=8)
     r = vlm_attribution(planted_vlm, PLANTED_PROMPT, _image(), params)
@@ -214,3 +303,69 @@ def test_bad_parameters_are_refused(tiny_vlm: Any, bad: dict[str, Any], tmp_stor
     with pytest.raises(InputError):
         explorer.attribute(tiny_vlm, "hi", image=_image(), db=tmp_store, **bad)
     assert tmp_store.list_runs() == []
+
+
+def test_prompt_over_the_limit_with_visual_tokens_is_refused(tiny_vlm: Any, tmp_store: Any) -> None:
+    import explorer
+    from explorer.config import Settings
+
+    with pytest.raises(InputError, match="including 4 visual tokens"):
+        explorer.attribute(
+            tiny_vlm,
+            "Describe it.",
+            image=_image(),
+            db=tmp_store,
+            settings=Settings.from_env(max_prompt_tokens=6),
+        )
+    assert tmp_store.list_runs() == []
+
+
+def test_figures_draw_from_a_reopened_run(tiny_vlm: Any, tmp_store: Any) -> None:
+    import explorer
+    from explorer.plots import figures_for
+
+    r = explorer.attribute(tiny_vlm, "Describe it.", image=_image(), db=tmp_store, **FAST)
+    back = tmp_store.load(r.run_id)
+    specs = {s.name: s for s in figures_for(back)}
+    assert set(specs) == {"patch_attribution", "deletion_curve", "deletion_table"}
+    for spec in specs.values():
+        fig = spec.build(back)
+        assert fig.data and spec.data(back).num_rows > 0
+    overlay = specs["patch_attribution"].build(back)
+    heat = [t for t in overlay.data if t.type == "heatmap"][0]
+    assert np.allclose(np.asarray(heat.z), back.score_grid())
+    assert sum(1 for t in np.asarray(heat.text).ravel() if t) == min(5, len(back.scores))  # top-5 numbered
+    curve = specs["deletion_curve"].build(back)
+    assert [len(t.y) for t in curve.data] == [len(back.curve["fraction"])] * 2
+
+
+def test_cli_bad_input_exits_2_and_stores_nothing(tmp_path: Any, capsys: Any, monkeypatch: Any) -> None:
+    from pathlib import Path
+
+    from explorer.cli import main
+    from explorer.store import Store
+
+    db = str(tmp_path / "cli.duckdb")
+    good = tmp_path / "scene.png"
+    _image().save(good)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    huge = tmp_path / "huge.png"
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(noise, "RGB").save(huge)
+    monkeypatch.setenv("EXPLORER_MAX_IMAGE_BYTES", str(100_000))  # the others are a few kB
+    cases = [
+        (["--image", str(good), "--model", "smollm2-135m"], "text-only"),
+        (["--image", str(corrupt)], "image"),
+        (["--image", str(huge)], "bytes"),
+        (["--image", str(good), "--method", "all"], "occlusion"),
+        (["--image", str(good), "--contrast", " x"], "contrastive"),
+        (["--target", " x", "--baseline", "blur"], "--baseline"),
+    ]
+    for argv, message in cases:
+        assert main(["attribute", "--prompt", "hi", *argv, "--db", db]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err, (argv, err)
+    store = Store.open(Path(db))
+    assert store.list_runs() == []
+    store.close()

@@ -33,7 +33,7 @@ def test_shapes_and_attention_shares_are_distributions(result: VisualTokensResul
 
 
 def test_attention_and_rollout_match_a_fresh_trace(tiny_vlm: Any, result: VisualTokensResult) -> None:  # noqa: F811
-    from explorer.analysis.attention import attention_rollout
+    from explorer.analysis.attention_math import attention_rollout
 
     inputs = tiny_vlm.prepare("What is this?", _image())
     answer = generate(tiny_vlm, inputs, 2)
@@ -46,11 +46,11 @@ def test_attention_and_rollout_match_a_fresh_trace(tiny_vlm: Any, result: Visual
 
 
 def test_ablation_equals_dropping_the_token_by_hand(tiny_vlm: Any, result: VisualTokensResult) -> None:  # noqa: F811
-    from explorer.backends.vlm import _with_extra
-
     inputs = tiny_vlm.prepare("What is this?", _image())
     answer = generate(tiny_vlm, inputs, 2)
-    embeds, _ = _with_extra(tiny_vlm, inputs, answer)
+    with torch.no_grad():  # the prompt's embeddings, then the answer tokens' own embeddings
+        answer_embeds = tiny_vlm.lm.embed_module()(torch.tensor(answer, device=tiny_vlm.lm.device)).float()
+    embeds = torch.cat([inputs.inputs_embeds, answer_embeds.cpu()])
     n = inputs.seq_len
 
     def score(e: torch.Tensor, plen: int) -> tuple[float, np.ndarray]:

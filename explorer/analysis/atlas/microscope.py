@@ -34,6 +34,7 @@ import torch
 
 from explorer.analysis.atlas.token_types import special_ids, token_type, word_class
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
 
 REFERENCE_TOKENS = 1536
@@ -41,7 +42,6 @@ REFERENCE_CHUNK = 256
 PREFIX_WINDOW = 8
 RIDGE = 1e-2
 MIN_ID_POINTS = 12
-ProgressFn = Any
 
 
 def reference_text() -> str:

@@ -1,7 +1,9 @@
 """Maps of token states: hidden states of one layer, or of all layers in one aligned fit.
 
 `token_map(lm, prompts, layer=...)` runs one forward pass per prompt (`explorer.trace.capture`,
-no attentions), takes the residual stream at `layer` (0 = the embeddings as block 0 sees them,
+no attentions; on a vision-language model `capture_vlm` over the image + prompt, so the image's
+visual tokens are points too, with modality "image" and token type "visual"; on the embedded sentence
+encoder all-MiniLM-L6-v2 its BERT hidden states), takes the residual stream at `layer` (0 = the embeddings as block 0 sees them,
 i = the output of block i-1) or at every layer, and projects all points together with UMAP
 (cosine) or PCA. With all layers the map is *one* fit over every (layer, token) point, so a
 layer slider moves through one coordinate system and a token's path across layers is a
@@ -22,6 +24,7 @@ import pyarrow as pa
 from explorer.analysis.atlas.projection import ProjectionParams, project
 from explorer.analysis.atlas.token_types import special_ids, token_type
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
 
 MAX_POINTS = 20_000
@@ -29,8 +32,6 @@ MAX_PROMPTS = 200
 CONTEXT_BEFORE = 6
 CONTEXT_AFTER = 2
 COLOUR_BY = ("layer", "position", "token_type", "modality", "norm", "prompt")
-
-ProgressFn = Any
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class TokenMapResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     run_id: str | None = None
+    image: str | None = None  # digest of the image (a VLM map over image + prompt), else None
     # display choices (colour, focused layer, trajectory, score overlays): not stored; the figure
     # builders read them so an export shows what the user sees
     view: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -152,6 +154,7 @@ class TokenMapResult:
             "layer": self.layer_mode,
             "n_layers": self.n_layers,
             "prompts": self.prompts,
+            "image": self.image,
             "tokens": self.tokens,
             "n_points": self.n_points,
             "fit": self.fit,
@@ -172,6 +175,7 @@ class TokenMapResult:
             "fit": self.fit,
             "seconds": self.seconds,
             "notes": self.notes,
+            "image": self.image,
         }
 
     def to_tables(self) -> dict[str, pa.Table]:
@@ -202,6 +206,7 @@ class TokenMapResult:
             seconds=float(meta["seconds"]),
             notes=list(meta.get("notes", [])),
             run_id=meta.get("run_id"),
+            image=meta.get("image"),
         )
 
 
@@ -224,50 +229,115 @@ def clean_prompts(prompts: str | list[str] | tuple[str, ...]) -> list[str]:
     return items
 
 
+@dataclass
+class TokenStates:
+    """One input's token states.
+
+    ids:      (seq,) token ids (image positions hold the VLM's image-token id)
+    tokens:   seq display strings (image positions as `<img r,c>`)
+    residual: (n_layers + 1, seq, d) residual stream, layer 0 = the input embeddings
+    modality: seq strings, "text" or "image"
+    """
+
+    ids: list[int]
+    tokens: list[str]
+    residual: np.ndarray
+    modality: list[str]
+
+
+def _is_vlm(model: Any) -> bool:
+    from explorer.backends.vlm import VisionLanguageModel
+
+    return isinstance(model, VisionLanguageModel)
+
+
+def _is_sentence_encoder(model: Any) -> bool:
+    from explorer.backends.sentence import SentenceEncoder
+
+    return isinstance(model, SentenceEncoder)
+
+
 def token_map(
     lm: Any,
     prompts: list[str],
     *,
     params: TokenMapParams,
     max_tokens: int,
+    image: Any = None,
+    image_digest: str | None = None,
     cache_dir: Path | None = None,
     progress: ProgressFn | None = None,
 ) -> TokenMapResult:
-    """Capture the residual stream of every prompt and project the chosen layer(s) to 2-D."""
+    """Capture the residual stream of every prompt and project the chosen layer(s) to 2-D.
+
+    `lm` is a `LanguageModel`, or a `VisionLanguageModel` with `image` (a PIL image or None): then
+    each prompt is fed with the image, and the visual tokens are mapped with the text tokens."""
     from explorer.trace import capture, encode
 
     t0 = time.perf_counter()
     n_layers = lm.n_layers
     layer = resolve_layer(params.layer, n_layers)
     layers = list(range(n_layers + 1)) if layer is None else [layer]
-    encoded = [encode(lm, p, max_tokens) for p in prompts]
-    n_points = sum(int(ids.numel()) for ids in encoded) * len(layers)
+    vlm = _is_vlm(lm)
+    encoder = _is_sentence_encoder(lm)
+    if vlm:
+        inputs = [lm.prepare(p, image, max_tokens) for p in prompts]
+        lengths = [x.seq_len for x in inputs]
+    elif encoder:
+        hidden = [lm.hidden_states(p, max_tokens) for p in prompts]  # one pass each, cheap (6 layers)
+        lengths = [len(h[0]) for h in hidden]
+    else:
+        encoded = [encode(lm, p, max_tokens) for p in prompts]
+        lengths = [int(ids.numel()) for ids in encoded]
+    n_points = sum(lengths) * len(layers)
     if n_points > MAX_POINTS:
         raise InputError(
             f"the map would have {n_points} points (limit {MAX_POINTS}): pick one layer, or shorter or fewer prompts"
         )
+
+    def states(pi: int) -> TokenStates:
+        if vlm:
+            from explorer.backends.vlm import capture_vlm
+
+            trace, modality = capture_vlm(lm, inputs[pi])
+            return TokenStates(
+                trace.input_ids.tolist(), trace.tokens, trace.residual[layers].cpu().numpy(), modality
+            )
+        if encoder:
+            ids, toks, states_ = hidden[pi]
+            return TokenStates(ids, toks, states_[layers].numpy(), ["text"] * len(ids))
+        trace = capture(lm, encoded[pi], attentions=False)
+        ids = encoded[pi].tolist()
+        return TokenStates(ids, trace.tokens, trace.residual[layers].cpu().numpy(), ["text"] * len(ids))
+
     specials = special_ids(lm.tokenizer)
     vectors: list[np.ndarray] = []
-    cols: dict[str, list[Any]] = {k: [] for k in ("prompt", "position", "layer", "token_id", "token", "type")}
+    cols: dict[str, list[Any]] = {
+        k: [] for k in ("prompt", "position", "layer", "token_id", "token", "type", "modality")
+    }
     context: list[str] = []
     tokens_all: list[list[str]] = []
-    for pi, ids in enumerate(encoded):
+    for pi in range(len(prompts)):
         if progress is not None:
-            progress(0.05 + 0.4 * pi / len(encoded), f"Forward pass {pi + 1}/{len(encoded)}")
-        trace = capture(lm, ids, attentions=False)
-        res = trace.residual[layers].cpu().numpy()  # (n_sel_layers, seq, d)
-        seq = trace.seq_len
-        tokens_all.append(trace.tokens)
-        types = [token_type(t, int(i), specials) for t, i in zip(trace.tokens, ids.tolist(), strict=True)]
-        ctx = [context_string(trace.tokens, p) for p in range(seq)]
+            progress(0.05 + 0.4 * pi / len(prompts), f"Forward pass {pi + 1}/{len(prompts)}")
+        st = states(pi)
+        res = st.residual  # (n_sel_layers, seq, d)
+        seq = len(st.ids)
+        tokens_all.append(st.tokens)
+        types = [
+            token_type(t, int(i), specials, visual=m == "image")
+            for t, i, m in zip(st.tokens, st.ids, st.modality, strict=True)
+        ]
+        ctx = [context_string(st.tokens, p) for p in range(seq)]
         for li, lay in enumerate(layers):
             vectors.append(res[li])
             cols["prompt"] += [pi] * seq
             cols["position"] += list(range(seq))
             cols["layer"] += [lay] * seq
-            cols["token_id"] += ids.tolist()
-            cols["token"] += trace.tokens
+            cols["token_id"] += st.ids
+            cols["token"] += st.tokens
             cols["type"] += types
+            cols["modality"] += st.modality
             context += ctx
     x = np.concatenate(vectors, axis=0).astype(np.float32)
     if progress is not None:
@@ -279,8 +349,17 @@ def token_map(
             "One fit over every layer's points (aligned map): residual norms grow with depth, so the cosine "
             "metric compares directions only; layer 0 is the token embedding as block 0 sees it."
         )
-    if params.projection.method == "pca":
-        notes.append("PCA of the unit-normalised vectors (the cosine geometry UMAP uses), for comparison.")
+    if vlm:
+        notes.append(
+            "Vision-language model: the image's visual tokens (projected into the language model, labelled "
+            "<img row,col>) are mapped with the text tokens of the chat prompt; colour by modality to tell them apart."
+        )
+    if encoder:
+        notes.append(
+            "Sentence encoder (all-MiniLM-L6-v2, BERT): bidirectional, every token's state sees the whole text; "
+            "layer 0 is the embedding layer's output (word + position + type embeddings, LayerNorm)."
+        )
+    notes += [str(n) for n in fit.pop("notes", [])]  # type: ignore[attr-defined]
     return TokenMapResult(
         model=lm.model_id,
         prompts=prompts,
@@ -295,11 +374,12 @@ def token_map(
         token_id=np.asarray(cols["token_id"], dtype=np.int64),
         token=cols["token"],
         token_type=cols["type"],
-        modality=["text"] * x.shape[0],
+        modality=cols["modality"],
         context=context,
         norm=np.linalg.norm(x, axis=1).astype(np.float32),
         params=params.to_json(),
         fit=fit,
         seconds=time.perf_counter() - t0,
         notes=notes,
+        image=image_digest,
     )

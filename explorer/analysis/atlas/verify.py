@@ -5,7 +5,8 @@ Prompts follow the paper's three templates (repetition device, assistant explain
 a phrase repeated). Each is built once with a placeholder token (a long alphabetic token that
 round-trips) and the candidate's id is written over the placeholder's positions, so the candidate
 is fed as its id even when no string encodes to it, and every prompt in a batch has the same length
-(no padding). Deviation: fewer in-context repetitions than the paper (3 instead of 20, and 10
+(no padding). The part of the prompt before the first slot is the same for every candidate: it runs
+once per batch and its KV cache is shared. Deviation: fewer in-context repetitions than the paper (3 instead of 20, and 10
 instead of 50) so that 300 candidates verify in seconds on a CPU; status thresholds are the paper
 repository's.
 """
@@ -116,16 +117,17 @@ def probe(
     prompt with the candidate written into the placeholder slots, and the generated ids."""
     length = int(template.ids.numel())
     batch = max(1, MAX_BATCH_TOKENS // length)
+    prefix = int(template.slots.min())  # every candidate's prompt is the same up to the first slot
     best = np.zeros(len(token_ids), dtype=np.float64)
     generated: list[list[int]] = []
     for start in range(0, len(token_ids), batch):
         cand = torch.tensor(token_ids[start : start + batch], dtype=torch.long)
         x = template.ids.unsqueeze(0).repeat(cand.numel(), 1)
         x[:, template.slots] = cand.unsqueeze(1)
-        past = None
         gen = []
         probs_max = torch.zeros(cand.numel())
         with lm.lock:  # type: ignore[attr-defined]
+            past, x = _shared_prefix(lm, template.ids[:prefix], x)
             for _ in range(steps):
                 # the LM head on the last position only (logits_to_keep); the backend adapts to the model
                 out = lm.forward(x, cache=past, use_cache=True, logits_to_keep=1)  # type: ignore[attr-defined]
@@ -141,3 +143,17 @@ def probe(
         if progress is not None:
             progress(min(len(token_ids), start + batch))
     return best, generated
+
+
+def _shared_prefix(lm: object, prefix: torch.Tensor, x: torch.Tensor) -> tuple[object, torch.Tensor]:
+    """Run the prompt's common prefix once (batch 1) and repeat its KV cache over the batch, so the
+    batch only computes the rest: (cache, the rest of x). Without a prefix, or with a cache that
+    cannot be repeated, (None, x): the whole prompt runs per candidate."""
+    if prefix.numel() == 0:
+        return None, x
+    out = lm.forward(prefix.unsqueeze(0), use_cache=True, logits_to_keep=1)  # type: ignore[attr-defined]
+    cache = out.cache
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return None, x
+    cache.batch_repeat_interleave(int(x.shape[0]))
+    return cache, x[:, prefix.numel() :]

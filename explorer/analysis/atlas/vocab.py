@@ -30,13 +30,13 @@ from explorer.analysis.atlas import verify as _verify
 from explorer.analysis.atlas.projection import ProjectionParams, fit_umap, unit_rows
 from explorer.analysis.atlas.vocab_tokens import analyse_tokenizer
 from explorer.errors import InputError
+from explorer.progress import ProgressFn
 from explorer.results import register_result
 
 GH_P0 = 0.25  # null hypothesis: at most a quarter of a cluster is glitchy
 GH_ALPHA = 0.1
 GH_MAX_ROUNDS = 3
 FALLBACK_REFERENCE = 20
-ProgressFn = Any
 
 
 @dataclass(frozen=True)
@@ -347,7 +347,7 @@ def vocab_health(
         rest = np.setdiff1d(np.arange(n_rows), must)
         fill = max(0, min(rest.size, params.map_points - must.size))
         chosen = np.concatenate([must, rng.choice(rest, size=fill, replace=False)]) if fill else must
-        coords = fit_umap(no_pc[chosen].astype(np.float32), ProjectionParams(seed=params.seed), cache_dir)
+        coords, _ = fit_umap(no_pc[chosen].astype(np.float32), ProjectionParams(seed=params.seed), cache_dir)
         xs[chosen], ys[chosen] = coords[:, 0], coords[:, 1]
         timings["map_s"] = time.perf_counter() - t1
 

@@ -96,7 +96,7 @@ ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {
             "last layer's attention from the predicting position, mean over heads",
         ),
         AttributionMethod(
-            "attention_rollout", "Attention rollout", attention_based.attention_rollout, gradients.NoParams, False,
+            "attention_rollout", "Attention rollout", attention_based.rollout_scores, gradients.NoParams, False,
             "attention rollout through all layers (Abnar & Zuidema 2020)",
         ),
     )

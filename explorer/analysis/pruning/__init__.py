@@ -1,10 +1,18 @@
-"""Token pruning analyses. `image` prunes image patches inside a vision transformer."""
+"""Token pruning analyses: `text` prunes prompt tokens of a causal LM, `image` prunes image
+patches inside a vision transformer. Both follow one strategy protocol, validator and row type
+(`common`)."""
 
+from explorer.analysis.pruning.common import (
+    DEFAULT_KEEP_RATIOS,
+    PruningRow,
+    PruningStrategy,
+    StrategyRegistry,
+    keep_count,
+    resolve_keep_ratios,
+)
 from explorer.analysis.pruning.image import (
-    DEVIATIONS,
     IMAGE_STRATEGIES,
     ImagePruningResult,
-    PruningRow,
     PruningSignals,
     prune_image,
     register_image_strategy,
@@ -12,12 +20,16 @@ from explorer.analysis.pruning.image import (
 )
 
 __all__ = [
-    "DEVIATIONS",
+    "DEFAULT_KEEP_RATIOS",
     "IMAGE_STRATEGIES",
     "ImagePruningResult",
     "PruningRow",
     "PruningSignals",
+    "PruningStrategy",
+    "StrategyRegistry",
+    "keep_count",
     "prune_image",
     "register_image_strategy",
+    "resolve_keep_ratios",
     "select_patches",
 ]

@@ -4,12 +4,13 @@ Pruning at layer L (0 <= L <= n_layers) means: blocks 0..L-1 run on all tokens, 
 prefix tokens ([CLS] and registers) plus the kept patches go through blocks L..n_layers-1, so
 the compute saving is real (blocks are called one by one on the shorter sequence).
 
-Strategies are registered by name in `IMAGE_STRATEGIES` (name -> function(signals, keep,
-seed) -> sorted kept patch indices, 0-based over patches) with a one-sentence note in
-`DEVIATIONS` on how they differ from their paper. A strategy sees only what the model has
-computed before block L (`PruningSignals`); at L = 0 nothing has been computed yet, so
-block 0 is run once on all tokens as a probe. Each strategy declares what its scoring runs
-(`SCORING`: nothing, the probe, or the whole unpruned pass) and its rows are charged exactly that.
+Strategies are registered by name in `IMAGE_STRATEGIES` (the protocol shared with text pruning,
+`analysis.pruning.common`: function(signals, keep, seed, option) -> sorted kept patch indices,
+0-based over patches) with a one-sentence `deviation` on how they differ from their paper. A
+strategy sees only what the model has computed before block L (`PruningSignals`); at L = 0
+nothing has been computed yet, so block 0 is run once on all tokens as a probe. Each strategy
+declares what its scoring runs (`scoring`: nothing, the probe, or the whole unpruned pass) and
+its rows are charged exactly that.
 
 Effects are measured against the unpruned pass of the same image:
 - cls_cosine:    cosine between the pruned and unpruned image embeddings ([CLS] after the final
@@ -42,11 +43,21 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from explorer.analysis.pruning.common import row_columns
+from explorer.analysis.pruning import common
+from explorer.analysis.pruning.common import (
+    PruningRow,
+    StrategyRegistry,
+    keep_count,
+    resolve_keep_ratios,
+    retention_curve,
+    rows_from_table,
+    rows_table,
+    validate_seed,
+)
 from explorer.backends.images import ImageInput, image_to_png, load_image, model_view, normalize, png_to_array
 from explorer.backends.vision import VisionModel
 from explorer.errors import InputError
-from explorer.progress import ProgressFn
+from explorer.progress import ProgressFn, or_silent
 from explorer.results import register_result
 
 SALIENCY_TOP_FRACTION = 0.2  # IoU mask: the top 20% pixels of each saliency map
@@ -84,39 +95,24 @@ class PruningSignals:
         return int(self.features.shape[0])
 
 
-StrategyFn = Callable[[PruningSignals, int, int], np.ndarray]
-
-IMAGE_STRATEGIES: dict[str, StrategyFn] = {}
-DEVIATIONS: dict[str, str] = {}
-# What a strategy's scores need beyond the pruned pass itself (charged to its rows):
+# What an image strategy's scoring needs beyond the pruned pass itself (charged to its rows):
 #   "none":      nothing (random, uniform)
 #   "probe":     the signals of the blocks before the pruning layer; at layer 0 that is a block-0
 #                probe on all tokens, at layer L > 0 the shared prefix the pruned pass runs anyway
 #   "full_pass": the whole unpruned encoder pass (blocks L..n-1 on all tokens)
 SCORING_COSTS = ("none", "probe", "full_pass")
-SCORING: dict[str, str] = {}
+IMAGE_STRATEGIES: StrategyRegistry[PruningSignals] = StrategyRegistry("image", SCORING_COSTS)
 
 
 def register_image_strategy(
     name: str, deviation: str, scoring: str = "probe"
-) -> Callable[[StrategyFn], StrategyFn]:
-    """Register a strategy under `name`, with a one-sentence note on how it departs from its paper
-    and what its scoring runs (one of SCORING_COSTS)."""
-    if scoring not in SCORING_COSTS:
-        raise ValueError(f"scoring must be one of {SCORING_COSTS}, got {scoring!r}")
-
-    def decorate(fn: StrategyFn) -> StrategyFn:
-        if name in IMAGE_STRATEGIES:
-            raise ValueError(f"image pruning strategy {name!r} registered twice")
-        IMAGE_STRATEGIES[name] = fn
-        DEVIATIONS[name] = deviation
-        SCORING[name] = scoring
-        return fn
-
-    return decorate
+) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+    """Register `fn(signals, keep, seed, option)` under `name`, with a one-sentence note on how it
+    departs from its paper and what its scoring runs (one of SCORING_COSTS)."""
+    return IMAGE_STRATEGIES.register(name, deviation=deviation, scoring=scoring)
 
 
-def _top_k(scores: torch.Tensor, keep: int) -> np.ndarray:
+def top_k_patches(scores: torch.Tensor, keep: int) -> np.ndarray:
     """Indices of the `keep` highest scores (ties -> lower index), sorted ascending."""
     order = np.argsort(-scores.double().numpy(), kind="stable")[:keep]
     return np.sort(order).astype(np.int64)
@@ -135,9 +131,9 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     "VTC-CLS (single layer): keeps the patches [CLS] attends to most in the block right before the "
     "pruning layer (heads averaged) and prunes inside the ViT, where the paper prunes before the LLM.",
 )
-def cls_attention(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+def cls_attention(signals: PruningSignals, keep: int, seed: int, option: str | None = None) -> np.ndarray:
     """Top-`keep` patches by head-mean [CLS] attention of block L-1 (the block-0 probe at L=0)."""
-    return _top_k(signals.patch_attention[-1], keep)
+    return top_k_patches(signals.patch_attention[-1], keep)
 
 
 @register_image_strategy(
@@ -148,11 +144,13 @@ def cls_attention(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
     "row): the paper prunes before the LLM, where that pass is needed anyway; inside the ViT it saves nothing.",
     scoring="full_pass",
 )
-def cls_attention_last(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+def cls_attention_last(
+    signals: PruningSignals, keep: int, seed: int, option: str | None = None
+) -> np.ndarray:
     """Top-`keep` patches by head-mean [CLS] attention of the last encoder block (unpruned pass)."""
     if signals.last_attention is None:
         raise InputError("cls_attention_last needs the last block's attention from the unpruned pass")
-    return _top_k(signals.last_attention, keep)
+    return top_k_patches(signals.last_attention, keep)
 
 
 @register_image_strategy(
@@ -160,9 +158,11 @@ def cls_attention_last(signals: PruningSignals, keep: int, seed: int) -> np.ndar
     "VTC-CLS (ensemble): averages the head-mean [CLS] attention over every block before the pruning "
     "layer with equal weights, instead of the paper's chosen set of encoder layers.",
 )
-def cls_attention_ensemble(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+def cls_attention_ensemble(
+    signals: PruningSignals, keep: int, seed: int, option: str | None = None
+) -> np.ndarray:
     """Top-`keep` patches by [CLS] attention averaged over blocks 0..L-1."""
-    return _top_k(signals.patch_attention.mean(dim=0), keep)
+    return top_k_patches(signals.patch_attention.mean(dim=0), keep)
 
 
 @register_image_strategy(
@@ -170,7 +170,7 @@ def cls_attention_ensemble(signals: PruningSignals, keep: int, seed: int) -> np.
     "ToDRE stage 1 only (no task-relevance stage, no text): greedy k-center on cosine distance of the "
     "layer-L patch features, seeded with the patch [CLS] attends to most.",
 )
-def kcenter(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+def kcenter(signals: PruningSignals, keep: int, seed: int, option: str | None = None) -> np.ndarray:
     """Greedy k-center (Gonzalez): repeatedly add the patch farthest (1 - cosine) from the kept set."""
     feats = _unit(signals.features.double())
     distance = 1.0 - feats @ feats.T  # (P, P) cosine distances
@@ -191,7 +191,7 @@ def kcenter(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
     f"IDPruner MMR with lambda={MMR_LAMBDA}: importance is the min-max-normalised [CLS] attention of "
     "the block before pruning (the paper avoids attention maps), similarity is cosine of layer-L features.",
 )
-def idpruner_mmr(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+def idpruner_mmr(signals: PruningSignals, keep: int, seed: int, option: str | None = None) -> np.ndarray:
     """Maximal marginal relevance: argmax lambda * Imp(i) - (1 - lambda) * max_{j kept} cos(i, j)."""
     importance = _minmax(signals.patch_attention[-1].double())
     feats = _unit(signals.features.double())
@@ -215,7 +215,7 @@ def idpruner_mmr(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
     "normalised |change in L2 norm| plus (1 - cosine) between a patch's input and output, summed over "
     "the blocks before the pruning layer, one-shot instead of progressive.",
 )
-def transprune_ttv(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+def transprune_ttv(signals: PruningSignals, keep: int, seed: int, option: str | None = None) -> np.ndarray:
     """Top-`keep` patches by token transition variation accumulated over blocks 0..L-1."""
     history = signals.patch_history.double()
     total = torch.zeros(history.shape[1], dtype=torch.float64)
@@ -224,7 +224,7 @@ def transprune_ttv(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
         magnitude = (h_out.norm(dim=-1) - h_in.norm(dim=-1)).abs()
         direction = 1.0 - (_unit(h_in) * _unit(h_out)).sum(dim=-1)
         total += _minmax(magnitude) + _minmax(direction)
-    return _top_k(total, keep)
+    return top_k_patches(total, keep)
 
 
 @register_image_strategy(
@@ -232,7 +232,7 @@ def transprune_ttv(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
     "Baseline: spatially uniform coverage by farthest-point sampling on the patch grid, starting at the centre.",
     scoring="none",
 )
-def uniform(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+def uniform(signals: PruningSignals, keep: int, seed: int, option: str | None = None) -> np.ndarray:
     """Farthest-point sampling on (row, col) grid coordinates: an even spread of exactly `keep` patches."""
     gh, gw = signals.grid
     rows, cols = np.divmod(np.arange(gh * gw), gw)
@@ -252,7 +252,7 @@ def uniform(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
 @register_image_strategy(
     "random", "Baseline: patches drawn uniformly at random without replacement (seeded).", scoring="none"
 )
-def random_patches(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
+def random_patches(signals: PruningSignals, keep: int, seed: int, option: str | None = None) -> np.ndarray:
     """`keep` distinct patches drawn with numpy's default_rng(seed)."""
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(signals.n_patches, size=keep, replace=False)).astype(np.int64)
@@ -263,63 +263,19 @@ def random_patches(signals: PruningSignals, keep: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 def resolve_strategies(strategies: Sequence[str] | str) -> list[str]:
     """ "all" or a list of names -> validated, de-duplicated names (order kept)."""
-    if isinstance(strategies, str):
-        strategies = [strategies]
-    names: list[str] = []
-    for raw in strategies:  # "all" anywhere in the list (as `--strategy all` gives) means every one
-        for name in IMAGE_STRATEGIES if str(raw).strip() == "all" else [str(raw).strip()]:
-            if name not in names:
-                names.append(name)
-    if not names:
-        raise InputError(f"choose at least one pruning strategy; known: {', '.join(IMAGE_STRATEGIES)}")
-    unknown = [n for n in names if n not in IMAGE_STRATEGIES]
-    if unknown:
-        raise InputError(f"unknown pruning strategy {unknown[0]!r}; known: {', '.join(IMAGE_STRATEGIES)}")
-    return names
-
-
-def resolve_keep_ratios(keep_ratios: Sequence[float]) -> list[float]:
-    """Validate keep ratios: each a number in (0, 1]; de-duplicated, order kept."""
-    if isinstance(keep_ratios, (int, float)):
-        keep_ratios = [keep_ratios]
-    ratios: list[float] = []
-    for value in keep_ratios:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-            raise InputError(f"keep ratio {value!r} is not a number")
-        ratio = float(value)
-        if not (0.0 < ratio <= 1.0) or math.isnan(ratio):
-            raise InputError(f"keep ratio {ratio} is outside (0, 1]: give the fraction of patches to keep")
-        if ratio not in ratios:
-            ratios.append(ratio)
-    if not ratios:
-        raise InputError("give at least one keep ratio in (0, 1]")
-    return ratios
+    return IMAGE_STRATEGIES.resolve(strategies)
 
 
 def validate_layer(vm: VisionModel, layer: int) -> int:
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-        raise InputError(f"pruning layer must be an integer; got {layer!r}")
-    if not 0 <= int(layer) <= vm.n_layers:
-        raise InputError(
-            f"pruning layer {layer} is out of range: use 0 (before block 0) to {vm.n_layers} (after the last block)"
-        )
-    return int(layer)
-
-
-def keep_count(ratio: float, n_patches: int) -> int:
-    """Patches kept at `ratio`: max(1, round(ratio * n_patches))."""
-    return max(1, min(n_patches, round(ratio * n_patches)))
+    """The pruning layer L: 0 (before block 0) .. n_layers (after the last block)."""
+    return common.validate_layer(
+        layer, 0, vm.n_layers, f"use 0 (before block 0) to {vm.n_layers} (after the last block)"
+    )
 
 
 def select_patches(strategy: str, signals: PruningSignals, keep: int, seed: int = 0) -> np.ndarray:
     """Run one registered strategy -> sorted kept patch indices (int64, length `keep`)."""
-    name = resolve_strategies([strategy])[0]
-    if not 1 <= keep <= signals.n_patches:
-        raise InputError(f"keep count {keep} must be between 1 and {signals.n_patches}")
-    kept = np.asarray(IMAGE_STRATEGIES[name](signals, keep, seed), dtype=np.int64)
-    if kept.shape != (keep,) or len(np.unique(kept)) != keep:
-        raise RuntimeError(f"strategy {name!r} returned {kept.shape[0]} patches, {keep} requested")
-    return kept
+    return IMAGE_STRATEGIES.select(strategy, signals, keep, seed, signals.n_patches)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,39 +420,8 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # The result
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class PruningRow:
-    """One (strategy, keep ratio) cell of a sweep. kept: 0-based patch indices, ascending."""
-
-    strategy: str
-    keep_ratio: float
-    keep_count: int
-    layer: int
-    kept: list[int]
-    fidelity: dict[str, float | None]
-    seconds: float
-    time_ratio: float
-    flops_ratio: float
-    scoring_seconds: float = 0.0
-    scoring_flops_ratio: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "strategy": self.strategy,
-            "keep_ratio": self.keep_ratio,
-            "keep_count": self.keep_count,
-            "layer": self.layer,
-            "kept": self.kept,
-            "fidelity": self.fidelity,
-            "seconds": self.seconds,
-            "time_ratio": self.time_ratio,
-            "flops_ratio": self.flops_ratio,
-            "scoring_seconds": self.scoring_seconds,
-            "scoring_flops_ratio": self.scoring_flops_ratio,
-        }
-
-
-_FIDELITY_KEYS = ("cls_cosine", "patch_cosine", "saliency_corr", "saliency_iou")
+FIDELITY_KEYS = ("cls_cosine", "patch_cosine", "saliency_corr", "saliency_iou")
+ROW_EXTRAS = ("time_ratio",)  # PruningRow's image-only field
 
 
 def _quantize(saliency: np.ndarray) -> bytes:
@@ -551,17 +476,7 @@ class ImagePruningResult:
 
     def retention_curve(self, metric: str = "cls_cosine") -> dict[str, list[tuple[float, float | None]]]:
         """strategy -> [(keep_ratio, metric value)] sorted by ratio, for retention plots."""
-        if metric not in _FIDELITY_KEYS and metric not in ("flops_ratio", "time_ratio"):
-            raise InputError(
-                f"unknown metric {metric!r}; known: {', '.join(_FIDELITY_KEYS)}, flops_ratio, time_ratio"
-            )
-        curves: dict[str, list[tuple[float, float | None]]] = {}
-        for row in self.rows:
-            value = (
-                getattr(row, metric) if metric in ("flops_ratio", "time_ratio") else row.fidelity.get(metric)
-            )
-            curves.setdefault(row.strategy, []).append((row.keep_ratio, value))
-        return {k: sorted(v) for k, v in curves.items()}
+        return retention_curve(self.rows, metric, FIDELITY_KEYS, ("flops_ratio", "time_ratio"))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -573,7 +488,7 @@ class ImagePruningResult:
             "grid": list(self.grid),
             "n_patches": self.n_patches,
             "unpruned_seconds": self.unpruned_seconds,
-            "rows": [row.to_dict() for row in self.rows],
+            "rows": [row.to_dict(ROW_EXTRAS) for row in self.rows],
             "deviations": self.deviations,
             "skipped": self.skipped,
         }
@@ -591,13 +506,7 @@ class ImagePruningResult:
         }
 
     def to_tables(self) -> dict[str, pa.Table]:
-        rows = self.rows
-        rows_table = pa.table(
-            {
-                **row_columns(rows, _FIDELITY_KEYS),
-                "time_ratio": pa.array([r.time_ratio for r in rows], type=pa.float64()),
-            }
-        )
+        rows = rows_table(self.rows, FIDELITY_KEYS, ROW_EXTRAS)
         maps: list[tuple[str, float, np.ndarray]] = []
         if self.reference_saliency is not None:
             maps.append(("unpruned", 1.0, self.reference_saliency))
@@ -612,27 +521,11 @@ class ImagePruningResult:
             }
         )
         image_table = pa.table({"png": pa.array([self.image_png], type=pa.binary())})
-        return {"rows": rows_table, "saliency": saliency_table, "image": image_table}
+        return {"rows": rows, "saliency": saliency_table, "image": image_table}
 
     @classmethod
     def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> ImagePruningResult:
-        rows_data = tables["rows"].sort_by("idx").to_pylist()
-        rows = [
-            PruningRow(
-                strategy=r["strategy"],
-                keep_ratio=r["keep_ratio"],
-                keep_count=r["keep_count"],
-                layer=r["layer"],
-                kept=list(r["kept"]),
-                fidelity={k: r[k] for k in _FIDELITY_KEYS},
-                seconds=r["seconds"],
-                time_ratio=r["time_ratio"],
-                flops_ratio=r["flops_ratio"],
-                scoring_seconds=r.get("scoring_seconds") or 0.0,
-                scoring_flops_ratio=r.get("scoring_flops_ratio") or 0.0,
-            )
-            for r in rows_data
-        ]
+        rows = rows_from_table(tables["rows"], FIDELITY_KEYS, ROW_EXTRAS)
         reference: np.ndarray | None = None
         maps: dict[tuple[str, float], np.ndarray] = {}
         saliency = tables.get("saliency")
@@ -664,15 +557,11 @@ class ImagePruningResult:
 # ---------------------------------------------------------------------------------------------
 # The sweep
 # ---------------------------------------------------------------------------------------------
-def _no_progress(fraction: float, message: str) -> None:
-    return None
-
-
 def prune_image(
     vm: VisionModel,
     image: ImageInput,
     strategies: Sequence[str] | str,
-    keep_ratios: Sequence[float],
+    keep_ratios: Sequence[float] | float,
     layer: int,
     seed: int = 0,
     progress: ProgressFn | None = None,
@@ -687,11 +576,10 @@ def prune_image(
     are computed once. Raises InputError for bad ratios, layers, strategies or images.
     """
     names = resolve_strategies(strategies)
-    ratios = resolve_keep_ratios(keep_ratios)
+    ratios = resolve_keep_ratios(keep_ratios, "patches")
     layer = validate_layer(vm, layer)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise InputError(f"seed must be an integer; got {seed!r}")
-    report = progress or _no_progress
+    seed = validate_seed(seed)
+    report = or_silent(progress)
     pil = load_image(image)
     view = model_view(vm, pil)
     pixel_values = normalize(view, vm.preprocessing).to(vm.device)
@@ -772,7 +660,7 @@ def prune_image(
                     corr, iou = saliency_similarity(reference_saliency, pruned_maps[u])
                     fidelity["saliency_corr"], fidelity["saliency_iou"] = corr, iou
                     maps[(name, ratio)] = pruned_maps[u]
-                scoring = SCORING[name]
+                scoring = IMAGE_STRATEGIES[name].scoring
                 score_seconds = scoring_seconds_of[scoring] + select_seconds[name]
                 score_flops = scoring_flops(vm, n_tokens, layer, scoring) / full_flops
                 seconds = score_seconds + shared_seconds + suffix_seconds + ref.norm_seconds
@@ -798,7 +686,7 @@ def prune_image(
     return ImagePruningResult(
         model_id=vm.model_id,
         layer=layer,
-        seed=int(seed),
+        seed=seed,
         grid=signals.grid,
         n_prefix=vm.n_prefix,
         image_png=image_to_png(view),
@@ -806,6 +694,6 @@ def prune_image(
         reference_saliency=reference_saliency,
         saliency_maps=maps,
         unpruned_seconds=ref.seconds,
-        deviations={name: DEVIATIONS[name] for name in names},
+        deviations={name: IMAGE_STRATEGIES[name].deviation for name in names},
         skipped=skipped,
     )

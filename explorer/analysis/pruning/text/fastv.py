@@ -1,0 +1,139 @@
+"""FastV inside the LM: forward hooks that cut the sequence to the kept tokens after block K-1,
+and the one batch that runs pruned prompts and FastV rows of a keep ratio together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from explorer.backends.language import LanguageModel
+
+
+def gather_rows(x: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """Per-row index along `dim` (>= 1): x (b0 in {1, B}, ...), index (B, k) -> (B, ..., k, ...)."""
+    b = index.shape[0]
+    x = x.expand(b, *x.shape[1:]) if x.shape[0] == 1 and b > 1 else x
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = b, index.shape[1]
+    idx = index.view(shape).expand(*[x.shape[i] if i != dim else index.shape[1] for i in range(x.dim())])
+    return x.gather(dim, idx)
+
+
+class FastVCut:
+    """Forward pre-hooks on blocks K..L-1 that make the kept tokens the only sequence.
+
+    Prefill (the hidden state entering block K has all T prompt tokens): the hidden state is
+    cut to the kept rows, and every per-position input (the 4-D attention mask on both query
+    and key axes, rotary `position_embeddings`, `position_ids`) is cut the same way, so kept
+    tokens keep their original positions and a causal mask among themselves. Later blocks get
+    the same cut inputs. Decoding (new tokens only): the mask's key axis is cut to the kept
+    prompt tokens + the generated tokens, matching the pruned KV cache of those layers.
+    """
+
+    def __init__(self, kept: torch.Tensor, n_prompt: int, first_block: int) -> None:
+        self.kept = kept  # (B, k) int64
+        self.n_prompt = n_prompt
+        self.first_block = first_block
+        self.prefill = True
+
+    def key_index(self, key_len: int) -> torch.Tensor:
+        """(B, k + generated) key positions visible to blocks >= K."""
+        extra = torch.arange(self.n_prompt, key_len, device=self.kept.device)
+        return torch.cat([self.kept, extra.unsqueeze(0).expand(self.kept.shape[0], -1)], dim=1)
+
+    def _cut_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        key = self.key_index(int(mask.shape[-1]))
+        if self.prefill:
+            mask = gather_rows(mask, 2, self.kept)
+        return gather_rows(mask, 3, key)
+
+    def _cut_value(self, name: str, value: Any) -> Any:
+        if name == "attention_mask" and isinstance(value, torch.Tensor) and value.dim() == 4:
+            return self._cut_mask(value)
+        if not self.prefill:
+            return value
+        if name == "position_embeddings" and isinstance(value, tuple):
+            return tuple(gather_rows(v, 1, self.kept) for v in value)
+        if name == "position_ids" and isinstance(value, torch.Tensor) and value.dim() == 2:
+            return gather_rows(value, 1, self.kept)
+        if name == "cache_position" and isinstance(value, torch.Tensor) and value.dim() == 1:
+            return value[self.kept[0]]
+        return value
+
+    def hook(self, block_index: int) -> Callable[..., Any]:
+        def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            new_args = list(args)
+            if self.prefill and block_index == self.first_block:
+                new_args[0] = gather_rows(args[0], 1, self.kept)
+            for i in range(1, len(new_args)):  # GPT-2 passes the mask positionally
+                value = new_args[i]
+                if isinstance(value, torch.Tensor) and value.dim() == 4:
+                    new_args[i] = self._cut_mask(value)
+            new_kwargs = {k: self._cut_value(k, v) for k, v in kwargs.items()}
+            return tuple(new_args), new_kwargs
+
+        return pre_hook
+
+    def restore(self, module: torch.nn.Module, args: Any, output: Any) -> Any:
+        """Forward hook on the last block: during the prefill, scatter the kept rows back into a
+        full-length (B, T, d) tensor (zeros at dropped positions), because some models (GPT-2)
+        reshape to the input length after the blocks. Only the last position is read out, and
+        it is always kept."""
+        if not self.prefill:
+            return output
+        hidden = output[0] if isinstance(output, tuple) else output
+        full = hidden.new_zeros(hidden.shape[0], self.n_prompt, hidden.shape[-1])
+        full.scatter_(1, self.kept.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]), hidden)
+        return (full, *output[1:]) if isinstance(output, tuple) else full
+
+
+@contextmanager
+def fastv_hooks(lm: LanguageModel, cut: FastVCut | None) -> Iterator[None]:
+    if cut is None:
+        yield
+        return
+    blocks = lm.blocks()
+    handles = [
+        blocks[i].register_forward_pre_hook(cut.hook(i), with_kwargs=True)
+        for i in range(cut.first_block, len(blocks))
+    ]
+    handles.append(blocks[len(blocks) - 1].register_forward_hook(cut.restore))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def padded_fastv_batch(
+    ids: torch.Tensor, prompt_kept: Sequence[np.ndarray], fastv_kept: Sequence[np.ndarray], layer: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, FastVCut]:
+    """One batch for all rows of a keep ratio: pruned prompts and FastV rows together.
+
+    ids: (n,) the prompt; prompt_kept: U kept sets (k each) of strategies that prune the prompt;
+    fastv_kept: V kept sets (k each) of FastV. Returns input_ids, attention_mask, position_ids
+    (each (U + V, n)) and the cut. A pruned prompt is left-padded to n tokens (mask 0, position 0)
+    and its k real tokens get positions 0..k-1, so blocks 0..K-1 compute it exactly as a fresh
+    k-token prompt (the padded keys are masked); FastV rows are the whole prompt. At block K the
+    cut keeps, per row, the last k positions (pruned prompt) or FastV's kept set, so blocks
+    K..L-1 and their KV cache hold k tokens for every row, and decoding runs all rows as one batch.
+    The price is that blocks 0..K-1 run the U pruned prompts at length n instead of k."""
+    n = int(ids.shape[0])
+    rows, masks, positions, kept = [], [], [], []
+    for k_set in prompt_kept:
+        k = len(k_set)
+        rows.append(torch.cat([ids.new_zeros(n - k), ids[torch.as_tensor(k_set)]]))
+        masks.append(torch.cat([torch.zeros(n - k, dtype=torch.long), torch.ones(k, dtype=torch.long)]))
+        positions.append(torch.cat([torch.zeros(n - k, dtype=torch.long), torch.arange(k)]))
+        kept.append(torch.arange(n - k, n))
+    for k_set in fastv_kept:
+        rows.append(ids)
+        masks.append(torch.ones(n, dtype=torch.long))
+        positions.append(torch.arange(n))
+        kept.append(torch.as_tensor(k_set, dtype=torch.long))
+    cut = FastVCut(torch.stack(kept), n, layer)
+    return torch.stack(rows), torch.stack(masks), torch.stack(positions), cut

@@ -1,0 +1,524 @@
+"""Paper-ready restyling of any registered figure: journal column widths, print font sizes,
+print-safe colours, readable labels, and a layout whose texts neither overlap nor leave the canvas.
+
+Units: an exported SVG is sized in CSS pixels (96 per inch), so a single-column figure is
+3.3 in x 96 = 317 px wide and a 7 pt font is 7 x 96 / 72 = 9.33 px; placed at its natural size
+in a paper, the figure is at print size. PNG renders the same layout at 300 dpi (scale 300 / 96).
+
+`paper_figure(fig, options)` works on the finished plotly figure, so every builder gets the same
+treatment without knowing about print: the height follows the content (rows of a heatmap, bars,
+images' aspect ratio), categorical tick labels are thinned to what fits, long titles wrap, and
+legends and colour bars are placed where they cannot collide with the title or the axes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from explorer.errors import InputError
+
+PX_PER_IN = 96
+PNG_DPI = 300
+COLUMN_WIDTH_IN = {"single": 3.3, "double": 7.0}  # about 84 mm and 178 mm
+MIN_FONT_PT = 7.0
+MAX_HEIGHT_IN = {"single": 6.0, "double": 8.5}
+BACKGROUNDS = ("light", "transparent")
+FONT_FAMILY = "Arial, Helvetica, sans-serif"  # DejaVu Sans is what Chromium falls back to here
+
+# Okabe & Ito (2008), colour-blind safe; black last so it is used least.
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "triangle-down", "cross", "star"]
+SEQUENTIAL = "Viridis"
+CHAR_EM = 0.58  # mean glyph advance of a sans-serif font, as a fraction of its size
+LINE_EM = 1.3
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How a figure is exported.
+
+    size: "single" (3.3 in) or "double" (7 in) journal column, or "screen" (the UI's own layout);
+    title: keep the figure title (papers usually put it in the caption);
+    font_pt: base font size at print size (>= 7 pt; ticks and legends use it, titles a bit more);
+    background: "light" (white) or "transparent".
+    """
+
+    size: str = "double"
+    title: bool = True
+    font_pt: float = 8.0
+    background: str = "light"
+
+    def validate(self) -> ExportOptions:
+        if self.size not in (*COLUMN_WIDTH_IN, "screen"):
+            raise InputError(f"unknown size {self.size!r}; choose from {[*COLUMN_WIDTH_IN, 'screen']}")
+        if not MIN_FONT_PT <= float(self.font_pt) <= 14:
+            raise InputError(f"font size must be between {MIN_FONT_PT:g} and 14 pt, got {self.font_pt:g}")
+        if self.background not in BACKGROUNDS:
+            raise InputError(f"unknown background {self.background!r}; choose from {list(BACKGROUNDS)}")
+        return self
+
+    @property
+    def width_px(self) -> int:
+        return round(COLUMN_WIDTH_IN.get(self.size, 7.0) * PX_PER_IN)
+
+    @property
+    def font_px(self) -> float:
+        return float(self.font_pt) * PX_PER_IN / 72
+
+    @property
+    def max_height_px(self) -> int:
+        return round(MAX_HEIGHT_IN.get(self.size, 8.5) * PX_PER_IN)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- text measures -------------------------------------------------------------------------
+_TAG = re.compile(r"<[^>]+>")
+
+
+def plain(text: str | None) -> str:
+    """Text without plotly's HTML tags and entities (for measuring)."""
+    import html
+
+    return html.unescape(_TAG.sub("", (text or "").replace("<br>", "\n")))
+
+
+def text_width(text: str | None, font_px: float) -> float:
+    lines = plain(text).split("\n") or [""]
+    return max(len(line) for line in lines) * CHAR_EM * font_px
+
+
+def text_lines(text: str | None) -> int:
+    return plain(text).count("\n") + 1 if text else 0
+
+
+def wrap(text: str, max_px: float, font_px: float) -> str:
+    """Insert <br> between words so that no line is wider than `max_px`."""
+    words = plain(text).replace("\n", " ").split(" ")
+    per_line = max(8, int(max_px / (CHAR_EM * font_px)))
+    lines: list[str] = []
+    for word in words:
+        if lines and len(lines[-1]) + 1 + len(word) <= per_line:
+            lines[-1] += " " + word
+        else:
+            while len(word) > per_line:
+                lines.append(word[:per_line])
+                word = word[per_line:]
+            lines.append(word)
+    import html
+
+    return "<br>".join(html.escape(line, quote=False) for line in lines)
+
+
+# ---- the restyle ---------------------------------------------------------------------------
+def _axes(fig: go.Figure, letter: str) -> list[Any]:
+    return [fig.layout[name] for name in fig.layout if name.startswith(f"{letter}axis")]
+
+
+def _n_categories(fig: go.Figure, letter: str) -> int:
+    """How many rows (y) or columns (x) the figure's heatmaps / bars / tables show."""
+    n = 0
+    for trace in fig.data:
+        if trace.type == "heatmap" and trace.z is not None:
+            rows = len(trace.z)
+            cols = len(trace.z[0]) if rows else 0
+            n = max(n, rows if letter == "y" else cols)
+        elif trace.type == "bar":
+            cats = trace.y if (trace.orientation == "h") == (letter == "y") else None
+            n = max(n, len(cats) if cats is not None else 0)
+    return n
+
+
+def _subplot_grid(fig: go.Figure) -> tuple[int, int]:
+    """(rows, columns) of subplots, from the distinct axis domains."""
+    xs = {tuple(ax.domain) for ax in _axes(fig, "x") if ax.domain is not None}
+    ys = {tuple(ax.domain) for ax in _axes(fig, "y") if ax.domain is not None}
+    return max(1, len(ys)), max(1, len(xs))
+
+
+def _image_aspect(fig: go.Figure) -> float | None:
+    """Height / width of one subplot when its axes are locked to the data (images, scaleanchor)."""
+    for trace in fig.data:
+        if trace.type == "image" and trace.z is not None:
+            return len(trace.z) / max(1, len(trace.z[0]))
+    if any(ax.scaleanchor for ax in _axes(fig, "y")):
+        for trace in fig.data:
+            if trace.type == "heatmap" and trace.z is not None and len(trace.z):
+                return len(trace.z) / max(1, len(trace.z[0]))
+        return 1.0
+    return None
+
+
+def _thin_ticks(axis: Any, length_px: float, need_px: float) -> None:
+    """Keep every k-th categorical tick label so that labels `need_px` apart fit `length_px`."""
+    vals = list(axis.tickvals) if axis.tickvals is not None else None
+    texts = list(axis.ticktext) if axis.ticktext is not None else None
+    if not vals or texts is None or len(vals) != len(texts):
+        return
+    capacity = max(1, int(length_px // max(need_px, 1.0)))
+    if len(vals) <= capacity:
+        return
+    step = math.ceil(len(vals) / capacity)
+    axis.update(tickvals=vals[::step], ticktext=texts[::step])
+
+
+def _style_traces(fig: go.Figure, font_px: float) -> None:
+    line_index = 0
+    for trace in fig.data:
+        if trace.type == "scatter" and trace.mode and "lines" in trace.mode:
+            i = line_index
+            line_index += 1
+            trace.update(
+                line={"color": OKABE_ITO[i % len(OKABE_ITO)], "dash": DASHES[i % len(DASHES)], "width": 1.5},
+                marker={
+                    "color": OKABE_ITO[i % len(OKABE_ITO)],
+                    "symbol": SYMBOLS[i % len(SYMBOLS)],
+                    "size": 6,
+                },
+                mode="lines+markers",
+            )
+        elif trace.type == "bar":
+            trace.update(marker={"color": OKABE_ITO[0]})
+        elif trace.type in ("heatmap", "contour"):
+            scale = trace.colorscale
+            name = scale if isinstance(scale, str) else None
+            if name is None or not name.lower().startswith(
+                ("rdbu", "piyg", "prgn", "brbg", "rdylbu", "greys")
+            ):
+                reversed_ = bool(trace.reversescale) or (name or "").endswith("_r")
+                trace.update(colorscale=SEQUENTIAL, reversescale=reversed_)
+            if trace.textfont is not None:
+                trace.update(textfont={"size": font_px * 0.9})
+        elif trace.type == "table":
+            trace.update(
+                header={"font": {"size": font_px}, "height": font_px * 2.0},
+                cells={"font": {"size": font_px}, "height": font_px * 1.9},
+            )
+
+
+def _drop_cell_text_that_does_not_fit(fig: go.Figure, area_w: float, area_h: float, font_px: float) -> None:
+    ncols = _n_categories(fig, "x")
+    nrows = _n_categories(fig, "y")
+    grid_r, grid_c = _subplot_grid(fig)
+    for trace in fig.data:
+        if trace.type != "heatmap" or not (trace.texttemplate or trace.text is not None):
+            continue
+        texts = (
+            [str(t) for t in np.asarray(trace.text, dtype=object).ravel()] if trace.text is not None else []
+        )
+        longest = max((len(plain(t)) for t in texts), default=0)
+        cell_w = area_w / grid_c / max(1, ncols)
+        cell_h = area_h / grid_r / max(1, nrows)
+        if longest * CHAR_EM * font_px * 0.9 > cell_w or font_px * 1.1 > cell_h:
+            trace.update(texttemplate="", text=None)
+
+
+def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Figure:
+    """A copy of `fig` laid out for a journal column (see the module docstring)."""
+    opts = (options or ExportOptions()).validate()
+    out = go.Figure(fig)
+    if opts.size == "screen":
+        return _background(out, opts)
+    f = opts.font_px
+    width = opts.width_px
+    _style_traces(out, f)
+    layout = out.layout
+    has_colorbar = any(
+        t.type in ("heatmap", "contour") and t.showscale is not False and not t.coloraxis for t in out.data
+    ) or any(
+        layout[k] is not None and layout[k].showscale is not False
+        for k in layout
+        if k.startswith("coloraxis")
+    )
+    legend_items = [
+        t.name
+        for t in out.data
+        if t.type in ("scatter", "bar", "scattergl") and t.showlegend is not False and t.name
+    ]
+    show_legend = bool(legend_items) and (layout.showlegend is not False) and len(legend_items) > 1
+    if layout.showlegend is True and legend_items:
+        show_legend = True
+    is_table = all(t.type == "table" for t in out.data)
+
+    _explicit_categories(out)
+    for ax in [*_axes(out, "x"), *_axes(out, "y")]:
+        if ax.ticktext is not None:
+            ax.update(ticktext=[visible_label(str(t)) for t in ax.ticktext])
+    y_limit = max(14, int(width * 0.38 / (CHAR_EM * f)))  # y tick labels: at most ~38% of the width
+    for ax in _axes(out, "y"):
+        if ax.ticktext is not None:
+            ax.update(ticktext=[_clip(str(t), y_limit) for t in ax.ticktext])
+    for ax in _axes(out, "x"):
+        if ax.ticktext is not None:
+            ax.update(ticktext=[_clip(str(t), 12) for t in ax.ticktext])
+
+    # margins from what sits in them
+    x_axes, y_axes = _axes(out, "x"), _axes(out, "y")
+    x_title = next((ax.title.text for ax in x_axes if ax.title and ax.title.text), None)
+    y_title = next((ax.title.text for ax in y_axes if ax.title and ax.title.text), None)
+    x_ticks = [str(t) for ax in x_axes if ax.ticktext is not None for t in ax.ticktext]
+    y_ticks = [str(t) for ax in y_axes if ax.ticktext is not None for t in ax.ticktext]
+    x_rotated = any(ax.tickangle not in (None, 0) for ax in x_axes)
+    x_hidden = all(ax.visible is False or ax.showticklabels is False for ax in x_axes) if x_axes else True
+    y_hidden = all(ax.visible is False or ax.showticklabels is False for ax in y_axes) if y_axes else True
+    x_top = any(ax.side == "top" for ax in x_axes)
+
+    longest_x = max((text_width(t, f) for t in x_ticks), default=3 * CHAR_EM * f)
+    longest_y = max((text_width(t, f) for t in y_ticks), default=4 * CHAR_EM * f)
+    tick_x_extent = 0.0 if x_hidden else (min(longest_x, 12 * CHAR_EM * f) + f if x_rotated else f * LINE_EM)
+    left = 8 + (0 if y_hidden else longest_y + 6) + (f * LINE_EM * 2 if y_title else 0)
+    right = 10.0
+    if has_colorbar:
+        right += 10 + 6 + 4 * CHAR_EM * f + f * LINE_EM * 2 + 8  # bar, ticks, title (rotated, 2 lines)
+    bottom = 6 + (0 if x_top else tick_x_extent + (f * LINE_EM * 2 if x_title else 0))
+    top = 6 + (tick_x_extent + (f * LINE_EM * 2 if x_title else 0) if x_top else 0)
+
+    title_text = layout.title.text if (opts.title and layout.title and layout.title.text) else None
+    title_font = f * 1.15
+    if title_text:
+        title_text = wrap(title_text, width - 12, title_font)
+        top += text_lines(title_text) * title_font * LINE_EM + 6
+
+    legend_h = 0.0
+    if show_legend:
+        # a horizontal legend under everything: entries wrap into rows of the full width
+        entry_w = [text_width(str(n), f) + 40 for n in legend_items]
+        rows, used = 1, 0.0
+        for w in entry_w:
+            if used and used + w > width - 16:
+                rows, used = rows + 1, 0.0
+            used += w
+        legend_title = layout.legend.title.text if layout.legend and layout.legend.title else None
+        legend_h = rows * f * 1.9 + 8 + (f * 1.6 if legend_title else 0)
+        bottom += legend_h
+
+    area_w = max(60.0, width - left - right)
+    # the plot's height follows its content
+    grid_r, grid_c = _subplot_grid(out)
+    aspect = _image_aspect(out)
+    rows = _n_categories(out, "y")
+    if is_table:
+        area_h = sum(_table_height(t, width - 8, f) for t in out.data) + 4
+        layout.update(margin={"l": 4, "r": 4, "t": top, "b": 4, "autoexpand": False})
+    else:
+        if aspect is not None:
+            area_h = area_w / grid_c * aspect * grid_r * 1.08
+        elif rows:
+            area_h = rows * max(f * 1.25, min(f * 2.2, 320 / rows)) * (1 if grid_r == 1 else 1.1)
+        else:
+            area_h = area_w * 0.62
+        cb_title = max(
+            (
+                text_width(t.colorbar.title.text, f)
+                for t in out.data
+                if t.type == "heatmap" and t.colorbar and t.colorbar.title and t.colorbar.title.text
+            ),
+            default=0.0,
+        )
+        area_h = max(area_h, 100.0, cb_title / 2 + 20, text_width(y_title, f) / 2 + 10 if y_title else 0.0)
+        area_h = min(area_h, opts.max_height_px - top - bottom)
+    height = round(top + bottom + area_h)
+
+    # axes: fonts, thinning, wrapped titles
+    for ax in x_axes:
+        ax.update(tickfont={"size": f}, title_font={"size": f}, automargin=False, title_standoff=4)
+        if ax.title and ax.title.text:
+            ax.update(title_text=wrap(ax.title.text, area_w / grid_c, f))
+        need = f * 1.25 if x_rotated else (longest_x + f)
+        _thin_ticks(ax, area_w / grid_c, need)
+    for ax in y_axes:
+        ax.update(tickfont={"size": f}, title_font={"size": f}, automargin=False, title_standoff=4)
+        if ax.title and ax.title.text:
+            ax.update(title_text=wrap(ax.title.text, area_h / grid_r, f))
+        _thin_ticks(ax, area_h / grid_r, f * 1.25)
+
+    def bar(colorbar: Any) -> dict[str, Any]:
+        title = colorbar.title.text if colorbar and colorbar.title else None
+        return {
+            "thickness": 10, "len": 1.0, "lenmode": "fraction", "y": 0.5, "yanchor": "middle", "x": 1.0, "xpad": 8,
+            "xanchor": "left", "xref": "paper", "yref": "paper", "tickfont": {"size": f}, "outlinewidth": 0,
+            "title": {"text": wrap(plain(title), area_h * 0.95, f) if title else None, "side": "right",
+                      "font": {"size": f}},
+        }  # fmt: skip
+
+    for trace in out.data:
+        if trace.type in ("heatmap", "contour") and trace.showscale is not False and not trace.coloraxis:
+            trace.update(colorbar=bar(trace.colorbar))
+    for key in [k for k in layout if k.startswith("coloraxis")]:
+        axis = layout[key]
+        if axis is not None and axis.showscale is not False:
+            axis.update(colorbar=bar(axis.colorbar))
+    _drop_cell_text_that_does_not_fit(out, area_w, area_h, f)
+
+    layout.update(
+        width=width,
+        height=height,
+        font={"family": FONT_FAMILY, "size": f, "color": "black"},
+        template="plotly_white",
+        hovermode=False,
+        showlegend=show_legend,
+        title={"text": ""},
+    )
+    plot_h = height - (4 + top if is_table else top + bottom)
+    plot_w = width - (8 if is_table else left + right)
+    m_left = 4 if is_table else left
+    if title_text:
+        out.add_annotation(
+            text=title_text, xref="paper", yref="paper", x=(6 - m_left) / plot_w, y=1 + (top - 5) / plot_h,
+            xanchor="left", yanchor="top", align="left", showarrow=False, font={"size": title_font},
+        )  # fmt: skip
+    if not is_table:
+        layout.update(margin={"l": left, "r": right, "t": top, "b": bottom, "autoexpand": False})
+    if show_legend:
+        layout.update(
+            legend={
+                "orientation": "h",
+                "xref": "container",
+                "yref": "container",
+                "x": 0,
+                "xanchor": "left",
+                "y": 0,
+                "yanchor": "bottom",
+                "font": {"size": f},
+                "title": {"font": {"size": f}, "side": "top left"},
+                "itemwidth": 30,
+                "entrywidthmode": "pixels",
+            }
+        )
+    for ann in layout.annotations or ():
+        ann.update(font={"size": max(f, (ann.font.size or f) if ann.font else f)})
+    return _background(out, opts)
+
+
+def visible_label(text: str) -> str:
+    """A tick label whose invisible characters show: leading/trailing spaces as "␣", newlines as
+    "↵", tabs as "⇥" (already-escaped "\\n" / "\\t" too), an empty label as "∅"."""
+    if text == "":
+        return "∅"
+    out = text.replace("\\n", "↵").replace("\n", "↵").replace("\\t", "⇥").replace("\t", "⇥")
+    stripped = out.lstrip(" ")
+    out = "␣" * (len(out) - len(stripped)) + stripped
+    stripped = out.rstrip(" ")
+    return stripped + "␣" * (len(out) - len(stripped))
+
+
+def _explicit_categories(fig: go.Figure) -> None:
+    """Give categorical axes explicit tickvals/ticktext (their category names), so that the labels
+    can be measured, clipped and thinned like any other."""
+    for letter in ("x", "y"):
+        for key in [k for k in fig.layout if k.startswith(f"{letter}axis")]:
+            axis = fig.layout[key]
+            if (
+                axis.ticktext is not None
+                or axis.tickvals is not None
+                or axis.type not in (None, "-", "category")
+            ):
+                continue
+            ref = letter + key[5:]
+            cats: list[str] = []
+            for trace in fig.data:
+                if trace.type not in ("heatmap", "bar", "scatter", "box"):
+                    continue
+                if (getattr(trace, f"{letter}axis", None) or letter) != ref:
+                    continue
+                values = getattr(trace, letter, None)
+                if values is None or not len(values) or not all(isinstance(v, str) for v in values):
+                    continue
+                cats += [str(v) for v in values if str(v) not in cats]
+            if cats and len(set(cats)) == len(cats):
+                axis.update(tickmode="array", tickvals=cats, ticktext=cats)
+
+
+def _table_height(trace: Any, width: float, font_px: float) -> float:
+    """Height of a table whose cells wrap their text to the column widths."""
+    values = list(trace.cells.values or [])
+    header = list(trace.header.values or []) if trace.header else []
+    n_cols = max(1, len(values), len(header))
+    weights = list(trace.columnwidth) if trace.columnwidth is not None else [1.0] * n_cols
+    weights = (weights + [weights[-1]] * n_cols)[:n_cols]
+    col_px = [width * w / sum(weights) - 8 for w in weights]
+    per_line = [max(1, int(c / (CHAR_EM * font_px))) for c in col_px]
+    line = font_px * LINE_EM
+
+    def lines(text: Any, col: int) -> int:
+        parts = plain(str(text)).split("\n")
+        return sum(max(1, math.ceil(len(p) / per_line[col])) for p in parts)
+
+    head = max((lines(h, i) for i, h in enumerate(header)), default=1) * line + font_px
+    n_rows = max((len(c) for c in values), default=0)
+    body = 0.0
+    for r in range(n_rows):
+        body += (
+            max(lines(values[c][r], c) for c in range(len(values)) if r < len(values[c])) * line
+            + font_px * 0.7
+        )
+    return (head + body) * 1.06
+
+
+def _clip(text: str, limit: int) -> str:
+    raw = plain(text)
+    if len(raw) <= limit:
+        return text
+    import html
+
+    return html.escape(raw[: limit - 1], quote=False) + "…"
+
+
+def _background(fig: go.Figure, opts: ExportOptions) -> go.Figure:
+    if opts.background == "transparent":
+        fig.update_layout(paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)")
+    else:
+        fig.update_layout(paper_bgcolor="white", plot_bgcolor="white")
+    return fig
+
+
+# ---- the command that reproduces an export ---------------------------------------------------
+def option_flags(options: ExportOptions) -> list[str]:
+    """CLI flags for `options` that differ from the defaults."""
+    default = ExportOptions()
+    flags: list[str] = []
+    if options.size != default.size:
+        flags += ["--size", options.size]
+    if not options.title:
+        flags.append("--no-title")
+    if float(options.font_pt) != float(default.font_pt):
+        flags += ["--font-size", f"{float(options.font_pt):g}"]
+    if options.background != default.background:
+        flags += ["--background", options.background]
+    return flags
+
+
+def export_command(run_id: str | None, figure: str, fmt: str, options: ExportOptions) -> str:
+    """The shell command that regenerates this export from the store."""
+    import shlex
+
+    args = [
+        "explorer",
+        "export",
+        run_id or "RUN_ID",
+        "--figure",
+        figure,
+        "--format",
+        fmt,
+        *option_flags(options),
+    ]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def export_python(run_id: str | None, figure: str, fmt: str, options: ExportOptions) -> str:
+    """The Python call that regenerates this export from the store."""
+    default = ExportOptions()
+    kwargs = [f"figure={figure!r}"]
+    for field in ("size", "title", "font_pt", "background"):
+        value = getattr(options, field)
+        if value != getattr(default, field):
+            kwargs.append(f"{field}={value!r}")
+    return f"explorer.export_figure({(run_id or 'RUN_ID')!r}, {fmt!r}, {', '.join(kwargs)})"

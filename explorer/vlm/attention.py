@@ -1,0 +1,439 @@
+"""Attention from text tokens to the image patches inside a VLM's language model.
+
+One traced forward pass over (image, prompt) + the model's greedy answer gives, for every
+text query after the image (the prompt's text and every generated token):
+
+- its attention to each image patch, per LM block and head (query x key rows of the eager
+  attention, read at the image positions);
+- its rolled-out attention to each patch after every block (Abnar & Zuidema 2020, the same
+  `attention_rollout` as the text views: 0.5 * mean-over-heads + 0.5 * I, multiplied through
+  the blocks), so a patch's relevance includes what reached the query through other tokens;
+- per block, the share of the text queries' attention (mean over heads and queries) that
+  goes to image tokens, to text tokens and to sink tokens; and per block and head the share
+  on the image.
+
+Sink tokens: position 0 (the classic attention sink of causal LMs) plus, at each block, the
+visual tokens that are norm outliers *and* draw more than their share of the text queries'
+image attention (the EmbedLens sink criterion of explorer.vlm.tokens, which reuses
+`visual_sinks` and `attention_shares` from here). A sink is counted only as sink, never also
+as image or text, so the three shares sum to 1.
+
+Text tokens before the image cannot attend to it (causal mask), so they are not queries.
+Every VLM whose LM the backend can trace works, hub VLMs included (their own forward runs).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from explorer.analysis.attention import attention_rollout
+from explorer.backends.images import image_to_png
+from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm, generate
+from explorer.errors import InputError
+from explorer.progress import ProgressFn
+from explorer.results import register_result
+
+MAX_GENERATE = 64
+SHARE_NAMES = ("image", "text", "sink")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions over one attention tensor (shared with explorer.vlm.tokens)
+# ---------------------------------------------------------------------------------------------
+def text_queries(modality: list[str]) -> list[int]:
+    """Text positions after the last image position (the only text that can see the image)."""
+    img = [i for i, m in enumerate(modality) if m == MODALITY_IMAGE]
+    if not img:
+        return []
+    return [q for q in range(img[-1] + 1, len(modality)) if modality[q] != MODALITY_IMAGE]
+
+
+def image_attention(att: np.ndarray, queries: list[int], img: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """att (L, H, T, T) -> (attention (L, H, Q, n_img) of each text query to each patch,
+    received (L, n_img): each patch's share of the queries' image attention, mean over heads
+    and queries; rows of `received` sum to 1)."""
+    to_img = att[:, :, queries][:, :, :, img]
+    mass = to_img.sum(axis=-1, keepdims=True)
+    received = (to_img / np.maximum(mass, 1e-12)).mean(axis=(1, 2))
+    return to_img, received
+
+
+def visual_sinks(norms: np.ndarray, received: np.ndarray, norm_k: float, share_k: float) -> np.ndarray:
+    """(L + 1, n_img) residual norms, (L, n_img) received shares -> (L, n_img) bool sinks.
+
+    Block l (0-based) reads the residual norms[l]: a sink there has norm > norm_k x the median
+    visual-token norm AND receives > share_k x its uniform share (1 / n_img)."""
+    n_img = norms.shape[1]
+    median = np.median(norms[:-1], axis=1, keepdims=True)
+    return (norms[:-1] > norm_k * np.maximum(median, 1e-12)) & (received > share_k / max(n_img, 1))
+
+
+def attention_shares(att: np.ndarray, queries: list[int], img: list[int], sinks: np.ndarray) -> np.ndarray:
+    """(L, 3): mean over heads and text queries of the attention on image / text / sink tokens.
+
+    Sinks at block l: position 0 plus the visual tokens with sinks[l] True (L, n_img)."""
+    seq = att.shape[-1]
+    out = np.zeros((att.shape[0], 3))
+    is_img = np.zeros(seq, dtype=bool)
+    is_img[img] = True
+    img_arr = np.asarray(img, dtype=np.int64)
+    for layer in range(att.shape[0]):
+        sink = np.zeros(seq, dtype=bool)
+        sink[0] = True
+        sink[img_arr[sinks[layer]]] = True
+        rows = att[layer][:, queries].mean(axis=(0, 1))  # (seq,)
+        out[layer] = [rows[is_img & ~sink].sum(), rows[~is_img & ~sink].sum(), rows[sink].sum()]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# What both VLM attention results ("vlm_attention", "vlm_tokens") share
+# ---------------------------------------------------------------------------------------------
+class TextImageAttention:
+    """Mixin of the results that hold text -> image attention: the image, its positions and
+    the text queries. Subclasses are dataclasses with `modality`, `image_png`, `query_positions`."""
+
+    modality: list[str]
+    image_png: str
+    query_positions: list[int]
+
+    @property
+    def image_positions(self) -> list[int]:
+        return [i for i, m in enumerate(self.modality) if m == MODALITY_IMAGE]
+
+    @property
+    def n_image(self) -> int:
+        return len(self.image_positions)
+
+    def image(self) -> Image.Image:
+        return Image.open(io.BytesIO(base64.b64decode(self.image_png))).convert("RGB")
+
+    def query_index(self, query: int | None) -> int:
+        """A text query position (default: the last one) -> its index in `query_positions`."""
+        if query is None:
+            return len(self.query_positions) - 1
+        if query not in self.query_positions:
+            raise InputError(
+                f"position {query} is not a text query after the image; choose {self.query_positions}"
+            )
+        return self.query_positions.index(query)
+
+
+def attention_tables(attention: np.ndarray, rollout: np.ndarray) -> dict[str, pa.Table]:
+    """(L, H, Q, n) attention and (L, Q, n) rollout -> long-form tables (layers 1-based)."""
+    L, H, Q, n = attention.shape
+    li, hi, qi, pi = np.meshgrid(np.arange(L), np.arange(H), np.arange(Q), np.arange(n), indexing="ij")
+    lr, qr, pr = np.meshgrid(np.arange(L), np.arange(Q), np.arange(n), indexing="ij")
+    return {
+        "attention": pa.table(
+            {
+                "layer": (li.ravel() + 1).astype(np.int32),
+                "head": hi.ravel().astype(np.int32),
+                "query": qi.ravel().astype(np.int32),
+                "patch": pi.ravel().astype(np.int32),
+                "weight": attention.ravel().astype(np.float64),
+            }
+        ),
+        "rollout": pa.table(
+            {
+                "layer": (lr.ravel() + 1).astype(np.int32),
+                "query": qr.ravel().astype(np.int32),
+                "patch": pr.ravel().astype(np.int32),
+                "weight": rollout.ravel().astype(np.float64),
+            }
+        ),
+    }
+
+
+def table_column(tables: dict[str, pa.Table], table: str, name: str, order: list[str]) -> np.ndarray:
+    """One column of a stored table, sorted by `order` (the row-major order it was written in)."""
+    t = tables[table].sort_by([(k, "ascending") for k in order])
+    return np.asarray(t.column(name).to_numpy(zero_copy_only=False))
+
+
+def attention_from_tables(
+    tables: dict[str, pa.Table], shape: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of `attention_tables`: -> (attention (L, H, Q, n), rollout (L, Q, n))."""
+    L, H, Q, n = shape
+    att = table_column(tables, "attention", "weight", ["layer", "head", "query", "patch"]).reshape(L, H, Q, n)
+    rolled = table_column(tables, "rollout", "weight", ["layer", "query", "patch"]).reshape(L, Q, n)
+    return att.astype(np.float64), rolled.astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters and result
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VLMAttentionParams:
+    """generate: greedy answer tokens appended (each one a query); sink_norm_k / sink_share_k:
+    the visual-sink criterion (see `visual_sinks`)."""
+
+    generate: int = 8
+    sink_norm_k: float = 4.0
+    sink_share_k: float = 2.0
+
+    def validate(self) -> None:
+        if not 0 <= self.generate <= MAX_GENERATE:
+            raise InputError(f"generate must be in 0..{MAX_GENERATE}, got {self.generate}")
+        if self.sink_norm_k <= 1.0:
+            raise InputError(f"sink_norm_k must be > 1 (got {self.sink_norm_k})")
+        if self.sink_share_k <= 0:
+            raise InputError(f"sink_share_k must be > 0 (got {self.sink_share_k})")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"generate": self.generate, "sink_norm_k": self.sink_norm_k, "sink_share_k": self.sink_share_k}
+
+
+@register_result
+@dataclass
+class VLMAttentionResult(TextImageAttention):
+    """Text -> image attention of one (image, prompt) + answer.
+
+    Per-patch arrays cover the grid's n = rows * cols visual tokens (the base view: the first n
+    image positions); shares and head_image count every image token.
+
+    attention:   (n_layers, n_heads, n_queries, n) query -> patch attention per block, head
+    rollout:     (n_layers, n_queries, n) rolled-out attention after each block
+    shares:      (n_layers, 3) mean share of the queries' attention on image / text / sink
+    head_image:  (n_layers, n_heads) share of the queries' attention on image tokens (sinks included)
+    sinks:       (n_layers, n) bool, visual sinks at each block
+    norms:       (n_layers + 1, n) residual norm of each visual token (0 = input embeddings)
+    """
+
+    kind: ClassVar[str] = "vlm_attention"
+
+    model: str
+    prompt: str
+    n_layers: int
+    n_heads: int
+    tokens: list[str]
+    modality: list[str]
+    grid: list[int]
+    image_png: str
+    answer: list[str]
+    query_positions: list[int]
+    attention: np.ndarray
+    rollout: np.ndarray
+    shares: np.ndarray
+    head_image: np.ndarray
+    sinks: np.ndarray
+    norms: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    run_id: str | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.tokens) - len(self.answer)
+
+    def to_dict(self, query: int | None = None) -> dict[str, Any]:
+        """The CLI's JSON; per-head grids are for one query (default: the last text token)."""
+        rows, cols = self.grid
+        qi = self.query_index(query)
+        q = self.query_positions[qi]
+
+        def grid(values: np.ndarray) -> list[list[float]]:
+            return np.round(np.asarray(values, dtype=np.float64).reshape(rows, cols), 6).tolist()
+
+        return {
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "model": self.model,
+            "prompt": self.prompt,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "grid": self.grid,
+            "tokens": self.tokens,
+            "modality": self.modality,
+            "answer": self.answer,
+            "query_positions": self.query_positions,
+            "query": {"position": q, "token": self.tokens[q], "generated": q >= self.prompt_len},
+            "layers": [
+                {
+                    "layer": layer + 1,
+                    "shares": dict(zip(SHARE_NAMES, map(float, self.shares[layer]), strict=True)),
+                    "sink_patches": [int(i) for i in np.flatnonzero(self.sinks[layer])],
+                    "mean": grid(self.attention[layer, :, qi].mean(axis=0)),
+                    "rollout": grid(self.rollout[layer, qi]),
+                    "heads": [
+                        {
+                            "head": h,
+                            "image_share": float(self.head_image[layer, h]),
+                            "attention": grid(self.attention[layer, h, qi]),
+                        }
+                        for h in range(self.n_heads)
+                    ],
+                }
+                for layer in range(self.n_layers)
+            ],
+            "rollout": grid(self.rollout[-1, qi]),
+            "params": self.params,
+            "notes": self.notes,
+            "seconds": self.seconds,
+        }
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "prompt": self.prompt,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "tokens": self.tokens,
+            "modality": self.modality,
+            "grid": self.grid,
+            "image_png": self.image_png,
+            "answer": self.answer,
+            "query_positions": self.query_positions,
+            "params": self.params,
+            "notes": self.notes,
+            "seconds": self.seconds,
+        }
+
+    def to_tables(self) -> dict[str, pa.Table]:
+        L, H = self.head_image.shape
+        n = self.norms.shape[1]
+        lh, hh = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
+        ln, pn = np.meshgrid(np.arange(L + 1), np.arange(n), indexing="ij")
+        sinks = np.vstack([np.zeros((1, n), dtype=bool), self.sinks])
+        return {
+            **attention_tables(self.attention, self.rollout),
+            "layers": pa.table(
+                {
+                    "layer": np.arange(1, L + 1, dtype=np.int32),
+                    **{name: self.shares[:, i].astype(np.float64) for i, name in enumerate(SHARE_NAMES)},
+                }
+            ),
+            "heads": pa.table(
+                {
+                    "layer": (lh.ravel() + 1).astype(np.int32),
+                    "head": hh.ravel().astype(np.int32),
+                    "image_share": self.head_image.ravel().astype(np.float64),
+                }
+            ),
+            "patches": pa.table(
+                {
+                    "layer": ln.ravel().astype(np.int32),
+                    "patch": pn.ravel().astype(np.int32),
+                    "norm": self.norms.ravel().astype(np.float64),
+                    "sink": sinks.ravel(),
+                }
+            ),
+        }
+
+    @classmethod
+    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VLMAttentionResult:
+        L, H = int(meta["n_layers"]), int(meta["n_heads"])
+        n = int(meta["grid"][0]) * int(meta["grid"][1])
+        attention, rollout = attention_from_tables(tables, (L, H, len(meta["query_positions"]), n))
+
+        def column(table: str, name: str, order: list[str]) -> np.ndarray:
+            return table_column(tables, table, name, order)
+
+        return cls(
+            model=meta["model"],
+            prompt=meta["prompt"],
+            n_layers=L,
+            n_heads=H,
+            tokens=list(meta["tokens"]),
+            modality=list(meta["modality"]),
+            grid=[int(g) for g in meta["grid"]],
+            image_png=meta["image_png"],
+            answer=list(meta["answer"]),
+            query_positions=[int(q) for q in meta["query_positions"]],
+            attention=attention,
+            rollout=rollout,
+            shares=np.stack([column("layers", k, ["layer"]) for k in SHARE_NAMES], axis=1).astype(np.float64),
+            head_image=column("heads", "image_share", ["layer", "head"]).reshape(L, H).astype(np.float64),
+            sinks=column("patches", "sink", ["layer", "patch"]).reshape(L + 1, n)[1:].astype(bool),
+            norms=column("patches", "norm", ["layer", "patch"]).reshape(L + 1, n).astype(np.float64),
+            params=dict(meta["params"]),
+            notes=list(meta.get("notes", [])),
+            seconds=float(meta.get("seconds", 0.0)),
+            run_id=meta.get("run_id"),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+def vlm_attention(
+    vlm: VisionLanguageModel,
+    prompt: str,
+    image: Image.Image | None,
+    *,
+    params: VLMAttentionParams | None = None,
+    max_tokens: int = 512,
+    progress: ProgressFn | None = None,
+) -> VLMAttentionResult:
+    """Text -> image attention for (image, prompt) on `vlm`, with the greedy answer's tokens as
+    further queries: one generation, then one traced forward pass with attentions."""
+    params = params or VLMAttentionParams()
+    params.validate()
+    prog = progress or (lambda f, m: None)
+    if image is None:
+        raise InputError("attention to image patches needs an image")
+    t0 = time.perf_counter()
+    prog(0.05, "Encoding the image and the prompt")
+    inputs = vlm.prepare(prompt, image, max_tokens)
+    img = inputs.image_positions
+    if not img or inputs.grid is None or inputs.image is None:
+        raise InputError("the model produced no visual tokens for this image")
+    answer: list[int] = []
+    if params.generate:
+        answer = generate(vlm, inputs, params.generate, progress=lambda f, m: prog(0.1 + 0.4 * f, m))
+    prog(0.55, "Tracing one forward pass with attentions")
+    trace, modality = capture_vlm(vlm, inputs, answer, attentions=True)
+    assert trace.attentions is not None
+    att = trace.attentions.numpy().astype(np.float64)  # (L, H, T, T)
+    queries = text_queries(modality)
+    if not queries:
+        raise InputError("no text follows the image, so no text token attends to it")
+    prog(0.8, "Rollout and attention shares")
+    to_img, received = image_attention(att, queries, img)
+    norms = trace.residual[:, img].norm(dim=-1).numpy().astype(np.float64)  # (L + 1, n_img)
+    sinks = visual_sinks(norms, received, params.sink_norm_k, params.sink_share_k)
+    shares = attention_shares(att, queries, img, sinks)
+    head_image = to_img.sum(axis=-1).mean(axis=-1)  # (L, H), every image token
+    # per-patch views keep the grid's positions: models that add tiles after a base view
+    # (LLaVA-NeXT) have more image tokens than grid cells, and the grid is the base view
+    cells = int(inputs.grid[0]) * int(inputs.grid[1])
+    grid_pos = img[:cells]
+    rolled = attention_rollout(att)[:, queries][:, :, grid_pos]  # (L, Q, cells)
+    notes = []
+    if vlm.uses_model_forward:
+        notes.append(
+            "this hub VLM runs its own forward: attention masks (e.g. bidirectional image attention) are the "
+            "model's own"
+        )
+    prog(1.0, "Done")
+    return VLMAttentionResult(
+        model=vlm.model_id,
+        prompt=prompt,
+        n_layers=trace.n_layers,
+        n_heads=int(att.shape[1]),
+        tokens=trace.tokens,
+        modality=modality,
+        grid=[int(inputs.grid[0]), int(inputs.grid[1])],
+        image_png=base64.b64encode(image_to_png(inputs.image)).decode(),
+        answer=[vlm.lm.token_str(i) for i in answer],
+        query_positions=queries,
+        attention=to_img[..., :cells],
+        rollout=rolled,
+        shares=shares,
+        head_image=head_image,
+        sinks=sinks[:, :cells],
+        norms=norms[:, :cells],
+        params=params.to_json(),
+        notes=notes,
+        seconds=time.perf_counter() - t0,
+    )
