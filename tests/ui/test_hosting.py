@@ -106,7 +106,19 @@ def test_model_errors_name_no_server_facts(app, monkeypatch, tmp_path: Path) -> 
         with pytest.raises(Exception) as info:
             # the Lens tab's inputs: image, prompt, targets, model, ..., metric, role, dtype
             client.predict(
-                None, "hello", "", model, 3, 0, False, 1.0, 0, "prob", "final_top1", "auto", api_name="/logit_lens"
+                None,
+                "hello",
+                "",
+                model,
+                3,
+                0,
+                False,
+                1.0,
+                0,
+                "prob",
+                "final_top1",
+                "auto",
+                api_name="/logit_lens",
             )
         answers.append(str(info.value))
     for answer in answers:
