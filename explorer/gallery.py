@@ -118,6 +118,12 @@ def _vlm_tokens(s: Settings) -> Any:
     return visual_tokens("tiny-vlm", VLM_PROMPT, _scene(s), params=TokenParams(), settings=s)
 
 
+def _vlm_latent(s: Settings) -> Any:
+    from explorer.vlm_api import latent_neighbours
+
+    return latent_neighbours("tiny-vlm", VLM_PROMPT, _scene(s), settings=s)
+
+
 def _token_map(s: Settings) -> Any:
     from explorer.atlas_api import token_map
 
@@ -177,6 +183,11 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
     GalleryRun(
         "vlm_tokens", "vlm_tokens",
         f"explorer visual-tokens --model tiny-vlm --image scene.png --prompt {json.dumps(VLM_PROMPT)}", _vlm_tokens,
+    ),
+    GalleryRun(
+        "vlm_latent", "vlm_latent",
+        f"explorer latent-neighbours --model tiny-vlm --image scene.png --prompt {json.dumps(VLM_PROMPT)}",
+        _vlm_latent,
     ),
     GalleryRun("token_map", "token_map", f"explorer atlas map --prompt {_P} --prompt {json.dumps(LONG_PROMPT)}", _token_map),
     GalleryRun("vocab_health", "vocab_health", "explorer atlas vocab --n-verify 50 --map-points 1500", _vocab),

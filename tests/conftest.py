@@ -138,3 +138,23 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> None:
 
 
 Factory = Callable[[str], Any]
+
+
+def make_tiny_projector(lm: Any, grid: int = 2) -> Any:
+    """The demo VLM's projector at test size (for the tiny DINOv2 of the VLM tests: hidden 32, layers 2
+    and 4), with the colour statistics, and large random outputs so the image visibly changes the LM."""
+    from explorer.vlm.tiny_vlm import COLOUR_DIM, Projector, ProjectorConfig
+
+    torch.manual_seed(2)
+    config = ProjectorConfig(
+        vision_dim=64,
+        lm_dim=int(lm.config.hidden_size),
+        hidden_dim=48,
+        grid=grid,
+        feature_layers=(2, 4),
+        colour_dim=COLOUR_DIM,
+    )
+    projector = Projector(config).eval()
+    with torch.no_grad():
+        projector.fc2.weight.mul_(20)
+    return projector

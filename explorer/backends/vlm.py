@@ -337,6 +337,24 @@ def projector_vlm(
         with torch.inference_mode():
             return lm.embed_module()(torch.tensor(ids, dtype=torch.long, device=lm.device)).float().cpu()
 
+    last: dict[str, torch.Tensor] = {}  # the latest image's visual tokens (questions about one image)
+
+    def visual_tokens(view: Image.Image) -> torch.Tensor:
+        key = hashlib.sha256(view.tobytes()).hexdigest() + f"{view.mode}{view.size}"
+        hit = last.get(key)
+        if hit is None:
+            with torch.inference_mode():
+                feats = visual_features(
+                    vision,
+                    normalize(view, vision.preprocessing).to(vision.device),
+                    projector.config.feature_layers,
+                    colour=projector.config.colour_dim > 0,
+                )
+                hit = projector(feats.cpu())[0].float()
+            last.clear()
+            last[key] = hit
+        return hit.clone()
+
     def prepare(prompt: str, image: Image.Image | None) -> VLMInputs:
         text = chat_prompt(prompt)
         if image is None:
@@ -348,13 +366,7 @@ def projector_vlm(
         ids_before = list(tok(before, add_special_tokens=False).input_ids)
         ids_after = list(tok(after, add_special_tokens=False).input_ids)
         view = model_view(vision, image)
-        with torch.inference_mode():
-            feats = visual_features(
-                vision,
-                normalize(view, vision.preprocessing).to(vision.device),
-                projector.config.feature_layers,
-            )
-            visual = projector(feats.cpu())[0].float()
+        visual = visual_tokens(view)
         n = int(visual.shape[0])
         ids = ids_before + [image_token_id] * n + ids_after
         modality = [MODALITY_TEXT] * len(ids_before) + [MODALITY_IMAGE] * n + [MODALITY_TEXT] * len(ids_after)

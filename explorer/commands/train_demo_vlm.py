@@ -30,6 +30,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="directory for projector.safetensors and the card")
     p.add_argument("--eval-scenes", type=int, default=300, help="held-out scenes to score (default 300)")
+    p.add_argument(
+        "--no-colour",
+        action="store_true",
+        help="DINOv2 features only: no per-cell colour statistics as a second projector input",
+    )
     return p
 
 
@@ -40,7 +45,9 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     if args.steps < 1 or args.scenes < 8:
         raise InputError("steps must be >= 1 and scenes >= 8")
-    config = TrainConfig(seed=args.seed, steps=args.steps, n_train_scenes=args.scenes)
+    config = TrainConfig(
+        seed=args.seed, steps=args.steps, n_train_scenes=args.scenes, colour=not args.no_colour
+    )
     info = train(config, args.out, settings.cache_dir / "tiny-vlm")
     model = load_vlm("tiny-vlm", settings=settings, weights=args.out)
     info["heldout"] = evaluate(model, args.eval_scenes) if args.eval_scenes > 0 else None

@@ -287,6 +287,18 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
         title_text = wrap(title_text, width - 12, title_font)
         top += text_lines(title_text) * title_font * LINE_EM + 6
 
+    # subplot titles (annotations standing on a subplot's top edge): wrapped to the subplot's width;
+    # those of the top row get room in the top margin, under the figure title
+    grid_r0, grid_c0 = _subplot_grid(out)
+    cell_w = max(40.0, (width - left - right) / grid_c0 - 6)
+    top_row = 0
+    for ann in layout.annotations or ():
+        if ann.showarrow is False and ann.yref in (None, "paper") and ann.yanchor == "bottom" and ann.text:
+            ann.update(text=wrap(ann.text, cell_w, f), font={"size": f})
+            if (ann.y or 0) >= 0.97:
+                top_row = max(top_row, text_lines(ann.text))
+    top += top_row * f * LINE_EM + (4 if top_row else 0)
+
     legend_h = 0.0
     if show_legend:
         # a horizontal legend under everything: entries wrap into rows of the full width
@@ -311,6 +323,8 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     else:
         if aspect is not None:
             area_h = area_w / grid_c * aspect * grid_r * 1.08
+        elif grid_r * grid_c > 4:  # a grid of thumbnails: square cells
+            area_h = area_w / grid_c * grid_r * 1.08
         elif rows:
             area_h = rows * max(f * 1.25, min(f * 2.2, 320 / rows)) * (1 if grid_r == 1 else 1.1)
         else:
@@ -331,13 +345,13 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     for ax in x_axes:
         ax.update(tickfont={"size": f}, title_font={"size": f}, automargin=False, title_standoff=4)
         if ax.title and ax.title.text:
-            ax.update(title_text=wrap(ax.title.text, area_w / grid_c, f))
+            _two_line_title(ax, area_w / grid_c, f)
         need = f * 1.25 if x_rotated else (longest_x + f)
         _thin_ticks(ax, area_w / grid_c, need)
     for ax in y_axes:
         ax.update(tickfont={"size": f}, title_font={"size": f}, automargin=False, title_standoff=4)
         if ax.title and ax.title.text:
-            ax.update(title_text=wrap(ax.title.text, area_h / grid_r, f))
+            _two_line_title(ax, area_h / grid_r, f)
         _thin_ticks(ax, area_h / grid_r, f * 1.25)
 
     def bar(colorbar: Any) -> dict[str, Any]:
@@ -396,6 +410,15 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     for ann in layout.annotations or ():
         ann.update(font={"size": max(f, (ann.font.size or f) if ann.font else f)})
     return _background(out, opts)
+
+
+def _two_line_title(axis: Any, length_px: float, font_px: float) -> None:
+    """An axis title wrapped to the axis length, at most two lines (the margin holds two). Plotly
+    grows a multi-line axis title towards the axis, so the standoff moves it back by a line."""
+    lines = wrap(axis.title.text, length_px, font_px).split("<br>")
+    if len(lines) > 2:
+        lines = [lines[0], _clip(" ".join(lines[1:]), max(8, int(length_px / (CHAR_EM * font_px))))]
+    axis.update(title_text="<br>".join(lines), title_standoff=4 + (len(lines) - 1) * font_px * LINE_EM)
 
 
 def visible_label(text: str) -> str:

@@ -281,9 +281,9 @@ def export_controls(
     fixed: dict[str, str] = {} if isinstance(figure, gr.State) else {"figure": figure}
     inputs = [result_state, *figure_input, size, title, font, background]
     for fmt, button in buttons.items():
-        handler = functools.partial(_export_handler, fmt=fmt, settings=settings, **fixed)
+        handler = functools.partial(export_handler, fmt=fmt, settings=settings, **fixed)
         button.click(user_errors(handler), inputs=inputs, outputs=[out], api_visibility="private")
-    show = functools.partial(_snippet_handler, **fixed)
+    show = functools.partial(snippet_handler, **fixed)
     for trigger in inputs:
         trigger.change(show, inputs=inputs, outputs=[snippet], api_visibility="private")  # type: ignore[attr-defined]
     return out
@@ -297,7 +297,8 @@ def _by_position(args: tuple[Any, ...], figure: str | None) -> tuple[Any, str, t
     return args[0], figure, args[1:]
 
 
-def _snippet_handler(*args: Any, figure: str | None = None) -> str:
+def snippet_handler(*args: Any, figure: str | None = None) -> str:
+    """Export controls' handler: the Python snippet that reproduces the chosen figure."""
     result, name, (size, title, font_pt, background) = _by_position(args, figure)
     if not name:
         return reproduce_snippet(None, "", ExportOptions())
@@ -310,7 +311,8 @@ def _snippet_handler(*args: Any, figure: str | None = None) -> str:
         return f"*{exc}*"
 
 
-def _export_handler(*args: Any, fmt: str, settings: Settings | None, figure: str | None = None) -> Any:
+def export_handler(*args: Any, fmt: str, settings: Settings | None, figure: str | None = None) -> Any:
+    """Export controls' handler: write the chosen figure in `fmt` and return the file."""
     result, name, (size, title, font_pt, background) = _by_position(args, figure)
     if not name:
         raise gr.Error("Choose a figure first.")

@@ -29,8 +29,11 @@ VLM_EXPLAIN = """**With an image** the model is a vision-language model (default
 visual tokens are decoded like text tokens: each patch cell shows the lens's top-1 token at that visual
 token; the slider inside the figure steps through the LM's layers (0 = the projected patches as the LM
 receives them). Track a target (e.g. ` red`) to colour the patches by its probability and see at which
-layer it surfaces. Deviation: the demo projector reads DINOv2 layers 6 and 12 (not only the last), because
-the last layer keeps little colour."""
+layer it surfaces. Deviations from LLaVA: the demo projector reads DINOv2 layers 6 and 12 (not only the
+last), because the last layer keeps little colour; projectors trained with the colour option (the default of
+`explorer train-demo-vlm`; see the model card for whether the shipped weights use it) also read simple colour
+statistics of each pooled cell's pixels (mean and spread of R, G, B, the chroma-weighted mean colour, the mean
+chroma) next to the DINOv2 features; and the LM carries LoRA adapters (rank 8) trained with the projector."""
 
 EXPLAIN = """Each cell decodes the residual stream at (layer, position) with the model's **final norm and
 unembedding** (so the last layer equals the model's own output). Colour: probability (or rank) of the token

@@ -9,6 +9,7 @@ import gradio as gr
 
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
 from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+from explorer.vlm.latent import LatentParams
 
 TITLE = "Visual tokens"
 
@@ -111,10 +112,10 @@ def build(ctx: UIContext) -> None:
     with gr.Row():
         latent_match = gr.Radio(
             [("same layer", "same"), ("all text layers (paper)", "all")],
-            value="same",
+            value=LatentParams().match,
             label="Text layers searched",
         )
-        latent_k = gr.Slider(1, 10, value=5, step=1, label="Neighbours per patch (k)")
+        latent_k = gr.Slider(1, 10, value=LatentParams().k, step=1, label="Neighbours per patch (k)")
         latent_run = gr.Button("Find nearest text tokens", variant="secondary")
     latent_summary = gr.Markdown()
     latent_plot = gr.Plot(label="Nearest contextual text token per patch", elem_id="vt-latent")
@@ -195,14 +196,13 @@ def build(ctx: UIContext) -> None:
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
         from explorer.plots.vlm_latent import latent_neighbours_overlay
-        from explorer.vlm.latent import LatentParams
         from explorer.vlm_api import latent_neighbours
 
         r = latent_neighbours(
             model_v or TINY_VLM,
             prompt_v,
             image_v,
-            params=LatentParams(k=int(k_v), match=match_v or "same"),
+            params=LatentParams(k=int(k_v), match=match_v or LatentParams().match),
             settings=ctx.settings,
             progress=progress_fn(progress),
         )

@@ -9,6 +9,12 @@ Deviation from LLaVA, stated in the model card and the UI: the projector reads t
 layers concatenated (the residual after block 6, and the final-normed output of block 12),
 because DINOv2's last layer keeps little colour (a linear probe of an object's colour from
 its pooled patch: 0.87 from layer 12 alone, 0.96 from layer 6; measured on 500 scenes).
+
+Second deviation: next to the DINOv2 features, the projector reads simple colour statistics
+of each pooled cell's pixels (`colour_statistics`: mean and standard deviation of R, G, B,
+the chroma-weighted mean colour and the mean chroma; 10 numbers per visual token), through
+a separate linear branch. DINOv2 is trained with heavy colour-jitter augmentation, so its
+features separate red from orange poorly, which was the demo VLM's main error.
 """
 
 from __future__ import annotations
@@ -21,18 +27,21 @@ from torch import nn
 
 FEATURE_LAYERS = (6, 12)  # DINOv2 blocks whose outputs are concatenated (12 = final, normed)
 POOL = 2  # 16 x 16 patches -> 8 x 8 visual tokens
+COLOUR_DIM = 10  # colour statistics per visual token (see colour_statistics)
 IMAGE_PLACEHOLDER = "<image>"
 
 
 @dataclass(frozen=True)
 class ProjectorConfig:
-    """vision_dim = vision hidden size x len(feature_layers); grid = visual tokens per side."""
+    """vision_dim = vision hidden size x len(feature_layers); grid = visual tokens per side;
+    colour_dim = colour statistics per visual token appended to the features (0: none)."""
 
     vision_dim: int = 384 * len(FEATURE_LAYERS)
     lm_dim: int = 576
     hidden_dim: int = 1152
     grid: int = 8
     feature_layers: tuple[int, ...] = FEATURE_LAYERS
+    colour_dim: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feature_layers", tuple(int(v) for v in self.feature_layers))
@@ -43,10 +52,12 @@ class ProjectorConfig:
 
 
 class Projector(nn.Module):
-    """features (B, 64, vision_dim) -> visual token embeddings (B, 64, lm_dim): LN, Linear, GELU, Linear.
+    """features (B, 64, vision_dim + colour_dim) -> visual token embeddings (B, 64, lm_dim).
 
-    A learned per-position embedding is added before the MLP so the LM can tell where each
-    patch is (SmolLM2's rotary positions only order the 64 tokens in reading order)."""
+    The vision part goes through LayerNorm, plus a learned per-position embedding so the LM
+    can tell where each patch is (SmolLM2's rotary positions only order the 64 tokens in
+    reading order), then Linear, GELU, Linear. The colour statistics (in [0, 1]) enter the
+    hidden layer through their own Linear, so they are not normalised with the DINOv2 part."""
 
     def __init__(self, config: ProjectorConfig) -> None:
         super().__init__()
@@ -54,23 +65,58 @@ class Projector(nn.Module):
         self.norm = nn.LayerNorm(config.vision_dim)
         self.position = nn.Parameter(torch.zeros(config.n_visual_tokens, config.vision_dim))
         self.fc1 = nn.Linear(config.vision_dim, config.hidden_dim)
+        self.colour = nn.Linear(config.colour_dim, config.hidden_dim) if config.colour_dim else None
         self.act = nn.GELU()
         self.fc2 = nn.Linear(config.hidden_dim, config.lm_dim)
 
+    @property
+    def input_dim(self) -> int:
+        return self.config.vision_dim + self.config.colour_dim
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.norm(features) + self.position
-        return self.fc2(self.act(self.fc1(x)))  # type: ignore[no-any-return]
+        if features.shape[-1] != self.input_dim:
+            raise ValueError(
+                f"projector expects {self.input_dim} features per token, got {features.shape[-1]}"
+            )
+        vision = features[..., : self.config.vision_dim]
+        hidden = self.fc1(self.norm(vision) + self.position)
+        if self.colour is not None:
+            hidden = hidden + self.colour(features[..., self.config.vision_dim :] * 4.0 - 2.0)
+        return self.fc2(self.act(hidden))  # type: ignore[no-any-return]
+
+
+def colour_statistics(
+    pixel_values: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], grid: int
+) -> torch.Tensor:
+    """Normalised pixel_values (B, 3, H, W) -> per-cell colour statistics (B, grid * grid, 10).
+
+    Per cell of a grid x grid partition of the image, in row-major order, from RGB in [0, 1]:
+    mean R, G, B; their standard deviations; the chroma-weighted mean R, G, B (chroma =
+    max - min of a pixel's channels, so grey background pixels hardly count and a coloured
+    shape's hue survives even when it covers a small part of the cell); the mean chroma."""
+    m = torch.tensor(mean, dtype=pixel_values.dtype, device=pixel_values.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=pixel_values.dtype, device=pixel_values.device).view(1, 3, 1, 1)
+    rgb = (pixel_values * s + m).clamp(0.0, 1.0).float()
+    pool = nn.functional.adaptive_avg_pool2d
+    chroma = rgb.amax(dim=1, keepdim=True) - rgb.amin(dim=1, keepdim=True)
+    mu = pool(rgb, grid)
+    sd = (pool(rgb * rgb, grid) - mu * mu).clamp_min(0.0).sqrt()
+    mean_chroma = pool(chroma, grid)
+    hue = pool(rgb * chroma, grid) / (mean_chroma + 1e-3)
+    stats = torch.cat([mu, sd, hue.clamp(0.0, 1.0), mean_chroma], dim=1)  # (B, 10, grid, grid)
+    return stats.flatten(2).transpose(1, 2)
 
 
 @torch.inference_mode()
 def visual_features(
-    vision: Any, pixel_values: torch.Tensor, layers: tuple[int, ...] = FEATURE_LAYERS
+    vision: Any, pixel_values: torch.Tensor, layers: tuple[int, ...] = FEATURE_LAYERS, colour: bool = False
 ) -> torch.Tensor:
-    """pixel_values (B, 3, 224, 224) -> pooled patch features (B, 64, 384 * len(layers)).
+    """pixel_values (B, 3, 224, 224) -> pooled patch features (B, 64, 384 * len(layers) [+ 10]).
 
     `vision` is a `VisionModel` (the embedded DINOv2); feature i is the concatenation of the
     outputs of blocks `layers` (the last one final-normed) at the patch tokens, averaged over
-    2 x 2 patches, in row-major grid order."""
+    2 x 2 patches, in row-major grid order; with `colour`, followed by the colour statistics
+    of the same grid cell (`colour_statistics`)."""
     hidden = vision.embed(pixel_values)
     picked = []
     last = max(layers)
@@ -89,6 +135,10 @@ def visual_features(
         grid = patches.reshape(b, side, side, d).permute(0, 3, 1, 2)
         pooled = nn.functional.avg_pool2d(grid, POOL)
         out.append(pooled.permute(0, 2, 3, 1).reshape(b, -1, d))
+    if colour:
+        grid = int(round(out[0].shape[1] ** 0.5))
+        prep = vision.preprocessing
+        out.append(colour_statistics(pixel_values, prep.mean, prep.std, grid).to(out[0].dtype))
     return torch.cat(out, dim=-1).float()
 
 

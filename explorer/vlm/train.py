@@ -17,7 +17,8 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,15 @@ import numpy as np
 import torch
 
 from explorer.vlm.scenes import QA, TRAIN_SEED_BASE, heldout_seeds, make_scene
-from explorer.vlm.tiny_vlm import ANSWER_END, IMAGE_PLACEHOLDER, Projector, ProjectorConfig, chat_prompt
+from explorer.vlm.tiny_vlm import (
+    ANSWER_END,
+    COLOUR_DIM,
+    IMAGE_PLACEHOLDER,
+    Projector,
+    ProjectorConfig,
+    chat_prompt,
+    colour_statistics,
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,11 @@ class TrainConfig:
     bf16: bool = True  # autocast the frozen LM's matmuls in bfloat16 on CPU (fast on AVX512-BF16)
     lora_rank: int = 0  # > 0: also train LoRA adapters on the LM's attention projections
     lora_alpha: float = 16.0
-    init_from: str | None = None  # a directory with a projector.safetensors to start from
+    init_from: str | None = (
+        None  # a directory with a projector.safetensors (and lora.safetensors) to start from
+    )
+    colour: bool = True  # also feed the projector per-cell colour statistics (tiny_vlm.colour_statistics)
+    colour_lr_scale: float = 1.0  # learning rate of the projector's colour branch, relative to lr
     # how often each question type is drawn (caption, colour, presence, count, position)
     type_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0)
 
@@ -50,30 +63,58 @@ def _log(message: str) -> None:
     print(time.strftime("%H:%M:%S"), message, flush=True)
 
 
+def extract_colour(seeds: list[int], path: Path, vision: Any, grid: int = 8) -> np.ndarray:
+    """Per-cell colour statistics of the scenes of `seeds`: (n, grid * grid, 10) float16, cached
+    at `path` (computed from the same pixel values DINOv2 sees; no network involved)."""
+    from explorer.backends.images import preprocess
+
+    prep = vision.preprocessing
+
+    def compute() -> np.ndarray:
+        return np.concatenate(
+            [
+                colour_statistics(preprocess(vision, make_scene(s).image), prep.mean, prep.std, grid)
+                .to(torch.float16)
+                .numpy()
+                for s in seeds
+            ]
+        )
+
+    return _cached(path, len(seeds), compute)
+
+
+def _cached(path: Path, n: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """The array cached at `path` if it has `n` rows, else `compute()`, saved there atomically."""
+    if path.exists():
+        cached = np.load(path)
+        if cached.shape[0] == n:
+            return cached
+    array = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, array)
+    tmp.rename(path)
+    return array
+
+
 def extract_features(seeds: list[int], path: Path, vision: Any, batch: int = 25) -> np.ndarray:
     """Pooled DINOv2 features of the scenes of `seeds`: (n, 64, D) float16, cached at `path`."""
     from explorer.backends.images import preprocess
     from explorer.vlm.tiny_vlm import visual_features
 
-    if path.exists():
-        cached = np.load(path)
-        if cached.shape[0] == len(seeds):
-            return cached
-    parts = []
-    t0 = time.perf_counter()
-    for start in range(0, len(seeds), batch):
-        images = [make_scene(s).image for s in seeds[start : start + batch]]
-        pixels = torch.cat([preprocess(vision, im) for im in images])
-        parts.append(visual_features(vision, pixels).to(torch.float16).numpy())
-        done = start + len(images)
-        if done % (batch * 8) == 0 or done == len(seeds):
-            _log(f"features {done}/{len(seeds)} ({time.perf_counter() - t0:.0f} s)")
-    features = np.concatenate(parts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, features)
-    tmp.rename(path)
-    return features
+    def compute() -> np.ndarray:
+        parts = []
+        t0 = time.perf_counter()
+        for start in range(0, len(seeds), batch):
+            images = [make_scene(s).image for s in seeds[start : start + batch]]
+            pixels = torch.cat([preprocess(vision, im) for im in images])
+            parts.append(visual_features(vision, pixels).to(torch.float16).numpy())
+            done = start + len(images)
+            if done % (batch * 8) == 0 or done == len(seeds):
+                _log(f"features {done}/{len(seeds)} ({time.perf_counter() - t0:.0f} s)")
+        return np.concatenate(parts)
+
+    return _cached(path, len(seeds), compute)
 
 
 class PromptCodec:
@@ -143,23 +184,33 @@ def train(
     lm = lm or load_model("smollm2-135m")
     vision = vision or load_vision_model("dinov2-small-focus")
     train_seeds = [TRAIN_SEED_BASE + config.seed * 1_000_000 + i for i in range(config.n_train_scenes)]
-    feats = torch.from_numpy(
-        extract_features(train_seeds, cache_dir / f"train-s{config.seed}-n{len(train_seeds)}.npy", vision)
-    )
+    stem = f"train-s{config.seed}-n{len(train_seeds)}"
+    feats = torch.from_numpy(extract_features(train_seeds, cache_dir / f"{stem}.npy", vision))
+    if config.colour:
+        colour = extract_colour(train_seeds, cache_dir / f"{stem}-colour.npy", vision)
+        feats = torch.cat([feats, torch.from_numpy(colour)], dim=-1)
     scenes = [make_scene(s) for s in train_seeds]
     from explorer.backends.vlm import attach_lora, freeze_language_model, lora_weights
 
     freeze_language_model(lm)
+    colour_dim = COLOUR_DIM if config.colour else 0
     if config.init_from:
-        from explorer.backends.vlm import load_projector
-
-        projector = load_projector(Path(config.init_from) / "projector.safetensors").train()
+        projector = warm_start_projector(Path(config.init_from) / "projector.safetensors", colour_dim)
     else:
-        projector = Projector(ProjectorConfig(lm_dim=int(lm.config.hidden_size)))
-    params = list(projector.parameters())
+        projector = Projector(ProjectorConfig(lm_dim=int(lm.config.hidden_size), colour_dim=colour_dim))
+    colour_params = list(projector.colour.parameters()) if projector.colour is not None else []
+    params = [p for n, p in projector.named_parameters() if not n.startswith("colour.")]
     if config.lora_rank > 0:
         params += attach_lora(lm, config.lora_rank, config.lora_alpha)
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        lora_init = Path(config.init_from or "") / "lora.safetensors"
+        if config.init_from and lora_init.exists():
+            load_lora_adapters(lm.hf_model, lora_init)
+    groups = [
+        {"params": list(params), "scale": 1.0},
+        {"params": colour_params, "scale": config.colour_lr_scale},
+    ]
+    params += colour_params
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     kinds = ("caption", "colour", "presence", "count", "position")
     weights = dict(zip(kinds, config.type_weights, strict=True))
     codec = PromptCodec(lm.tokenizer)
@@ -170,7 +221,7 @@ def train(
         lr = config.lr * min(1.0, (step + 1) / config.warmup)
         lr *= 0.5 * (1 + math.cos(math.pi * step / config.steps))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["scale"]
         idx = [rng.randrange(len(scenes)) for _ in range(config.batch_size)]
         qas = []
         for i in idx:
@@ -203,6 +254,38 @@ def train(
     info = {"config": asdict(config), "train_seconds": round(train_seconds, 1)}
     (out_dir / "training.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def warm_start_projector(path: Path, colour_dim: int) -> Projector:
+    """The projector saved at `path`, in training mode; a colour branch it lacks is added with
+    zero weights, so training starts from exactly the saved model's outputs."""
+    from explorer.backends.vlm import load_projector
+
+    old = load_projector(path)
+    if old.config.colour_dim == colour_dim:
+        return old.train()
+    if old.config.colour_dim:
+        raise ValueError(f"{path} has colour_dim {old.config.colour_dim}; cannot continue with {colour_dim}")
+    projector = Projector(replace(old.config, colour_dim=colour_dim))
+    missing, unexpected = projector.load_state_dict(old.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("colour.") for k in missing), (missing, unexpected)
+    assert projector.colour is not None
+    with torch.no_grad():
+        projector.colour.weight.zero_()
+        projector.colour.bias.zero_()
+    return projector.train()
+
+
+def load_lora_adapters(model: torch.nn.Module, path: Path) -> None:
+    """Load saved LoRA adapters into a model wrapped by `attach_lora` (same rank)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    current = model.state_dict()
+    for key, value in state.items():
+        if key not in current or current[key].shape != value.shape:
+            raise ValueError(f"{path}: adapter {key} does not fit this model (rank or layers differ)")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
 
 
 def plot_loss(out_dir: Path) -> Path:
@@ -251,7 +334,9 @@ def _save(
 
 def heldout_features(cache_dir: Path, vision: Any, n: int = 300) -> np.ndarray:
     seeds = heldout_seeds(n)
-    return extract_features(seeds, cache_dir / f"heldout-n{n}.npy", vision)
+    feats = extract_features(seeds, cache_dir / f"heldout-n{n}.npy", vision)
+    colour = extract_colour(seeds, cache_dir / f"heldout-n{n}-colour.npy", vision)
+    return np.concatenate([feats, colour], axis=-1)
 
 
 if __name__ == "__main__":
@@ -269,6 +354,11 @@ if __name__ == "__main__":
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--init-from", default=None)
     parser.add_argument("--type-weights", default="1,1,1,1,1", help="caption,colour,presence,count,position")
+    parser.add_argument(
+        "--no-colour", action="store_true", help="DINOv2 features only (the first two stages)"
+    )
+    parser.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    parser.add_argument("--colour-lr-scale", type=float, default=TrainConfig.colour_lr_scale)
     args = parser.parse_args()
     settings = Settings.from_env()
     cache = settings.cache_dir / "tiny-vlm"
@@ -280,6 +370,9 @@ if __name__ == "__main__":
         lr=args.lr,
         init_from=args.init_from,
         type_weights=tuple(float(v) for v in args.type_weights.split(",")),
+        colour=not args.no_colour,
+        colour_lr_scale=args.colour_lr_scale,
+        warmup=args.warmup,
     )
     if args.features_only:
         from explorer.backends.vision import load_vision_model
@@ -287,6 +380,7 @@ if __name__ == "__main__":
         vm = load_vision_model("dinov2-small-focus")
         seeds = [TRAIN_SEED_BASE + cfg.seed * 1_000_000 + i for i in range(cfg.n_train_scenes)]
         extract_features(seeds, cache / f"train-s{cfg.seed}-n{len(seeds)}.npy", vm)
+        extract_colour(seeds, cache / f"train-s{cfg.seed}-n{len(seeds)}-colour.npy", vm)
         heldout_features(cache, vm, cfg.n_heldout_scenes)
     else:
         print(train(cfg, args.out, cache))

@@ -25,12 +25,14 @@ def test_real_bank_and_neighbours_of_a_red_circle_and_a_blue_square(vlm: Any) ->
     bank = build_text_bank(vlm.lm, corpus)
     assert bank.layers == bank_layers(30) == [1, 2, 4, 8, 16, 24, 28, 29, 30]
     assert bank.n_entries > 200 and bank.vectors is not None and bank.vectors.dtype == np.float16
-    # every stored state retrieves itself (float16 storage keeps cosine 1 within 1e-3)
+    # every stored state retrieves itself or a float16 tie: at early layers " to" after "The monkey slept
+    # next" and after "The owl slept next" agree to 1e-4, so the same token in a near-identical context
     picks = np.arange(0, bank.n_entries, max(1, bank.n_entries // 20))
     for layer in (1, 16, 30):
         q = bank.vectors[bank.layer_index(layer), picks].astype(np.float32)
         sims, entries, _ = search(bank, q, [layer], 1)
-        assert (entries[:, 0] == picks).all() and (sims[:, 0] > 0.999).all()
+        assert (sims[:, 0] > 0.999).all()
+        assert [bank.tokens[e] for e in entries[:, 0]] == [bank.tokens[p] for p in picks]
     image = compose_scene([("red", "circle", "left"), ("blue", "square", "right")]).image
     r = latent_neighbours(vlm, "What is in the picture?", image, bank, params=LatentParams(k=5))
     assert r.similarity.shape == (9, 64, 5) and r.grid == [8, 8]

@@ -207,16 +207,16 @@ def test_export_command_round_trips_through_the_cli_parser() -> None:
 
 def test_ui_export_row_uses_the_options_and_shows_the_reproducing_snippet(stored: dict[str, Any]) -> None:
     import explorer
-    from explorer.ui.common import _export_handler, _snippet_handler
+    from explorer.ui.common import export_handler, snippet_handler
 
     result = explorer.load_run(stored["a"], settings=stored["settings"])
-    text = _snippet_handler(result, "single", False, 9, "light", figure="heatmap")
+    text = snippet_handler(result, "single", False, 9, "light", figure="heatmap")
     assert (
         f"explorer export {stored['a']} --figure heatmap --format pdf --size single --no-title --font-size 9"
         in text
     )
     assert f"explorer.export_figure('{stored['a']}', 'pdf', figure='heatmap', size='single'" in text
-    file = _export_handler(
+    file = export_handler(
         result, "single", False, 9, "light", fmt="svg", settings=stored["settings"], figure="heatmap"
     )
     data = (

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_lm
+from conftest import make_tiny_lm, make_tiny_projector
 from PIL import Image
 
 from explorer.analysis.logit_lens import LensParams
@@ -23,7 +24,7 @@ from explorer.vlm.scenes import (
     heldout_seeds,
     make_scene,
 )
-from explorer.vlm.tiny_vlm import Projector, ProjectorConfig
+from explorer.vlm.tiny_vlm import COLOUR_DIM, Projector, ProjectorConfig
 
 IMAGE_SIZE = 32
 PATCH = 8  # 4 x 4 patches -> pooled 2 x 2 -> 4 visual tokens
@@ -52,15 +53,7 @@ def _tiny_vision() -> Any:
 def tiny_vlm() -> Any:
     lm = make_tiny_lm("llama")
     vision = _tiny_vision()
-    torch.manual_seed(2)
-    projector = Projector(
-        ProjectorConfig(
-            vision_dim=64, lm_dim=int(lm.config.hidden_size), hidden_dim=48, grid=2, feature_layers=(2, 4)
-        )
-    ).eval()
-    # large random visual embeddings so the image visibly changes the LM's output
-    with torch.no_grad():
-        projector.fc2.weight.mul_(20)
+    projector = make_tiny_projector(lm)
     return projector_vlm(lm, vision, projector, model_id="tiny-test-vlm")
 
 
@@ -278,3 +271,102 @@ def test_merged_lora_equals_the_adapted_model() -> None:
         merged = plain(input_ids=ids).logits
     assert (expected - before).abs().max() > 1e-3  # the adapters do something
     assert torch.allclose(merged, expected, atol=1e-4)
+
+
+# ---- colour statistics and warm starts -------------------------------------------------------
+def test_colour_statistics_of_known_cells() -> None:
+    from explorer.vlm.tiny_vlm import colour_statistics
+
+    image = np.full((32, 32, 3), 200, dtype=np.uint8)  # grey background
+    image[:16, :16] = (220, 30, 30)  # top-left cell: solid red
+    image[16:, 16:24] = (245, 130, 20)  # bottom-right cell: half orange, half grey
+    prep = Preprocessing(image_size=32)
+    pixels = (torch.from_numpy(image).float() / 255 - torch.tensor(prep.mean)) / torch.tensor(prep.std)
+    stats = colour_statistics(pixels.permute(2, 0, 1)[None], prep.mean, prep.std, grid=2)[0]
+    assert stats.shape == (4, COLOUR_DIM)
+    red, grey, orange = np.array([220, 30, 30]) / 255, np.full(3, 200 / 255), np.array([245, 130, 20]) / 255
+    top_left, top_right, bottom_right = stats[0].numpy(), stats[1].numpy(), stats[3].numpy()
+    assert np.allclose(top_left[:3], red, atol=1e-4) and np.allclose(top_left[3:6], 0, atol=1e-3)
+    assert np.allclose(top_left[6:9], red, atol=3e-3) and top_left[9] == pytest.approx(190 / 255, abs=1e-4)
+    assert np.allclose(top_right[:3], grey, atol=1e-4) and top_right[9] == pytest.approx(0, abs=1e-6)
+    # the half-covered cell: its mean colour is washed out, its chroma-weighted colour is the shape's
+    assert np.allclose(bottom_right[:3], (orange + grey) / 2, atol=1e-3)
+    assert np.allclose(bottom_right[6:9], orange, atol=5e-3)
+
+
+def test_the_colour_branch_reaches_the_visual_tokens(tiny_vlm: Any) -> None:
+    projector = Projector(
+        ProjectorConfig(vision_dim=8, lm_dim=6, hidden_dim=5, grid=2, colour_dim=COLOUR_DIM)
+    )
+    feats = torch.randn(1, 4, 8 + COLOUR_DIM)
+    other = feats.clone()
+    other[..., 8:] = torch.rand(1, 4, COLOUR_DIM)
+    assert not torch.allclose(projector(feats), projector(other))
+    with pytest.raises(ValueError, match="expects 18 features"):
+        projector(feats[..., :8])
+    inputs = tiny_vlm.prepare("What is this?", _image())
+    assert inputs.inputs_embeds.shape[0] == len(inputs.modality)
+
+
+def test_warm_start_adds_a_silent_colour_branch(tmp_path: Any) -> None:
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    from explorer.vlm.train import warm_start_projector
+
+    torch.manual_seed(0)
+    old = Projector(ProjectorConfig(vision_dim=8, lm_dim=6, hidden_dim=5, grid=2))
+    path = tmp_path / "projector.safetensors"
+    state = {k: v.detach().contiguous() for k, v in old.state_dict().items()}
+    save_file(state, str(path), metadata={"config": json.dumps(asdict(old.config))})
+    new = warm_start_projector(path, COLOUR_DIM).eval()
+    assert new.config.colour_dim == COLOUR_DIM and new.training is False
+    feats = torch.randn(1, 4, 8)
+    with torch.no_grad():
+        expected = old.eval()(feats)
+        got = new(torch.cat([feats, torch.rand(1, 4, COLOUR_DIM)], dim=-1))
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_saved_lora_adapters_load_back_into_a_wrapped_model(tmp_path: Any) -> None:
+    from safetensors.torch import save_file
+
+    from explorer.vlm.tiny_vlm import add_lora, lora_state
+    from explorer.vlm.train import load_lora_adapters
+
+    lm = make_tiny_lm("llama", seed=3)
+    import copy
+
+    source, target = copy.deepcopy(lm.hf_model), copy.deepcopy(lm.hf_model)
+    add_lora(source, rank=4, alpha=8.0)
+    add_lora(target, rank=4, alpha=8.0)
+    with torch.no_grad():
+        for n, p in source.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.5)
+    path = tmp_path / "lora.safetensors"
+    save_file({k: v.contiguous() for k, v in lora_state(source).items()}, str(path))
+    load_lora_adapters(target, path)
+    ids = torch.tensor([[5, 17, 230, 9]])
+    with torch.no_grad():
+        assert torch.allclose(source(input_ids=ids).logits, target(input_ids=ids).logits, atol=1e-5)
+    add_lora(wrong := copy.deepcopy(lm.hf_model), rank=2, alpha=4.0)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_lora_adapters(wrong, path)
+
+
+def test_sharded_evaluation_merges_into_the_full_run(tiny_vlm: Any) -> None:
+    from explorer.vlm.evaluate import evaluate, merge_results
+
+    full = evaluate(tiny_vlm, n_scenes=4, max_new_tokens=3)
+    merged = merge_results([evaluate(tiny_vlm, n_scenes=4, shard=(k, 2), max_new_tokens=3) for k in range(2)])
+    assert merged["counts"] == full["counts"] and merged["accuracy"] == full["accuracy"]
+    assert merged["presence_by_kind"] == full["presence_by_kind"]
+    assert sum(n for _, n in full["presence_by_kind"].values()) == 4
+    assert [r["seed"] for r in merged["examples"]] == [r["seed"] for r in full["examples"]]
+    assert [r["caption"]["said"] for r in merged["examples"]] == [
+        r["caption"]["said"] for r in full["examples"]
+    ]
+    with pytest.raises(ValueError, match="shard"):
+        evaluate(tiny_vlm, n_scenes=2, shard=(2, 2))

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_lm
+from conftest import make_tiny_lm, make_tiny_projector
 from PIL import Image
 from torch import nn
 
@@ -21,7 +21,7 @@ from explorer.analysis.vlm_attribution import (
 from explorer.backends.vision import Preprocessing, wrap_vision_model
 from explorer.backends.vlm import MODALITY_IMAGE, MODALITY_TEXT, VisionLanguageModel, VLMInputs, projector_vlm
 from explorer.errors import InputError
-from explorer.vlm.tiny_vlm import Projector, ProjectorConfig
+from explorer.vlm.tiny_vlm import Projector
 
 IMAGE_SIZE = 32
 PATCH = 8
@@ -55,15 +55,7 @@ def tiny_vlm() -> VisionLanguageModel:
 
 
 def _projector(lm: Any) -> Projector:
-    torch.manual_seed(2)
-    projector = Projector(
-        ProjectorConfig(
-            vision_dim=64, lm_dim=int(lm.config.hidden_size), hidden_dim=48, grid=2, feature_layers=(2, 4)
-        )
-    ).eval()
-    with torch.no_grad():
-        projector.fc2.weight.mul_(20)  # large random visual embeddings: the image visibly changes the output
-    return projector
+    return make_tiny_projector(lm)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
