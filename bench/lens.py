@@ -35,6 +35,10 @@ def prompt_of_tokens(lm: object, n: int) -> str:
     from pydoc_data.topics import topics
 
     text = topics["assert"] + topics["while"] + topics["for"]
+    for name in sorted(topics):  # those three are ~900 tokens: add topics until n fit
+        if len(lm.tokenizer(text, add_special_tokens=False).input_ids) >= n:  # type: ignore[attr-defined]
+            break
+        text += topics[name]
     ids = lm.tokenizer(text, add_special_tokens=False).input_ids[:n]  # type: ignore[attr-defined]
     prompt = lm.tokenizer.decode(ids)  # type: ignore[attr-defined]
     while len(lm.tokenizer(prompt).input_ids) > n:  # type: ignore[attr-defined]

@@ -50,7 +50,13 @@ def rss_mb(pid: int | None) -> float | None:
 def user(url: str, index: int, requests: int, model: str, out: list[dict[str, Any]]) -> None:
     from gradio_client import Client
 
-    client = Client(url, verbose=False)
+    t0 = time.perf_counter()
+    try:  # a client that cannot even connect is an error of this user, not a crash of the bench
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": 300})
+    except Exception as exc:  # noqa: BLE001
+        error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        out.append({"user": index, "api": "connect", "seconds": time.perf_counter() - t0, "error": error})
+        return
     calls: list[tuple[str, tuple[Any, ...]]] = []
     for r in range(requests):
         prompt = f"User {index} asks question {r}: the capital of France is"

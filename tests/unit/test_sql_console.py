@@ -100,6 +100,12 @@ def test_lone_surrogate_is_an_input_error(tmp_store) -> None:
         tmp_store.query("SELECT '\udcff'")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid`, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_ctrl_c_on_explorer_sql_exits_130_quietly(tmp_path: Path) -> None:
     env = dict(os.environ, EXPLORER_DB=str(tmp_path / "c.duckdb"), EXPLORER_SQL_TIMEOUT_S="120")
     code = (
@@ -110,7 +116,12 @@ def test_ctrl_c_on_explorer_sql_exits_130_quietly(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert proc.stderr is not None and proc.stderr.readline() == "ready\n"
-    time.sleep(1.5)  # the query is running
+    # wait until the query is running: the child has burnt 1.5 s of CPU after "ready" (a fixed sleep
+    # can land in the imports on a loaded machine)
+    cpu = _cpu_seconds(proc.pid)
+    deadline = time.monotonic() + 120
+    while _cpu_seconds(proc.pid) < cpu + 1.5 and time.monotonic() < deadline:
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
