@@ -593,6 +593,13 @@ def attach_lora(lm: LanguageModel, rank: int, alpha: float) -> list[torch.nn.Par
     return [p for n, p in lm.hf_model.named_parameters() if "lora_" in n]
 
 
+def load_lora(lm: LanguageModel, path: Path) -> None:
+    """Load saved LoRA adapters into an LM wrapped by `attach_lora` (same rank; a warm start)."""
+    from explorer.vlm.train import load_lora_adapters
+
+    load_lora_adapters(lm.hf_model, path)
+
+
 def lora_weights(lm: LanguageModel) -> dict[str, torch.Tensor]:
     from explorer.vlm.tiny_vlm import lora_state
 

@@ -231,6 +231,11 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     width = opts.width_px
     _style_traces(out, f)
     layout = out.layout
+    # a printed figure cannot be dragged: drop sliders, buttons and animation frames (the figure
+    # shows its current step, as on screen)
+    layout.sliders = ()
+    layout.updatemenus = ()
+    out.frames = ()
     has_colorbar = any(
         t.type in ("heatmap", "contour") and t.showscale is not False and not t.coloraxis for t in out.data
     ) or any(

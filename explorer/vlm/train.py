@@ -190,7 +190,7 @@ def train(
         colour = extract_colour(train_seeds, cache_dir / f"{stem}-colour.npy", vision)
         feats = torch.cat([feats, torch.from_numpy(colour)], dim=-1)
     scenes = [make_scene(s) for s in train_seeds]
-    from explorer.backends.vlm import attach_lora, freeze_language_model, lora_weights
+    from explorer.backends.vlm import attach_lora, freeze_language_model, load_lora, lora_weights
 
     freeze_language_model(lm)
     colour_dim = COLOUR_DIM if config.colour else 0
@@ -204,7 +204,7 @@ def train(
         params += attach_lora(lm, config.lora_rank, config.lora_alpha)
         lora_init = Path(config.init_from or "") / "lora.safetensors"
         if config.init_from and lora_init.exists():
-            load_lora_adapters(lm.hf_model, lora_init)
+            load_lora(lm, lora_init)
     groups = [
         {"params": list(params), "scale": 1.0},
         {"params": colour_params, "scale": config.colour_lr_scale},

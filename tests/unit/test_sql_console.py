@@ -109,7 +109,8 @@ def _cpu_seconds(pid: int) -> float:
 def test_ctrl_c_on_explorer_sql_exits_130_quietly(tmp_path: Path) -> None:
     env = dict(os.environ, EXPLORER_DB=str(tmp_path / "c.duckdb"), EXPLORER_SQL_TIMEOUT_S="120")
     code = (
-        "import sys, explorer.cli as cli; sys.stderr.write('ready\\n'); sys.stderr.flush(); "
+        "import sys, explorer.cli as cli, explorer.commands.sql, explorer.api, explorer.store, duckdb, pyarrow; "
+        "sys.stderr.write('ready\\n'); sys.stderr.flush(); "
         f"sys.exit(cli.main(['sql', {SLOW!r}]))"
     )
     proc = subprocess.Popen(
