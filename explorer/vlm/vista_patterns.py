@@ -172,7 +172,7 @@ def stage_of(steps: int) -> np.ndarray:
 
 # ---- per scene ----------------------------------------------------------------------------------
 @torch.no_grad()
-def _lens_ranks(
+def lens_ranks(
     vlm: VisionLanguageModel,
     sample: EvalSample,
     generated: list[int],
@@ -515,7 +515,7 @@ def measure_patterns(
                 continue
             caption = str(vlm.tokenizer.decode(ids, skip_special_tokens=True)).strip()
             cats = categorise(caption, sample.objects)
-            ranks, probs = _lens_ranks(vlm, sample, ids, word_ids, max_tokens)
+            ranks, probs = lens_ranks(vlm, sample, ids, word_ids, max_tokens)
             n_layers = ranks.shape[1]
             stage = stage_of(len(ids))
             for w, word in enumerate(word_ids):

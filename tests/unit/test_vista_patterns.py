@@ -123,13 +123,13 @@ def test_planted_patterns_are_found_and_their_absence_is_reported() -> None:
 def test_ranks_match_the_models_own_logits_at_the_last_layer(tiny_vlm: Any) -> None:  # noqa: F811
     from explorer.backends.vlm import capture_vlm, generate
     from explorer.vlm.eval_sets import builtin_set
-    from explorer.vlm.vista_patterns import _lens_ranks, word_token_ids
+    from explorer.vlm.vista_patterns import lens_ranks, word_token_ids
 
     sample = builtin_set("caption", 1)[0]
     inputs = tiny_vlm.prepare(sample.question, sample.image())
     ids = generate(tiny_vlm, inputs, 5, stop_at_eos=False)
     word_ids = word_token_ids(tiny_vlm)
-    ranks, probs = _lens_ranks(tiny_vlm, sample, ids, word_ids, 4096)
+    ranks, probs = lens_ranks(tiny_vlm, sample, ids, word_ids, 4096)
     trace, _ = capture_vlm(tiny_vlm, inputs, extra_ids=ids)
     start = len(inputs.input_ids) - 1
     logits = trace.logits[start : start + len(ids)].float()
