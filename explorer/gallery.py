@@ -62,25 +62,25 @@ def _lens(s: Settings) -> Any:
 
 
 def _attention(s: Settings) -> Any:
-    from explorer.attention_api import attention
+    from explorer.api.attention import attention
 
     return attention(None, PROMPT, flow=True, settings=s)
 
 
 def _vision_attention(s: Settings) -> Any:
-    from explorer.attention_api import attention_image
+    from explorer.api.attention import attention_image
 
     return attention_image(_image("astronaut"), settings=s)
 
 
 def _attribution(s: Settings) -> Any:
-    from explorer.attribution_api import attribute
+    from explorer.api.attribution import attribute
 
     return attribute(None, PROMPT, target=" Paris", method="occlusion", settings=s)
 
 
 def _comparison(s: Settings) -> Any:
-    from explorer.attribution_api import attribute, compare_runs
+    from explorer.api.attribution import attribute, compare_runs
 
     a = attribute(None, PROMPT, target=" Paris", method="occlusion", settings=s)
     b = attribute(None, PROMPT, target=" Paris", method="input_x_gradient", settings=s)
@@ -88,19 +88,19 @@ def _comparison(s: Settings) -> Any:
 
 
 def _generation(s: Settings) -> Any:
-    from explorer.attribution_api import attribute_generation
+    from explorer.api.attribution import attribute_generation
 
     return attribute_generation(None, PROMPT, generate=2, settings=s)
 
 
 def _prune_text(s: Settings) -> Any:
-    from explorer.pruning_api import prune_text
+    from explorer.api.pruning import prune_text
 
     return prune_text(None, PROMPT, keep_ratios=(0.25, 0.5, 0.75), continuation_tokens=4, settings=s)
 
 
 def _prune_image(s: Settings) -> Any:
-    from explorer.pruning_api import prune_image
+    from explorer.api.pruning import prune_image
 
     return prune_image(_image("astronaut"), keep_ratios=(0.25, 0.5), settings=s)
 
@@ -112,38 +112,38 @@ def _vlm_lens(s: Settings) -> Any:
 
 
 def _vlm_tokens(s: Settings) -> Any:
+    from explorer.api.vlm import visual_tokens
     from explorer.vlm.tokens import TokenParams
-    from explorer.vlm_api import visual_tokens
 
     return visual_tokens("tiny-vlm", VLM_PROMPT, _scene(s), params=TokenParams(), settings=s)
 
 
 def _vlm_latent(s: Settings) -> Any:
-    from explorer.vlm_api import latent_neighbours
+    from explorer.api.vlm import latent_neighbours
 
     return latent_neighbours("tiny-vlm", VLM_PROMPT, _scene(s), settings=s)
 
 
 def _token_map(s: Settings) -> Any:
-    from explorer.atlas_api import token_map
+    from explorer.api.atlas import token_map
 
     return token_map(None, [PROMPT, LONG_PROMPT], settings=s)
 
 
 def _vocab(s: Settings) -> Any:
-    from explorer.atlas_api import vocab_health
+    from explorer.api.atlas import vocab_health
 
     return vocab_health(None, n_verify=50, map_points=1500, settings=s)
 
 
 def _microscope(s: Settings) -> Any:
-    from explorer.atlas_api import microscope
+    from explorer.api.atlas import microscope
 
     return microscope(None, LONG_PROMPT, settings=s)
 
 
 def _tokenizers(s: Settings) -> Any:
-    from explorer.atlas_api import inspect_tokenizers
+    from explorer.api.atlas import inspect_tokenizers
 
     return inspect_tokenizers(LONG_PROMPT, settings=s)
 

@@ -134,7 +134,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> Any:
-    from explorer import atlas_api
+    from explorer.api import atlas as atlas_api
 
     model = getattr(args, "model", None) or settings.default_model
     if args.atlas_command == "map":

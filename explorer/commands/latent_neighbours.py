@@ -34,9 +34,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from explorer.api.vlm import latent_neighbours, resolve_vlm
     from explorer.errors import InputError
     from explorer.vlm.latent import LatentParams, searched_layers
-    from explorer.vlm_api import latent_neighbours, resolve_vlm
 
     params = LatentParams(k=args.k, match=args.match)
     params.validate()

@@ -36,8 +36,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from explorer.api.vlm import visual_tokens
     from explorer.vlm.tokens import TokenParams
-    from explorer.vlm_api import visual_tokens
 
     params = TokenParams(
         sink_norm_k=args.sink_norm_k,

@@ -8,9 +8,9 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import atlas_api
 from explorer.analysis.atlas.projection import PCA_DIMS
 from explorer.analysis.atlas.token_map import TokenMapResult
+from explorer.api import atlas as atlas_api
 from explorer.backends.sentence import SENTENCE_MODEL
 from explorer.backends.vlm import EMBEDDED_VLMS
 from explorer.models.loading import EMBEDDED_LMS

@@ -9,8 +9,8 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import atlas_api
 from explorer.analysis.atlas.vocab import VocabHealthResult
+from explorer.api import atlas as atlas_api
 from explorer.models.loading import EMBEDDED_LMS
 from explorer.plots import atlas as atlas_plots
 from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from explorer import atlas_api
 from explorer.analysis.atlas import projection
 from explorer.analysis.atlas.token_map import TokenMapResult, context_string
 from explorer.analysis.atlas.token_types import token_type
+from explorer.api import atlas as atlas_api
 from explorer.errors import InputError
 
 PROMPT = "the cat sat on the mat, and the dog ran."
@@ -231,7 +231,7 @@ def test_vlm_lens_scores_join_only_the_same_image(tiny_vlm, tmp_store) -> None:
 
 
 def test_pruning_kept_and_dropped_colour_the_map(tiny_llama, tmp_store) -> None:
-    from explorer.pruning_api import prune_text
+    from explorer.api.pruning import prune_text
 
     pruned = prune_text(
         tiny_llama, PROMPT, strategies=["random"], keep_ratios=(1.0, 0.5), layer=1, continuation_tokens=0,
@@ -285,7 +285,7 @@ def test_umap_fit_reports_its_reduction(tiny_llama) -> None:
 
 def test_vlm_image_attribution_colours_the_visual_tokens(tiny_vlm, tmp_store) -> None:
     from explorer.analysis.vlm_attribution import VLMAttributionParams
-    from explorer.vlm_api import vlm_attribute
+    from explorer.api.vlm import vlm_attribute
 
     params = VLMAttributionParams(answer_tokens=1, random_trials=1)
     attr = vlm_attribute(tiny_vlm, "Describe it.", _picture(), params=params, db=tmp_store)

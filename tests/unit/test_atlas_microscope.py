@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from explorer import atlas_api
 from explorer.analysis.atlas.microscope import MicroscopeResult, intrinsic_dimension
 from explorer.analysis.atlas.tokenizers import TokenizerResult
+from explorer.api import atlas as atlas_api
 from explorer.errors import InputError
 
 PROMPT = "The cat, which was old, sat on the mat; the dog ran to the door and the bird sang."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from explorer import atlas_api
+from explorer.api import atlas as atlas_api
 
 
 def test_tab_builds_with_sections(settings) -> None:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import atlas_api
 from explorer.analysis.atlas import verify
 from explorer.analysis.atlas.vocab import VocabHealthResult, cosine_distance, remove_first_pc
 from explorer.analysis.atlas.vocab_tokens import chars_ending, chars_starting, is_partial_utf8, token_bytes
+from explorer.api import atlas as atlas_api
 from explorer.errors import InputError
 
 

@@ -22,7 +22,7 @@ from explorer.analysis.attribution.faithfulness import faithfulness, normalise_i
 from explorer.analysis.attribution.gradients import IGParams, integrated_gradients
 from explorer.analysis.attribution.replacement import build_sampler
 from explorer.analysis.attribution.task import context_embeddings, objective_embeds
-from explorer.attribution_api import attribute, compare_runs
+from explorer.api.attribution import attribute, compare_runs
 from explorer.backends.masked import load_masked_lm
 from explorer.errors import InputError
 from tests.conftest import MAX_TINY_PARAMS, bert_tokenizer
@@ -237,7 +237,7 @@ def test_figures_and_data(tiny_llama: Any) -> None:
 
 
 def test_cli_attribute(tiny_llama: Any, tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
-    from explorer import attribution_api
+    from explorer.api import attribution as attribution_api
     from explorer.cli import main
 
     real = attribution_api.attribute

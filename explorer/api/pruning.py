@@ -19,7 +19,7 @@ from typing import Any
 
 from explorer.analysis.pruning import text as _text
 from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
-from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.api.runner import DbArg, ProgressFn, get_model, open_store, run_cached
 from explorer.backends.images import ImageInput, load_image
 from explorer.backends.language import LanguageModel
 from explorer.backends.vision import VisionModel, load_vision_model

@@ -98,7 +98,7 @@ def run_vlm(
 ) -> R:
     """Load the VLM, then serve (kind, model, prompt, image, params) from the store or run
     `compute(vlm, prompt, picture, params, max_tokens=..., progress=...)` and store it."""
-    from explorer.api import open_store, run_cached
+    from explorer.api.runner import open_store, run_cached
 
     vlm = resolve_vlm(model, settings, progress, dtype)
     return run_cached(
@@ -251,7 +251,7 @@ def vlm_eval(
     reports both plus the latency ratio. Stored as kind "vlm_eval"."""
     from pathlib import Path
 
-    from explorer.api import open_store, run_cached
+    from explorer.api.runner import open_store, run_cached
     from explorer.text_input import check_text
     from explorer.vlm.eval_sets import BUILTIN_SETS, load_eval_set
     from explorer.vlm.vista import VistaParams
@@ -354,7 +354,7 @@ def text_bank(
     (`explorer.vlm.latent_corpus.default_corpus()` unless `corpus` is given), saved under
     `<cache>/latent_banks/` and indexed in the store as a run of kind "latent_bank"; later
     calls reuse the file (and, within a process, the loaded vectors)."""
-    from explorer.api import open_store, run_cached
+    from explorer.api.runner import open_store, run_cached
     from explorer.backends.loading import MODEL_CACHE
     from explorer.vlm.latent import (
         BANK_FORMAT,
@@ -431,7 +431,7 @@ def latent_neighbours(
     "vlm_latent". `params` is an `explorer.vlm.latent.LatentParams` (default: k=5, same layer).
     The first call for a model builds its text bank (see `text_bank`; `corpus` is an
     `explorer.vlm.latent_corpus.Corpus`, default the shipped one)."""
-    from explorer.api import open_store, run_cached
+    from explorer.api.runner import open_store, run_cached
     from explorer.vlm.latent import LatentNeighboursResult, LatentParams
     from explorer.vlm.latent import latent_neighbours as compute_neighbours
 

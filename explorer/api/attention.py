@@ -18,7 +18,7 @@ from typing import Any
 
 from explorer.analysis import attention as _att
 from explorer.analysis import vision_attention_result as _vatt
-from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.api.runner import DbArg, ProgressFn, get_model, open_store, run_cached
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.images import ImageInput, load_image
 from explorer.backends.language import LanguageModel
@@ -97,7 +97,7 @@ def _vlm_attention(
     dtype: str | None,
     progress: ProgressFn | None,
 ) -> VLMAttentionResult:
-    from explorer import vlm_api
+    from explorer.api import vlm as vlm_api
 
     name = model if isinstance(model, str) else getattr(model, "model_id", None)
     if isinstance(model, LanguageModel) or (isinstance(model, str) and model in EMBEDDED_LMS):

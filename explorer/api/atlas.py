@@ -26,7 +26,7 @@ from explorer.analysis.atlas import token_map as _map
 from explorer.analysis.atlas import tokenizers as _tok
 from explorer.analysis.atlas import vocab as _vocab
 from explorer.analysis.atlas.projection import PCA_DIMS, ProjectionParams
-from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.api.runner import DbArg, ProgressFn, get_model, open_store, run_cached
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.models.loading import LanguageModel
@@ -62,7 +62,7 @@ def token_map(
     image) or a vision-language `model` ("tiny-vlm", a hub VLM), each prompt is fed with the image and
     its visual tokens are mapped too. Returns a `TokenMapResult`; `.to_dict()` is the CLI's JSON.
     """
-    from explorer import vlm_api
+    from explorer.api import vlm as vlm_api
 
     settings = settings or Settings.from_env()
     items = _map.clean_prompts(prompts if isinstance(prompts, str) else list(prompts))

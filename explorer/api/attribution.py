@@ -24,7 +24,7 @@ from explorer.analysis.attribution import (
     split_params,
 )
 from explorer.analysis.vlm_attribution import VLMAttributionParams, VLMAttributionResult
-from explorer.api import CachedRequest, DbArg, get_model, open_store, run_cached, run_cached_many
+from explorer.api.runner import CachedRequest, DbArg, get_model, open_store, run_cached, run_cached_many
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
@@ -62,7 +62,7 @@ def attribute_image(
     """Attribute a VLM's answer to the image patches (see `attribute`, with `image`)."""
     import dataclasses
 
-    from explorer import vlm_api
+    from explorer.api import vlm as vlm_api
     from explorer.backends.language import LanguageModel
 
     settings = settings or Settings.from_env()
