@@ -47,7 +47,7 @@ def main() -> None:
     lm = load_model("smollm2-135m")
     load = os.getloadavg()
     t0 = time.perf_counter()
-    r = atlas_api.vocab_health(lm, n_verify=n_verify, db=db, use_cache=False)  # type: ignore[arg-type]
+    r = atlas_api.run_vocab_health(lm, n_verify=n_verify, db=db, use_cache=False)  # type: ignore[arg-type]
     total = time.perf_counter() - t0
     verified = [s for s in r.suspects() if s["status"] in ("strong_verified", "weak_verified")]
     print(

@@ -56,9 +56,9 @@ def _scene(settings: Settings) -> Path:
 
 
 def _lens(s: Settings) -> Any:
-    from explorer.api import logit_lens
+    from explorer.api.lens import run_logit_lens
 
-    return logit_lens(None, PROMPT, targets=[" Paris"], generate=4, settings=s)
+    return run_logit_lens(None, PROMPT, targets=[" Paris"], generate=4, settings=s)
 
 
 def _attention(s: Settings) -> Any:
@@ -80,11 +80,11 @@ def _attribution(s: Settings) -> Any:
 
 
 def _comparison(s: Settings) -> Any:
-    from explorer.api.attribution import attribute, compare_runs
+    from explorer.api.attribution import attribute, compare_attribution_runs
 
     a = attribute(None, PROMPT, target=" Paris", method="occlusion", settings=s)
     b = attribute(None, PROMPT, target=" Paris", method="input_x_gradient", settings=s)
-    return compare_runs([str(a.run_id), str(b.run_id)], settings=s)
+    return compare_attribution_runs([str(a.run_id), str(b.run_id)], settings=s)
 
 
 def _generation(s: Settings) -> Any:
@@ -94,52 +94,52 @@ def _generation(s: Settings) -> Any:
 
 
 def _prune_text(s: Settings) -> Any:
-    from explorer.api.pruning import prune_text
+    from explorer.api.pruning import run_prune_text
 
-    return prune_text(None, PROMPT, keep_ratios=(0.25, 0.5, 0.75), continuation_tokens=4, settings=s)
+    return run_prune_text(None, PROMPT, keep_ratios=(0.25, 0.5, 0.75), continuation_tokens=4, settings=s)
 
 
 def _prune_image(s: Settings) -> Any:
-    from explorer.api.pruning import prune_image
+    from explorer.api.pruning import run_prune_image
 
-    return prune_image(_image("astronaut"), keep_ratios=(0.25, 0.5), settings=s)
+    return run_prune_image(_image("astronaut"), keep_ratios=(0.25, 0.5), settings=s)
 
 
 def _vlm_lens(s: Settings) -> Any:
-    from explorer.api import logit_lens
+    from explorer.api.lens import run_logit_lens
 
-    return logit_lens("tiny-vlm", VLM_PROMPT, image=_scene(s), targets=[" red"], generate=3, settings=s)
+    return run_logit_lens("tiny-vlm", VLM_PROMPT, image=_scene(s), targets=[" red"], generate=3, settings=s)
 
 
 def _vlm_tokens(s: Settings) -> Any:
-    from explorer.api.vlm import visual_tokens
+    from explorer.api.vlm import run_visual_tokens
     from explorer.vlm.tokens import TokenParams
 
-    return visual_tokens("tiny-vlm", VLM_PROMPT, _scene(s), params=TokenParams(), settings=s)
+    return run_visual_tokens("tiny-vlm", VLM_PROMPT, _scene(s), params=TokenParams(), settings=s)
 
 
 def _vlm_latent(s: Settings) -> Any:
-    from explorer.api.vlm import latent_neighbours
+    from explorer.api.vlm import run_latent_neighbours
 
-    return latent_neighbours("tiny-vlm", VLM_PROMPT, _scene(s), settings=s)
+    return run_latent_neighbours("tiny-vlm", VLM_PROMPT, _scene(s), settings=s)
 
 
 def _token_map(s: Settings) -> Any:
-    from explorer.api.atlas import token_map
+    from explorer.api.atlas import run_token_map
 
-    return token_map(None, [PROMPT, LONG_PROMPT], settings=s)
+    return run_token_map(None, [PROMPT, LONG_PROMPT], settings=s)
 
 
 def _vocab(s: Settings) -> Any:
-    from explorer.api.atlas import vocab_health
+    from explorer.api.atlas import run_vocab_health
 
-    return vocab_health(None, n_verify=50, map_points=1500, settings=s)
+    return run_vocab_health(None, n_verify=50, map_points=1500, settings=s)
 
 
 def _microscope(s: Settings) -> Any:
-    from explorer.api.atlas import microscope
+    from explorer.api.atlas import run_microscope
 
-    return microscope(None, LONG_PROMPT, settings=s)
+    return run_microscope(None, LONG_PROMPT, settings=s)
 
 
 def _tokenizers(s: Settings) -> Any:
@@ -162,7 +162,7 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
     GalleryRun(
         "attribution_comparison", "attribution_comparison",
         f"explorer attribute --prompt {_P} --target ' Paris' --method occlusion (and input_x_gradient), "
-        "then explorer.compare_runs([A, B])",
+        "then explorer.api.attribution.compare_attribution_runs([A, B])",
         _comparison,
     ),
     GalleryRun(

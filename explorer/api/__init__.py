@@ -9,11 +9,14 @@
     atlas.py        token_map, map_scores, vocab_health, microscope, inspect_tokenizers
     export.py       export_figure, export_panel, list_figures
 
-`explorer` re-exports the entry points (`explorer.logit_lens`, ...); the CLI and the UI call the
-same functions. This package imports the runner and the lens only: the other modules load on use.
+Where the engine has a function of the same name (`analysis.logit_lens.logit_lens`,
+`analysis.pruning.text.prune_text`, ...), the API function is `run_<name>`. The public names are
+`explorer.logit_lens`, `explorer.prune_text`, ... (`explorer/__init__.py`); the CLI and the UI call
+the same functions. This package imports the runner and the lens only (`explorer.api.logit_lens`
+stays for notebooks written before the split); the other modules load on first use.
 """
 
-from explorer.api.lens import logit_lens
+from explorer.api.lens import run_logit_lens as logit_lens
 from explorer.api.runner import (
     CachedRequest,
     DbArg,

@@ -38,7 +38,7 @@ def prompt_key(prompts: list[str]) -> str:
     return prompts[0] if len(prompts) == 1 else json.dumps(prompts, ensure_ascii=False)
 
 
-def token_map(
+def run_token_map(
     model: str | LanguageModel | Any | None,
     prompts: str | Sequence[str],
     *,
@@ -239,7 +239,7 @@ def _run_values(
 TokenMapResult = _map.TokenMapResult
 
 
-def vocab_health(
+def run_vocab_health(
     model: str | LanguageModel | None = None,
     *,
     n_verify: int = 300,
@@ -285,7 +285,7 @@ def vocab_health(
 VocabHealthResult = _vocab.VocabHealthResult
 
 
-def microscope(
+def run_microscope(
     model: str | LanguageModel | None,
     prompt: str,
     *,
@@ -358,7 +358,7 @@ __all__ = [
     "TokenMapResult",
     "VocabHealthResult",
     "map_scores",
-    "microscope",
-    "token_map",
-    "vocab_health",
+    "run_microscope",
+    "run_token_map",
+    "run_vocab_health",
 ]

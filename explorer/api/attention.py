@@ -114,7 +114,7 @@ def _vlm_attention(
         raise InputError("attention flow applies to text prompts of a language model, not to an image")
     params = VLMAttentionParams(generate=8 if generate is None else int(generate))
     params.validate()
-    return vlm_api.vlm_attention(
+    return vlm_api.run_vlm_attention(
         model, prompt, image, params=params, db=db, use_cache=use_cache, settings=settings, dtype=dtype,
         progress=progress,
     )  # fmt: skip

@@ -280,13 +280,13 @@ def attribute_generation(
     )
 
 
-def compare_runs(
+def compare_attribution_runs(
     run_ids: list[str], db: DbArg = None, settings: Settings | None = None
 ) -> AttributionComparison:
     """Reopen stored attribution runs (no model needed) as a comparison."""
     store = open_store(db, settings)
     if store is None:
-        raise InputError("compare_runs needs a store")
+        raise InputError("comparing attribution runs needs a store")
     results = []
     for run_id in run_ids:
         result = store.load(run_id)
@@ -296,4 +296,4 @@ def compare_runs(
     return AttributionComparison(results=results)
 
 
-__all__ = ["ATTRIBUTION_METHODS", "attribute", "attribute_generation", "compare_runs"]
+__all__ = ["ATTRIBUTION_METHODS", "attribute", "attribute_generation", "compare_attribution_runs"]

@@ -13,7 +13,7 @@ from explorer.progress import ProgressFn
 from explorer.text_input import check_prompt
 
 
-def logit_lens(
+def run_logit_lens(
     model: Any,
     prompt: str,
     *,

@@ -31,7 +31,7 @@ SWEEP_RATIOS = DEFAULT_KEEP_RATIOS  # the one default list (analysis.pruning.com
 TextPruningResult = _text.TextPruningResult
 
 
-def prune_text(
+def run_prune_text(
     model: str | LanguageModel | None,
     prompt: str,
     *,
@@ -103,7 +103,7 @@ def _image_engine() -> Any:
     return image
 
 
-def prune_image(
+def run_prune_image(
     image: ImageInput,
     *,
     model: str | VisionModel | None = None,
@@ -194,7 +194,7 @@ def prune(
             raise InputError("--target applies to text prompts only")
         if isinstance(model, LanguageModel):
             raise InputError("image pruning needs a vision model, not a language model")
-        return prune_image(
+        return run_prune_image(
             image,
             model=model,
             strategies=strategies,
@@ -210,7 +210,7 @@ def prune(
     if isinstance(model, VisionModel):
         raise InputError("text pruning needs a language model, not a vision model")
     assert prompt is not None
-    return prune_text(
+    return run_prune_text(
         model,
         prompt,
         strategies=strategies,
@@ -251,7 +251,7 @@ __all__ = [
     "deviations",
     "image_strategy_names",
     "prune",
-    "prune_image",
-    "prune_text",
+    "run_prune_image",
+    "run_prune_text",
     "text_strategy_names",
 ]

@@ -139,7 +139,7 @@ def vlm_lens(
     )  # fmt: skip
 
 
-def visual_tokens(
+def run_visual_tokens(
     model: str | VisionLanguageModel | None,
     prompt: str,
     image: ImageInput | None,
@@ -196,7 +196,7 @@ def vlm_attribute(
     )  # fmt: skip
 
 
-def vlm_attention(
+def run_vlm_attention(
     model: str | VisionLanguageModel | None,
     prompt: str,
     image: ImageInput | None,
@@ -414,7 +414,7 @@ def text_bank(
     return MODEL_CACHE.get(key, load)
 
 
-def latent_neighbours(
+def run_latent_neighbours(
     model: str | VisionLanguageModel | None,
     prompt: str,
     image: ImageInput | None,

@@ -165,7 +165,7 @@ def build(ctx: UIContext) -> None:
         model_name = model_v or None
         if image_v is not None and model_name in EMBEDDED_LMS:
             model_name = EMBEDDED_VLMS[0]  # a text-only model cannot take the image: use the demo VLM
-        result = atlas_api.token_map(
+        result = atlas_api.run_token_map(
             model_name,
             _prompts(text, split),
             image=image_v,

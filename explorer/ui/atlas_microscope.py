@@ -72,7 +72,7 @@ def build(ctx: UIContext) -> None:
     def on_run(
         text: str, model_v: str, measure_v: str, progress: gr.Progress = gr.Progress()
     ) -> tuple[Any, ...]:
-        result = atlas_api.microscope(
+        result = atlas_api.run_microscope(
             model_v or None, text, settings=ctx.settings, progress=progress_fn(progress)
         )
         result = dataclasses.replace(result, view={"measure": measure_v or "context"})

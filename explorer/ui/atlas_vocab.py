@@ -130,7 +130,7 @@ def build(ctx: UIContext) -> None:
         sample_v: float,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
-        result = atlas_api.vocab_health(
+        result = atlas_api.run_vocab_health(
             model_v or None,
             n_verify=int(n_v),
             map_points=int(points_v),

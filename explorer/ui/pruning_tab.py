@@ -16,8 +16,8 @@ from explorer.analysis.pruning.text import DEFAULT_LAYER, DEFAULT_STRATEGIES, Te
 from explorer.api.pruning import (
     deviations,
     image_strategy_names,
-    prune_image,
-    prune_text,
+    run_prune_image,
+    run_prune_text,
     text_strategy_names,
 )
 from explorer.backends.embedded import EMBEDDED_LMS
@@ -242,7 +242,7 @@ def build(ctx: UIContext) -> None:
         if mode_v == "Text":
             if not text_strategies_v:
                 raise InputError("choose at least one text strategy")
-            result = prune_text(
+            result = run_prune_text(
                 lm_v or ctx.settings.default_model,
                 prompt_v,
                 strategies=text_strategies_v,
@@ -261,7 +261,7 @@ def build(ctx: UIContext) -> None:
                 raise InputError("upload or paste an image, or choose a sample image")
             if not image_strategies_v:
                 raise InputError("choose at least one image strategy")
-            result = prune_image(
+            result = run_prune_image(
                 source,
                 model=vision_v or None,
                 strategies=image_strategies_v,

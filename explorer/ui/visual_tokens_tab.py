@@ -133,7 +133,7 @@ def build(ctx: UIContext) -> None:
         n_ans: int,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
-        from explorer.api.vlm import visual_tokens
+        from explorer.api.vlm import run_visual_tokens
         from explorer.plots.vlm_tokens import (
             attention_shares,
             category_counts,
@@ -149,7 +149,7 @@ def build(ctx: UIContext) -> None:
             dead_hidden_eps=float(eout),
             answer_tokens=int(n_ans),
         )
-        r = visual_tokens(
+        r = run_visual_tokens(
             model_v or TINY_VLM,
             prompt_v,
             image_v,
@@ -195,10 +195,10 @@ def build(ctx: UIContext) -> None:
         k_v: int,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
-        from explorer.api.vlm import latent_neighbours
+        from explorer.api.vlm import run_latent_neighbours
         from explorer.plots.vlm_latent import latent_neighbours_overlay
 
-        r = latent_neighbours(
+        r = run_latent_neighbours(
             model_v or TINY_VLM,
             prompt_v,
             image_v,

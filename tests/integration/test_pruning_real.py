@@ -45,8 +45,7 @@ def test_fastv_full_keep_is_bit_exact_on_smollm2(lm: LanguageModel) -> None:
 
 
 def test_text_sweep_on_smollm2(lm: LanguageModel, store: Store) -> None:
-    from explorer.api import load_run
-    from explorer.api.pruning import prune_text
+    from explorer import load_run, prune_text
 
     result = prune_text(
         lm, PROMPT, keep_ratios=(1.0, 0.75, 0.5), target=" Rome", continuation_tokens=4, db=store

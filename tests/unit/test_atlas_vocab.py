@@ -22,7 +22,7 @@ def vocab_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
 
     lm = make_tiny_lm("llama")
     store = Store.open(tmp_path_factory.mktemp("vocab") / "runs.duckdb")
-    result = atlas_api.vocab_health(
+    result = atlas_api.run_vocab_health(
         lm, n_verify=12, map_points=0, gh_cluster_size=3000, gh_sample=3, db=store
     )
     yield lm, store, result
@@ -127,5 +127,5 @@ def test_byte_level_partial_utf8_and_completions() -> None:
 
 def test_bad_params(tiny_llama, tmp_store) -> None:
     with pytest.raises(InputError, match="n_verify"):
-        atlas_api.vocab_health(tiny_llama, n_verify=0, db=tmp_store)
+        atlas_api.run_vocab_health(tiny_llama, n_verify=0, db=tmp_store)
     assert tmp_store.list_runs() == []
