@@ -26,7 +26,7 @@ from explorer.analysis.atlas import token_map as _map
 from explorer.analysis.atlas import tokenizers as _tok
 from explorer.analysis.atlas import vocab as _vocab
 from explorer.analysis.atlas.projection import PCA_DIMS, ProjectionParams
-from explorer.api.runner import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.api.runner import DbArg, ProgressFn, cache_params, get_model, open_store, run_cached
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.models.loading import LanguageModel
@@ -98,11 +98,9 @@ def run_token_map(
         model_id=backend.model_id,
         weight_hash=backend.weight_hash,
         prompt=prompt_key(items),
-        params={
-            **params.to_json(),
-            "max_tokens": settings.max_prompt_tokens,
-            **({"image": digest} if digest else {}),
-        },
+        params=cache_params(
+            params, max_tokens=settings.max_prompt_tokens, **({"image": digest} if digest else {})
+        ),
         compute=lambda: _map.token_map(
             backend,
             items,
@@ -273,7 +271,7 @@ def run_vocab_health(
         model_id=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt="",
-        params=params.to_json(),
+        params=cache_params(params),
         compute=lambda: _vocab.vocab_health(
             lm, params=params, cache_dir=settings.cache_dir, progress=progress
         ),

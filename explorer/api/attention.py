@@ -18,7 +18,14 @@ from typing import Any
 
 from explorer.analysis import attention as _att
 from explorer.analysis import vision_attention_result as _vatt
-from explorer.api.runner import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.api.runner import (
+    DbArg,
+    ProgressFn,
+    cache_params,
+    get_model,
+    open_store,
+    run_cached,
+)
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.images import ImageInput, load_image
 from explorer.backends.language import LanguageModel
@@ -71,7 +78,7 @@ def attention(
         model_id=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt=prompt,
-        params={**params.to_json(), "max_tokens": settings.max_prompt_tokens},
+        params=cache_params(params, max_tokens=settings.max_prompt_tokens),
         compute=lambda: _att.analyze_attention(
             lm,
             prompt,
@@ -164,7 +171,7 @@ def attention_image(
         model_id=vm.model_id,
         weight_hash=vm.weight_hash,
         prompt=sha,
-        params=_vatt.run_params(vm, params),
+        params=cache_params(params, **vm.preprocessing.cache_key()),
         compute=lambda: _vatt.analyze_image_attention(
             vm, pil, params=params, settings=settings, progress=progress
         ),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from explorer.analysis import logit_lens as _lens
-from explorer.api.runner import DbArg, get_model, open_store, run_cached
+from explorer.api.runner import DbArg, cache_params, get_model, open_store, run_cached
 from explorer.backends.language import LanguageModel
 from explorer.config import Settings
 from explorer.errors import InputError
@@ -71,7 +71,7 @@ def run_logit_lens(
         model_id=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt=prompt,
-        params={**params.to_json(), "max_tokens": settings.max_prompt_tokens},
+        params=cache_params(params, max_tokens=settings.max_prompt_tokens),
         compute=lambda: _lens.logit_lens(
             lm,
             prompt,

@@ -143,16 +143,12 @@ def run_prune_image(
         )
     layer = engine.validate_layer(vm, layer)
     seed = engine.validate_seed(seed)
-    pre = vm.preprocessing
     params: dict[str, Any] = {
         "strategies": names,
         "keep_ratios": ratios,
         "layer": layer,
         "seed": seed,
-        "image_size": pre.image_size,
-        "resize": pre.resize,
-        "mean": [float(v) for v in pre.mean],
-        "std": [float(v) for v in pre.std],
+        **vm.preprocessing.cache_key(),
     }
     return run_cached(
         engine.ImagePruningResult.kind,
@@ -191,7 +187,7 @@ def prune(
         raise InputError("give exactly one of a prompt (text pruning) or an image (patch pruning)")
     if image is not None:
         if target:
-            raise InputError("--target applies to text prompts only")
+            raise InputError("target applies to text prompts only (not to an image)")
         if isinstance(model, LanguageModel):
             raise InputError("image pruning needs a vision model, not a language model")
         return run_prune_image(

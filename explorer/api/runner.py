@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from explorer.backends.language import LanguageModel, load_model
 from explorer.config import Settings
+from explorer.params import Params
 from explorer.progress import ProgressFn
 from explorer.results import StoredResult
 from explorer.store import PendingRun, QueryLimits, RunInfo, Store, cache_key
@@ -59,6 +60,14 @@ def get_model(
     if isinstance(model, LanguageModel):
         return model
     return load_model(model, settings=settings, progress=progress, dtype=dtype)
+
+
+def cache_params(params: Params, **context: Any) -> dict[str, Any]:
+    """The parameter part of a run's cache key, computed one way for every analysis: `params`
+    validated (its `validate()` names the parameter at fault) and in its key form (`to_json()`),
+    plus the run's context that changes the result (e.g. `max_tokens`, an `image` digest)."""
+    params.validate()
+    return {**params.to_json(), **context}
 
 
 @dataclass(frozen=True)
