@@ -26,7 +26,7 @@ from explorer.errors import InputError
 def _attentions(lm: LanguageModel, task: AttributionTask) -> torch.Tensor:
     """(L, H, T, T) attention patterns over context + target[:-1]."""
     if task.foil_ids is not None:
-        raise InputError("attention-based scores do not support contrastive attribution (--contrast)")
+        raise InputError("attention-based scores do not support contrastive attribution (contrast)")
     # The context is already bounded by the prompt limit (Settings.max_prompt_tokens, in build_task).
     ids = torch.cat([task.context_ids.cpu(), task.target_ids.cpu()[:-1]])
     trace = capture(lm, ids, attentions=True)
