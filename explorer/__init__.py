@@ -52,6 +52,7 @@ _LAZY = {
     "load_vision_model": "explorer.backends.vision",
     "visual_tokens": "explorer.vlm_api",
     "vlm_eval": "explorer.vlm_api",
+    "vlm_prune": "explorer.vlm_api",
     "vista_compare": "explorer.vlm_api",
     "latent_neighbours": "explorer.vlm_api",
     "text_bank": "explorer.vlm_api",
