@@ -8,18 +8,6 @@ from typing import Any
 from explorer.config import Settings
 
 
-def _ratios(text: str) -> list[float]:
-    from explorer.errors import InputError
-
-    values = [v for v in text.replace(" ", ",").split(",") if v]
-    try:
-        return [float(v) for v in values]
-    except ValueError:
-        raise InputError(
-            f"--keep: give numbers in (0, 1] separated by commas, e.g. 1,0.5,0.25 (got {text!r})"
-        ) from None
-
-
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "vlm-prune",
@@ -58,14 +46,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=16, help="prompts answered together (16)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (1000)")
-    p.add_argument(
-        "--json", action="store_true", help="print JSON (what every subcommand prints; for scripts)"
-    )
     p.add_argument("--no-cache", action="store_true", help="recompute even if the run is stored")
     return p
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from explorer.analysis.pruning.common import parse_keep_ratios
     from explorer.vlm_api import vlm_prune
 
     result = vlm_prune(
@@ -73,7 +59,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         args.dataset,
         n_scenes=args.scenes,
         strategies=args.strategy or ["all"],
-        keep_ratios=None if args.keep is None else _ratios(args.keep),
+        keep_ratios=None if args.keep is None else parse_keep_ratios(args.keep, "--keep"),
         seed=args.seed,
         batch_size=args.batch_size,
         n_boot=args.bootstrap,

@@ -206,3 +206,7 @@ def build(ctx: UIContext) -> None:
         outputs=[plain_out, steered_out, timing],
         api_name="vista_compare",
     )
+
+    from explorer.ui import vlm_prune_section
+
+    vlm_prune_section.build(ctx)

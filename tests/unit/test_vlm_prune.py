@@ -312,3 +312,23 @@ def test_vectorised_bootstrap_equals_the_per_resample_loop() -> None:
         b = m.estimate(lambda idx, v=values: float(v[idx].mean()), n, n_boot=200, seed=1)
         assert (a.value, a.low, a.high) == (b.value, b.low, b.high)
     assert json.dumps(m.accuracy_estimate(np.array([]), n_boot=100).to_dict()).count("NaN") == 3
+
+
+def test_ui_section_builds_and_bad_input_is_a_toast(settings: Any, sweep: VLMPruneResult) -> None:
+    import gradio as gr
+
+    from explorer.ui import vlm_prune_section
+    from explorer.ui.app import build_demo
+
+    demo = build_demo(settings)
+    fns = {f.api_name: f.fn for f in demo.fns.values()}
+    assert "vlm_prune" in fns
+    for keep, message in (("0,2", "keep ratio"), ("half", "keep ratios")):
+        with pytest.raises(gr.Error, match=message):
+            fns["vlm_prune"]("pope", 1, "tiny-vlm", ["fastv"], keep, 0)
+    with pytest.raises(gr.Error, match="at least one strategy"):
+        fns["vlm_prune"]("pope", 1, "tiny-vlm", [], "1", 0)
+    text = vlm_prune_section.explain()
+    assert all(VISUAL_STRATEGIES[n].label in text for n in STRATEGIES) and "MustDrop" in text
+    rows = vlm_prune_section.cost_rows(sweep)
+    assert len(rows) == len(sweep.costs) and rows[0][5] == 1.0
