@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "vlm_prune",
     "vista",
     "latent_neighbours",
+    "vista_patterns",
 )
 
 

@@ -89,6 +89,7 @@ RESULT_MODULES = (
     "explorer.vlm.prune_eval",
     "explorer.vlm.attention",
     "explorer.vlm.latent",
+    "explorer.vlm.vista_patterns",
 )
 
 

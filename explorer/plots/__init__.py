@@ -88,6 +88,7 @@ def _load_builtin_figures() -> None:
         "vlm_eval",
         "vlm_prune",
         "vlm_latent",
+        "vista_patterns",
     ):
         try:
             __import__(f"explorer.plots.{module}")
