@@ -47,7 +47,7 @@ KNOWN_LAYOUT_FAILURES = {
     "vlm_eval-eval_hallucination",
     "vlm_eval-eval_metrics",
     "vlm_lens-tracked",
-    "vlm_prune-agreement",  # not yet checked in a browser (new in issue 9)
+    "vlm_prune-agreement",  # double column clean; single column: 7-entry legend overlaps the ticks
     "vlm_prune-prefill_cost",
     "vlm_prune-retention",
     "vocab_health-indicators",
