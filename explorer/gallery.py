@@ -124,6 +124,14 @@ def _vlm_latent(s: Settings) -> Any:
     return run_latent_neighbours("tiny-vlm", VLM_PROMPT, _scene(s), settings=s)
 
 
+def _vlm_prune(s: Settings) -> Any:
+    from explorer.api.vlm import vlm_prune
+
+    return vlm_prune(
+        "tiny-vlm", "pope", n_scenes=1, strategies=["fastv", "random"], keep_ratios=[1, 0.25], settings=s
+    )
+
+
 def _token_map(s: Settings) -> Any:
     from explorer.api.atlas import run_token_map
 
@@ -194,6 +202,10 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
         "vlm_latent", "vlm_latent",
         f"explorer latent-neighbours --model tiny-vlm --image scene.png --prompt {json.dumps(VLM_PROMPT)}",
         _vlm_latent,
+    ),
+    GalleryRun(
+        "vlm_prune", "vlm_prune", "explorer vlm-prune --set pope --n 1 --strategy fastv,random --keep 1,0.25",
+        _vlm_prune,
     ),
     GalleryRun("token_map", "token_map", f"explorer atlas map --prompt {_P} --prompt {json.dumps(LONG_PROMPT)}", _token_map),
     GalleryRun("vocab_health", "vocab_health", "explorer atlas vocab --n-verify 50 --map-points 1500", _vocab),
