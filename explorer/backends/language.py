@@ -478,6 +478,55 @@ class LanguageModel:
                     h.remove()
         return torch.stack([captured[x] for x in wanted])
 
+    @torch.no_grad()
+    def attention_pass(
+        self,
+        input_ids: torch.Tensor,
+        on_layer: Callable[[int, torch.Tensor], None],
+        layers: Sequence[int] | None = None,
+    ) -> None:
+        """One pass over input_ids (seq,) that hands each block's attention weights to
+        `on_layer(layer, weights)` as soon as the block has run, weights (n_heads, seq, seq)
+        float32 (query x key, rows sum to 1), and keeps none of them.
+
+        Memory stays at one layer's matrices, where `capture(attentions=True)` holds every
+        layer's at once (n_layers x n_heads x seq^2: 18 GB for SmolLM2 at 4,096 tokens).
+        `layers`: only these blocks (the pass stops after the last one; default all)."""
+        blocks = self.blocks()
+        wanted = sorted({int(x) for x in layers}) if layers is not None else list(range(len(blocks)))
+        if not wanted or wanted[0] < 0 or wanted[-1] >= len(blocks):
+            raise ValueError(f"layers must lie in 0..{len(blocks) - 1} (got {layers})")
+        last = wanted[-1]
+
+        class _Done(Exception):
+            pass
+
+        def make_hook(i: int) -> Any:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
+                    raise RuntimeError(
+                        "the attention module returned no weights; load it with attn_implementation='eager'"
+                    )
+                on_layer(i, weights[0].float())
+                if i == last:
+                    raise _Done
+
+            return hook
+
+        with self.lock:
+            handles = [
+                get_submodule(blocks[i], self.spec.attention).register_forward_hook(make_hook(i))
+                for i in wanted
+            ]
+            try:
+                self.forward(input_ids.reshape(1, -1), logits_to_keep=1)
+            except _Done:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
+
     @contextmanager
     def residual_edits(self, edits: dict[int, ResidualEdit]) -> Iterator[None]:
         """While inside (and under the lock), residual `l` (1..n_layers: the output of block l-1)
