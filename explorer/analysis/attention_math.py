@@ -146,6 +146,27 @@ def rollout_carry(
     return ((1.0 - w) * (mean @ carried.to(mean.dtype)).double() + w * carried) / norm[:, None]
 
 
+def rollout_rows(
+    means: Sequence[torch.Tensor], rows: Sequence[int], residual_weight: float = RESIDUAL_WEIGHT
+) -> torch.Tensor:
+    """Rows of the rollout after the last layer, from each layer's mean over heads (seq, seq):
+    (len(rows), seq) float64, equal to `attention_rollout(...)[-1][rows]`.
+
+    Row q of A'_L ... A'_0 is e_q A'_L ... A'_0: a row vector times one matrix per layer, from
+    the last layer down, O(L seq^2) instead of the full product's O(L seq^3)."""
+    check_residual_weight(residual_weight)
+    w = residual_weight
+    seq = int(means[0].shape[-1])
+    v = torch.zeros(len(rows), seq, dtype=torch.float64, device=means[0].device)
+    v[torch.arange(len(rows)), torch.as_tensor(list(rows), dtype=torch.long)] = 1.0
+    for mean in reversed(list(means)):
+        m = mean.double()
+        norm = (1.0 - w) * m.sum(dim=-1) + w  # row sums of A' before re-normalising
+        scaled = v / norm[None, :]
+        v = w * scaled + (1.0 - w) * (scaled @ m)
+    return v
+
+
 # ---- attention flow: exact max-flow on the layered graph ------------------------------------
 class _FlowNetwork:
     """Directed graph with float capacities and Dinic's max-flow (BFS levels + blocking flow)."""

@@ -131,3 +131,37 @@ def test_head_window_matches_the_full_matrix(tiny_llama: Any) -> None:
 def test_tiny_long_model_is_tiny(tiny_long_lm: Any, unused: Any) -> None:
     assert tiny_long_lm.parameter_count() < 3_000_000
     assert torch.is_tensor(next(tiny_long_lm.hf_model.parameters()))
+
+
+# ---- every other analysis at 4,096 tokens --------------------------------------------------
+def test_logit_lens_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
+    from explorer.analysis.logit_lens import LensResult
+    from explorer.api import logit_lens
+
+    res = logit_lens(tiny_long_lm, long_prompt(), top_k=3, db=tmp_store)
+    assert res.seq_len == LONG_TOKENS
+    loaded = tmp_store.load(str(res.run_id))
+    assert isinstance(loaded, LensResult) and loaded.seq_len == LONG_TOKENS
+
+
+@pytest.mark.parametrize(
+    "method", ["last_layer_attention", "attention_rollout", "saliency", "input_x_gradient"]
+)
+def test_attribution_4096_tokens(tiny_long_lm: Any, tmp_store: Any, method: str) -> None:
+    from explorer.attribution_api import attribute
+
+    res = attribute(tiny_long_lm, long_prompt(LONG_TOKENS - 1), target=" cat", method=method, db=tmp_store)
+    assert len(res.tokens) == LONG_TOKENS - 1  # type: ignore[union-attr]
+    assert tmp_store.load(str(res.run_id)).kind == res.kind  # type: ignore[union-attr]
+
+
+def test_compare_two_long_attention_runs(tiny_long_lm: Any, tmp_store: Any) -> None:
+    from explorer.compare import compare_runs
+
+    a = attention(tiny_long_lm, long_prompt(), db=tmp_store)
+    b = attention(tiny_long_lm, long_prompt(LONG_TOKENS - 10), db=tmp_store)
+    c = attention(tiny_long_lm, long_prompt(300), db=tmp_store)
+    same = compare_runs(tmp_store, str(a.run_id), str(b.run_id))
+    assert "attention_delta" in same.matrices or "entropy_delta" in same.matrices
+    mixed = compare_runs(tmp_store, str(a.run_id), str(c.run_id))
+    assert mixed.to_dict()["kind"] == "attention"
