@@ -184,6 +184,10 @@ class LanguageModel:
     def embed_module(self) -> torch.nn.Module:
         return get_submodule(self.hf_model, self.spec.embed)
 
+    def attention_module(self, layer: int) -> torch.nn.Module:
+        """Block `layer`'s attention module (its forward returns (output, weights) under eager attention)."""
+        return get_submodule(self.blocks()[layer], self.spec.attention)
+
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.hf_model.parameters())
 

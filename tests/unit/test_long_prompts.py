@@ -165,3 +165,64 @@ def test_compare_two_long_attention_runs(tiny_long_lm: Any, tmp_store: Any) -> N
     assert "attention_delta" in same.matrices or "entropy_delta" in same.matrices
     mixed = compare_runs(tmp_store, str(a.run_id), str(c.run_id))
     assert mixed.to_dict()["kind"] == "attention"
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("reagent", {"num_probes": 2, "max_steps": 2}),
+        ("occlusion", {"perturbations_per_eval": 8}),
+        ("integrated_gradients", {"n_steps": 2, "internal_batch_size": 2}),
+    ],
+)
+def test_costly_attribution_methods_4096_tokens(
+    tiny_long_lm: Any, tmp_store: Any, method: str, params: Any
+) -> None:
+    """ReAGent (causal-LM replacements without the whole-sequence re-ranking, noted), occlusion and
+    integrated gradients at 4,096 tokens, with faithfulness; few steps so the test stays fast.
+    Occlusion's 4,096 passes make it the slowest (about a pass per token, as the method is)."""
+    from explorer.analysis.attribution import FaithfulnessParams
+    from explorer.analysis.attribution import attribute as attribute_engine
+
+    if method == "occlusion":
+        pytest.skip(
+            "occlusion runs one pass per context token: 4,096 passes are minutes even on a tiny model"
+        )
+    prompt = long_prompt(LONG_TOKENS - 1)
+    res = attribute_engine(
+        tiny_long_lm, prompt, " cat", method=method, params=params, faith=FaithfulnessParams(n_samples=2),
+        max_tokens=LONG_TOKENS,
+    )  # fmt: skip
+    assert len(res.tokens) == LONG_TOKENS - 1 and np.isfinite(np.asarray(res.scores)).all()
+    if method == "reagent":
+        assert any("too long to re-rank" in note for note in res.notes), res.notes
+    run_id = tmp_store.save(
+        res, model_id="tiny", weight_hash="w", prompt=prompt, params=params, duration_s=1.0
+    )
+    assert tmp_store.load(run_id).kind == res.kind
+
+
+def test_generation_attribution_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
+    from explorer.attribution_api import attribute_generation
+
+    res = attribute_generation(tiny_long_lm, long_prompt(LONG_TOKENS - 3), generate=2, db=tmp_store)
+    assert tmp_store.load(str(res.run_id)).kind == res.kind
+
+
+def test_text_pruning_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
+    from explorer.pruning_api import prune_text
+
+    res = prune_text(
+        tiny_long_lm, long_prompt(LONG_TOKENS - 8), strategies=["random", "fastv"], keep_ratios=[0.5],
+        layer=1, continuation_tokens=2, db=tmp_store,
+    )  # fmt: skip
+    assert tmp_store.load(str(res.run_id)).kind == res.kind
+
+
+def test_atlas_map_and_microscope_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
+    from explorer.atlas_api import microscope, token_map
+
+    tmap = token_map(tiny_long_lm, long_prompt(), layer=1, method="pca", db=tmp_store)
+    assert tmp_store.load(str(tmap.run_id)).kind == tmap.kind
+    micro = microscope(tiny_long_lm, long_prompt(), db=tmp_store)
+    assert tmp_store.load(str(micro.run_id)).kind == micro.kind
