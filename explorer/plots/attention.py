@@ -282,6 +282,38 @@ def rollout_heatmap(result: AttentionResult, **options: Any) -> go.Figure:
     return fig
 
 
+def window_heatmap(
+    result: AttentionResult, matrix: np.ndarray, start: int, layer: int, head: int | None, source: str
+) -> go.Figure:
+    """An exact window (queries and keys start..start+n-1) of one head of a long prompt: recomputed
+    from the model, or spread from the stored block aggregate (`source` says which)."""
+    n = matrix.shape[0]
+    spans = [(start + i, start + i) for i in range(n)]
+    causal = np.arange(n)[None, :] <= np.arange(n)[:, None]
+    labels = _span_hover(result.tokens, spans)
+    custom = np.empty((n, n, 2), dtype=object)
+    custom[:, :, 0] = np.array(labels, dtype=object)[:, None]
+    custom[:, :, 1] = np.array(labels, dtype=object)[None, :]
+    which = "mean over heads" if head is None else f"head {head}"
+    fig = go.Figure(
+        go.Heatmap(
+            z=np.where(causal, matrix, np.nan).astype(np.float32),
+            x=np.arange(n),
+            y=np.arange(n),
+            customdata=custom,
+            colorscale=ATTENTION_SCALE,
+            zmin=0.0,
+            hoverongaps=False,
+            hovertemplate="query %{customdata[0]}<br>key %{customdata[1]}<br>attention %{z:.4f}<extra></extra>",
+            colorbar={"title": {"text": "attention"}},
+        )
+    )
+    _matrix_axes(fig, result.tokens, spans)
+    fig.update_layout(plot_bgcolor=MASK_GREY)
+    title = f"Layer {layer}, {which}: positions {start}–{start + n - 1} ({source})"
+    return base_layout(_no_zero_lines(fig), title, height=max(480, min(900, 14 * n + 200)))
+
+
 # ---- all heads -------------------------------------------------------------------------
 def thumb_positions(result: AttentionResult) -> int:
     """Positions per thumbnail axis: <= MAX_THUMB_POSITIONS and within THUMB_CELL_BUDGET overall."""

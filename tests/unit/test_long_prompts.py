@@ -226,3 +226,19 @@ def test_atlas_map_and_microscope_4096_tokens(tiny_long_lm: Any, tmp_store: Any)
     assert tmp_store.load(str(tmap.run_id)).kind == tmap.kind
     micro = microscope(tiny_long_lm, long_prompt(), db=tmp_store)
     assert tmp_store.load(str(micro.run_id)).kind == micro.kind
+
+
+def test_attention_window_recomputed_or_from_the_aggregate(tiny_llama: Any) -> None:
+    """A long run's exact head window: recomputed when the model is at hand, else spread from the
+    stored block aggregate (rows of the spread window never exceed 1; future keys are 0)."""
+    from explorer.attention_api import attention_window
+
+    ids = encode(tiny_llama, "The cat sat on the mat, and the dog ran to the park.", 512)
+    blocked = streamed_attention(tiny_llama, ids, max_blocks=4)
+    full = attention_from_trace(capture(tiny_llama, ids, attentions=True), model_id="tiny")
+    exact, source = attention_window(blocked, 1, 2, 2, size=6, model=tiny_llama)
+    assert source == "recomputed"
+    np.testing.assert_allclose(exact, full.attentions[1, 2, 2:8, 2:8], atol=1e-6)
+    spread, source = attention_window(blocked, 1, None, 0, size=6, model="no-such-model-here")
+    assert source == "block aggregate" and spread.shape == (6, 6)
+    assert (np.triu(spread, 1) == 0).all() and (spread.sum(-1) <= 1 + 1e-6).all()
