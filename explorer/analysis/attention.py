@@ -47,6 +47,7 @@ from explorer.analysis.attention_math import (
 from explorer.backends.language import LanguageModel, capture, encode
 from explorer.backends.trace import Trace
 from explorer.errors import InputError
+from explorer.params import params_json
 from explorer.progress import ProgressFn
 from explorer.results import register_result
 
@@ -70,7 +71,7 @@ class AttentionParams:
     """
 
     flow: bool = False
-    flow_positions: tuple[int, ...] = (-1,)
+    flow_positions: tuple[int, ...] = field(default=(-1,), metadata={"key_if": "flow"})
 
     def validate(self) -> None:
         if self.flow:
@@ -85,10 +86,7 @@ class AttentionParams:
                 )
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"flow": self.flow}
-        if self.flow:
-            d["flow_positions"] = list(self.flow_positions)
-        return d
+        return params_json(self)
 
 
 def resolve_positions(positions: Sequence[int], seq: int, what: str = "position") -> list[int]:

@@ -2,10 +2,10 @@
 
 An input-kind radio switches between two modes, each showing only the views that apply:
 
-- Text (language model): Run -> `explorer.attention_api.attention` (one `capture`, stored in
+- Text (language model): Run -> `explorer.api.attention.attention` (one `capture`, stored in
   DuckDB): query x key matrices, token view, head grid, rollout, flow, sinks, entropy.
 - Image (vision model): upload / paste an image or pick a bundled sample, Run ->
-  `explorer.attention_api.attention_image`: [CLS] -> patch attention per layer/head (or the mean
+  `explorer.api.attention.attention_image`: [CLS] -> patch attention per layer/head (or the mean
   over heads) and attention rollout overlaid on the image, entropy of each head's [CLS] row.
 
 The result is held in a `gr.State`. Moving a layer / head / token / sink / rollout control only
@@ -23,7 +23,7 @@ import numpy as np
 
 from explorer.analysis.attention import MAX_FLOW_POSITIONS, MAX_FLOW_TOKENS, SINK_FIRST, AttentionResult
 from explorer.analysis.vision_attention_result import VisionAttentionResult
-from explorer.attention_api import attention, attention_image, attention_window
+from explorer.api.attention import attention, attention_image, attention_window
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.images import load_image, sample_images
 from explorer.backends.vision import EMBEDDED_VISION_MODELS

@@ -23,7 +23,7 @@ from explorer.analysis.attention import (
     block_aggregate,
     streamed_attention,
 )
-from explorer.attention_api import attention
+from explorer.api.attention import attention
 from explorer.backends.language import capture, encode
 from explorer.config import Settings
 
@@ -148,7 +148,7 @@ def test_logit_lens_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
     "method", ["last_layer_attention", "attention_rollout", "saliency", "input_x_gradient"]
 )
 def test_attribution_4096_tokens(tiny_long_lm: Any, tmp_store: Any, method: str) -> None:
-    from explorer.attribution_api import attribute
+    from explorer.api.attribution import attribute
 
     res = attribute(tiny_long_lm, long_prompt(LONG_TOKENS - 1), target=" cat", method=method, db=tmp_store)
     assert len(res.tokens) == LONG_TOKENS - 1  # type: ignore[union-attr]
@@ -203,14 +203,14 @@ def test_costly_attribution_methods_4096_tokens(
 
 
 def test_generation_attribution_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
-    from explorer.attribution_api import attribute_generation
+    from explorer.api.attribution import attribute_generation
 
     res = attribute_generation(tiny_long_lm, long_prompt(LONG_TOKENS - 3), generate=2, db=tmp_store)
     assert tmp_store.load(str(res.run_id)).kind == res.kind
 
 
 def test_text_pruning_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
-    from explorer.pruning_api import prune_text
+    from explorer.api.pruning import prune_text
 
     res = prune_text(
         tiny_long_lm, long_prompt(LONG_TOKENS - 8), strategies=["random", "fastv"], keep_ratios=[0.5],
@@ -220,7 +220,7 @@ def test_text_pruning_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
 
 
 def test_atlas_map_and_microscope_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
-    from explorer.atlas_api import microscope, token_map
+    from explorer.api.atlas import microscope, token_map
 
     tmap = token_map(tiny_long_lm, long_prompt(), layer=1, method="pca", db=tmp_store)
     assert tmp_store.load(str(tmap.run_id)).kind == tmap.kind
@@ -231,7 +231,7 @@ def test_atlas_map_and_microscope_4096_tokens(tiny_long_lm: Any, tmp_store: Any)
 def test_attention_window_recomputed_or_from_the_aggregate(tiny_llama: Any) -> None:
     """A long run's exact head window: recomputed when the model is at hand, else spread from the
     stored block aggregate (rows of the spread window never exceed 1; future keys are 0)."""
-    from explorer.attention_api import attention_window
+    from explorer.api.attention import attention_window
 
     ids = encode(tiny_llama, "The cat sat on the mat, and the dog ran to the park.", 512)
     blocked = streamed_attention(tiny_llama, ids, max_blocks=4)

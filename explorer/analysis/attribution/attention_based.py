@@ -29,7 +29,7 @@ def _head_means(lm: LanguageModel, task: AttributionTask, last_only: bool = Fals
     Read layer by layer (`attention_pass`), so a long prompt never holds every head's matrix
     (n_layers x n_heads x T^2); `last_only` runs the pass up to the last block and keeps it alone."""
     if task.foil_ids is not None:
-        raise InputError("attention-based scores do not support contrastive attribution (--contrast)")
+        raise InputError("attention-based scores do not support contrastive attribution (contrast)")
     # The context is already bounded by the prompt limit (Settings.max_prompt_tokens, in build_task).
     ids = torch.cat([task.context_ids.cpu(), task.target_ids.cpu()[:-1]])
     means: list[torch.Tensor] = []

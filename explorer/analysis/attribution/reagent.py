@@ -44,7 +44,7 @@ Implementation notes (ours, not the paper's):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,6 +53,7 @@ from explorer.analysis.attribution.replacement import REPLACEMENTS, Sampler, bui
 from explorer.analysis.attribution.task import AttributionTask, continuation_logprob_ids
 from explorer.backends.language import LanguageModel
 from explorer.errors import InputError
+from explorer.params import params_json
 
 # Where ReAGent here departs from the paper (Zhao & Shan 2024) and the authors' code; shown in the
 # Attribution tab, the README and the JSON (`deviations`) of every ReAGent result.
@@ -124,7 +125,7 @@ class ReagentParams:
             raise InputError(f"candidates must be between 1 and 64, got {self.candidates}")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return params_json(self)
 
 
 def rational_size(n_context: int, keep_top_n: int, max_keep_ratio: float) -> int:

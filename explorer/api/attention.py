@@ -18,7 +18,14 @@ from typing import Any
 
 from explorer.analysis import attention as _att
 from explorer.analysis import vision_attention_result as _vatt
-from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.api.runner import (
+    DbArg,
+    ProgressFn,
+    cache_params,
+    get_model,
+    open_store,
+    run_cached,
+)
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.images import ImageInput, load_image
 from explorer.backends.language import LanguageModel
@@ -71,11 +78,9 @@ def attention(
         model_id=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt=prompt,
-        params={
-            **params.to_json(),
-            "max_tokens": settings.max_prompt_tokens,
-            "full_tokens": settings.attention_full_tokens,
-        },
+        params=cache_params(
+            params, max_tokens=settings.max_prompt_tokens, full_tokens=settings.attention_full_tokens
+        ),
         compute=lambda: _att.analyze_attention(
             lm,
             prompt,
@@ -101,7 +106,7 @@ def _vlm_attention(
     dtype: str | None,
     progress: ProgressFn | None,
 ) -> VLMAttentionResult:
-    from explorer import vlm_api
+    from explorer.api import vlm as vlm_api
 
     name = model if isinstance(model, str) else getattr(model, "model_id", None)
     if isinstance(model, LanguageModel) or (isinstance(model, str) and model in EMBEDDED_LMS):
@@ -118,7 +123,7 @@ def _vlm_attention(
         raise InputError("attention flow applies to text prompts of a language model, not to an image")
     params = VLMAttentionParams(generate=8 if generate is None else int(generate))
     params.validate()
-    return vlm_api.vlm_attention(
+    return vlm_api.run_vlm_attention(
         model, prompt, image, params=params, db=db, use_cache=use_cache, settings=settings, dtype=dtype,
         progress=progress,
     )  # fmt: skip
@@ -168,7 +173,7 @@ def attention_image(
         model_id=vm.model_id,
         weight_hash=vm.weight_hash,
         prompt=sha,
-        params=_vatt.run_params(vm, params),
+        params=cache_params(params, **vm.preprocessing.cache_key()),
         compute=lambda: _vatt.analyze_image_attention(
             vm, pil, params=params, settings=settings, progress=progress
         ),
