@@ -242,3 +242,16 @@ def test_attention_window_recomputed_or_from_the_aggregate(tiny_llama: Any) -> N
     spread, source = attention_window(blocked, 1, None, 0, size=6, model="no-such-model-here")
     assert source == "block aggregate" and spread.shape == (6, 6)
     assert (np.triu(spread, 1) == 0).all() and (spread.sum(-1) <= 1 + 1e-6).all()
+
+
+def test_causal_replacements_past_the_rerank_budget_are_noted(tiny_llama: Any) -> None:
+    """ReAGent's causal-LM replacements re-rank candidates by whole-sequence likelihood up to a
+    budget; a longer prompt uses the left context's predictions (weights sum to 1) and says so."""
+    from explorer.analysis.attribution.replacement import CandidateTable, build_sampler, causal_rerank_fits
+
+    ids = encode(tiny_llama, " ".join(["word"] * 200), 512)
+    assert not causal_rerank_fits(int(ids.numel()))
+    sampler, notes = build_sampler(tiny_llama, ids, "causal", None, 4)
+    assert any("too long to re-rank" in note for note in notes)
+    assert isinstance(sampler, CandidateTable)
+    np.testing.assert_allclose(sampler.probs.sum(dim=-1).numpy(), 1.0, atol=1e-5)
