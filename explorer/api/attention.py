@@ -78,13 +78,15 @@ def attention(
         model_id=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt=prompt,
-        params=cache_params(params, max_tokens=settings.max_prompt_tokens),
+        params=cache_params(
+            params, max_tokens=settings.max_prompt_tokens, full_tokens=settings.attention_full_tokens
+        ),
         compute=lambda: _att.analyze_attention(
             lm,
             prompt,
             params=params,
             max_tokens=settings.max_prompt_tokens,
-            max_attention_tokens=settings.max_attention_tokens,
+            full_tokens=settings.attention_full_tokens,
             progress=progress,
         ),
         store=open_store(db, settings),
@@ -192,3 +194,45 @@ __all__ = [
     "attention",
     "attention_image",
 ]
+
+
+def attention_window(
+    result: _att.AttentionResult,
+    layer: int,
+    head: int | None,
+    start: int,
+    *,
+    size: int = 128,
+    model: str | LanguageModel | None = None,
+    settings: Settings | None = None,
+) -> tuple[Any, str]:
+    """One head's (or the mean's) attention for queries and keys start..start+size-1.
+
+    A long prompt's run stores block-aggregated matrices: the exact window is recomputed with
+    one pass up to `layer` when the run's model is available (same weights), otherwise it is
+    read from the stored block aggregate (each block's attention spread evenly over its keys).
+    Returns (matrix (size, size) float32, source: "recomputed" or "block aggregate" or "stored")."""
+    import numpy as np
+
+    seq = result.seq_len
+    start = max(0, min(int(start), max(0, seq - size)))
+    stop = min(seq, start + size)
+    if not result.is_blocked:
+        matrix = result.head_matrix(layer, head)[start:stop, start:stop]
+        return matrix, "stored"
+    settings = settings or Settings.from_env()
+    lm: LanguageModel | None = None
+    try:
+        lm = get_model(model if model is not None else result.model, settings, None, None)
+    except Exception:  # noqa: BLE001 - the model is optional here: fall back to the stored aggregate
+        lm = None
+    if lm is not None and lm.model_id == result.model:
+        window = _att.attention_head_window(lm, result.input_ids, layer, head, start, size)
+        return window, "recomputed"
+    block = result.head_matrix(layer, head)  # (B, B)
+    assert result.spans is not None
+    sizes = np.array([b - a + 1 for a, b in result.spans], dtype=np.float64)
+    unit = np.repeat(np.arange(len(result.spans)), sizes.astype(int))[start:stop]
+    spread = block[np.ix_(unit, unit)] / sizes[unit][None, :]
+    causal = np.arange(start, stop)[None, :] <= np.arange(start, stop)[:, None]
+    return np.where(causal, spread, 0.0).astype(np.float32), "block aggregate"

@@ -72,6 +72,9 @@ DEVIATIONS: tuple[str, ...] = (
 MAX_PROBES = 256
 MAX_STEPS = 10_000
 EPS = 1e-6
+# Rows x tokens per batched probe pass: 16 probe rows of a 128-token prompt go in one pass, a
+# 4,096-token prompt goes one or two rows at a time (memory stays bounded at any length).
+PROBE_BATCH_TOKENS = 8192
 
 
 @dataclass(frozen=True)
@@ -164,10 +167,22 @@ def reagent(
     keep_n = rational_size(p, params.keep_top_n, params.max_keep_ratio)
     target = task.target_ids.cpu()
 
+    rows_per_pass = max(1, PROBE_BATCH_TOKENS // (p + int(target.numel())))
+
     def run(batch: torch.Tensor, need_hit: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        with torch.inference_mode(), lm.lock:
-            lp, hit = continuation_logprob_ids(lm, batch, target, top_k=params.stop_top_k if need_hit else 0)
-        return lp.cpu(), (hit.cpu() if hit is not None else None)
+        """log p(target) (and the stopping check) of each row; rows x tokens per pass bounded by
+        PROBE_BATCH_TOKENS, fused attention (no (rows, heads, T, T) weights: long prompts fit)."""
+        lps, hits = [], []
+        with torch.inference_mode(), lm.lock, lm.memory_efficient_attention():
+            for start in range(0, batch.shape[0], rows_per_pass):
+                chunk = batch[start : start + rows_per_pass]
+                lp, hit = continuation_logprob_ids(
+                    lm, chunk, target, top_k=params.stop_top_k if need_hit else 0
+                )
+                lps.append(lp.cpu())
+                if hit is not None:
+                    hits.append(hit.cpu())
+        return torch.cat(lps), (torch.cat(hits) if hits else None)
 
     base_lp, _ = run(ctx.unsqueeze(0), False)
     p_orig = float(base_lp.exp()[0])
