@@ -84,9 +84,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     v.add_argument("--map-points", type=int, default=5000, help="points in the vocabulary UMAP (0 = none)")
     v.add_argument(
-        "--gh-cluster-size", type=int, default=200, help="GlitchHunter: tokens per first-round cluster"
+        "--gh-cluster-size", type=int, default=600, help="GlitchHunter: tokens per first-round cluster"
     )
-    v.add_argument("--gh-sample", type=int, default=4, help="GlitchHunter: tokens verified per cluster")
+    v.add_argument("--gh-sample", type=int, default=3, help="GlitchHunter: tokens verified per cluster")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--no-cache", action="store_true", help="recompute even if the run is stored")
     mi = inner.add_parser(

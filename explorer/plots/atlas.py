@@ -218,7 +218,8 @@ register_figure(
 # ---- vocabulary health ------------------------------------------------------------------------
 STATUS_COLOURS = {
     "strong_verified": "#d62728",
-    "weak_verified": "#ff7f0e",
+    "verified": "#ff7f0e",
+    "weak_verified": "#ffbb78",
     "weak_rejected": "#9edae5",
     "strong_rejected": "#1f77b4",
 }
