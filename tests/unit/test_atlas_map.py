@@ -115,6 +115,11 @@ def test_figure_and_view(tiny_llama) -> None:
     assert len(path.x) == tiny_llama.n_layers + 1
     assert {s.name for s in figures_for(r)} == {"map", "trajectory"}
     assert r.select([0, 10_000]) and len(r.select([0, 10_000])) == 1
+    # a continuous colour: its colour bar takes the upper half on the right, the legend the lower half
+    fig = plots.token_map_figure(r, colour="norm", layer=1, trajectory=2)
+    bar = next(t.marker.colorbar for t in fig.data if t.marker.showscale)
+    assert bar.yanchor == "top" and bar.y == 1.0 and bar.len <= 0.5
+    assert fig.layout.legend.yanchor == "bottom" and fig.layout.legend.y == 0.0
 
 
 def test_cli_map_and_bad_layer(tmp_path, capsys) -> None:
