@@ -1,6 +1,6 @@
 """`explorer atlas map|...`: the Token atlas from the command line (prints JSON).
 
-- `atlas map --prompt TEXT [--prompt TEXT ...] [--prompts-file F] [--layer N|all] [--method umap|pca]`:
+- `atlas map --prompt TEXT [--prompt TEXT ...] [--prompts-file F | --dataset F] [--layer N|all] [--method umap|pca]`:
   UMAP (cosine) or PCA coordinates of token states, one layer or all layers in one aligned fit.
 - `atlas vocab [--model M] [--n-verify 300]`: under-trained and glitch tokens of the whole vocabulary.
 - `atlas microscope --prompt TEXT`: LLM-Microscope measures per layer and token.
@@ -46,6 +46,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     m.add_argument("--prompt", action="append", default=None, help="text to map (repeatable)")
     m.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
+    m.add_argument(
+        "--dataset",
+        default=None,
+        help="a sweep's dataset (.jsonl/.csv/.parquet with a 'prompt' or 'question' column and an optional "
+        "'image' column, at most 200 rows): map the token states of all rows in one fit",
+    )
     m.add_argument(
         "--model", default=None, help="embedded name (smollm2-135m, tiny-vlm), hub id or local dir"
     )
@@ -138,10 +144,16 @@ def run(args: argparse.Namespace, settings: Settings) -> Any:
 
     model = getattr(args, "model", None) or settings.default_model
     if args.atlas_command == "map":
+        if args.dataset is not None:
+            if args.prompt or args.prompts_file or args.image is not None:
+                from explorer.errors import InputError
+
+                raise InputError("give --dataset FILE or --prompt/--prompts-file/--image, not both")
         return atlas_api.token_map(
-            args.model if args.image is not None else model,
-            _prompts(args),
+            args.model if (args.image is not None or args.dataset is not None) else model,
+            None if args.dataset is not None else _prompts(args),
             image=args.image,
+            dataset=args.dataset,
             layer=args.layer,
             method=args.method,
             n_neighbors=args.n_neighbors,

@@ -319,3 +319,75 @@ def test_minilm_map_has_its_seven_layers_and_special_tokens(tmp_store) -> None:
     assert tmp_store.load(r.run_id).tokens == r.tokens
     with pytest.raises(InputError, match="text encoder"):
         atlas_api.token_map("all-minilm-l6-v2", "hi there", image=_picture(), db=tmp_store)
+
+
+# ---- a sweep's dataset as the map's input ---------------------------------------------------------
+def test_dataset_rows_are_mapped_in_one_fit(tiny_llama, tmp_store, tmp_path) -> None:
+    import json
+
+    rows = [{"question": "a cat sat on the mat"}, {"question": "the dog ran home", "answer": "x"}]
+    jsonl = tmp_path / "sweep.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    r = atlas_api.token_map(tiny_llama, dataset=jsonl, method="pca", db=tmp_store)
+    assert r.prompts == [row["question"] for row in rows]
+    assert set(r.prompt_index.tolist()) == {0, 1}
+    direct = atlas_api.token_map(tiny_llama, [row["question"] for row in rows], method="pca", db=tmp_store)
+    assert direct.run_id == r.run_id  # the same inputs: served from the store
+    csv = tmp_path / "sweep.csv"
+    csv.write_text("prompt,other\nhello there,1\ngood morning,2\n", encoding="utf-8")
+    assert atlas_api.token_map(tiny_llama, dataset=csv, method="pca", db=False).prompts == [
+        "hello there",
+        "good morning",
+    ]
+
+
+def test_bad_datasets(tiny_llama, tmp_path) -> None:
+    from explorer.analysis.atlas.token_map import MAX_PROMPTS
+
+    no_column = tmp_path / "a.csv"
+    no_column.write_text("text\nhello\n", encoding="utf-8")
+    with pytest.raises(InputError, match="no 'prompt' or 'question' column"):
+        atlas_api.token_map(tiny_llama, dataset=no_column, method="pca", db=False)
+    too_many = tmp_path / "b.csv"
+    too_many.write_text("prompt\n" + "hi\n" * (MAX_PROMPTS + 1), encoding="utf-8")
+    with pytest.raises(InputError, match=f"at most {MAX_PROMPTS}"):
+        atlas_api.token_map(tiny_llama, dataset=too_many, method="pca", db=False)
+    missing_image = tmp_path / "c.csv"
+    missing_image.write_text("prompt,image\nhi,nothere.png\n", encoding="utf-8")
+    with pytest.raises(InputError, match="not found"):
+        atlas_api.token_map(tiny_llama, dataset=missing_image, method="pca", db=False)
+    with pytest.raises(InputError, match="not both"):
+        atlas_api.token_map(tiny_llama, "hi", dataset=no_column, method="pca", db=False)
+    (tmp_path / "b.txt").write_text("prompt\nhi\n", encoding="utf-8")
+    with pytest.raises(InputError, match="unknown format"):
+        atlas_api.token_map(tiny_llama, dataset=tmp_path / "b.txt", method="pca", db=False)
+    with pytest.raises(InputError, match="does not exist"):
+        atlas_api.token_map(tiny_llama, dataset=tmp_path / "none.csv", method="pca", db=False)
+
+
+def test_vlm_dataset_maps_each_row_with_its_image(tiny_vlm, tmp_store, tmp_path) -> None:
+    for seed in (0, 1):
+        _picture(seed).save(tmp_path / f"scene{seed}.png")
+    data = tmp_path / "scenes.csv"
+    data.write_text("question,image\nWhat is it?,scene0.png\nWhich colour?,scene1.png\n", encoding="utf-8")
+    r = atlas_api.token_map(tiny_vlm, dataset=data, method="pca", layer=0, db=tmp_store)
+    n_img = tiny_vlm.n_visual_tokens
+    for pi in (0, 1):
+        rows = r.prompt_index == pi
+        assert sum(m == "image" for m, ok in zip(r.modality, rows, strict=True) if ok) == n_img
+    assert r.image is not None and r.image.startswith("rows:")
+    _picture(2).save(tmp_path / "scene1.png")  # another image: another map, not the stored one
+    again = atlas_api.token_map(tiny_vlm, dataset=data, method="pca", layer=0, db=tmp_store)
+    assert again.image != r.image and again.run_id != r.run_id
+
+
+def test_cli_map_dataset(tmp_path, capsys) -> None:
+    from explorer.cli import main
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text\nhello\n", encoding="utf-8")
+    code = main(
+        ["--db", str(tmp_path / "x.duckdb"), "atlas", "map", "--dataset", str(bad), "--method", "pca"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "no 'prompt' or 'question' column" in err and len(err.strip().splitlines()) == 1
