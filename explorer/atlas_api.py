@@ -261,7 +261,7 @@ def vocab_health(
     model: str | LanguageModel | None = None,
     *,
     n_verify: int = 300,
-    map_points: int = 5000,
+    map_points: int = 4000,
     gh_cluster_size: int = 600,
     gh_sample: int = 3,
     steps: int = 3,

@@ -88,7 +88,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     v.add_argument(
         "--n-verify", type=int, default=300, help="top suspects to verify by prompting (default 300)"
     )
-    v.add_argument("--map-points", type=int, default=5000, help="points in the vocabulary UMAP (0 = none)")
+    v.add_argument("--map-points", type=int, default=4000, help="points in the vocabulary UMAP (0 = none)")
     v.add_argument(
         "--gh-cluster-size", type=int, default=600, help="GlitchHunter: tokens per first-round cluster"
     )

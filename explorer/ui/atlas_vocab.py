@@ -92,7 +92,7 @@ def build(ctx: UIContext) -> None:
         )
         n_verify = gr.Slider(10, 1000, value=300, step=10, label="Suspects to verify")
         map_points = gr.Slider(
-            0, 20000, value=5000, step=500, label="Points in the vocabulary map (0 = none)"
+            0, 20000, value=4000, step=500, label="Points in the vocabulary map (0 = none)"
         )
         run = gr.Button("Check the vocabulary", variant="primary")
     with gr.Accordion("GlitchHunter-style detector settings", open=False):
