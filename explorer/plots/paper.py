@@ -13,6 +13,7 @@ legends and colour bars are placed where they cannot collide with the title or t
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -170,6 +171,62 @@ def _thin_ticks(axis: Any, length_px: float, need_px: float) -> None:
     axis.update(tickvals=vals[::step], ticktext=texts[::step])
 
 
+# named maps an export keeps: perceptually uniform sequential, greyscale, diverging (signed data)
+# and cyclic ones; every other named sequential map becomes viridis (same direction)
+KEPT_SCALES = (
+    "viridis", "cividis", "inferno", "magma", "plasma", "greys", "gray",
+    "rdbu", "rdgy", "piyg", "prgn", "brbg", "puor", "rdylbu", "balance", "curl", "delta", "icefire",
+    "twilight", "phase", "edge", "hsv", "mrybm", "mygbm",
+)  # fmt: skip
+
+ScaleKey = tuple[tuple[float, str], ...]
+
+
+def _scale_key(scale: Any) -> ScaleKey | None:
+    return tuple((float(v), str(c)) for v, c in scale) if scale else None
+
+
+@functools.cache
+def _replaced_scales() -> dict[ScaleKey, bool]:
+    """Stops of every named plotly scale an export replaces (plotly stores a named scale as its
+    stops) -> whether it is the reversed ("_r") variant."""
+    from plotly.colors import named_colorscales
+
+    out: dict[ScaleKey, bool] = {}
+    for name in named_colorscales():
+        if name in KEPT_SCALES:
+            continue
+        for variant, reversed_ in ((name, False), (name + "_r", True)):
+            key = _scale_key(go.Heatmap(colorscale=variant).colorscale)
+            if key:
+                out.setdefault(key, reversed_)
+    return out
+
+
+def _decade_ticks(fig: go.Figure) -> None:
+    """Log axes tick at powers of ten only: plotly draws its in-between labels ("2", "5") at 75%
+    of the tick font, below the print minimum."""
+    for letter in ("x", "y"):
+        for key in [k for k in fig.layout if k.startswith(f"{letter}axis")]:
+            axis = fig.layout[key]
+            if axis.type != "log" or axis.dtick is not None or axis.tickvals is not None:
+                continue
+            ref = letter + key[5:]
+            values = [
+                float(v)
+                for trace in fig.data
+                if (getattr(trace, f"{letter}axis", None) or letter) == ref
+                and getattr(trace, letter, None) is not None
+                for v in np.asarray(getattr(trace, letter), dtype=float).ravel()
+                if np.isfinite(v) and v > 0
+            ]
+            if not values:
+                continue
+            # under ~a decade (with autorange's padding) plotly labels linear ticks in full
+            if math.log10(max(values)) - math.log10(min(values)) >= 0.8:
+                axis.update(dtick=1)
+
+
 def _style_traces(fig: go.Figure, font_px: float) -> None:
     line_index = 0
     for trace in fig.data:
@@ -188,13 +245,12 @@ def _style_traces(fig: go.Figure, font_px: float) -> None:
         elif trace.type == "bar":
             trace.update(marker={"color": OKABE_ITO[0]})
         elif trace.type in ("heatmap", "contour"):
-            scale = trace.colorscale
-            name = scale if isinstance(scale, str) else None
-            if name is None or not name.lower().startswith(
-                ("rdbu", "piyg", "prgn", "brbg", "rdylbu", "greys")
-            ):
-                reversed_ = bool(trace.reversescale) or (name or "").endswith("_r")
-                trace.update(colorscale=SEQUENTIAL, reversescale=reversed_)
+            # plotly's default and named non-uniform maps become viridis; a figure's own colour
+            # lists (translucent overlays on an image, a grey mask) are kept
+            scale = _scale_key(trace.colorscale)
+            if scale is None or scale in _replaced_scales():
+                flipped = scale is not None and _replaced_scales()[scale]
+                trace.update(colorscale=SEQUENTIAL, reversescale=bool(trace.reversescale) != flipped)
             if trace.textfont is not None:
                 trace.update(textfont={"size": font_px * 0.9})
         elif trace.type == "table":
@@ -254,6 +310,7 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     is_table = all(t.type == "table" for t in out.data)
 
     _explicit_categories(out)
+    _decade_ticks(out)
     for ax in [*_axes(out, "x"), *_axes(out, "y")]:
         if ax.ticktext is not None:
             ax.update(ticktext=[visible_label(str(t)) for t in ax.ticktext])
@@ -343,7 +400,15 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
             default=0.0,
         )
         area_h = max(area_h, 100.0, cb_title / 2 + 20, text_width(y_title, f) / 2 + 10 if y_title else 0.0)
-        area_h = min(area_h, opts.max_height_px - top - bottom)
+        capped = opts.max_height_px - top - bottom
+        if aspect is not None and area_h > capped:
+            # locked axes shrink the plot's width to keep the aspect ratio: centre the plot and
+            # keep the colour bar next to it, instead of leaving a gap on the right
+            natural_w = capped / (aspect * grid_r * 1.08) * grid_c
+            left += (area_w - natural_w) / 2
+            right += (area_w - natural_w) / 2
+            area_w = natural_w
+        area_h = min(area_h, capped)
     height = round(top + bottom + area_h)
 
     # axes: fonts, thinning, wrapped titles
