@@ -55,6 +55,7 @@ _LAZY = {
     "vista_compare": "explorer.vlm_api",
     "latent_neighbours": "explorer.vlm_api",
     "text_bank": "explorer.vlm_api",
+    "vista_patterns": "explorer.vlm_api",
     "token_map": "explorer.atlas_api",
     "map_scores": "explorer.atlas_api",
     "vocab_health": "explorer.atlas_api",
