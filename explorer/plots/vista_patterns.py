@@ -77,7 +77,7 @@ def information_loss(result: VistaPatternsResult) -> go.Figure:
             hovertemplate="%{x}: mean rank %{y:.0f}<extra>%{fullData.name}</extra>",
         )
     fig.update_yaxes(title="mean final-layer rank (1 = top)", type="log", autorange="reversed", dtick=1)
-    fig.update_xaxes(title="generation stage (thirds of the caption)")
+    fig.update_xaxes(title="caption third")
     fig.update_layout(legend=LEGEND)
     n = len(result.captions)
     return base_layout(fig, f"Visual information loss over generation ({n} scenes)", height=460)
@@ -105,7 +105,7 @@ def layer_ranks(result: VistaPatternsResult) -> go.Figure:
             hovertemplate="layer %{x}: mean rank %{y:.0f}<extra>%{fullData.name}</extra>",
         )
     fig.update_yaxes(title="mean rank over steps (1 = top)", type="log", autorange="reversed", dtick=1)
-    fig.update_xaxes(title="layer (residual stream read through the logit lens)")
+    fig.update_xaxes(title="layer (logit lens)")
     fig.update_layout(legend=LEGEND)
     return base_layout(fig, "Token ranks across layers (averaged over steps)", height=460)
 
@@ -131,7 +131,7 @@ def early_excitation(result: VistaPatternsResult) -> go.Figure:
             hovertemplate="peak at layer %{x}: %{y:.1%}<extra>%{fullData.name}</extra>",
         )
     fig.update_yaxes(title="share of emitted tokens", tickformat=".0%")
-    fig.update_xaxes(title=f"layer where the token's lens probability peaks (1..{final})")
+    fig.update_xaxes(title="peak layer")
     fig.update_layout(legend=LEGEND)
     return base_layout(fig, "Early excitation: peak layer of each emitted token", height=460)
 
@@ -159,7 +159,7 @@ def hidden_genuine(result: VistaPatternsResult) -> go.Figure:
         )
     fig.update_layout(barmode="group", legend=LEGEND)
     fig.update_yaxes(title=f"share of words in the top {k}", tickformat=".0%", range=[0, 1.05])
-    fig.update_xaxes(title="word category (genuine = in the scene; final layer)")
+    fig.update_xaxes(title="word category")
     return base_layout(fig, f"Hidden genuine information: words in the top {k}", height=460)
 
 

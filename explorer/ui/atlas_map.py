@@ -8,9 +8,9 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import atlas_api
 from explorer.analysis.atlas.projection import PCA_DIMS
 from explorer.analysis.atlas.token_map import TokenMapResult
+from explorer.api import atlas as atlas_api
 from explorer.backends.sentence import SENTENCE_MODEL
 from explorer.backends.vlm import EMBEDDED_VLMS
 from explorer.models.loading import EMBEDDED_LMS
@@ -178,7 +178,7 @@ def build(ctx: UIContext) -> None:
             with_images = read_map_dataset(dataset_v).images[0] is not None
         if with_images and model_name in EMBEDDED_LMS:
             model_name = EMBEDDED_VLMS[0]  # a text-only model cannot take the image: use the demo VLM
-        result = atlas_api.token_map(
+        result = atlas_api.run_token_map(
             model_name,
             None if dataset_v else _prompts(text, split),
             image=None if dataset_v else image_v,

@@ -247,7 +247,6 @@ class VistaPatternsResult:
             "model": self.model,
             "params": self.params,
             "n_layers": self.n_layers,
-            "summary": self.summary,
             "seconds": self.seconds,
             "deviations": self.deviations,
         }
@@ -262,15 +261,21 @@ class VistaPatternsResult:
 
     @classmethod
     def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VistaPatternsResult:
+        """The summary is recomputed from the stored rows (seeded, so identical)."""
+        params, n_layers = meta["params"], int(meta["n_layers"])
+        ranks, words = tables["ranks"].to_pylist(), tables["words"].to_pylist()
+        emitted = tables["emitted"].to_pylist()
         return cls(
             model=meta["model"],
-            params=meta["params"],
-            n_layers=int(meta["n_layers"]),
-            ranks=tables["ranks"].to_pylist(),
-            words=tables["words"].to_pylist(),
-            emitted=tables["emitted"].to_pylist(),
+            params=params,
+            n_layers=n_layers,
+            ranks=ranks,
+            words=words,
+            emitted=emitted,
             captions=tables["captions"].to_pylist(),
-            summary=meta["summary"],
+            summary=summarise(
+                ranks, words, emitted, n_layers, params["top_k"], params["n_boot"], params["seed"]
+            ),
             seconds=float(meta["seconds"]),
             deviations=list(meta.get("deviations", [])),
             run_id=meta.get("run_id"),
@@ -387,11 +392,7 @@ def summarise(
                 ),
             }
         loss[which] = block
-    genuine_sinks = [
-        (loss["final"][c]["late_over_early"]["low"] or 0) > 1 for c in (DECODED, HIDDEN) if loss["final"][c]
-    ]
-    halluc = loss["final"][HALLUCINATED]["late_over_early"]
-    loss["verdict"] = _loss_verdict(loss["final"], genuine_sinks, halluc)
+    loss["verdict"] = _loss_verdict(loss["final"])
 
     # pattern 2: peak layer of the emitted token by type
     peaks: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -438,20 +439,29 @@ def _fmt(e: dict[str, Any], digits: int = 2) -> str:
     return f"{e['value']:.{digits}f} [{e['low']:.{digits}f}, {e['high']:.{digits}f}]"
 
 
-def _loss_verdict(final: dict[str, Any], genuine_sinks: list[bool], halluc: dict[str, Any]) -> str:
-    parts = [
-        f"{CATEGORY_LABELS[c]} late/early rank ×{_fmt(final[c]['late_over_early'])}"
-        for c in (DECODED, HIDDEN, HALLUCINATED)
-        if final[c]["late_over_early"]["value"] is not None
+def _loss_verdict(final: dict[str, Any]) -> str:
+    """Genuine words sink when their late/early rank ratio is above 1 and above the absent control's
+    (the whole colour/shape vocabulary may sink as a caption ends); hallucinated words surface when
+    theirs is below 1."""
+    ratio = {c: final[c]["late_over_early"] for c in CATEGORIES}
+    control_high = ratio[ABSENT]["high"] if ratio[ABSENT]["value"] is not None else 1.0
+    parts = [f"{CATEGORY_LABELS[c]} ×{_fmt(ratio[c])}" for c in CATEGORIES if ratio[c]["value"] is not None]
+    sinking = [
+        c
+        for c in (DECODED, HIDDEN)
+        if ratio[c]["value"] is not None and ratio[c]["low"] > max(1.0, control_high)
     ]
-    surfaced = halluc["value"] is not None and (halluc["high"] or 0) < 1
-    if genuine_sinks and all(genuine_sinks) and surfaced:
-        head = "appears: genuine words sink and hallucinated words surface"
-    elif genuine_sinks and any(genuine_sinks):
-        head = "partly: genuine words sink" + ("" if surfaced else ", hallucinated words do not surface")
+    measured = [c for c in (DECODED, HIDDEN) if ratio[c]["value"] is not None]
+    surfaced = ratio[HALLUCINATED]["value"] is not None and ratio[HALLUCINATED]["high"] < 1
+    if measured and len(sinking) == len(measured) and surfaced:
+        head = "appears: genuine words sink beyond the control and hallucinated words surface"
+    elif sinking or surfaced:
+        said = [f"{CATEGORY_LABELS[c]} words sink beyond the control" for c in sinking]
+        said.append("hallucinated words surface" if surfaced else "hallucinated words do not surface")
+        head = "partly: " + ", ".join(said)
     else:
-        head = "does not appear: genuine words do not sink from early to late steps"
-    return f"{head} (final-layer rank, 95% interval over scenes; >1 = sinks): " + "; ".join(parts)
+        head = "does not appear: no genuine category sinks beyond the control and hallucinated words do not surface"
+    return f"{head} (late/early final-layer rank, 95% interval over scenes; >1 = sinks): " + "; ".join(parts)
 
 
 def _excitation_verdict(excitation: dict[str, Any]) -> str:
