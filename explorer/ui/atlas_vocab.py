@@ -5,6 +5,7 @@ a searchable UMAP of the unembedding and the table of suspects."""
 from __future__ import annotations
 
 import dataclasses
+import html
 from typing import Any
 
 import gradio as gr
@@ -46,7 +47,7 @@ def summary_markdown(r: VocabHealthResult) -> str:
         f"**Tokenizer:** {tk['ok']} round-trip · {tk['special']} special · {tk['partial_utf8']} partial UTF-8 · "
         f"{tk['not_round_trip']} other non-round-trip · {tk['unreachable']} unreachable · "
         f"{tk['no_string']} rows with no token string.",
-        f"**Reference (known unused):** {s['reference']['n']} tokens — {s['reference']['source']}.",
+        f"**Reference (known unused):** {s['reference']['n']} tokens — {html.escape(str(s['reference']['source']))}.",
         f"**Magikarp:** {mk['verified']} of {mk['candidates']} candidates verified under-trained "
         f"({mk['strong_verified']} strongly, p < 0.001; {mk['weak_verified']} more between 0.01 and 0.1, not counted).",
         f"**GlitchHunter-style:** {gh['flagged']} tokens flagged in "
@@ -55,7 +56,7 @@ def summary_markdown(r: VocabHealthResult) -> str:
         f"**Agreement:** both {ag['both']} · Magikarp only {ag['magikarp_only']} · GlitchHunter only "
         f"{ag['glitchhunter_only']} · Jaccard {jac}.",
     ]
-    lines += [f"\n> ℹ️ {note}" for note in r.notes]
+    lines += [f"\n> ℹ️ {html.escape(note)}" for note in r.notes]
     return "\n".join(lines)
 
 

@@ -41,3 +41,34 @@ def test_map_helpers(tiny_llama) -> None:
     assert len(rows) == 2 and rows[0][3] == r.token[0]
     scored = atlas_map.with_view(r, colour="s", scores={"s": np.arange(r.n_points, dtype=float)})
     assert plots.token_map_figure(scored).data[-1].marker.showscale
+
+
+def test_vocab_summary_escapes_token_names() -> None:
+    """A reference source naming '<file_sep>'-like tokens must not swallow the rest of the Markdown."""
+    import numpy as np
+
+    from explorer.analysis.atlas.vocab import TOKEN_COLUMNS, VocabHealthResult
+    from explorer.ui import atlas_vocab
+
+    summary = {
+        "n_tokens": 2,
+        "tokenizer": {
+            "ok": 2,
+            "special": 0,
+            "partial_utf8": 0,
+            "not_round_trip": 0,
+            "no_string": 0,
+            "unreachable": 0,
+        },
+        "reference": {"n": 1, "source": "dropped: ['<repo_name>', '<filename>']"},
+        "magikarp": {"candidates": 1, "verified": 1, "strong_verified": 1, "weak_verified": 0},
+        "glitchhunter": {"flagged": 0, "checked": 0, "verified": 0, "rounds": []},
+        "agreement": {"both": 0, "magikarp_only": 1, "glitchhunter_only": 0, "jaccard": 0.0},
+    }
+    columns = {name: np.zeros(2) for name in TOKEN_COLUMNS}
+    r = VocabHealthResult(
+        model="m", columns=columns, summary=summary, params={}, seconds=1.0, notes=["a <b> note"]
+    )
+    text = atlas_vocab.summary_markdown(r)
+    assert "&lt;repo_name&gt;" in text and "<repo_name>" not in text and "&lt;b&gt;" in text
+    assert "candidates verified under-trained" in text.split("&lt;filename&gt;")[1]
