@@ -443,7 +443,7 @@ class ImagePruningResult:
 
     kind: ClassVar[str] = "prune_image"
 
-    model_id: str
+    model: str
     layer: int
     seed: int
     grid: tuple[int, int]
@@ -482,7 +482,7 @@ class ImagePruningResult:
         return {
             "kind": self.kind,
             "run_id": self.run_id,
-            "model": self.model_id,
+            "model": self.model,
             "layer": self.layer,
             "seed": self.seed,
             "grid": list(self.grid),
@@ -495,7 +495,7 @@ class ImagePruningResult:
 
     def to_meta(self) -> dict[str, Any]:
         return {
-            "model_id": self.model_id,
+            "model": self.model,
             "layer": self.layer,
             "seed": self.seed,
             "grid": list(self.grid),
@@ -538,7 +538,7 @@ class ImagePruningResult:
                 maps[(r["strategy"], r["keep_ratio"])] = values
         image = tables["image"].to_pylist()[0]["png"]
         return cls(
-            model_id=meta["model_id"],
+            model=str(meta.get("model", meta.get("model_id"))),  # runs stored before the rename: "model_id"
             layer=int(meta["layer"]),
             seed=int(meta["seed"]),
             grid=(int(meta["grid"][0]), int(meta["grid"][1])),
@@ -684,7 +684,7 @@ def prune_image(
     rows.sort(key=lambda row: (order[row.strategy], ratios.index(row.keep_ratio)))
     report(1.0, "Done")
     return ImagePruningResult(
-        model_id=vm.model_id,
+        model=vm.model_id,
         layer=layer,
         seed=seed,
         grid=signals.grid,
