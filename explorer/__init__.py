@@ -58,6 +58,7 @@ _LAZY = {
     "vista_compare": "explorer.api.vlm",
     "latent_neighbours": "explorer.api.vlm:run_latent_neighbours",
     "text_bank": "explorer.api.vlm",
+    "vista_patterns": "explorer.api.vlm",
     "token_map": "explorer.api.atlas:run_token_map",
     "map_scores": "explorer.api.atlas",
     "vocab_health": "explorer.api.atlas:run_vocab_health",

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "vlm_eval",
     "vista",
     "latent_neighbours",
+    "vista_patterns",
 )
 
 

@@ -148,6 +148,12 @@ def _tokenizers(s: Settings) -> Any:
     return inspect_tokenizers(LONG_PROMPT, settings=s)
 
 
+def _vista_patterns(s: Settings) -> Any:
+    from explorer.api.vlm import vista_patterns
+
+    return vista_patterns("tiny-vlm", n_scenes=2, max_new_tokens=12, n_boot=200, settings=s)
+
+
 _P = json.dumps(PROMPT)
 GALLERY_RUNS: tuple[GalleryRun, ...] = (
     GalleryRun("lens", "lens", f"explorer lens --prompt {_P} --target ' Paris' --generate 4", _lens),
@@ -193,6 +199,10 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
     GalleryRun("vocab_health", "vocab_health", "explorer atlas vocab --n-verify 50 --map-points 1500", _vocab),
     GalleryRun("microscope", "microscope", f"explorer atlas microscope --prompt {json.dumps(LONG_PROMPT)}", _microscope),
     GalleryRun("tokenizer_inspect", "tokenizer_inspect", f"explorer atlas tokenize --text {json.dumps(LONG_PROMPT)}", _tokenizers),
+    GalleryRun(
+        "vista_patterns", "vista_patterns", "explorer vista-patterns --scenes 2 --max-new-tokens 12 --bootstrap 200",
+        _vista_patterns,
+    ),
 )  # fmt: skip
 
 

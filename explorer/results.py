@@ -93,6 +93,7 @@ RESULT_MODULES = (
     "explorer.vlm.vlm_eval",
     "explorer.vlm.attention",
     "explorer.vlm.latent",
+    "explorer.vlm.vista_patterns",
 )
 
 

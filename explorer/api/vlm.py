@@ -462,3 +462,52 @@ def run_latent_neighbours(
         store=open_store(db, settings),
         use_cache=use_cache,
     )
+
+
+def vista_patterns(
+    model: str | VisionLanguageModel | None = None,
+    *,
+    n_scenes: int = 50,
+    max_new_tokens: int = 32,
+    top_k: int = 100,
+    batch_size: int = 8,
+    n_boot: int = 1000,
+    seed: int = 0,
+    db: Any = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """VISTA's three token-ranking patterns ("The Hidden Life of Tokens") over `n_scenes` captioned
+    synthetic scenes: (1) gradual visual information loss (final-layer lens rank of decoded genuine,
+    hidden genuine, hallucinated and absent words in the early / mid / late thirds of the caption),
+    (2) early excitation (the layer >= 1 where each emitted token's lens probability peaks, by token
+    type), (3) hidden genuine information (words of the scene never named that stay in the top
+    `top_k`). Each with a 95% bootstrap interval over scenes and a verdict. Stored as kind
+    "vista_patterns"."""
+    from explorer.vlm.vista_patterns import PatternParams, VistaPatternsResult, measure_patterns
+
+    settings = settings or Settings.from_env()
+    params = PatternParams(
+        n_scenes=int(n_scenes),
+        max_new_tokens=int(max_new_tokens),
+        top_k=int(top_k),
+        batch_size=int(batch_size),
+        n_boot=int(n_boot),
+        seed=int(seed),
+    )
+    key = cache_params(params, max_tokens=settings.max_prompt_tokens)  # validates before the model loads
+    vlm = resolve_vlm(model, settings, progress, dtype)
+    return run_cached(
+        VistaPatternsResult.kind,
+        model_id=vlm.model_id,
+        weight_hash=vlm.weight_hash,
+        prompt="caption scenes",
+        params=key,
+        compute=lambda: measure_patterns(
+            vlm, params, max_tokens=settings.max_prompt_tokens, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )

@@ -87,6 +87,7 @@ def _load_builtin_figures() -> None:
         "vlm_attribution",
         "vlm_eval",
         "vlm_latent",
+        "vista_patterns",
     ):
         try:
             __import__(f"explorer.plots.{module}")
