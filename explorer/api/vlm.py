@@ -564,7 +564,7 @@ def vista_patterns(
         n_boot=int(n_boot),
         seed=int(seed),
     )
-    key = cache_params(params, max_tokens=settings.max_prompt_tokens)
+    key = cache_params(params, max_tokens=settings.max_prompt_tokens)  # validates before the model loads
     vlm = resolve_vlm(model, settings, progress, dtype)
     return run_cached(
         VistaPatternsResult.kind,

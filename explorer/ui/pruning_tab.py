@@ -66,7 +66,7 @@ def summary_markdown(result: Any) -> str:
     if isinstance(result, TextPruningResult):
         ref = result.reference
         lines = [
-            f"**Run** `{result.run_id}` · model `{result.model_id}` · {result.n_tokens} prompt tokens · "
+            f"**Run** `{result.run_id}` · model `{result.model}` · {result.n_tokens} prompt tokens · "
             f"{len(result.strategies)} strategies × {len(result.keep_ratios)} ratios · FastV layer K = "
             f"{result.layer} · computed in {result.seconds:.1f} s",
             "",
@@ -77,7 +77,7 @@ def summary_markdown(result: Any) -> str:
         return "\n".join(lines)
     gh, gw = result.grid
     lines = [
-        f"**Run** `{result.run_id}` · model `{result.model_id}` · {gh}×{gw} patches · pruned before block "
+        f"**Run** `{result.run_id}` · model `{result.model}` · {gh}×{gw} patches · pruned before block "
         f"{result.layer} · unpruned pass {result.unpruned_seconds:.2f} s",
     ]
     lines += [f"\n> {reason}" for reason in result.skipped.values()]

@@ -467,7 +467,7 @@ class ImagePruningResult:
 
     kind: ClassVar[str] = "prune_image"
 
-    model_id: str
+    model: str
     layer: int
     seed: int
     grid: tuple[int, int]
@@ -506,7 +506,7 @@ class ImagePruningResult:
         return {
             "kind": self.kind,
             "run_id": self.run_id,
-            "model": self.model_id,
+            "model": self.model,
             "layer": self.layer,
             "seed": self.seed,
             "grid": list(self.grid),
@@ -519,7 +519,7 @@ class ImagePruningResult:
 
     def to_meta(self) -> dict[str, Any]:
         return {
-            "model_id": self.model_id,
+            "model": self.model,
             "layer": self.layer,
             "seed": self.seed,
             "grid": list(self.grid),
@@ -562,7 +562,7 @@ class ImagePruningResult:
                 maps[(r["strategy"], r["keep_ratio"])] = values
         image = tables["image"].to_pylist()[0]["png"]
         return cls(
-            model_id=meta["model_id"],
+            model=str(meta.get("model", meta.get("model_id"))),  # runs stored before the rename: "model_id"
             layer=int(meta["layer"]),
             seed=int(meta["seed"]),
             grid=(int(meta["grid"][0]), int(meta["grid"][1])),
@@ -708,7 +708,7 @@ def prune_image(
     rows.sort(key=lambda row: (order[row.strategy], ratios.index(row.keep_ratio)))
     report(1.0, "Done")
     return ImagePruningResult(
-        model_id=vm.model_id,
+        model=vm.model_id,
         layer=layer,
         seed=seed,
         grid=signals.grid,
