@@ -1,7 +1,7 @@
 """Benchmark and report: vocabulary health of the embedded SmolLM2 (49,152 tokens; target: a complete
 run, verifying the top 300 suspects, in at most 3 minutes on 2 cores).
 
-Runs `explorer.atlas_api.vocab_health` once (the model is loaded first and not timed; nothing is
+Runs `explorer.api.atlas.vocab_health` once (the model is loaded first and not timed; nothing is
 served from a store) and prints the timings, the summary (tokenizer categories, Magikarp and
 GlitchHunter counts, their agreement) and examples of the verified under-trained tokens of each
 detector as JSON. With `--db PATH` the run is also stored there (for `explorer runs` / the UI).
@@ -20,7 +20,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from explorer import atlas_api  # noqa: E402
+from explorer.api import atlas as atlas_api  # noqa: E402
 from explorer.models.loading import load_model  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     lm = load_model("smollm2-135m")
     load = os.getloadavg()
     t0 = time.perf_counter()
-    r = atlas_api.vocab_health(lm, n_verify=n_verify, db=db, use_cache=False)  # type: ignore[arg-type]
+    r = atlas_api.run_vocab_health(lm, n_verify=n_verify, db=db, use_cache=False)  # type: ignore[arg-type]
     total = time.perf_counter() - t0
     verified = [s for s in r.suspects() if s["status"] in ("strong_verified", "weak_verified")]
     print(

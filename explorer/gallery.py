@@ -56,96 +56,110 @@ def _scene(settings: Settings) -> Path:
 
 
 def _lens(s: Settings) -> Any:
-    from explorer.api import logit_lens
+    from explorer.api.lens import run_logit_lens
 
-    return logit_lens(None, PROMPT, targets=[" Paris"], generate=4, settings=s)
+    return run_logit_lens(None, PROMPT, targets=[" Paris"], generate=4, settings=s)
 
 
 def _attention(s: Settings) -> Any:
-    from explorer.attention_api import attention
+    from explorer.api.attention import attention
 
     return attention(None, PROMPT, flow=True, settings=s)
 
 
 def _vision_attention(s: Settings) -> Any:
-    from explorer.attention_api import attention_image
+    from explorer.api.attention import attention_image
 
     return attention_image(_image("astronaut"), settings=s)
 
 
 def _attribution(s: Settings) -> Any:
-    from explorer.attribution_api import attribute
+    from explorer.api.attribution import attribute
 
     return attribute(None, PROMPT, target=" Paris", method="occlusion", settings=s)
 
 
 def _comparison(s: Settings) -> Any:
-    from explorer.attribution_api import attribute, compare_runs
+    from explorer.api.attribution import attribute, compare_attribution_runs
 
     a = attribute(None, PROMPT, target=" Paris", method="occlusion", settings=s)
     b = attribute(None, PROMPT, target=" Paris", method="input_x_gradient", settings=s)
-    return compare_runs([str(a.run_id), str(b.run_id)], settings=s)
+    return compare_attribution_runs([str(a.run_id), str(b.run_id)], settings=s)
 
 
 def _generation(s: Settings) -> Any:
-    from explorer.attribution_api import attribute_generation
+    from explorer.api.attribution import attribute_generation
 
     return attribute_generation(None, PROMPT, generate=2, settings=s)
 
 
 def _prune_text(s: Settings) -> Any:
-    from explorer.pruning_api import prune_text
+    from explorer.api.pruning import run_prune_text
 
-    return prune_text(None, PROMPT, keep_ratios=(0.25, 0.5, 0.75), continuation_tokens=4, settings=s)
+    return run_prune_text(None, PROMPT, keep_ratios=(0.25, 0.5, 0.75), continuation_tokens=4, settings=s)
 
 
 def _prune_image(s: Settings) -> Any:
-    from explorer.pruning_api import prune_image
+    from explorer.api.pruning import run_prune_image
 
-    return prune_image(_image("astronaut"), keep_ratios=(0.25, 0.5), settings=s)
+    return run_prune_image(_image("astronaut"), keep_ratios=(0.25, 0.5), settings=s)
 
 
 def _vlm_lens(s: Settings) -> Any:
-    from explorer.api import logit_lens
+    from explorer.api.lens import run_logit_lens
 
-    return logit_lens("tiny-vlm", VLM_PROMPT, image=_scene(s), targets=[" red"], generate=3, settings=s)
+    return run_logit_lens("tiny-vlm", VLM_PROMPT, image=_scene(s), targets=[" red"], generate=3, settings=s)
 
 
 def _vlm_tokens(s: Settings) -> Any:
+    from explorer.api.vlm import run_visual_tokens
     from explorer.vlm.tokens import TokenParams
-    from explorer.vlm_api import visual_tokens
 
-    return visual_tokens("tiny-vlm", VLM_PROMPT, _scene(s), params=TokenParams(), settings=s)
+    return run_visual_tokens("tiny-vlm", VLM_PROMPT, _scene(s), params=TokenParams(), settings=s)
 
 
 def _vlm_latent(s: Settings) -> Any:
-    from explorer.vlm_api import latent_neighbours
+    from explorer.api.vlm import run_latent_neighbours
 
-    return latent_neighbours("tiny-vlm", VLM_PROMPT, _scene(s), settings=s)
+    return run_latent_neighbours("tiny-vlm", VLM_PROMPT, _scene(s), settings=s)
+
+
+def _vlm_prune(s: Settings) -> Any:
+    from explorer.api.vlm import vlm_prune
+
+    return vlm_prune(
+        "tiny-vlm", "pope", n_scenes=1, strategies=["fastv", "random"], keep_ratios=[1, 0.25], settings=s
+    )
 
 
 def _token_map(s: Settings) -> Any:
-    from explorer.atlas_api import token_map
+    from explorer.api.atlas import run_token_map
 
-    return token_map(None, [PROMPT, LONG_PROMPT], settings=s)
+    return run_token_map(None, [PROMPT, LONG_PROMPT], settings=s)
 
 
 def _vocab(s: Settings) -> Any:
-    from explorer.atlas_api import vocab_health
+    from explorer.api.atlas import run_vocab_health
 
-    return vocab_health(None, n_verify=50, map_points=1500, settings=s)
+    return run_vocab_health(None, n_verify=50, map_points=1500, settings=s)
 
 
 def _microscope(s: Settings) -> Any:
-    from explorer.atlas_api import microscope
+    from explorer.api.atlas import run_microscope
 
-    return microscope(None, LONG_PROMPT, settings=s)
+    return run_microscope(None, LONG_PROMPT, settings=s)
 
 
 def _tokenizers(s: Settings) -> Any:
-    from explorer.atlas_api import inspect_tokenizers
+    from explorer.api.atlas import inspect_tokenizers
 
     return inspect_tokenizers(LONG_PROMPT, settings=s)
+
+
+def _vista_patterns(s: Settings) -> Any:
+    from explorer.api.vlm import vista_patterns
+
+    return vista_patterns("tiny-vlm", n_scenes=2, max_new_tokens=12, n_boot=200, settings=s)
 
 
 _P = json.dumps(PROMPT)
@@ -162,7 +176,7 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
     GalleryRun(
         "attribution_comparison", "attribution_comparison",
         f"explorer attribute --prompt {_P} --target ' Paris' --method occlusion (and input_x_gradient), "
-        "then explorer.compare_runs([A, B])",
+        "then explorer.api.attribution.compare_attribution_runs([A, B])",
         _comparison,
     ),
     GalleryRun(
@@ -189,10 +203,18 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
         f"explorer latent-neighbours --model tiny-vlm --image scene.png --prompt {json.dumps(VLM_PROMPT)}",
         _vlm_latent,
     ),
+    GalleryRun(
+        "vlm_prune", "vlm_prune", "explorer vlm-prune --set pope --n 1 --strategy fastv,random --keep 1,0.25",
+        _vlm_prune,
+    ),
     GalleryRun("token_map", "token_map", f"explorer atlas map --prompt {_P} --prompt {json.dumps(LONG_PROMPT)}", _token_map),
     GalleryRun("vocab_health", "vocab_health", "explorer atlas vocab --n-verify 50 --map-points 1500", _vocab),
     GalleryRun("microscope", "microscope", f"explorer atlas microscope --prompt {json.dumps(LONG_PROMPT)}", _microscope),
     GalleryRun("tokenizer_inspect", "tokenizer_inspect", f"explorer atlas tokenize --text {json.dumps(LONG_PROMPT)}", _tokenizers),
+    GalleryRun(
+        "vista_patterns", "vista_patterns", "explorer vista-patterns --scenes 2 --max-new-tokens 12 --bootstrap 200",
+        _vista_patterns,
+    ),
 )  # fmt: skip
 
 

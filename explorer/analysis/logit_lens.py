@@ -73,7 +73,7 @@ class LensParams:
 
     def validate(self) -> None:
         if not 1 <= self.top_k <= MAX_TOP_K:
-            raise InputError(f"top-k must be between 1 and {MAX_TOP_K}, got {self.top_k}")
+            raise InputError(f"top_k must be between 1 and {MAX_TOP_K}, got {self.top_k}")
         if not 0 <= self.generate <= MAX_GENERATE:
             raise InputError(f"generate must be between 0 and {MAX_GENERATE} tokens, got {self.generate}")
         if self.sample and not self.temperature > 0:

@@ -134,11 +134,11 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> Any:
-    from explorer import atlas_api
+    from explorer.api import atlas as atlas_api
 
     model = getattr(args, "model", None) or settings.default_model
     if args.atlas_command == "map":
-        return atlas_api.token_map(
+        return atlas_api.run_token_map(
             args.model if args.image is not None else model,
             _prompts(args),
             image=args.image,
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace, settings: Settings) -> Any:
             settings=settings,
         ).to_dict()
     if args.atlas_command == "vocab":
-        return atlas_api.vocab_health(
+        return atlas_api.run_vocab_health(
             model,
             n_verify=args.n_verify,
             map_points=args.map_points,
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace, settings: Settings) -> Any:
             settings=settings,
         ).to_dict()
     if args.atlas_command == "microscope":
-        return atlas_api.microscope(
+        return atlas_api.run_microscope(
             model, args.prompt, use_cache=not args.no_cache, settings=settings
         ).to_dict()
     if args.atlas_command == "tokenize":

@@ -86,7 +86,9 @@ def _load_builtin_figures() -> None:
         "vlm_attention",
         "vlm_attribution",
         "vlm_eval",
+        "vlm_prune",
         "vlm_latent",
+        "vista_patterns",
     ):
         try:
             __import__(f"explorer.plots.{module}")

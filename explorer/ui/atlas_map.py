@@ -8,9 +8,9 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import atlas_api
 from explorer.analysis.atlas.projection import PCA_DIMS
 from explorer.analysis.atlas.token_map import TokenMapResult
+from explorer.api import atlas as atlas_api
 from explorer.backends.sentence import SENTENCE_MODEL
 from explorer.backends.vlm import EMBEDDED_VLMS
 from explorer.models.loading import EMBEDDED_LMS
@@ -165,7 +165,7 @@ def build(ctx: UIContext) -> None:
         model_name = model_v or None
         if image_v is not None and model_name in EMBEDDED_LMS:
             model_name = EMBEDDED_VLMS[0]  # a text-only model cannot take the image: use the demo VLM
-        result = atlas_api.token_map(
+        result = atlas_api.run_token_map(
             model_name,
             _prompts(text, split),
             image=image_v,

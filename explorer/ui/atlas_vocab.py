@@ -9,8 +9,8 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import atlas_api
 from explorer.analysis.atlas.vocab import VocabHealthResult
+from explorer.api import atlas as atlas_api
 from explorer.models.loading import EMBEDDED_LMS
 from explorer.plots import atlas as atlas_plots
 from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
@@ -130,7 +130,7 @@ def build(ctx: UIContext) -> None:
         sample_v: float,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
-        result = atlas_api.vocab_health(
+        result = atlas_api.run_vocab_health(
             model_v or None,
             n_verify=int(n_v),
             map_points=int(points_v),

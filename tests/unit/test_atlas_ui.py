@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from explorer import atlas_api
+from explorer.api import atlas as atlas_api
 
 
 def test_tab_builds_with_sections(settings) -> None:
@@ -28,7 +28,7 @@ def test_map_helpers(tiny_llama) -> None:
     from explorer.plots import atlas as plots
     from explorer.ui import atlas_map
 
-    r = atlas_api.token_map(tiny_llama, ["a cat sat", "the dog ran"], method="pca", db=False)
+    r = atlas_api.run_token_map(tiny_llama, ["a cat sat", "the dog ran"], method="pca", db=False)
     choices = atlas_map.trajectory_choices(r)
     assert choices[0] == ("none", "") and len(choices) == 1 + sum(len(t) for t in r.tokens)
     assert "PCA" in atlas_map.summary_markdown(r)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import atlas_api
 from explorer.analysis.atlas import verify
 from explorer.analysis.atlas.vocab import VocabHealthResult, cosine_distance, remove_first_pc
 from explorer.analysis.atlas.vocab_tokens import chars_ending, chars_starting, is_partial_utf8, token_bytes
+from explorer.api import atlas as atlas_api
 from explorer.errors import InputError
 
 
@@ -22,7 +22,7 @@ def vocab_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
 
     lm = make_tiny_lm("llama")
     store = Store.open(tmp_path_factory.mktemp("vocab") / "runs.duckdb")
-    result = atlas_api.vocab_health(
+    result = atlas_api.run_vocab_health(
         lm, n_verify=12, map_points=0, gh_cluster_size=3000, gh_sample=3, db=store
     )
     yield lm, store, result
@@ -127,5 +127,5 @@ def test_byte_level_partial_utf8_and_completions() -> None:
 
 def test_bad_params(tiny_llama, tmp_store) -> None:
     with pytest.raises(InputError, match="n_verify"):
-        atlas_api.vocab_health(tiny_llama, n_verify=0, db=tmp_store)
+        atlas_api.run_vocab_health(tiny_llama, n_verify=0, db=tmp_store)
     assert tmp_store.list_runs() == []

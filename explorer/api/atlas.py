@@ -26,7 +26,7 @@ from explorer.analysis.atlas import token_map as _map
 from explorer.analysis.atlas import tokenizers as _tok
 from explorer.analysis.atlas import vocab as _vocab
 from explorer.analysis.atlas.projection import PCA_DIMS, ProjectionParams
-from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.api.runner import DbArg, ProgressFn, cache_params, get_model, open_store, run_cached
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.models.loading import LanguageModel
@@ -38,7 +38,7 @@ def prompt_key(prompts: list[str]) -> str:
     return prompts[0] if len(prompts) == 1 else json.dumps(prompts, ensure_ascii=False)
 
 
-def token_map(
+def run_token_map(
     model: str | LanguageModel | Any | None,
     prompts: str | Sequence[str],
     *,
@@ -62,7 +62,7 @@ def token_map(
     image) or a vision-language `model` ("tiny-vlm", a hub VLM), each prompt is fed with the image and
     its visual tokens are mapped too. Returns a `TokenMapResult`; `.to_dict()` is the CLI's JSON.
     """
-    from explorer import vlm_api
+    from explorer.api import vlm as vlm_api
 
     settings = settings or Settings.from_env()
     items = _map.clean_prompts(prompts if isinstance(prompts, str) else list(prompts))
@@ -98,11 +98,9 @@ def token_map(
         model_id=backend.model_id,
         weight_hash=backend.weight_hash,
         prompt=prompt_key(items),
-        params={
-            **params.to_json(),
-            "max_tokens": settings.max_prompt_tokens,
-            **({"image": digest} if digest else {}),
-        },
+        params=cache_params(
+            params, max_tokens=settings.max_prompt_tokens, **({"image": digest} if digest else {})
+        ),
         compute=lambda: _map.token_map(
             backend,
             items,
@@ -239,7 +237,7 @@ def _run_values(
 TokenMapResult = _map.TokenMapResult
 
 
-def vocab_health(
+def run_vocab_health(
     model: str | LanguageModel | None = None,
     *,
     n_verify: int = 300,
@@ -273,7 +271,7 @@ def vocab_health(
         model_id=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt="",
-        params=params.to_json(),
+        params=cache_params(params),
         compute=lambda: _vocab.vocab_health(
             lm, params=params, cache_dir=settings.cache_dir, progress=progress
         ),
@@ -285,7 +283,7 @@ def vocab_health(
 VocabHealthResult = _vocab.VocabHealthResult
 
 
-def microscope(
+def run_microscope(
     model: str | LanguageModel | None,
     prompt: str,
     *,
@@ -358,7 +356,7 @@ __all__ = [
     "TokenMapResult",
     "VocabHealthResult",
     "map_scores",
-    "microscope",
-    "token_map",
-    "vocab_health",
+    "run_microscope",
+    "run_token_map",
+    "run_vocab_health",
 ]
