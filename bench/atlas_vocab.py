@@ -20,6 +20,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from explorer.analysis.atlas import verify  # noqa: E402
 from explorer.api import atlas as atlas_api  # noqa: E402
 from explorer.models.loading import load_model  # noqa: E402
 
@@ -31,7 +32,7 @@ def glitchhunter_verified(r: atlas_api.VocabHealthResult) -> list[dict[str, obje
         {"token_id": int(i), "token": c["token"][i], "max_prob": float(c["max_prob"][i]), "status": c["status"][i],
          "output": c["output"][i], "embed_norm": float(c["embed_norm"][i]), "indicator": float(c["indicator"][i])}
         for i in np.flatnonzero(np.asarray(c["gh_flag"]))
-        if c["status"][i] in ("strong_verified", "weak_verified")
+        if verify.is_verified(float(c["max_prob"][i]))
     ]  # fmt: skip
     return sorted(rows, key=lambda row: float(row["max_prob"]))  # type: ignore[arg-type]
 
@@ -49,7 +50,7 @@ def main() -> None:
     t0 = time.perf_counter()
     r = atlas_api.run_vocab_health(lm, n_verify=n_verify, db=db, use_cache=False)  # type: ignore[arg-type]
     total = time.perf_counter() - t0
-    verified = [s for s in r.suspects() if s["status"] in ("strong_verified", "weak_verified")]
+    verified = [s for s in r.suspects() if s["max_prob"] is not None and verify.is_verified(s["max_prob"])]
     print(
         json.dumps(
             {

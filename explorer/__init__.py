@@ -55,6 +55,7 @@ _LAZY = {
     "load_vision_model": "explorer.backends.vision",
     "visual_tokens": "explorer.api.vlm:run_visual_tokens",
     "vlm_eval": "explorer.api.vlm",
+    "vlm_prune": "explorer.api.vlm",
     "vista_compare": "explorer.api.vlm",
     "latent_neighbours": "explorer.api.vlm:run_latent_neighbours",
     "text_bank": "explorer.api.vlm",

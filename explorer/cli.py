@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "compare",
     "visual_tokens",
     "vlm_eval",
+    "vlm_prune",
     "vista",
     "latent_neighbours",
     "vista_patterns",

@@ -46,7 +46,8 @@ def _image(name: str) -> Path:
 
 
 def _scene(settings: Settings) -> Path:
-    """The demo VLM's held-out scene 0, saved as PNG next to the store (a fixed input)."""
+    """The demo VLM's held-out scene 0 ("a red square and a yellow star"), saved as PNG next to
+    the store (a fixed input)."""
     from explorer.vlm.scenes import heldout_seeds, make_scene
 
     path = settings.database.parent / "gallery-scene.png"
@@ -118,10 +119,47 @@ def _vlm_tokens(s: Settings) -> Any:
     return run_visual_tokens("tiny-vlm", VLM_PROMPT, _scene(s), params=TokenParams(), settings=s)
 
 
+LATENT_CORPUS = 400  # sentences of the shipped corpus in the gallery's text bank (all: ~2,900, ~45 s)
+
+
 def _vlm_latent(s: Settings) -> Any:
     from explorer.api.vlm import run_latent_neighbours
+    from explorer.vlm.latent_corpus import default_corpus
 
-    return run_latent_neighbours("tiny-vlm", VLM_PROMPT, _scene(s), settings=s)
+    corpus = default_corpus().head(LATENT_CORPUS)
+    return run_latent_neighbours("tiny-vlm", VLM_PROMPT, _scene(s), corpus=corpus, settings=s)
+
+
+def _vlm_attention(s: Settings) -> Any:
+    from explorer.api.vlm import run_vlm_attention
+    from explorer.vlm.attention import VLMAttentionParams
+
+    return run_vlm_attention(
+        "tiny-vlm", VLM_PROMPT, _scene(s), params=VLMAttentionParams(generate=3), settings=s
+    )
+
+
+def _vlm_attribution(s: Settings) -> Any:
+    from explorer.analysis.vlm_attribution import VLMAttributionParams
+    from explorer.api.vlm import vlm_attribute
+
+    params = VLMAttributionParams(method="occlusion", target=" red")
+    return vlm_attribute("tiny-vlm", VLM_PROMPT, _scene(s), params=params, settings=s)
+
+
+def _vlm_eval(s: Settings) -> Any:
+    from explorer.api.vlm import vlm_eval
+    from explorer.vlm.vista import VistaParams
+
+    return vlm_eval("tiny-vlm", "all", n_scenes=3, n_boot=200, vista=VistaParams(vsv=True), settings=s)
+
+
+def _vlm_prune(s: Settings) -> Any:
+    from explorer.api.vlm import vlm_prune
+
+    return vlm_prune(
+        "tiny-vlm", "pope", n_scenes=1, strategies=["fastv", "random"], keep_ratios=[1, 0.25], settings=s
+    )
 
 
 def _token_map(s: Settings) -> Any:
@@ -192,8 +230,28 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
     ),
     GalleryRun(
         "vlm_latent", "vlm_latent",
-        f"explorer latent-neighbours --model tiny-vlm --image scene.png --prompt {json.dumps(VLM_PROMPT)}",
+        f"explorer.latent_neighbours('tiny-vlm', {VLM_PROMPT!r}, 'scene.png', "
+        f"corpus=default_corpus().head({LATENT_CORPUS}))  # a smaller text bank than the CLI's",
         _vlm_latent,
+    ),
+    GalleryRun(
+        "vlm_prune", "vlm_prune", "explorer vlm-prune --set pope --n 1 --strategy fastv,random --keep 1,0.25",
+        _vlm_prune,
+    ),
+    GalleryRun(
+        "vlm_attention", "vlm_attention",
+        f"explorer attention --model tiny-vlm --image scene.png --prompt {json.dumps(VLM_PROMPT)} --generate 3",
+        _vlm_attention,
+    ),
+    GalleryRun(
+        "vlm_attribution", "vlm_attribution",
+        f"explorer attribute --model tiny-vlm --image scene.png --prompt {json.dumps(VLM_PROMPT)} --target ' red' "
+        "--method occlusion",
+        _vlm_attribution,
+    ),
+    GalleryRun(
+        "vlm_eval", "vlm_eval", "explorer vlm-eval --model tiny-vlm --dataset all --scenes 3 --bootstrap 200 --vsv",
+        _vlm_eval,
     ),
     GalleryRun("token_map", "token_map", f"explorer atlas map --prompt {_P} --prompt {json.dumps(LONG_PROMPT)}", _token_map),
     GalleryRun("vocab_health", "vocab_health", "explorer atlas vocab --n-verify 50 --map-points 1500", _vocab),

@@ -91,6 +91,7 @@ RESULT_MODULES = (
     "explorer.analysis.atlas.tokenizers",
     "explorer.vlm.tokens",
     "explorer.vlm.vlm_eval",
+    "explorer.vlm.prune_eval",
     "explorer.vlm.attention",
     "explorer.vlm.latent",
     "explorer.vlm.vista_patterns",

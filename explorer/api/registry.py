@@ -92,6 +92,8 @@ for _entry in (
              "explorer.analysis.atlas.microscope:MicroscopeResult", "explorer.api.atlas:run_microscope"),
     Analysis("tokenizer_inspect", None, "explorer.analysis.atlas.tokenizers:inspect",
              "explorer.analysis.atlas.tokenizers:TokenizerResult", "explorer.api.atlas:inspect_tokenizers"),
+    Analysis("vlm_prune", "explorer.vlm.prune_eval:PruneEvalParams", "explorer.vlm.prune_eval:prune_eval",
+             "explorer.vlm.prune_eval:VLMPruneResult", "explorer.api.vlm:vlm_prune"),
     Analysis("vista_patterns", "explorer.vlm.vista_patterns:PatternParams",
              "explorer.vlm.vista_patterns:measure_patterns", "explorer.vlm.vista_patterns:VistaPatternsResult",
              "explorer.api.vlm:vista_patterns"),

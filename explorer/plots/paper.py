@@ -13,6 +13,8 @@ legends and colour bars are placed where they cannot collide with the title or t
 
 from __future__ import annotations
 
+import functools
+import html
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -86,8 +88,6 @@ _TAG = re.compile(r"<[^>]+>")
 
 def plain(text: str | None) -> str:
     """Text without plotly's HTML tags and entities (for measuring)."""
-    import html
-
     return html.unescape(_TAG.sub("", (text or "").replace("<br>", "\n")))
 
 
@@ -113,8 +113,6 @@ def wrap(text: str, max_px: float, font_px: float) -> str:
                 lines.append(word[:per_line])
                 word = word[per_line:]
             lines.append(word)
-    import html
-
     return "<br>".join(html.escape(line, quote=False) for line in lines)
 
 
@@ -170,8 +168,64 @@ def _thin_ticks(axis: Any, length_px: float, need_px: float) -> None:
     axis.update(tickvals=vals[::step], ticktext=texts[::step])
 
 
+# named maps an export keeps: perceptually uniform sequential, greyscale, diverging (signed data)
+# and cyclic ones; every other named sequential map becomes viridis (same direction)
+KEPT_SCALES = (
+    "viridis", "cividis", "inferno", "magma", "plasma", "greys", "gray",
+    "rdbu", "rdgy", "piyg", "prgn", "brbg", "puor", "rdylbu", "balance", "curl", "delta", "icefire",
+    "twilight", "phase", "edge", "hsv", "mrybm", "mygbm",
+)  # fmt: skip
+
+ScaleKey = tuple[tuple[float, str], ...]
+
+
+def _scale_key(scale: Any) -> ScaleKey | None:
+    return tuple((float(v), str(c)) for v, c in scale) if scale else None
+
+
+@functools.cache
+def _replaced_scales() -> dict[ScaleKey, bool]:
+    """Stops of every named plotly scale an export replaces (plotly stores a named scale as its
+    stops) -> whether it is the reversed ("_r") variant."""
+    from plotly.colors import named_colorscales
+
+    out: dict[ScaleKey, bool] = {}
+    for name in named_colorscales():
+        if name in KEPT_SCALES:
+            continue
+        for variant, reversed_ in ((name, False), (name + "_r", True)):
+            key = _scale_key(go.Heatmap(colorscale=variant).colorscale)
+            if key:
+                out.setdefault(key, reversed_)
+    return out
+
+
+def _decade_ticks(fig: go.Figure) -> None:
+    """Log axes tick at powers of ten only: plotly draws its in-between labels ("2", "5") at 75%
+    of the tick font, below the print minimum."""
+    for letter in ("x", "y"):
+        for key in [k for k in fig.layout if k.startswith(f"{letter}axis")]:
+            axis = fig.layout[key]
+            if axis.type != "log" or axis.dtick is not None or axis.tickvals is not None:
+                continue
+            ref = letter + key[5:]
+            values = [
+                float(v)
+                for trace in fig.data
+                if (getattr(trace, f"{letter}axis", None) or letter) == ref
+                and getattr(trace, letter, None) is not None
+                for v in np.asarray(getattr(trace, letter), dtype=float).ravel()
+                if np.isfinite(v) and v > 0
+            ]
+            if not values:
+                continue
+            # under ~a decade (with autorange's padding) plotly labels linear ticks in full
+            if math.log10(max(values)) - math.log10(min(values)) >= 0.8:
+                axis.update(dtick=1)
+
+
 def _style_traces(fig: go.Figure, font_px: float) -> None:
-    line_index = 0
+    line_index = bar_index = 0
     for trace in fig.data:
         if trace.type == "scatter" and trace.mode and "lines" in trace.mode:
             i = line_index
@@ -186,22 +240,22 @@ def _style_traces(fig: go.Figure, font_px: float) -> None:
                 mode="lines+markers",
             )
         elif trace.type == "bar":
-            trace.update(marker={"color": OKABE_ITO[0]})
+            # one colour per bar trace (groups, classes); per-bar colour lists are the figure's own
+            colour = trace.marker.color if trace.marker else None
+            if colour is None or isinstance(colour, str):
+                trace.update(marker={"color": OKABE_ITO[bar_index % len(OKABE_ITO)]})
+            bar_index += 1
+            if trace.text is not None or trace.texttemplate:
+                trace.update(textfont={"size": font_px})
         elif trace.type in ("heatmap", "contour"):
-            scale = trace.colorscale
-            name = scale if isinstance(scale, str) else None
-            if name is None or not name.lower().startswith(
-                ("rdbu", "piyg", "prgn", "brbg", "rdylbu", "greys")
-            ):
-                reversed_ = bool(trace.reversescale) or (name or "").endswith("_r")
-                trace.update(colorscale=SEQUENTIAL, reversescale=reversed_)
+            # plotly's default and named non-uniform maps become viridis; a figure's own colour
+            # lists (translucent overlays on an image, a grey mask) are kept
+            scale = _scale_key(trace.colorscale)
+            if scale is None or scale in _replaced_scales():
+                flipped = scale is not None and _replaced_scales()[scale]
+                trace.update(colorscale=SEQUENTIAL, reversescale=bool(trace.reversescale) != flipped)
             if trace.textfont is not None:
                 trace.update(textfont={"size": font_px * 0.9})
-        elif trace.type == "table":
-            trace.update(
-                header={"font": {"size": font_px}, "height": font_px * 2.0},
-                cells={"font": {"size": font_px}, "height": font_px * 1.9},
-            )
 
 
 def _drop_cell_text_that_does_not_fit(fig: go.Figure, area_w: float, area_h: float, font_px: float) -> None:
@@ -236,12 +290,14 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     layout.sliders = ()
     layout.updatemenus = ()
     out.frames = ()
-    has_colorbar = any(
-        t.type in ("heatmap", "contour") and t.showscale is not False and not t.coloraxis for t in out.data
-    ) or any(
-        layout[k] is not None and layout[k].showscale is not False
-        for k in layout
-        if k.startswith("coloraxis")
+    colour_axes = _used_coloraxes(out)
+    has_colorbar = (
+        any(
+            t.type in ("heatmap", "contour") and t.showscale is not False and not t.coloraxis
+            for t in out.data
+        )
+        or any(_marker_scale(t) is not None for t in out.data)
+        or any(layout[k].showscale is not False for k in colour_axes)
     )
     legend_items = [
         t.name
@@ -254,6 +310,7 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     is_table = all(t.type == "table" for t in out.data)
 
     _explicit_categories(out)
+    _decade_ticks(out)
     for ax in [*_axes(out, "x"), *_axes(out, "y")]:
         if ax.ticktext is not None:
             ax.update(ticktext=[visible_label(str(t)) for t in ax.ticktext])
@@ -304,15 +361,33 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
                 top_row = max(top_row, text_lines(ann.text))
     top += top_row * f * LINE_EM + (4 if top_row else 0)
 
+    # notes under the plot (annotations hanging from its bottom edge): wrapped to the width, in
+    # the bottom margin under the x axis
+    notes = [
+        ann
+        for ann in layout.annotations or ()
+        if ann.showarrow is False
+        and ann.yref in (None, "paper")
+        and ann.yanchor == "top"
+        and (ann.y or 0) <= 0
+        and ann.text
+    ]
+    note_h = bottom - 6 + 2
+    for ann in notes:
+        text = wrap(ann.text, width - left - 8, f)
+        ann.update(text=text, font={"size": f}, x=0, xanchor="left", align="left", yshift=-note_h)
+        note_h += text_lines(text) * f * LINE_EM + 4
+    bottom = max(bottom, note_h + 6)
+
     legend_h = 0.0
     if show_legend:
-        # a horizontal legend under everything: entries wrap into rows of the full width
+        # a horizontal legend under everything. Plotly puts it on one row when every entry fits,
+        # else in columns as wide as the widest entry
         entry_w = [text_width(str(n), f) + 40 for n in legend_items]
-        rows, used = 1, 0.0
-        for w in entry_w:
-            if used and used + w > width - 16:
-                rows, used = rows + 1, 0.0
-            used += w
+        if sum(entry_w) <= width - 16:
+            rows = 1
+        else:
+            rows = math.ceil(len(entry_w) / max(1, int((width - 16) // max(entry_w))))
         legend_title = layout.legend.title.text if layout.legend and layout.legend.title else None
         legend_h = rows * f * 1.9 + 8 + (f * 1.6 if legend_title else 0)
         bottom += legend_h
@@ -323,7 +398,7 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     aspect = _image_aspect(out)
     rows = _n_categories(out, "y")
     if is_table:
-        area_h = sum(_table_height(t, width - 8, f) for t in out.data) + 4
+        area_h = _layout_tables(out, width - 8, f) + 4
         layout.update(margin={"l": 4, "r": 4, "t": top, "b": 4, "autoexpand": False})
     else:
         if aspect is not None:
@@ -343,14 +418,22 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
             default=0.0,
         )
         area_h = max(area_h, 100.0, cb_title / 2 + 20, text_width(y_title, f) / 2 + 10 if y_title else 0.0)
-        area_h = min(area_h, opts.max_height_px - top - bottom)
+        capped = opts.max_height_px - top - bottom
+        if aspect is not None and area_h > capped:
+            # locked axes shrink the plot's width to keep the aspect ratio: centre the plot and
+            # keep the colour bar next to it, instead of leaving a gap on the right
+            natural_w = capped / (aspect * grid_r * 1.08) * grid_c
+            left += (area_w - natural_w) / 2
+            right += (area_w - natural_w) / 2
+            area_w = natural_w
+        area_h = min(area_h, capped)
     height = round(top + bottom + area_h)
 
     # axes: fonts, thinning, wrapped titles
     for ax in x_axes:
         ax.update(tickfont={"size": f}, title_font={"size": f}, automargin=False, title_standoff=4)
         if ax.title and ax.title.text:
-            _two_line_title(ax, area_w / grid_c, f)
+            _two_line_title(ax, area_w / grid_c, f, grows_towards_axis=ax.side == "top")
         need = f * 1.25 if x_rotated else (longest_x + f)
         _thin_ticks(ax, area_w / grid_c, need)
     for ax in y_axes:
@@ -371,12 +454,16 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     for trace in out.data:
         if trace.type in ("heatmap", "contour") and trace.showscale is not False and not trace.coloraxis:
             trace.update(colorbar=bar(trace.colorbar))
-    for key in [k for k in layout if k.startswith("coloraxis")]:
-        axis = layout[key]
-        if axis is not None and axis.showscale is not False:
-            axis.update(colorbar=bar(axis.colorbar))
+        marker = _marker_scale(trace)
+        if marker is not None:
+            marker.update(colorbar=bar(marker.colorbar))
+    for key in colour_axes:
+        if layout[key].showscale is not False:
+            layout[key].update(colorbar=bar(layout[key].colorbar))
     _drop_cell_text_that_does_not_fit(out, area_w, area_h, f)
 
+    if any(t.type == "bar" and (t.text is not None or t.texttemplate) for t in out.data):
+        layout.update(uniformtext={"minsize": f, "mode": "hide"})  # no bar label below the print minimum
     layout.update(
         width=width,
         height=height,
@@ -417,13 +504,34 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     return _background(out, opts)
 
 
-def _two_line_title(axis: Any, length_px: float, font_px: float) -> None:
+def _used_coloraxes(fig: go.Figure) -> list[str]:
+    """Layout keys ("coloraxis", "coloraxis2", ...) of the shared colour axes some trace uses."""
+    used = set()
+    for trace in fig.data:
+        for ref in (
+            getattr(trace, "coloraxis", None),
+            getattr(getattr(trace, "marker", None), "coloraxis", None),
+        ):
+            if ref:
+                used.add(str(ref))
+    return sorted(used)
+
+
+def _marker_scale(trace: Any) -> Any:
+    """The marker of a scatter trace that shows its own colour bar, else None."""
+    marker = getattr(trace, "marker", None) if trace.type in ("scatter", "scattergl") else None
+    return marker if marker is not None and marker.showscale and not marker.coloraxis else None
+
+
+def _two_line_title(axis: Any, length_px: float, font_px: float, grows_towards_axis: bool = True) -> None:
     """An axis title wrapped to the axis length, at most two lines (the margin holds two). Plotly
-    grows a multi-line axis title towards the axis, so the standoff moves it back by a line."""
+    grows a multi-line title on the left or top towards the axis, so the standoff moves it back
+    by a line; one under the axis grows away from it."""
     lines = wrap(axis.title.text, length_px, font_px).split("<br>")
     if len(lines) > 2:
         lines = [lines[0], _clip(" ".join(lines[1:]), max(8, int(length_px / (CHAR_EM * font_px))))]
-    axis.update(title_text="<br>".join(lines), title_standoff=4 + (len(lines) - 1) * font_px * LINE_EM)
+    extra = (len(lines) - 1) * font_px * LINE_EM if grows_towards_axis else 0.0
+    axis.update(title_text="<br>".join(lines), title_standoff=4 + extra)
 
 
 def visible_label(text: str) -> str:
@@ -465,38 +573,167 @@ def _explicit_categories(fig: go.Figure) -> None:
                 axis.update(tickmode="array", tickvals=cats, ticktext=cats)
 
 
-def _table_height(trace: Any, width: float, font_px: float) -> float:
-    """Height of a table whose cells wrap their text to the column widths."""
-    values = list(trace.cells.values or [])
-    header = list(trace.header.values or []) if trace.header else []
-    n_cols = max(1, len(values), len(header))
-    weights = list(trace.columnwidth) if trace.columnwidth is not None else [1.0] * n_cols
-    weights = (weights + [weights[-1]] * n_cols)[:n_cols]
-    col_px = [width * w / sum(weights) - 8 for w in weights]
-    per_line = [max(1, int(c / (CHAR_EM * font_px))) for c in col_px]
+TABLE_PAD = 8  # plotly's padding on each side of a table cell's text (fixed in plotly.js)
+TABLE_EM = 0.62  # a table cell's glyph advance: wider than CHAR_EM (digits, capitals, bold)
+MAX_UNBROKEN = 14  # characters; a longer word is broken to fit a narrow column
+_BREAK_AFTER = re.compile(r"(?<=[_:/\-])")
+
+
+def _pieces(word: str, chars: int) -> list[str]:
+    """`word` cut to at most `chars` characters a piece, after "_", ":", "/" or "-" when it can."""
+    out: list[str] = []
+    for part in _BREAK_AFTER.split(word):
+        while len(part) > chars:
+            out.append(part[:chars])
+            part = part[chars:]
+        if out and len(out[-1]) + len(part) <= chars:
+            out[-1] += part
+        elif part:
+            out.append(part)
+    return out or [""]
+
+
+def _wrap_lines(text: str, chars: int) -> list[str]:
+    """Plain `text` in lines of at most `chars` characters (its own line breaks kept)."""
+    lines: list[str] = []
+    for para in plain(text).split("\n"):
+        line = ""
+        for word in (w for w in para.split(" ") if w):
+            for i, piece in enumerate(_pieces(word, chars)):
+                sep = "" if i else " "
+                if line and len(line) + len(sep) + len(piece) <= chars:
+                    line += sep + piece
+                else:
+                    if line:
+                        lines.append(line)
+                    line = piece
+        lines.append(line)
+    return [ln for ln in lines if ln] or [""]
+
+
+def _longest_piece(texts: list[str]) -> int:
+    """Characters of the widest unbreakable piece of `texts` (at most MAX_UNBROKEN)."""
+    return max((len(p) for t in texts for w in plain(t).split() for p in _pieces(w, MAX_UNBROKEN)), default=1)
+
+
+def _column_values(trace: Any) -> tuple[list[str], list[list[str]]]:
+    """(header per column, cell texts per column) of a table trace, as strings."""
+    header = [
+        " ".join(str(v) for v in h) if isinstance(h, list | tuple) else str(h)
+        for h in (trace.header.values if trace.header and trace.header.values is not None else [])
+    ]
+    cells = [[str(v) for v in col] for col in (trace.cells.values or [])]
+    n = max(len(header), len(cells))
+    return (header + [""] * n)[:n], (cells + [[]] * n)[:n]
+
+
+def _per_column(value: Any, columns: list[int]) -> Any:
+    """A per-column table property (fill colour, alignment) restricted to `columns`."""
+    if isinstance(value, list | tuple) and len(value) > max(columns):
+        return [value[c] for c in columns]
+    return value
+
+
+def _row_height(lines: int, font_px: float) -> float:
+    """A table row's height in plotly: the cell height (one line and padding), or its text's box
+    and padding when that is taller; +1 px of slack."""
+    return max(font_px * LINE_EM, (lines - 1) * font_px * LINE_EM + 1.25 * font_px) + 2 * TABLE_PAD + 1
+
+
+def _wrapped_cell(text: str, chars: int, bold: bool = False) -> tuple[str, int]:
+    """A cell's text wrapped to `chars` characters a line, as plotly markup, and its line count."""
+    lines = [html.escape(ln, quote=False) for ln in _wrap_lines(text, chars)]
+    if bold:
+        lines = [f"<b>{ln}</b>" for ln in lines]
+    return "<br>".join(lines), len(lines)
+
+
+def _layout_tables(fig: go.Figure, width: float, font_px: float) -> float:
+    """Lay out a figure of tables for `width` px: every cell's text is wrapped (explicit line
+    breaks) to column widths that follow the content, so nothing spills into the next column;
+    a table too wide for the column is split into several tables stacked top to bottom, each
+    repeating the first (key) column, as printed tables are. Sets the traces' domains and
+    returns the height they need."""
+    em = TABLE_EM * font_px
     line = font_px * LINE_EM
+    tables: list[tuple[Any, list[int], list[float], list[str], list[list[str]]]] = []
+    for trace in fig.data:
+        header, cells = _column_values(trace)
+        n = len(header)
+        if not n:
+            continue
+        longest_piece = [_longest_piece([header[c], *cells[c]]) for c in range(n)]
+        longest_line = [
+            max(len(ln) for t in [header[c], *cells[c]] for ln in plain(t).split("\n")) for c in range(n)
+        ]
+        min_w = [p * em + 2 * TABLE_PAD + 2 for p in longest_piece]
+        want_w = [max(m, ln * em + 2 * TABLE_PAD + 2) for m, ln in zip(min_w, longest_line, strict=True)]
+        groups: list[list[int]] = []
+        if sum(min_w) <= width:
+            groups = [list(range(n))]
+        else:
+            rest = list(range(1, n))
+            while rest:
+                group, used = [0], min_w[0]
+                while rest and (len(group) == 1 or used + min_w[rest[0]] <= width):
+                    used += min_w[rest[0]]
+                    group.append(rest.pop(0))
+                groups.append(group)
+        for group in groups:
+            widths = [min_w[c] for c in group]
+            spare = width - sum(widths)
+            grow = [want_w[c] - min_w[c] for c in group]
+            if spare > 0 and sum(grow) > 0:
+                widths = [w + min(g, spare * g / sum(grow)) for w, g in zip(widths, grow, strict=True)]
+            spare = width - sum(widths)
+            if spare > 0:
+                widths = [w + spare * w / sum(widths) for w in widths]
+            tables.append((trace, group, widths, header, cells))
+    out: list[go.Table] = []
+    heights: list[float] = []
+    for trace, group, widths, header, cells in tables:
+        chars = [max(1, int((w - 2 * TABLE_PAD - 2) / em + 1e-6)) for w in widths]
 
-    def lines(text: Any, col: int) -> int:
-        parts = plain(str(text)).split("\n")
-        return sum(max(1, math.ceil(len(p) / per_line[col])) for p in parts)
-
-    head = max((lines(h, i) for i, h in enumerate(header)), default=1) * line + font_px
-    n_rows = max((len(c) for c in values), default=0)
-    body = 0.0
-    for r in range(n_rows):
-        body += (
-            max(lines(values[c][r], c) for c in range(len(values)) if r < len(values[c])) * line
-            + font_px * 0.7
-        )
-    return (head + body) * 1.06
+        head = [
+            _wrapped_cell(header[c], chars[k], header[c].strip().startswith("<b>"))
+            for k, c in enumerate(group)
+        ]
+        columns = [[_wrapped_cell(t, chars[k]) for t in cells[c]] for k, c in enumerate(group)]
+        n_rows = max((len(col) for col in columns), default=0)
+        row_lines = [max((col[r][1] for col in columns if r < len(col)), default=1) for r in range(n_rows)]
+        head_lines = max(n for _, n in head)
+        heights.append(sum(_row_height(n, font_px) for n in [head_lines, *row_lines]))
+        table = go.Table(trace)
+        table.update(
+            columnwidth=widths,
+            columnorder=None,
+            header={
+                "values": [t for t, _ in head], "font": {"size": font_px}, "height": line + 2 * TABLE_PAD,
+                "fill": {"color": _per_column(trace.header.fill.color, group)},
+                "align": _per_column(trace.header.align, group),
+            },
+            cells={
+                "values": [[t for t, _ in col] for col in columns], "font": {"size": font_px},
+                "height": line + 2 * TABLE_PAD, "fill": {"color": _per_column(trace.cells.fill.color, group)},
+                "align": _per_column(trace.cells.align, group),
+            },
+        )  # fmt: skip
+        out.append(table)
+    gap = font_px
+    total = sum(heights) + gap * (len(heights) - 1)
+    y = total
+    for table, h in zip(out, heights, strict=True):
+        table.update(domain={"x": [0, 1], "y": [max(0.0, (y - h) / total), y / total]})
+        y -= h + gap
+    fig.data = ()
+    fig.add_traces(out)
+    return total
 
 
 def _clip(text: str, limit: int) -> str:
     raw = plain(text)
     if len(raw) <= limit:
         return text
-    import html
-
     return html.escape(raw[: limit - 1], quote=False) + "…"
 
 

@@ -208,6 +208,9 @@ def build(ctx: UIContext) -> None:
     )
 
     _patterns_section(ctx, model)
+    from explorer.ui import vlm_prune_section
+
+    vlm_prune_section.build(ctx)
 
 
 PATTERNS_EXPLAIN = """### VISTA's three patterns over a set of scenes

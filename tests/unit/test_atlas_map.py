@@ -11,6 +11,7 @@ from explorer.analysis.atlas import projection
 from explorer.analysis.atlas.token_map import TokenMapResult, context_string
 from explorer.analysis.atlas.token_types import token_type
 from explorer.api import atlas as atlas_api
+from explorer.config import Settings
 from explorer.errors import InputError
 
 PROMPT = "the cat sat on the mat, and the dog ran."
@@ -65,7 +66,7 @@ def test_umap_cosine_separates_two_layers_and_is_stored(tiny_llama, tmp_store) -
     assert set(r.prompt_index.tolist()) == {0, 1}
     assert np.isfinite(r.coords).all() and r.coords.std(axis=0).min() > 0
     assert tmp_store.find("token_map", tiny_llama.model_id, tiny_llama.weight_hash, json.dumps(
-        [PROMPT, "a second prompt here"]), {**r.params, "max_tokens": 512}) == r.run_id  # fmt: skip
+        [PROMPT, "a second prompt here"]), {**r.params, "max_tokens": Settings().max_prompt_tokens}) == r.run_id  # fmt: skip
 
 
 def test_bad_input(tiny_llama, tmp_store) -> None:
@@ -115,6 +116,11 @@ def test_figure_and_view(tiny_llama) -> None:
     assert len(path.x) == tiny_llama.n_layers + 1
     assert {s.name for s in figures_for(r)} == {"map", "trajectory"}
     assert r.select([0, 10_000]) and len(r.select([0, 10_000])) == 1
+    # a continuous colour: its colour bar takes the upper half on the right, the legend the lower half
+    fig = plots.token_map_figure(r, colour="norm", layer=1, trajectory=2)
+    bar = next(t.marker.colorbar for t in fig.data if t.marker.showscale)
+    assert bar.yanchor == "top" and bar.y == 1.0 and bar.len <= 0.5
+    assert fig.layout.legend.yanchor == "bottom" and fig.layout.legend.y == 0.0
 
 
 def test_cli_map_and_bad_layer(tmp_path, capsys) -> None:
@@ -318,3 +324,77 @@ def test_minilm_map_has_its_seven_layers_and_special_tokens(tmp_store) -> None:
     assert tmp_store.load(r.run_id).tokens == r.tokens
     with pytest.raises(InputError, match="text encoder"):
         atlas_api.run_token_map("all-minilm-l6-v2", "hi there", image=_picture(), db=tmp_store)
+
+
+# ---- a sweep's dataset as the map's input ---------------------------------------------------------
+def test_dataset_rows_are_mapped_in_one_fit(tiny_llama, tmp_store, tmp_path) -> None:
+    import json
+
+    rows = [{"question": "a cat sat on the mat"}, {"question": "the dog ran home", "answer": "x"}]
+    jsonl = tmp_path / "sweep.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    r = atlas_api.run_token_map(tiny_llama, dataset=jsonl, method="pca", db=tmp_store)
+    assert r.prompts == [row["question"] for row in rows]
+    assert set(r.prompt_index.tolist()) == {0, 1}
+    direct = atlas_api.run_token_map(
+        tiny_llama, [row["question"] for row in rows], method="pca", db=tmp_store
+    )
+    assert direct.run_id == r.run_id  # the same inputs: served from the store
+    csv = tmp_path / "sweep.csv"
+    csv.write_text("prompt,other\nhello there,1\ngood morning,2\n", encoding="utf-8")
+    assert atlas_api.run_token_map(tiny_llama, dataset=csv, method="pca", db=False).prompts == [
+        "hello there",
+        "good morning",
+    ]
+
+
+def test_bad_datasets(tiny_llama, tmp_path) -> None:
+    from explorer.analysis.atlas.token_map import MAX_PROMPTS
+
+    no_column = tmp_path / "a.csv"
+    no_column.write_text("text\nhello\n", encoding="utf-8")
+    with pytest.raises(InputError, match="no 'prompt' or 'question' column"):
+        atlas_api.run_token_map(tiny_llama, dataset=no_column, method="pca", db=False)
+    too_many = tmp_path / "b.csv"
+    too_many.write_text("prompt\n" + "hi\n" * (MAX_PROMPTS + 1), encoding="utf-8")
+    with pytest.raises(InputError, match=f"at most {MAX_PROMPTS}"):
+        atlas_api.run_token_map(tiny_llama, dataset=too_many, method="pca", db=False)
+    missing_image = tmp_path / "c.csv"
+    missing_image.write_text("prompt,image\nhi,nothere.png\n", encoding="utf-8")
+    with pytest.raises(InputError, match="not found"):
+        atlas_api.run_token_map(tiny_llama, dataset=missing_image, method="pca", db=False)
+    with pytest.raises(InputError, match="not both"):
+        atlas_api.run_token_map(tiny_llama, "hi", dataset=no_column, method="pca", db=False)
+    (tmp_path / "b.txt").write_text("prompt\nhi\n", encoding="utf-8")
+    with pytest.raises(InputError, match="unknown format"):
+        atlas_api.run_token_map(tiny_llama, dataset=tmp_path / "b.txt", method="pca", db=False)
+    with pytest.raises(InputError, match="does not exist"):
+        atlas_api.run_token_map(tiny_llama, dataset=tmp_path / "none.csv", method="pca", db=False)
+
+
+def test_vlm_dataset_maps_each_row_with_its_image(tiny_vlm, tmp_store, tmp_path) -> None:
+    for seed in (0, 1):
+        _picture(seed).save(tmp_path / f"scene{seed}.png")
+    data = tmp_path / "scenes.csv"
+    data.write_text("question,image\nWhat is it?,scene0.png\nWhich colour?,scene1.png\n", encoding="utf-8")
+    r = atlas_api.run_token_map(tiny_vlm, dataset=data, method="pca", layer=0, db=tmp_store)
+    n_img = tiny_vlm.n_visual_tokens
+    for pi in (0, 1):
+        rows = r.prompt_index == pi
+        assert sum(m == "image" for m, ok in zip(r.modality, rows, strict=True) if ok) == n_img
+    assert r.image is not None and r.image.startswith("rows:")
+    _picture(2).save(tmp_path / "scene1.png")  # another image: another map, not the stored one
+    again = atlas_api.run_token_map(tiny_vlm, dataset=data, method="pca", layer=0, db=tmp_store)
+    assert again.image != r.image and again.run_id != r.run_id
+
+
+def test_cli_map_dataset(tmp_path, capsys) -> None:
+    from explorer.cli import main
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text\nhello\n", encoding="utf-8")
+    code = main(
+        ["--db", str(tmp_path / "x.duckdb"), "atlas", "map", "--dataset", str(bad), "--method", "pca"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "no 'prompt' or 'question' column" in err and len(err.strip().splitlines()) == 1

@@ -269,7 +269,8 @@ def test_long_prompt_figures_are_downsampled() -> None:
     head = plots.head_heatmap(res)
     assert np.asarray(head.data[0].z).shape == (plots.MAX_MATRIX_POSITIONS, plots.MAX_MATRIX_POSITIONS)
     grid = plots.heads_grid(res)
-    assert np.asarray(grid.data[0].z).shape == (plots.MAX_THUMB_POSITIONS, plots.MAX_THUMB_POSITIONS)
+    tiled = 2 * (plots.MAX_THUMB_POSITIONS + 1) - 1  # 2 x 2 thumbnails, a one-cell gap between them
+    assert np.asarray(grid.data[0].z).shape == (tiled, tiled)
     token = plots.token_view(res, token=150)
     assert np.asarray(token.data[0].z).shape == (2, plots.MAX_TOKEN_AXIS_POSITIONS)
     assert plots.head_data(res).num_rows == seq * (seq + 1) // 2  # exports keep full resolution
