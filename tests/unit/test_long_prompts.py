@@ -182,7 +182,7 @@ def test_costly_attribution_methods_4096_tokens(
     integrated gradients at 4,096 tokens, with faithfulness; few steps so the test stays fast.
     Occlusion's 4,096 passes make it the slowest (about a pass per token, as the method is)."""
     from explorer.analysis.attribution import FaithfulnessParams
-    from explorer.analysis.attribution import attribute as attribute_engine
+    from explorer.analysis.attribution import run_attribution as attribute_engine
 
     if method == "occlusion":
         pytest.skip(
@@ -210,7 +210,7 @@ def test_generation_attribution_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -
 
 
 def test_text_pruning_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
-    from explorer.api.pruning import prune_text
+    from explorer.api.pruning import run_prune_text as prune_text
 
     res = prune_text(
         tiny_long_lm, long_prompt(LONG_TOKENS - 8), strategies=["random", "fastv"], keep_ratios=[0.5],
@@ -220,7 +220,8 @@ def test_text_pruning_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
 
 
 def test_atlas_map_and_microscope_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
-    from explorer.api.atlas import microscope, token_map
+    from explorer.api.atlas import run_microscope as microscope
+    from explorer.api.atlas import run_token_map as token_map
 
     tmap = token_map(tiny_long_lm, long_prompt(), layer=1, method="pca", db=tmp_store)
     assert tmp_store.load(str(tmap.run_id)).kind == tmap.kind
