@@ -31,7 +31,13 @@ chromium:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver >/dev/null; fi; \
 	fi
 
-run: setup
+# umap-learn's numba kernels compile once into NUMBA_CACHE_DIR (explorer.analysis.atlas.projection.warm_up_umap).
+cache/numba/.stamp-warm: $(VENV)/.stamp-project
+	mkdir -p cache/numba
+	HF_HUB_OFFLINE=1 $(PY) -c "from explorer.analysis.atlas.projection import warm_up_umap as w; print(f'UMAP kernels ready in {w():.0f} s')"
+	touch $@
+
+run: setup cache/numba/.stamp-warm
 	$(PY) app.py
 
 lint: $(VENV)/.stamp-project
@@ -41,7 +47,7 @@ lint: $(VENV)/.stamp-project
 typecheck: $(VENV)/.stamp-project
 	$(VENV)/bin/mypy
 
-pytest: setup
+pytest: setup cache/numba/.stamp-warm
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test: setup lint typecheck pytest

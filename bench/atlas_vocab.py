@@ -1,7 +1,7 @@
 """Benchmark and report: vocabulary health of the embedded SmolLM2 (49,152 tokens; target: a complete
 run, verifying the top 300 suspects, in at most 3 minutes on 2 cores).
 
-Runs `explorer.atlas_api.vocab_health` once (the model is loaded first and not timed; nothing is
+Runs `explorer.api.atlas.vocab_health` once (the model is loaded first and not timed; nothing is
 served from a store) and prints the timings, the summary (tokenizer categories, Magikarp and
 GlitchHunter counts, their agreement) and examples of the verified under-trained tokens of each
 detector as JSON. With `--db PATH` the run is also stored there (for `explorer runs` / the UI).
@@ -20,7 +20,8 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from explorer import atlas_api  # noqa: E402
+from explorer.analysis.atlas import verify  # noqa: E402
+from explorer.api import atlas as atlas_api  # noqa: E402
 from explorer.models.loading import load_model  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def glitchhunter_verified(r: atlas_api.VocabHealthResult) -> list[dict[str, obje
         {"token_id": int(i), "token": c["token"][i], "max_prob": float(c["max_prob"][i]), "status": c["status"][i],
          "output": c["output"][i], "embed_norm": float(c["embed_norm"][i]), "indicator": float(c["indicator"][i])}
         for i in np.flatnonzero(np.asarray(c["gh_flag"]))
-        if c["status"][i] in ("strong_verified", "weak_verified")
+        if verify.is_verified(float(c["max_prob"][i]))
     ]  # fmt: skip
     return sorted(rows, key=lambda row: float(row["max_prob"]))  # type: ignore[arg-type]
 
@@ -47,9 +48,9 @@ def main() -> None:
     lm = load_model("smollm2-135m")
     load = os.getloadavg()
     t0 = time.perf_counter()
-    r = atlas_api.vocab_health(lm, n_verify=n_verify, db=db, use_cache=False)  # type: ignore[arg-type]
+    r = atlas_api.run_vocab_health(lm, n_verify=n_verify, db=db, use_cache=False)  # type: ignore[arg-type]
     total = time.perf_counter() - t0
-    verified = [s for s in r.suspects() if s["status"] in ("strong_verified", "weak_verified")]
+    verified = [s for s in r.suspects() if s["max_prob"] is not None and verify.is_verified(s["max_prob"])]
     print(
         json.dumps(
             {

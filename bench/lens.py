@@ -6,7 +6,8 @@ of all layers x positions, in the same process on the same 128-token prompt. The
 first (the fused read-out compiles once); the two are then timed alternately and the medians
 compared.
 
-Run: `.venv/bin/python bench/lens.py` (prints JSON).
+Run: `.venv/bin/python bench/lens.py` (prints JSON on stdout, and one line with the ratio on stderr).
+Run it three times on a quiet machine; the target is <= 1.2x the floor in every run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from explorer.backends.language import load_model  # noqa: E402
 
 N_TOKENS = 128
 REPEATS = 7
+TARGET_RATIO = 1.2
 
 
 def prompt_of_tokens(lm: object, n: int) -> str:
@@ -96,7 +98,7 @@ def main() -> dict[str, object]:
         "floor_s": round(t_floor, 4),
         "lens_analysis_s": round(t_lens, 4),
         "ratio_vs_floor": round(t_lens / t_floor, 3),
-        "target_ratio": 1.3,
+        "target_ratio": TARGET_RATIO,
         "reopen_stored_run_ms": round(1000 * t_reopen, 2),
         "target_reopen_ms": 100,
         "torch_threads": torch.get_num_threads(),
@@ -105,4 +107,14 @@ def main() -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(), indent=2))
+    import sys
+
+    out = main()
+    print(json.dumps(out, indent=2))
+    ratio = float(out["ratio_vs_floor"])  # type: ignore[arg-type]
+    verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
+    print(
+        f"logit lens {out['lens_analysis_s']} s vs floor {out['floor_s']} s: {ratio:.3f}x the floor "
+        f"(target <= {TARGET_RATIO}x: {verdict})",
+        file=sys.stderr,
+    )

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from explorer.api import list_runs, load_run, logit_lens, open_store
+from explorer.api.lens import run_logit_lens as logit_lens
+from explorer.api.runner import list_runs, load_run, open_store
 from explorer.backends.architectures import ArchitectureSpec, register_architecture
 from explorer.backends.language import LanguageModel, load_model, wrap_model
 from explorer.config import Settings
@@ -39,31 +40,34 @@ __all__ = [
     "wrap_model",
 ]
 
-# Entry points that live in their own modules, loaded on first use (keeps `import explorer` light).
+# Entry points that live in their own modules, loaded on first use (keeps `import explorer` light):
+# public name -> "module" (same name there) or "module:function" (the API layer names its functions
+# `run_<analysis>` where the engine has a function of the public name, so no two layers share a name).
 _LAZY = {
-    "attribute": "explorer.attribution_api",
-    "attribute_generation": "explorer.attribution_api",
-    "attribute_image": "explorer.attribution_api",
-    "attention": "explorer.attention_api",
-    "attention_image": "explorer.attention_api",
-    "prune": "explorer.pruning_api",
-    "prune_text": "explorer.pruning_api",
-    "prune_image": "explorer.pruning_api",
+    "attribute": "explorer.api.attribution",
+    "attribute_generation": "explorer.api.attribution",
+    "attribute_image": "explorer.api.attribution",
+    "attention": "explorer.api.attention",
+    "attention_image": "explorer.api.attention",
+    "prune": "explorer.api.pruning",
+    "prune_text": "explorer.api.pruning:run_prune_text",
+    "prune_image": "explorer.api.pruning:run_prune_image",
     "load_vision_model": "explorer.backends.vision",
-    "visual_tokens": "explorer.vlm_api",
-    "vlm_eval": "explorer.vlm_api",
-    "vista_compare": "explorer.vlm_api",
-    "latent_neighbours": "explorer.vlm_api",
-    "text_bank": "explorer.vlm_api",
-    "vista_patterns": "explorer.vlm_api",
-    "token_map": "explorer.atlas_api",
-    "map_scores": "explorer.atlas_api",
-    "vocab_health": "explorer.atlas_api",
-    "microscope": "explorer.atlas_api",
-    "inspect_tokenizers": "explorer.atlas_api",
-    "export_figure": "explorer.export_api",
-    "export_panel": "explorer.export_api",
-    "list_figures": "explorer.export_api",
+    "visual_tokens": "explorer.api.vlm:run_visual_tokens",
+    "vlm_eval": "explorer.api.vlm",
+    "vlm_prune": "explorer.api.vlm",
+    "vista_compare": "explorer.api.vlm",
+    "latent_neighbours": "explorer.api.vlm:run_latent_neighbours",
+    "text_bank": "explorer.api.vlm",
+    "vista_patterns": "explorer.api.vlm",
+    "token_map": "explorer.api.atlas:run_token_map",
+    "map_scores": "explorer.api.atlas",
+    "vocab_health": "explorer.api.atlas:run_vocab_health",
+    "microscope": "explorer.api.atlas:run_microscope",
+    "inspect_tokenizers": "explorer.api.atlas",
+    "export_figure": "explorer.api.export",
+    "export_panel": "explorer.api.export",
+    "list_figures": "explorer.api.export",
     "compare": "explorer.compare",
 }
 
@@ -74,4 +78,5 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'explorer' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    module, _, attr = module.partition(":")
+    return getattr(importlib.import_module(module), attr or name)

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -28,6 +29,7 @@ COMMAND_MODULES = (
     "compare",
     "visual_tokens",
     "vlm_eval",
+    "vlm_prune",
     "vista",
     "latent_neighbours",
     "vista_patterns",
@@ -133,6 +135,10 @@ def _main(argv: list[str] | None) -> int:
     except InputError as exc:
         # one line: a multi-line message (e.g. DuckDB's parser pointing at a column) is joined
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        # the engine names the parameter (top_k); the CLI adds the flag it came from (--top-k)
+        named = re.match(r"([a-z][a-z0-9_]*)\b", message)
+        if named and named.group(1) in vars(args) and named.group(1) not in ("command", "db", "dtype"):
+            message = f"--{named.group(1).replace('_', '-')}: {message}"
         print(f"explorer {args.command}: error: {message}", file=sys.stderr)
         return 2
     if out is not None:

@@ -115,6 +115,18 @@ def _compare_lens(ra: Any, rb: Any, out: RunComparison) -> None:
 
 def _compare_attention(ra: Any, rb: Any, out: RunComparison) -> None:
     n = out.aligned_positions
+    blocked_a, blocked_b = getattr(ra, "spans", None), getattr(rb, "spans", None)
+    if blocked_a is not None or blocked_b is not None:
+        if blocked_a != blocked_b:
+            # a long prompt stores block-aggregated matrices: only the same blocks line up
+            out.notes.append("long prompts store block-aggregated attention: runs with different lengths are "
+                             "compared by their per-head entropy and sink shares only")  # fmt: skip
+            if ra.entropy.shape == rb.entropy.shape:
+                out.matrices = {"entropy_delta": (rb.entropy - ra.entropy).astype(float)}
+                out.summary["mean_abs_entropy_delta"] = float(np.abs(rb.entropy - ra.entropy).mean())
+            return
+        n = len(blocked_a or [])
+        out.notes.append(f"long prompts: attention compared over {n} blocks of tokens (what is stored)")
     mean_a = ra.attentions[:, :, :n, :n].mean(axis=(0, 1))
     mean_b = rb.attentions[:, :, :n, :n].mean(axis=(0, 1))
     out.matrices = {"attention_delta": (mean_b - mean_a).astype(float)}

@@ -37,9 +37,11 @@ class Settings:
     default_model: str = DEFAULT_MODEL
     default_vision_model: str = DEFAULT_VISION_MODEL
     dtype: str = "auto"  # weights' dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16
-    max_prompt_tokens: int = 512
-    # The attention view stores every head's full matrix: 30 layers x 9 heads x 256^2 = 17.7M weights.
-    max_attention_tokens: int = 256
+    max_prompt_tokens: int = 4096
+    # Attention runs of at most this many tokens store every head's full matrix (30 layers x 9
+    # heads x 256^2 = 17.7M weights for SmolLM2); longer prompts store block-aggregated matrices,
+    # exact per-head statistics and top-k keys per query (see analysis.attention.streamed_attention).
+    attention_full_tokens: int = 256
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     host: str = "127.0.0.1"
@@ -86,8 +88,8 @@ class Settings:
             values["dtype"] = env["EXPLORER_DTYPE"]
         if "EXPLORER_MAX_PROMPT_TOKENS" in env:
             values["max_prompt_tokens"] = int(env["EXPLORER_MAX_PROMPT_TOKENS"])
-        if "EXPLORER_MAX_ATTENTION_TOKENS" in env:
-            values["max_attention_tokens"] = int(env["EXPLORER_MAX_ATTENTION_TOKENS"])
+        if "EXPLORER_ATTENTION_FULL_TOKENS" in env:
+            values["attention_full_tokens"] = int(env["EXPLORER_ATTENTION_FULL_TOKENS"])
         if "EXPLORER_MAX_IMAGE_BYTES" in env:
             values["max_image_bytes"] = int(env["EXPLORER_MAX_IMAGE_BYTES"])
         for key, var, kind in _LIMIT_VARIABLES:

@@ -57,127 +57,137 @@ def _scene(settings: Settings) -> Path:
 
 
 def _lens(s: Settings) -> Any:
-    from explorer.api import logit_lens
+    from explorer.api.lens import run_logit_lens
 
-    return logit_lens(None, PROMPT, targets=[" Paris"], generate=4, settings=s)
+    return run_logit_lens(None, PROMPT, targets=[" Paris"], generate=4, settings=s)
 
 
 def _attention(s: Settings) -> Any:
-    from explorer.attention_api import attention
+    from explorer.api.attention import attention
 
     return attention(None, PROMPT, flow=True, settings=s)
 
 
 def _vision_attention(s: Settings) -> Any:
-    from explorer.attention_api import attention_image
+    from explorer.api.attention import attention_image
 
     return attention_image(_image("astronaut"), settings=s)
 
 
 def _attribution(s: Settings) -> Any:
-    from explorer.attribution_api import attribute
+    from explorer.api.attribution import attribute
 
     return attribute(None, PROMPT, target=" Paris", method="occlusion", settings=s)
 
 
 def _comparison(s: Settings) -> Any:
-    from explorer.attribution_api import attribute, compare_runs
+    from explorer.api.attribution import attribute, compare_attribution_runs
 
     a = attribute(None, PROMPT, target=" Paris", method="occlusion", settings=s)
     b = attribute(None, PROMPT, target=" Paris", method="input_x_gradient", settings=s)
-    return compare_runs([str(a.run_id), str(b.run_id)], settings=s)
+    return compare_attribution_runs([str(a.run_id), str(b.run_id)], settings=s)
 
 
 def _generation(s: Settings) -> Any:
-    from explorer.attribution_api import attribute_generation
+    from explorer.api.attribution import attribute_generation
 
     return attribute_generation(None, PROMPT, generate=2, settings=s)
 
 
 def _prune_text(s: Settings) -> Any:
-    from explorer.pruning_api import prune_text
+    from explorer.api.pruning import run_prune_text
 
-    return prune_text(None, PROMPT, keep_ratios=(0.25, 0.5, 0.75), continuation_tokens=4, settings=s)
+    return run_prune_text(None, PROMPT, keep_ratios=(0.25, 0.5, 0.75), continuation_tokens=4, settings=s)
 
 
 def _prune_image(s: Settings) -> Any:
-    from explorer.pruning_api import prune_image
+    from explorer.api.pruning import run_prune_image
 
-    return prune_image(_image("astronaut"), keep_ratios=(0.25, 0.5), settings=s)
+    return run_prune_image(_image("astronaut"), keep_ratios=(0.25, 0.5), settings=s)
 
 
 def _vlm_lens(s: Settings) -> Any:
-    from explorer.api import logit_lens
+    from explorer.api.lens import run_logit_lens
 
-    return logit_lens("tiny-vlm", VLM_PROMPT, image=_scene(s), targets=[" red"], generate=3, settings=s)
+    return run_logit_lens("tiny-vlm", VLM_PROMPT, image=_scene(s), targets=[" red"], generate=3, settings=s)
 
 
 def _vlm_tokens(s: Settings) -> Any:
+    from explorer.api.vlm import run_visual_tokens
     from explorer.vlm.tokens import TokenParams
-    from explorer.vlm_api import visual_tokens
 
-    return visual_tokens("tiny-vlm", VLM_PROMPT, _scene(s), params=TokenParams(), settings=s)
+    return run_visual_tokens("tiny-vlm", VLM_PROMPT, _scene(s), params=TokenParams(), settings=s)
 
 
 LATENT_CORPUS = 400  # sentences of the shipped corpus in the gallery's text bank (all: ~2,900, ~45 s)
 
 
 def _vlm_latent(s: Settings) -> Any:
+    from explorer.api.vlm import run_latent_neighbours
     from explorer.vlm.latent_corpus import default_corpus
-    from explorer.vlm_api import latent_neighbours
 
     corpus = default_corpus().head(LATENT_CORPUS)
-    return latent_neighbours("tiny-vlm", VLM_PROMPT, _scene(s), corpus=corpus, settings=s)
+    return run_latent_neighbours("tiny-vlm", VLM_PROMPT, _scene(s), corpus=corpus, settings=s)
 
 
 def _vlm_attention(s: Settings) -> Any:
+    from explorer.api.vlm import run_vlm_attention
     from explorer.vlm.attention import VLMAttentionParams
-    from explorer.vlm_api import vlm_attention
 
-    return vlm_attention("tiny-vlm", VLM_PROMPT, _scene(s), params=VLMAttentionParams(generate=3), settings=s)
+    return run_vlm_attention(
+        "tiny-vlm", VLM_PROMPT, _scene(s), params=VLMAttentionParams(generate=3), settings=s
+    )
 
 
 def _vlm_attribution(s: Settings) -> Any:
     from explorer.analysis.vlm_attribution import VLMAttributionParams
-    from explorer.vlm_api import vlm_attribute
+    from explorer.api.vlm import vlm_attribute
 
     params = VLMAttributionParams(method="occlusion", target=" red")
     return vlm_attribute("tiny-vlm", VLM_PROMPT, _scene(s), params=params, settings=s)
 
 
 def _vlm_eval(s: Settings) -> Any:
+    from explorer.api.vlm import vlm_eval
     from explorer.vlm.vista import VistaParams
-    from explorer.vlm_api import vlm_eval
 
     return vlm_eval("tiny-vlm", "all", n_scenes=3, n_boot=200, vista=VistaParams(vsv=True), settings=s)
 
 
-def _token_map(s: Settings) -> Any:
-    from explorer.atlas_api import token_map
+def _vlm_prune(s: Settings) -> Any:
+    from explorer.api.vlm import vlm_prune
 
-    return token_map(None, [PROMPT, LONG_PROMPT], settings=s)
+    return vlm_prune(
+        "tiny-vlm", "pope", n_scenes=1, strategies=["fastv", "random"], keep_ratios=[1, 0.25], settings=s
+    )
+
+
+def _token_map(s: Settings) -> Any:
+    from explorer.api.atlas import run_token_map
+
+    return run_token_map(None, [PROMPT, LONG_PROMPT], settings=s)
 
 
 def _vocab(s: Settings) -> Any:
-    from explorer.atlas_api import vocab_health
+    from explorer.api.atlas import run_vocab_health
 
-    return vocab_health(None, n_verify=50, map_points=1500, settings=s)
+    return run_vocab_health(None, n_verify=50, map_points=1500, settings=s)
 
 
 def _microscope(s: Settings) -> Any:
-    from explorer.atlas_api import microscope
+    from explorer.api.atlas import run_microscope
 
-    return microscope(None, LONG_PROMPT, settings=s)
+    return run_microscope(None, LONG_PROMPT, settings=s)
 
 
 def _tokenizers(s: Settings) -> Any:
-    from explorer.atlas_api import inspect_tokenizers
+    from explorer.api.atlas import inspect_tokenizers
 
     return inspect_tokenizers(LONG_PROMPT, settings=s)
 
 
 def _vista_patterns(s: Settings) -> Any:
-    from explorer.vlm_api import vista_patterns
+    from explorer.api.vlm import vista_patterns
 
     return vista_patterns("tiny-vlm", n_scenes=2, max_new_tokens=12, n_boot=200, settings=s)
 
@@ -196,7 +206,7 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
     GalleryRun(
         "attribution_comparison", "attribution_comparison",
         f"explorer attribute --prompt {_P} --target ' Paris' --method occlusion (and input_x_gradient), "
-        "then explorer.compare_runs([A, B])",
+        "then explorer.api.attribution.compare_attribution_runs([A, B])",
         _comparison,
     ),
     GalleryRun(
@@ -223,6 +233,10 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
         f"explorer.latent_neighbours('tiny-vlm', {VLM_PROMPT!r}, 'scene.png', "
         f"corpus=default_corpus().head({LATENT_CORPUS}))  # a smaller text bank than the CLI's",
         _vlm_latent,
+    ),
+    GalleryRun(
+        "vlm_prune", "vlm_prune", "explorer vlm-prune --set pope --n 1 --strategy fastv,random --keep 1,0.25",
+        _vlm_prune,
     ),
     GalleryRun(
         "vlm_attention", "vlm_attention",

@@ -4,11 +4,16 @@ Every analysis returns a dataclass that implements `StoredResult`: it can render
 the CLI's JSON (`to_dict`), as long-form Arrow tables plus a small JSON `meta` (for DuckDB),
 and rebuild itself from exactly those (`from_store`). Reopening a run therefore never
 touches a model. Result classes register their `kind` so the store can find the class.
+
+Fields say where they are stored: `in_meta()` (the JSON meta) or `in_table()` (long-form table
+columns). `meta_of` is then the class's whole `to_meta`, and `meta_kwargs` gives `from_store` every
+meta field back (defaults for fields newer than the stored run); the class writes only its tables.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import MISSING, field, fields
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import pyarrow as pa
@@ -86,6 +91,7 @@ RESULT_MODULES = (
     "explorer.analysis.atlas.tokenizers",
     "explorer.vlm.tokens",
     "explorer.vlm.vlm_eval",
+    "explorer.vlm.prune_eval",
     "explorer.vlm.attention",
     "explorer.vlm.latent",
     "explorer.vlm.vista_patterns",
@@ -105,3 +111,52 @@ def _import_result_modules() -> None:
 
 RESULT_KINDS = _KindRegistry()
 register_result: Callable[[type[_R]], type[_R]] = RESULT_KINDS.register
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic serialisation: each field of a result dataclass says where it is stored
+# ---------------------------------------------------------------------------------------------
+STORE_META = "meta"  # in the run's small JSON `meta` (tokens, summaries, parameters)
+STORE_COLUMN = "column"  # in the long-form tables (the class's to_tables / from_store build those)
+
+
+def in_meta(**kwargs: Any) -> Any:
+    """A dataclass field stored in the run's JSON meta; `decode` (optional) rebuilds its value
+    from the JSON form (e.g. `tuple` for a field that JSON turns into a list)."""
+    decode = kwargs.pop("decode", None)
+    return field(metadata={"store": STORE_META, "decode": decode}, **kwargs)
+
+
+def in_table(**kwargs: Any) -> Any:
+    """A dataclass field stored as table columns (built by the class's to_tables)."""
+    return field(metadata={"store": STORE_COLUMN}, **kwargs)
+
+
+def meta_of(result: Any) -> dict[str, Any]:
+    """The generic `to_meta`: every field marked `in_meta()`, in JSON form."""
+    from explorer.params import json_value
+
+    return {
+        f.name: json_value(getattr(result, f.name))
+        for f in fields(result)
+        if f.metadata.get("store") == STORE_META
+    }
+
+
+def meta_kwargs(cls: type, stored: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of `cls` held in `stored` meta: every `in_meta()` field (a field
+    missing from a run stored by an older version takes its default), plus `run_id` when known.
+    KeyError when a field without default is missing."""
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.metadata.get("store") == STORE_META:
+            if f.name in stored:
+                decode = f.metadata.get("decode")
+                out[f.name] = (
+                    stored[f.name] if decode is None or stored[f.name] is None else decode(stored[f.name])
+                )
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise KeyError(f"stored run has no {f.name!r} (needed by {cls.__name__})")
+        elif f.name == "run_id" and "run_id" in stored:
+            out["run_id"] = stored["run_id"]
+    return out

@@ -33,7 +33,7 @@ def bert_tokenizer() -> Any:
 _TOKENIZER: list[Any] = []
 
 
-def tiny_config(arch: str, vocab: int) -> Any:
+def tiny_config(arch: str, vocab: int, max_positions: int = 256) -> Any:
     import transformers as tf
 
     tok = _TOKENIZER[0]
@@ -44,33 +44,34 @@ def tiny_config(arch: str, vocab: int) -> Any:
         pad_token_id=tok.pad_token_id,
     )
     if arch == "gpt2":
-        return tf.GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=256, **common)
+        return tf.GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=max_positions, **common)
     if arch == "llama":
         return tf.LlamaConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, **common,
+            num_key_value_heads=2, max_position_embeddings=max_positions, tie_word_embeddings=True, **common,
         )  # fmt: skip
     if arch == "gpt_neox":
         return tf.GPTNeoXConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-            max_position_embeddings=256, tie_word_embeddings=False, **common,
+            max_position_embeddings=max_positions, tie_word_embeddings=False, **common,
         )  # fmt: skip
     if arch == "qwen2":
         return tf.Qwen2Config(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, **common,
+            num_key_value_heads=2, max_position_embeddings=max_positions, tie_word_embeddings=True, **common,
         )  # fmt: skip
     if arch == "gemma":
         return tf.GemmaConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=1, head_dim=8, max_position_embeddings=256, **common,
+            num_key_value_heads=1, head_dim=8, max_position_embeddings=max_positions, **common,
         )  # fmt: skip
     raise ValueError(arch)
 
 
-def make_tiny_lm(arch: str, seed: int = 0, dtype: str | None = None) -> Any:
+def make_tiny_lm(arch: str, seed: int = 0, dtype: str | None = None, max_positions: int = 256) -> Any:
     """A randomly initialised causal LM of `arch`, wrapped as a LanguageModel backend
-    (weights drawn in float32, then converted to `dtype` when given)."""
+    (weights drawn in float32, then converted to `dtype` when given); `max_positions`: its
+    longest sequence (4,096 for the long-prompt tests)."""
     from transformers import AutoModelForCausalLM
 
     from explorer.backends.language import wrap_model
@@ -79,12 +80,13 @@ def make_tiny_lm(arch: str, seed: int = 0, dtype: str | None = None) -> Any:
         _TOKENIZER.append(bert_tokenizer())
     tok = _TOKENIZER[0]
     torch.manual_seed(seed)
-    config = tiny_config(arch, vocab=len(tok))
+    config = tiny_config(arch, vocab=len(tok), max_positions=max_positions)
     config._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params < MAX_TINY_PARAMS, f"test model {arch} is not tiny: {n_params} params"
-    return wrap_model(model, tok, model_id=f"tiny-{arch}", dtype=dtype)
+    suffix = "" if max_positions == 256 else f"-{max_positions}"
+    return wrap_model(model, tok, model_id=f"tiny-{arch}{suffix}", dtype=dtype)
 
 
 _TINY_CACHE: dict[str, Any] = {}
@@ -104,6 +106,40 @@ def tiny_llama() -> Any:
     if "llama" not in _TINY_CACHE:
         _TINY_CACHE["llama"] = make_tiny_lm("llama")
     return _TINY_CACHE["llama"]
+
+
+LONG_TOKENS = 4096
+
+
+@pytest.fixture(scope="session")
+def tiny_long_lm() -> Any:
+    """A tiny random Llama that takes 4,096 positions (2 layers, 2 heads: fast at that length)."""
+    import transformers as tf
+    from transformers import AutoModelForCausalLM
+
+    from explorer.backends.language import wrap_model
+
+    if not _TOKENIZER:
+        _TOKENIZER.append(bert_tokenizer())
+    tok = _TOKENIZER[0]
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=LONG_TOKENS, tie_word_embeddings=True,
+        bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params < MAX_TINY_PARAMS, f"test model is not tiny: {n_params} params"
+    assert model.config.max_position_embeddings >= LONG_TOKENS
+    return wrap_model(model, tok, model_id="tiny-llama-long")
+
+
+def long_prompt(n_tokens: int = LONG_TOKENS) -> str:
+    """Text that the tiny models' WordPiece tokenizer turns into exactly `n_tokens` ids
+    ([CLS] + one id per word + [SEP])."""
+    words = "the cat sat on a mat and the dog ran to the park , then it rained .".split()
+    return " ".join(words[i % len(words)] for i in range(n_tokens - 2))
 
 
 @pytest.fixture

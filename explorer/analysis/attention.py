@@ -34,21 +34,26 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from explorer.analysis.attention_math import (
     attention_flow,
     attention_rollout,
-    check_attention_tokens,
     check_attentions,
+    mean_row_entropy,
+    rollout_carry,
     row_entropy,
 )
 from explorer.backends.language import LanguageModel, capture, encode
 from explorer.backends.trace import Trace
 from explorer.errors import InputError
+from explorer.params import params_json
 from explorer.progress import ProgressFn
 from explorer.results import register_result
 
 MAX_FLOW_TOKENS = 64
+LONG_PROMPT_BLOCKS = 128  # block-aggregated matrix side of a long prompt (the display's own maximum)
+TOP_K_KEYS = 16  # keys kept per query (mean over heads) for a long prompt
 MAX_FLOW_POSITIONS = 8
 SINK_FIRST = "first"
 SINK_DELIMITER = "delimiter"
@@ -66,7 +71,7 @@ class AttentionParams:
     """
 
     flow: bool = False
-    flow_positions: tuple[int, ...] = (-1,)
+    flow_positions: tuple[int, ...] = field(default=(-1,), metadata={"key_if": "flow"})
 
     def validate(self) -> None:
         if self.flow:
@@ -81,10 +86,7 @@ class AttentionParams:
                 )
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"flow": self.flow}
-        if self.flow:
-            d["flow_positions"] = list(self.flow_positions)
-        return d
+        return params_json(self)
 
 
 def resolve_positions(positions: Sequence[int], seq: int, what: str = "position") -> list[int]:
@@ -158,15 +160,33 @@ def block_aggregate(matrix: np.ndarray, max_size: int) -> tuple[np.ndarray, list
     the total attention to the block's keys, so rows still sum to 1. Returns the matrix and
     the (first, last) position of each block."""
     seq = matrix.shape[-1]
+    spans = block_spans(seq, max_size)
     if seq <= max_size:
-        return matrix, [(i, i) for i in range(seq)]
-    edges = np.linspace(0, seq, max_size + 1).round().astype(int)
-    spans = [(int(a), int(b) - 1) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+        return matrix, spans
     starts = np.array([a for a, _ in spans])
     key_sum = np.add.reduceat(matrix, starts, axis=-1)  # sum over key blocks
     counts = np.array([b - a + 1 for a, b in spans], dtype=np.float64)
     query_mean = np.add.reduceat(key_sum, starts, axis=-2) / counts[:, None]
     return query_mean, spans
+
+
+def block_spans(seq: int, max_size: int) -> list[tuple[int, int]]:
+    """Contiguous (first, last) position blocks, at most `max_size` of them (one per position
+    when seq <= max_size); the same cut `block_aggregate` makes."""
+    if seq <= max_size:
+        return [(i, i) for i in range(seq)]
+    edges = np.linspace(0, seq, max_size + 1).round().astype(int)
+    return [(int(a), int(b) - 1) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def compose_spans(
+    outer: Sequence[tuple[int, int]], inner: Sequence[tuple[int, int]] | None
+) -> list[tuple[int, int]]:
+    """Spans over units (`outer`, indices into `inner`) as token positions: when a matrix is
+    already block-level (`inner` = its blocks' token spans), aggregating it again groups blocks."""
+    if inner is None:
+        return [(int(a), int(b)) for a, b in outer]
+    return [(inner[a][0], inner[b][1]) for a, b in outer]
 
 
 # ---- result ------------------------------------------------------------------------------
@@ -184,6 +204,17 @@ class AttentionResult:
     sink_tokens:     [{position, token, reason}] detected sinks (first, special, delimiter)
     flow:            (len(flow_positions), seq) float32 normalised attention flow, or None
     flow_raw:        same shape, raw max-flow values, or None
+
+    Long prompts (more than `Settings.attention_full_tokens` tokens) keep what fits instead of
+    every head's (seq, seq) matrix (18 GB for SmolLM2 at 4,096 tokens):
+    spans:           None for full matrices; else B (first, last) token blocks, and
+                     `attentions` is (n_layers, n_heads, B, B), `rollout` (n_layers, B, B):
+                     the exact matrices block-aggregated (mean over a block's queries of the total
+                     to a block's keys; rows still sum to 1)
+    received:        (n_layers, n_heads, seq) float32, attention each key receives (mean over
+                     queries 1..seq-1; sink shares of any token set, exactly), or None
+    top_keys:        (n_layers, seq, k) int32, each query's k most-attended keys (mean over
+                     heads, exact), or None; top_weights: the same shape, their weights
     view:            display choices (layer, head, token, sinks) used by the figures and their
                      exports; not stored and not part of the JSON
     """
@@ -207,8 +238,24 @@ class AttentionResult:
     run_id: str | None = None
     seconds: float = 0.0
     view: dict[str, Any] = field(default_factory=dict, compare=False)
+    spans: list[tuple[int, int]] | None = None
+    received: np.ndarray | None = None
+    top_keys: np.ndarray | None = None
+    top_weights: np.ndarray | None = None
 
     # ---- views ----------------------------------------------------------------------------
+    @property
+    def is_blocked(self) -> bool:
+        """True when the matrices are block-aggregated (a long prompt), False when full."""
+        return self.spans is not None
+
+    def block_of(self, position: int) -> int:
+        """Index of the unit (position, or block of a long prompt) holding token `position`."""
+        if self.spans is None:
+            return position
+        firsts = np.array([a for a, _ in self.spans])
+        return int(np.searchsorted(firsts, position, side="right") - 1)
+
     @property
     def n_layers(self) -> int:
         return int(self.attentions.shape[0])
@@ -244,10 +291,25 @@ class AttentionResult:
         if not 0 <= position < self.seq_len:
             raise InputError(f"token position {position} is outside the prompt (0..{self.seq_len - 1})")
         att = self.attentions.mean(axis=1) if head is None else self.attentions[:, head]
-        return att[:, position, :], att[:, :, position]
+        if self.spans is None:
+            return att[:, position, :], att[:, :, position]
+        # long prompt: spread block-level values evenly over each block's positions
+        sizes = np.array([b - a + 1 for a, b in self.spans], dtype=np.float64)
+        unit = np.repeat(np.arange(len(self.spans)), sizes.astype(int))  # position -> block
+        b = self.block_of(position)
+        attends_to = (att[:, b, :] / sizes[None, :])[:, unit]
+        attended_by = np.broadcast_to(att[:, :, b][:, unit] / sizes[b], attends_to.shape).copy()
+        if head is None and self.top_keys is not None and self.top_weights is not None:
+            attends_to = np.zeros_like(attends_to)  # exact: each layer's top-k keys of this query
+            rows = np.arange(self.n_layers)[:, None]
+            attends_to[rows, self.top_keys[:, position]] = self.top_weights[:, position]
+        return attends_to, attended_by
 
     def sink_share_for(self, positions: Sequence[int]) -> np.ndarray:
         """(n_layers, n_heads) attention mass to any set of key positions (from the stored matrices)."""
+        if self.received is not None:
+            keys = sorted({int(p) for p in positions if 0 <= int(p) < self.seq_len})
+            return self.received[:, :, keys].astype(np.float64).sum(axis=-1)  # type: ignore[no-any-return]
         return sink_share(self.attentions, positions)
 
     def _check_layer(self, layer: int) -> None:
@@ -258,6 +320,8 @@ class AttentionResult:
 
     # ---- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        if self.spans is not None:
+            return self._blocked_dict()
         layers = [
             {
                 "layer": layer,
@@ -295,6 +359,43 @@ class AttentionResult:
             out["notes"] = self.notes
         return out
 
+    def _blocked_dict(self) -> dict[str, Any]:
+        """JSON of a long prompt: per-head statistics, each layer's mean over heads and the
+        rollout as block-level matrices (what is stored), and the blocks' token spans."""
+        assert self.spans is not None
+        mean = self.attentions.mean(axis=1)
+        layers = [
+            {
+                "layer": layer,
+                "mean_attention": mean[layer].tolist(),
+                "heads": [
+                    {
+                        "head": head,
+                        "sink_share": float(self.sink_share[layer, head]),
+                        "delimiter_share": float(self.delimiter_share[layer, head]),
+                        "entropy": float(self.entropy[layer, head]),
+                    }
+                    for head in range(self.n_heads)
+                ],
+            }
+            for layer in range(self.n_layers)
+        ]
+        out: dict[str, Any] = {
+            "run_id": self.run_id,
+            "model": self.model,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "tokens": self.tokens,
+            "blocks": [list(span) for span in self.spans],
+            "layers": layers,
+            "rollout": self.rollout[-1].tolist(),
+            "sink_tokens": self.sink_tokens,
+            "params": self.params,
+            "seconds": self.seconds,
+            "notes": self.notes,
+        }
+        return out
+
     def to_meta(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -307,10 +408,11 @@ class AttentionResult:
             "flow_positions": self.flow_positions,
             "notes": self.notes,
             "seconds": self.seconds,
+            "spans": None if self.spans is None else [list(span) for span in self.spans],
         }
 
     def to_tables(self) -> dict[str, pa.Table]:
-        n_l, n_h, seq, _ = self.attentions.shape
+        n_l, n_h, seq, _ = self.attentions.shape  # seq: positions, or blocks of a long prompt
         # keep the causal triangle plus any non-zero cell: exact round trip, half the rows
         query, key = np.meshgrid(np.arange(seq), np.arange(seq), indexing="ij")
         keep = (key <= query)[None, None] | (self.attentions != 0)  # (L, H, seq, seq)
@@ -345,6 +447,27 @@ class AttentionResult:
             }
         )
         tables = {"matrix": matrix, "heads": heads, "rollout": rollout}
+        if self.received is not None:
+            rl, rh, rk = np.indices(self.received.shape).reshape(3, -1)
+            tables["received"] = pa.table(
+                {
+                    "layer": rl.astype(np.int16),
+                    "head": rh.astype(np.int16),
+                    "key": rk.astype(np.int32),
+                    "weight": self.received.ravel().astype(np.float32),
+                }
+            )
+        if self.top_keys is not None and self.top_weights is not None:
+            tl, tq, tr = np.indices(self.top_keys.shape).reshape(3, -1)
+            tables["topk"] = pa.table(
+                {
+                    "layer": tl.astype(np.int16),
+                    "query": tq.astype(np.int32),
+                    "rank": tr.astype(np.int16),
+                    "key": self.top_keys.ravel().astype(np.int32),
+                    "weight": self.top_weights.ravel().astype(np.float32),
+                }
+            )
         if self.flow is not None and self.flow_raw is not None:
             out_pos, key_pos = np.meshgrid(np.arange(len(self.flow_positions)), np.arange(seq), indexing="ij")
             tables["flow"] = pa.table(
@@ -359,7 +482,9 @@ class AttentionResult:
 
     @classmethod
     def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> AttentionResult:
-        n_l, n_h, seq = int(meta["n_layers"]), int(meta["n_heads"]), len(meta["tokens"])
+        n_l, n_h, n_pos = int(meta["n_layers"]), int(meta["n_heads"]), len(meta["tokens"])
+        spans = [(int(a), int(b)) for a, b in meta["spans"]] if meta.get("spans") else None
+        seq = n_pos if spans is None else len(spans)  # matrix side: positions or blocks
         m = tables["matrix"]
         attentions = np.zeros((n_l, n_h, seq, seq), dtype=np.float32)
         attentions[
@@ -395,6 +520,27 @@ class AttentionResult:
             flow_raw = np.zeros_like(flow)
             flow[rows, keys] = f["flow"].to_numpy()
             flow_raw[rows, keys] = f["raw"].to_numpy()
+        received = top_keys = top_weights = None
+        if "received" in tables:
+            t = tables["received"]
+            received = np.zeros((n_l, n_h, n_pos), dtype=np.float32)
+            received[
+                t["layer"].to_numpy().astype(np.int64),
+                t["head"].to_numpy().astype(np.int64),
+                t["key"].to_numpy().astype(np.int64),
+            ] = t["weight"].to_numpy()
+        if "topk" in tables and tables["topk"].num_rows:
+            t = tables["topk"]
+            k = int(t["rank"].to_numpy().max()) + 1
+            where = (
+                t["layer"].to_numpy().astype(np.int64),
+                t["query"].to_numpy().astype(np.int64),
+                t["rank"].to_numpy().astype(np.int64),
+            )
+            top_keys = np.zeros((n_l, n_pos, k), dtype=np.int32)
+            top_weights = np.zeros((n_l, n_pos, k), dtype=np.float32)
+            top_keys[where] = t["key"].to_numpy()
+            top_weights[where] = t["weight"].to_numpy()
         return cls(
             model=meta["model"],
             tokens=list(meta["tokens"]),
@@ -412,6 +558,10 @@ class AttentionResult:
             notes=list(meta.get("notes", [])),
             run_id=meta.get("run_id"),
             seconds=float(meta.get("seconds", 0.0)),
+            spans=spans,
+            received=received,
+            top_keys=top_keys,
+            top_weights=top_weights,
         )
 
 
@@ -468,30 +618,169 @@ def attention_from_trace(
     )
 
 
+def streamed_attention(
+    lm: LanguageModel,
+    ids: torch.Tensor,
+    *,
+    max_blocks: int = LONG_PROMPT_BLOCKS,
+    top_k: int = TOP_K_KEYS,
+    progress: ProgressFn | None = None,
+) -> AttentionResult:
+    """Every attention view of a long prompt from ONE forward pass, keeping what fits.
+
+    Each block's (n_heads, seq, seq) weights are reduced as soon as the block has run
+    (`LanguageModel.attention_pass`) and dropped, so memory is one layer's matrices, never
+    n_layers x n_heads x seq^2. Kept, all exact: per-head entropy and sink shares, the attention
+    every key receives (n_layers, n_heads, seq), each query's top-k keys of the mean over heads,
+    and every head's matrix and the rollout block-aggregated to at most `max_blocks` blocks.
+    The rollout is carried through the layers at block resolution: X_l = A'_l @ X_{l-1} with
+    X_-1 the (seq, blocks) key-block indicator, so X_l = rollout_l @ indicator exactly."""
+    prog = progress or (lambda f, m: None)
+    seq = int(ids.numel())
+    if seq < 2:
+        raise InputError(
+            "the prompt is a single token; attention needs at least 2 tokens (token 0 can only attend to itself)"
+        )
+    id_list = [int(i) for i in ids.tolist()]
+    tokens = lm.tokens_str(id_list)
+    sinks = find_sink_tokens(tokens, id_list, list(getattr(lm.tokenizer, "all_special_ids", []) or []))
+    delimiters = [int(s["position"]) for s in sinks if s["reason"] != SINK_FIRST]
+    size = -(-seq // max_blocks)  # equal blocks of `size` tokens (the last may be shorter)
+    spans = [(a, min(a + size, seq) - 1) for a in range(0, seq, size)]
+    n_blocks = len(spans)
+    sizes = torch.tensor([b - a + 1 for a, b in spans], dtype=torch.float64)
+    n_l, k = lm.n_layers, min(top_k, seq)
+    per_layer: dict[str, list[torch.Tensor]] = {
+        name: []
+        for name in ("entropy", "sink", "delimiter", "received", "blocks", "top_k", "top_w", "rollout")
+    }
+    carried: list[torch.Tensor] = []  # X_l, (seq, blocks) float64
+
+    def on_layer(layer: int, w: torch.Tensor) -> None:  # w: (H, seq, seq) float32
+        rows = w[:, 1:, :]  # queries 1..seq-1 (query 0 has no choice)
+        # float32 element-wise work, float64 only for the (much smaller) reductions' results
+        per_layer["entropy"].append(mean_row_entropy(rows).cpu())
+        per_layer["sink"].append(rows[:, :, 0].double().mean(dim=-1).cpu())
+        if delimiters:
+            delim = rows[:, :, delimiters].sum(dim=-1).double().mean(dim=-1)
+        else:
+            delim = torch.zeros(w.shape[0], dtype=torch.float64)
+        per_layer["delimiter"].append(delim.cpu())
+        per_layer["received"].append((rows.sum(dim=1) / (seq - 1)).cpu())
+        key_sum = _block_sum(w, -1, size)  # (H, seq, blocks)
+        blocks = _block_sum(key_sum, -2, size).double() / sizes.to(w.device)[None, :, None]
+        per_layer["blocks"].append(blocks.float().cpu())
+        mean = w.mean(dim=0)  # (seq, seq)
+        top = torch.topk(mean, k, dim=-1)
+        per_layer["top_k"].append(top.indices.int().cpu())
+        per_layer["top_w"].append(top.values.float().cpu())
+        if not carried:  # the key-block indicator (seq, blocks)
+            unit = torch.arange(seq, device=w.device) // size
+            carried.append(torch.nn.functional.one_hot(unit, n_blocks).double())
+        x = rollout_carry(mean, carried[-1])
+        carried[:] = [x]
+        roll = _block_sum(x, 0, size) / sizes.to(w.device)[:, None]
+        per_layer["rollout"].append(roll.float().cpu())
+        prog(0.1 + 0.85 * (layer + 1) / n_l, f"Attention of layer {layer + 1}/{n_l}")
+
+    prog(0.05, "One forward pass, reduced layer by layer")
+    lm.attention_pass(ids, on_layer)
+
+    def stacked(name: str) -> np.ndarray:
+        return torch.stack(per_layer[name]).numpy()
+
+    return AttentionResult(
+        model=lm.model_id,
+        tokens=tokens,
+        input_ids=id_list,
+        attentions=stacked("blocks").astype(np.float32),
+        rollout=stacked("rollout").astype(np.float32),
+        entropy=stacked("entropy").astype(np.float32),
+        sink_share=stacked("sink").astype(np.float32),
+        delimiter_share=stacked("delimiter").astype(np.float32),
+        sink_tokens=sinks,
+        params=AttentionParams().to_json(),
+        notes=[
+            f"long prompt ({seq} tokens): every head's matrix and the rollout are stored block-aggregated "
+            f"({n_blocks} blocks of about {seq / n_blocks:.0f} tokens); entropy, sink shares, the attention "
+            f"each token receives and each query's top-{k} keys (mean over heads) are exact. "
+            "An exact head matrix is recomputed on demand (attention_head_window) when the model is available"
+        ],
+        spans=spans,
+        received=stacked("received").astype(np.float32),
+        top_keys=stacked("top_k").astype(np.int32),
+        top_weights=stacked("top_w").astype(np.float32),
+    )
+
+
+def _block_sum(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Sums of consecutive groups of `size` entries along `dim` (the last group may be shorter):
+    a reshape and a sum, memory-bound, where a scatter or an indicator matmul is 10-100x slower."""
+    x = x.movedim(dim, -1)
+    n = x.shape[-1]
+    full = (n // size) * size
+    parts = [x[..., :full].reshape(*x.shape[:-1], n // size, size).sum(dim=-1)] if full else []
+    if full < n:
+        parts.append(x[..., full:].sum(dim=-1, keepdim=True))
+    return torch.cat(parts, dim=-1).movedim(-1, dim)
+
+
+def attention_head_window(
+    lm: LanguageModel, input_ids: Sequence[int], layer: int, head: int | None, start: int, size: int = 128
+) -> np.ndarray:
+    """The exact (size, size) attention of one head (or the mean over heads) of `layer` for
+    queries and keys start..start+size-1, recomputed with one pass that stops after `layer`:
+    the per-head matrix of a long prompt on demand (the store keeps it block-aggregated)."""
+    seq = len(input_ids)
+    if not 0 <= layer < lm.n_layers:
+        raise InputError(
+            f"layer {layer} does not exist: the model has {lm.n_layers} layers (0..{lm.n_layers - 1})"
+        )
+    start = max(0, min(int(start), max(0, seq - size)))
+    stop = min(seq, start + size)
+    out: list[np.ndarray] = []
+
+    def on_layer(_: int, w: torch.Tensor) -> None:
+        if head is not None and not 0 <= head < w.shape[0]:
+            raise InputError(
+                f"head {head} does not exist: the model has {w.shape[0]} heads (0..{w.shape[0] - 1})"
+            )
+        block = w[:, start:stop, start:stop]
+        out.append((block.mean(dim=0) if head is None else block[head]).cpu().numpy())
+
+    lm.attention_pass(torch.tensor(list(input_ids), dtype=torch.long), on_layer, layers=[layer])
+    return out[0]
+
+
 def analyze_attention(
     lm: LanguageModel,
     prompt: str,
     *,
     params: AttentionParams | None = None,
-    max_tokens: int = 512,
-    max_attention_tokens: int = 256,
+    max_tokens: int = 4096,
+    full_tokens: int = 256,
     progress: ProgressFn | None = None,
 ) -> AttentionResult:
     """Tokenise `prompt`, run ONE forward pass with attentions, and compute every attention view.
 
-    `max_tokens` is the prompt limit, `max_attention_tokens` the attention view's (every head's
-    full matrix is stored); both come from `Settings`."""
+    `max_tokens` is the prompt limit; prompts of at most `full_tokens` tokens keep every head's
+    full matrix, longer ones what fits (`streamed_attention`); both come from `Settings`."""
     prog = progress or (lambda f, m: None)
     params = params or AttentionParams()
     params.validate()
     t0 = time.perf_counter()
     ids = encode(lm, prompt, max_tokens)
-    check_attention_tokens(int(ids.numel()), max_attention_tokens)
     if params.flow and ids.numel() > MAX_FLOW_TOKENS:
         raise InputError(
             f"attention flow is limited to prompts of at most {MAX_FLOW_TOKENS} tokens; this prompt has "
             f"{ids.numel()}. Untick flow (rollout is always computed) or shorten the prompt"
         )
+    if ids.numel() > full_tokens:
+        long_result = streamed_attention(lm, ids, progress=progress)
+        long_result.params = params.to_json()
+        long_result.seconds = time.perf_counter() - t0
+        prog(1.0, "Done")
+        return long_result
     prog(0.1, "Tracing one forward pass")
     trace = capture(lm, ids, attentions=True)
     prog(0.5, "Rollout, entropy and sink shares")

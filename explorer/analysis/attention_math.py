@@ -122,6 +122,51 @@ def row_entropy(rows: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     return _like(terms.sum(dim=-1), rows)
 
 
+def mean_row_entropy(rows: torch.Tensor) -> torch.Tensor:
+    """(..., queries, keys) -> (...) float64: the mean over queries of each row's entropy in bits.
+
+    For one layer of a long prompt (n_heads x 4,096 x 4,096): the element-wise work stays in
+    the input's dtype (a float64 copy would double the layer's memory); only the per-row sums
+    are averaged in float64."""
+    nats = -torch.special.xlogy(rows, rows).sum(dim=-1)  # 0 log 0 = 0
+    return nats.double().mean(dim=-1) / float(np.log(2.0))
+
+
+def rollout_carry(
+    mean: torch.Tensor, carried: torch.Tensor, residual_weight: float = RESIDUAL_WEIGHT
+) -> torch.Tensor:
+    """One rollout step on a carried product: A' @ carried, with A' = w * I + (1 - w) * mean
+    (rows re-normalised), mean (seq, seq) the layer's mean over heads, carried (seq, m) float64.
+
+    Starting from carried = a (seq, m) matrix M, after layers 0..l it holds rollout_l @ M: with
+    M the key-block indicator that is the rollout summed over key blocks, exactly, in O(seq^2 m)
+    per layer instead of the full product's O(seq^3) and O(seq^2) memory per layer kept."""
+    w = residual_weight
+    norm = (1.0 - w) * mean.sum(dim=-1).double() + w
+    return ((1.0 - w) * (mean @ carried.to(mean.dtype)).double() + w * carried) / norm[:, None]
+
+
+def rollout_rows(
+    means: Sequence[torch.Tensor], rows: Sequence[int], residual_weight: float = RESIDUAL_WEIGHT
+) -> torch.Tensor:
+    """Rows of the rollout after the last layer, from each layer's mean over heads (seq, seq):
+    (len(rows), seq) float64, equal to `attention_rollout(...)[-1][rows]`.
+
+    Row q of A'_L ... A'_0 is e_q A'_L ... A'_0: a row vector times one matrix per layer, from
+    the last layer down, O(L seq^2) instead of the full product's O(L seq^3)."""
+    check_residual_weight(residual_weight)
+    w = residual_weight
+    seq = int(means[0].shape[-1])
+    v = torch.zeros(len(rows), seq, dtype=torch.float64, device=means[0].device)
+    v[torch.arange(len(rows)), torch.as_tensor(list(rows), dtype=torch.long)] = 1.0
+    for mean in reversed(list(means)):
+        m = mean.double()
+        norm = (1.0 - w) * m.sum(dim=-1) + w  # row sums of A' before re-normalising
+        scaled = v / norm[None, :]
+        v = w * scaled + (1.0 - w) * (scaled @ m)
+    return v
+
+
 # ---- attention flow: exact max-flow on the layered graph ------------------------------------
 class _FlowNetwork:
     """Directed graph with float capacities and Dinic's max-flow (BFS levels + blocking flow)."""

@@ -37,6 +37,12 @@ ROLE_NEXT = "next_input"
 ROLE_FINAL = "final_top1"
 ROLE_TARGET = "target"
 HIDDEN_TOP_K = 10  # "highly ranked" = in the lens top-10 at some layer
+# Logits held at once by the lens read-out (one tile of rows x vocab, float32). Measured on 2 cores
+# (bench/lens.py, SmolLM2, 3,968 rows): 128-row tiles made the unembedding GEMM ~35% slower than one
+# big GEMM (each small GEMM re-streams the 113 MB head and splits poorly over threads); 2,048 rows
+# (400 MB) is as fast as the whole batch while memory stays bounded for any prompt length.
+READOUT_TILE_BYTES = 400 * 2**20
+MIN_TILE_ROWS = 64
 
 # Where this logit lens departs from the papers it draws on; shown in the Logit lens tab, the README
 # and the JSON (`deviations`).
@@ -67,7 +73,7 @@ class LensParams:
 
     def validate(self) -> None:
         if not 1 <= self.top_k <= MAX_TOP_K:
-            raise InputError(f"top-k must be between 1 and {MAX_TOP_K}, got {self.top_k}")
+            raise InputError(f"top_k must be between 1 and {MAX_TOP_K}, got {self.top_k}")
         if not 0 <= self.generate <= MAX_GENERATE:
             raise InputError(f"generate must be between 0 and {MAX_GENERATE} tokens, got {self.generate}")
         if self.sample and not self.temperature > 0:
@@ -332,22 +338,33 @@ def generate_ids(
     return generation.ids()
 
 
+def readout_tile_rows(vocab: int, tile_bytes: int | None = None) -> int:
+    """Rows per read-out tile: as many (vocab,) float32 logit rows as fit in `tile_bytes`
+    (default `READOUT_TILE_BYTES`), at least `MIN_TILE_ROWS`."""
+    return max(MIN_TILE_ROWS, (tile_bytes or READOUT_TILE_BYTES) // (4 * vocab))
+
+
 def lens_from_trace(
     lm: LanguageModel,
     trace: Trace,
     *,
     top_k: int = 10,
     target_ids: list[int] | None = None,
-    chunk_rows: int = 128,
+    chunk_rows: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Decode every (layer, position) of `trace`.
 
     Returns topk_ids (L+1, seq, k), topk_probs (L+1, seq, k) and tracked columns (long form).
-    Work is chunked over rows (128 keeps a chunk's logits in cache between the matmul and
-    the read-out), so memory stays bounded at (chunk_rows, vocab).
+
+    The (layers x positions) rows are read out in tiles of `chunk_rows` rows (default: as many
+    as fit in `READOUT_TILE_BYTES` of float32 logits, see `readout_tile_rows`): one unembedding
+    GEMM per tile into one reused buffer, then top-k, log-partition and the tracked tokens'
+    logits and ranks on that tile before the next. Memory is O(tile x vocab), never
+    O(layers x positions x vocab): a 4,096-token prompt on a 30-layer model would need 25 GB.
     """
     target_ids = target_ids or []
     n_l, seq, d = trace.residual.shape
+    chunk_rows = chunk_rows or readout_tile_rows(lm.vocab_size)
     ids = trace.input_ids.to(lm.device)
     final_top1 = trace.logits.argmax(-1)  # (seq,)
     # tracked ids per position: [next_input, final_top1, *targets]; next_input undefined at the end
@@ -367,7 +384,9 @@ def lens_from_trace(
     # residual), which the forward pass already computed: reuse it instead of unembedding again.
     n_unembed = (n_l - 1) * seq
     head_weight: torch.Tensor = lm.unembed_module().weight  # type: ignore[assignment]
-    buffer = torch.empty(chunk_rows, lm.vocab_size, dtype=head_weight.dtype, device=lm.device)
+    buffer = torch.empty(
+        max(1, min(chunk_rows, n_unembed)), lm.vocab_size, dtype=head_weight.dtype, device=lm.device
+    )
     with torch.inference_mode():
         start = 0
         while start < rows.shape[0]:

@@ -271,14 +271,7 @@ class VisionAttentionResult:
 def run_params(vm: VisionModel, params: VisionAttentionParams) -> dict[str, Any]:
     """The JSON parameters a run is keyed and stored by: the analysis parameters plus how the
     model resizes and normalises images (part of the model, but not of its weight hash)."""
-    pre = vm.preprocessing
-    return {
-        **params.to_json(),
-        "image_size": pre.image_size,
-        "resize": pre.resize,
-        "mean": [float(v) for v in pre.mean],
-        "std": [float(v) for v in pre.std],
-    }
+    return {**params.to_json(), **vm.preprocessing.cache_key()}
 
 
 def _no_progress(fraction: float, message: str) -> None:

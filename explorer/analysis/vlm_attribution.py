@@ -36,7 +36,7 @@ import base64
 import io
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,6 +48,7 @@ from explorer.analysis.attribution.reagent import EPS, rational_size
 from explorer.backends.images import image_to_png
 from explorer.backends.vlm import VisionLanguageModel, VLMInputs, generate
 from explorer.errors import InputError
+from explorer.params import params_json
 from explorer.progress import ProgressFn
 from explorer.results import register_result
 
@@ -112,7 +113,7 @@ class VLMAttributionParams:
             raise InputError("random_trials must be in 1..64 and batch_size in 1..512")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return params_json(self)
 
 
 # ---------------------------------------------------------------------------------------------

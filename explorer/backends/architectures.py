@@ -27,6 +27,8 @@ class ArchitectureSpec:
     unembed:     Linear from d_model to vocab (the LM head).
     embed:       token embedding (nn.Embedding).
     logit_softcap_attr: config attribute holding a final logit soft-cap (Gemma 2), if any.
+    attention:   the attention module inside one block; under eager attention its forward
+                 returns (output, weights [B, n_heads, T, T]) (read layer by layer for long prompts).
     """
 
     blocks: str
@@ -34,6 +36,7 @@ class ArchitectureSpec:
     unembed: str
     embed: str
     logit_softcap_attr: str | None = None
+    attention: str = "self_attn|attn|attention"
 
 
 _LLAMA_LIKE = ArchitectureSpec(

@@ -184,6 +184,10 @@ class LanguageModel:
     def embed_module(self) -> torch.nn.Module:
         return get_submodule(self.hf_model, self.spec.embed)
 
+    def attention_module(self, layer: int) -> torch.nn.Module:
+        """Block `layer`'s attention module (its forward returns (output, weights) under eager attention)."""
+        return get_submodule(self.blocks()[layer], self.spec.attention)
+
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.hf_model.parameters())
 
@@ -478,6 +482,55 @@ class LanguageModel:
                     h.remove()
         return torch.stack([captured[x] for x in wanted])
 
+    @torch.no_grad()
+    def attention_pass(
+        self,
+        input_ids: torch.Tensor,
+        on_layer: Callable[[int, torch.Tensor], None],
+        layers: Sequence[int] | None = None,
+    ) -> None:
+        """One pass over input_ids (seq,) that hands each block's attention weights to
+        `on_layer(layer, weights)` as soon as the block has run, weights (n_heads, seq, seq)
+        float32 (query x key, rows sum to 1), and keeps none of them.
+
+        Memory stays at one layer's matrices, where `capture(attentions=True)` holds every
+        layer's at once (n_layers x n_heads x seq^2: 18 GB for SmolLM2 at 4,096 tokens).
+        `layers`: only these blocks (the pass stops after the last one; default all)."""
+        blocks = self.blocks()
+        wanted = sorted({int(x) for x in layers}) if layers is not None else list(range(len(blocks)))
+        if not wanted or wanted[0] < 0 or wanted[-1] >= len(blocks):
+            raise ValueError(f"layers must lie in 0..{len(blocks) - 1} (got {layers})")
+        last = wanted[-1]
+
+        class _Done(Exception):
+            pass
+
+        def make_hook(i: int) -> Any:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
+                    raise RuntimeError(
+                        "the attention module returned no weights; load it with attn_implementation='eager'"
+                    )
+                on_layer(i, weights[0].float())
+                if i == last:
+                    raise _Done
+
+            return hook
+
+        with self.lock:
+            handles = [
+                get_submodule(blocks[i], self.spec.attention).register_forward_hook(make_hook(i))
+                for i in wanted
+            ]
+            try:
+                self.forward(input_ids.reshape(1, -1), logits_to_keep=1)
+            except _Done:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
+
     @contextmanager
     def residual_edits(self, edits: dict[int, ResidualEdit]) -> Iterator[None]:
         """While inside (and under the lock), residual `l` (1..n_layers: the output of block l-1)
@@ -531,6 +584,26 @@ class LanguageModel:
             finally:
                 for h in handles:
                     h.remove()
+
+    @contextmanager
+    def memory_efficient_attention(self) -> Iterator[None]:
+        """While inside (and under the lock), passes use PyTorch's fused attention (SDPA) instead
+        of eager attention: no (batch, heads, T, T) weights are materialised or kept for the
+        backward pass (18 GB for SmolLM2 at 4,096 tokens with eager). For passes that need no
+        attention weights (gradients, batched probes); results agree to float rounding."""
+        with self.lock:
+            before = getattr(self.hf_model.config, "_attn_implementation", "eager")
+            switch = hasattr(self.hf_model, "set_attn_implementation") and before != "sdpa"
+            if switch:
+                try:
+                    self.hf_model.set_attn_implementation("sdpa")
+                except (ValueError, ImportError):  # an architecture without SDPA: stay eager
+                    switch = False
+            try:
+                yield
+            finally:
+                if switch:
+                    self.hf_model.set_attn_implementation(before)
 
     @contextmanager
     def frozen_weights(self) -> Iterator[None]:

@@ -114,6 +114,16 @@ class Preprocessing:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def cache_key(self) -> dict[str, Any]:
+        """What an image run is keyed and stored by besides its parameters: how the model resizes
+        and normalises images (part of the model, but not of its weight hash)."""
+        return {
+            "image_size": self.image_size,
+            "resize": self.resize,
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+        }
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         return cls(

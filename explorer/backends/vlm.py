@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,9 @@ class VisionLanguageModel:
     # (model_inputs, n_appended) -> model_inputs whose per-position entries (token types) also
     # cover `n_appended` text tokens after the prompt; None when nothing is per-position
     extend_model_inputs: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
+    # (image, encoder blocks) -> (n_visual_tokens,) the vision encoder's head-mean [CLS] attention
+    # to the patches behind each visual token, averaged over those blocks; None: not exposed
+    encoder_cls_attention: Callable[[Image.Image, Sequence[int]], torch.Tensor] | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -226,7 +229,7 @@ def _left_padded(vlm: VisionLanguageModel, batch: list[VLMInputs]) -> tuple[torc
     return embeds, mask, positions
 
 
-def _trim_at_stop(vlm: VisionLanguageModel, ids: list[int]) -> list[int]:
+def trim_at_stop(vlm: VisionLanguageModel, ids: list[int]) -> list[int]:
     stops = _stop_ids(vlm)
     for i, t in enumerate(ids):
         if t in stops:
@@ -258,7 +261,7 @@ def generate_batch(
         position_ids=positions,
         logits_hook=logits_hook,
     )
-    return [_trim_at_stop(vlm, out.ids(row)) for row in range(len(batch))]
+    return [trim_at_stop(vlm, out.ids(row)) for row in range(len(batch))]
 
 
 @torch.inference_mode()
@@ -373,6 +376,29 @@ def projector_vlm(
         embeds = torch.cat([embed_ids(ids_before), visual, embed_ids(ids_after)])
         return VLMInputs(embeds, torch.tensor(ids, dtype=torch.long), modality, (grid, grid), view)
 
+    def encoder_cls_attention(image: Image.Image, blocks: Sequence[int]) -> torch.Tensor:
+        """(grid * grid,) head-mean [CLS] -> patch attention of the encoder `blocks` (negative: from the end),
+        averaged over them and summed over the patches each visual token pools (row-major)."""
+        if not vision.has_cls:
+            raise InputError(f"the vision encoder of {model_id!r} has no [CLS] token")
+        n = vision.n_layers
+        if not blocks or any(not -n <= b < n for b in blocks):
+            raise InputError(f"encoder blocks must be in -{n}..{n - 1} (got {list(blocks)})")
+        blocks = sorted({b % n for b in blocks})
+        view = model_view(vision, image)
+        with torch.inference_mode():
+            hidden = vision.embed(normalize(view, vision.preprocessing).to(vision.device))
+            _, attentions = vision.run_blocks(hidden, 0, max(blocks) + 1, attentions=True)
+        n_prefix = vision.n_prefix
+        rows = torch.stack([attentions[b][0, :, 0, n_prefix:].float().mean(dim=0) for b in blocks])
+        per_patch = rows.mean(dim=0).cpu()  # (P,)
+        side = int(round(per_patch.shape[0] ** 0.5))
+        pooled = (
+            torch.nn.functional.avg_pool2d(per_patch.view(1, 1, side, side), side // grid)
+            * (side // grid) ** 2
+        )
+        return pooled.flatten()
+
     return VisionLanguageModel(
         model_id=model_id,
         lm=lm,
@@ -381,6 +407,7 @@ def projector_vlm(
         image_token_id=image_token_id,
         chat=lambda q, img: chat_prompt(q),
         n_visual_tokens=grid * grid,
+        encoder_cls_attention=encoder_cls_attention,
     )
 
 

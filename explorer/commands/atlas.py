@@ -1,6 +1,6 @@
 """`explorer atlas map|...`: the Token atlas from the command line (prints JSON).
 
-- `atlas map --prompt TEXT [--prompt TEXT ...] [--prompts-file F] [--layer N|all] [--method umap|pca]`:
+- `atlas map --prompt TEXT [--prompt TEXT ...] [--prompts-file F | --dataset F] [--layer N|all] [--method umap|pca]`:
   UMAP (cosine) or PCA coordinates of token states, one layer or all layers in one aligned fit.
 - `atlas vocab [--model M] [--n-verify 300]`: under-trained and glitch tokens of the whole vocabulary.
 - `atlas microscope --prompt TEXT`: LLM-Microscope measures per layer and token.
@@ -47,6 +47,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     m.add_argument("--prompt", action="append", default=None, help="text to map (repeatable)")
     m.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
     m.add_argument(
+        "--dataset",
+        default=None,
+        help="a sweep's dataset (.jsonl/.csv/.parquet with a 'prompt' or 'question' column and an optional "
+        "'image' column, at most 200 rows): map the token states of all rows in one fit",
+    )
+    m.add_argument(
         "--model", default=None, help="embedded name (smollm2-135m, tiny-vlm), hub id or local dir"
     )
     m.add_argument(
@@ -82,11 +88,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     v.add_argument(
         "--n-verify", type=int, default=300, help="top suspects to verify by prompting (default 300)"
     )
-    v.add_argument("--map-points", type=int, default=5000, help="points in the vocabulary UMAP (0 = none)")
+    v.add_argument("--map-points", type=int, default=4000, help="points in the vocabulary UMAP (0 = none)")
     v.add_argument(
-        "--gh-cluster-size", type=int, default=200, help="GlitchHunter: tokens per first-round cluster"
+        "--gh-cluster-size", type=int, default=600, help="GlitchHunter: tokens per first-round cluster"
     )
-    v.add_argument("--gh-sample", type=int, default=4, help="GlitchHunter: tokens verified per cluster")
+    v.add_argument("--gh-sample", type=int, default=3, help="GlitchHunter: tokens verified per cluster")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--no-cache", action="store_true", help="recompute even if the run is stored")
     mi = inner.add_parser(
@@ -134,14 +140,20 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> Any:
-    from explorer import atlas_api
+    from explorer.api import atlas as atlas_api
 
     model = getattr(args, "model", None) or settings.default_model
     if args.atlas_command == "map":
-        return atlas_api.token_map(
-            args.model if args.image is not None else model,
-            _prompts(args),
+        if args.dataset is not None:
+            if args.prompt or args.prompts_file or args.image is not None:
+                from explorer.errors import InputError
+
+                raise InputError("give --dataset FILE or --prompt/--prompts-file/--image, not both")
+        return atlas_api.run_token_map(
+            args.model if (args.image is not None or args.dataset is not None) else model,
+            None if args.dataset is not None else _prompts(args),
             image=args.image,
+            dataset=args.dataset,
             layer=args.layer,
             method=args.method,
             n_neighbors=args.n_neighbors,
@@ -152,7 +164,7 @@ def run(args: argparse.Namespace, settings: Settings) -> Any:
             settings=settings,
         ).to_dict()
     if args.atlas_command == "vocab":
-        return atlas_api.vocab_health(
+        return atlas_api.run_vocab_health(
             model,
             n_verify=args.n_verify,
             map_points=args.map_points,
@@ -163,7 +175,7 @@ def run(args: argparse.Namespace, settings: Settings) -> Any:
             settings=settings,
         ).to_dict()
     if args.atlas_command == "microscope":
-        return atlas_api.microscope(
+        return atlas_api.run_microscope(
             model, args.prompt, use_cache=not args.no_cache, settings=settings
         ).to_dict()
     if args.atlas_command == "tokenize":

@@ -78,7 +78,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from explorer.attention_api import attention, attention_image
+    from explorer.api.attention import attention, attention_image
     from explorer.errors import InputError
 
     if args.prompt is None and args.image is None:

@@ -91,11 +91,11 @@ PARAM_FLAGS = (
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | list[dict[str, Any]]:
     from explorer.analysis.attribution import ATTRIBUTION_METHODS
-    from explorer.attribution_api import attribute
+    from explorer.api.attribution import attribute
     from explorer.errors import InputError
 
     if args.image is not None:
-        from explorer.attribution_api import attribute_image
+        from explorer.api.attribution import attribute_image
 
         extra = {
             k: getattr(args, k)

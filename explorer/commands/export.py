@@ -61,8 +61,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from explorer.api.export import export_figure, export_panel, list_figures
     from explorer.errors import InputError
-    from explorer.export_api import export_figure, export_panel, list_figures
 
     options = {
         "size": args.size,
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         return {"run_id": run_id, "figures": list_figures(run_id, settings=settings)}
     if args.format is None:
         raise InputError("--format is required: one of " + ", ".join(FIGURE_FORMATS + DATA_FORMATS))
-    from explorer.export_api import parse_panel
+    from explorer.api.export import parse_panel
 
     run_id, figure = parse_panel(run_id)
     path = export_figure(

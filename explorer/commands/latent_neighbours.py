@@ -34,9 +34,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from explorer.api.vlm import resolve_vlm, run_latent_neighbours
     from explorer.errors import InputError
     from explorer.vlm.latent import LatentParams, searched_layers
-    from explorer.vlm_api import latent_neighbours, resolve_vlm
 
     params = LatentParams(k=args.k, match=args.match)
     params.validate()
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                 f"--layer {args.layer} is not searched with --match {args.match}; choose from {layers}"
             )
         model = vlm
-    result = latent_neighbours(
+    result = run_latent_neighbours(
         model, args.prompt, args.image, params=params, use_cache=not args.no_cache, settings=settings
     )
     out: dict[str, Any] = result.to_dict()

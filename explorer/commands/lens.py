@@ -38,9 +38,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from explorer.api import logit_lens
+    from explorer.api.lens import run_logit_lens
 
-    result = logit_lens(
+    result = run_logit_lens(
         args.model or (None if args.image else settings.default_model),
         args.prompt,
         image=args.image,

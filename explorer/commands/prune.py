@@ -64,8 +64,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
+    from explorer.api.pruning import prune
     from explorer.errors import InputError
-    from explorer.pruning_api import prune
 
     if args.image is not None and args.target:
         raise InputError("--target applies to --prompt only")

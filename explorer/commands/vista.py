@@ -25,8 +25,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from explorer.api.vlm import vista_compare
     from explorer.errors import InputError
-    from explorer.vlm_api import vista_compare
 
     params = vista_params(args)
     if not params.enabled:

@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from explorer.vlm_api import vista_patterns
+    from explorer.api.vlm import vista_patterns
 
     result = vista_patterns(
         args.model,

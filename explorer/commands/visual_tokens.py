@@ -36,8 +36,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from explorer.api.vlm import run_visual_tokens
     from explorer.vlm.tokens import TokenParams
-    from explorer.vlm_api import visual_tokens
 
     params = TokenParams(
         sink_norm_k=args.sink_norm_k,
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         answer_tokens=args.answer_tokens,
     )
     params.validate()
-    result = visual_tokens(
+    result = run_visual_tokens(
         args.model, args.prompt, args.image, params=params, use_cache=not args.no_cache, settings=settings
     )
     out: dict[str, Any] = result.to_dict()

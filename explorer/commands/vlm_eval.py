@@ -85,7 +85,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from explorer.vlm_api import vlm_eval
+    from explorer.api.vlm import vlm_eval
 
     result = vlm_eval(
         args.model,

@@ -86,6 +86,7 @@ def _load_builtin_figures() -> None:
         "vlm_attention",
         "vlm_attribution",
         "vlm_eval",
+        "vlm_prune",
         "vlm_latent",
         "vista_patterns",
     ):

@@ -11,6 +11,7 @@ import pyarrow as pa
 from explorer.analysis.atlas.microscope import MicroscopeResult
 from explorer.analysis.atlas.token_map import TokenMapResult
 from explorer.analysis.atlas.tokenizers import TokenizerResult
+from explorer.analysis.atlas.verify import VERIFIED
 from explorer.analysis.atlas.vocab import VocabHealthResult
 from explorer.plots import base_layout, register_figure, token_label
 
@@ -153,7 +154,7 @@ def token_map_figure(
                     "color": vals[~missing],
                     "colorscale": "Viridis",
                     "showscale": True,
-                    "colorbar": {"title": {"text": colour[:24]}},
+                    "colorbar": COLOURBAR_TOP | {"title": {"text": colour[:24]}},
                 },
                 name=colour,
                 customdata=_custom(r, sel),
@@ -185,9 +186,22 @@ def token_map_figure(
         dragmode="lasso",
         xaxis={"title": f"{r.method.upper()} 1", "showticklabels": False, "zeroline": False},
         yaxis={"title": f"{r.method.upper()} 2", "showticklabels": False, "zeroline": False},
-        legend={"itemsizing": "constant"},
+        legend=_legend(fig),
     )
     return fig
+
+
+# A colour bar and a legend both sit right of the plot; the bar takes the upper half and the
+# legend the lower one, so they never overlap.
+COLOURBAR_TOP: dict[str, Any] = {"len": 0.5, "y": 1.0, "yanchor": "top", "thickness": 14}
+
+
+def _legend(fig: go.Figure) -> dict[str, Any]:
+    has_bar = any(getattr(getattr(t, "marker", None), "showscale", False) for t in fig.data)
+    legend: dict[str, Any] = {"itemsizing": "constant"}
+    if has_bar:
+        legend.update(y=0.0, yanchor="bottom", x=1.02, xanchor="left")
+    return legend
 
 
 def token_map_data(r: TokenMapResult) -> pa.Table:
@@ -218,7 +232,8 @@ register_figure(
 # ---- vocabulary health ------------------------------------------------------------------------
 STATUS_COLOURS = {
     "strong_verified": "#d62728",
-    "weak_verified": "#ff7f0e",
+    "verified": "#ff7f0e",
+    "weak_verified": "#ffbb78",
     "weak_rejected": "#9edae5",
     "strong_rejected": "#1f77b4",
 }
@@ -272,12 +287,12 @@ def vocab_atlas_figure(
             scatter(
                 x=x[idx], y=y[idx], mode="markers", name=colour, showlegend=False,
                 marker={"size": 5, "color": vals[idx], "colorscale": "Viridis_r" if colour == "indicator" else "Viridis",
-                        "showscale": True, "colorbar": {"title": {"text": colour}}},
+                        "showscale": True, "colorbar": COLOURBAR_TOP | {"title": {"text": colour}}},
                 text=_vocab_hover(r, idx), hovertemplate="%{text}<extra></extra>",
             )
         )  # fmt: skip
     prob = np.asarray(c["max_prob"], dtype=float)
-    ver = idx[~np.isnan(prob[idx]) & (prob[idx] <= 0.1)]
+    ver = idx[~np.isnan(prob[idx]) & (prob[idx] < VERIFIED)]
     if ver.size:
         fig.add_trace(
             go.Scatter(
@@ -303,7 +318,7 @@ def vocab_atlas_figure(
     fig.update_layout(
         xaxis={"showticklabels": False, "zeroline": False, "title": "UMAP 1"},
         yaxis={"showticklabels": False, "zeroline": False, "title": "UMAP 2"},
-        legend={"itemsizing": "constant"},
+        legend=_legend(fig),
     )
     return fig
 

@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 import pyarrow as pa
 from plotly.subplots import make_subplots
 
-from explorer.analysis.attention import AttentionResult, block_aggregate
+from explorer.analysis.attention import AttentionResult, block_aggregate, compose_spans
 from explorer.analysis.vision_attention import upsample_map
 from explorer.analysis.vision_attention_result import VisionAttentionResult
 from explorer.errors import InputError
@@ -107,11 +107,15 @@ def _matrix_traces(
     *,
     colorbar_title: str,
     hover_prefix: str = "",
+    unit_spans: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[list[go.Heatmap], list[tuple[int, int]]]:
     """A (seq, seq) query x key matrix as heatmap traces: the values (future cells blank) and a
     grey trace over the masked cells, so the causal mask stays visible in exports. The x/y
-    coordinates are display indices 0..n-1."""
-    shown, spans = block_aggregate(matrix, max_positions)
+    coordinates are display indices 0..n-1. `unit_spans`: the token spans of the matrix's rows when
+    it is already block-level (a long prompt's stored result); the returned spans are always in
+    token positions."""
+    shown, unit_display = block_aggregate(matrix, max_positions)
+    spans = compose_spans(unit_display, unit_spans)
     n = len(spans)
     masked = _masked_cells(spans)
     z = np.where(masked, np.nan, shown).astype(np.float32)
@@ -191,7 +195,12 @@ def _matrix_figure(
     result: AttentionResult, matrix: np.ndarray, title: str, colorbar: str, hover_prefix: str
 ) -> go.Figure:
     traces, spans = _matrix_traces(
-        matrix, result.tokens, MAX_MATRIX_POSITIONS, colorbar_title=colorbar, hover_prefix=hover_prefix
+        matrix,
+        result.tokens,
+        MAX_MATRIX_POSITIONS,
+        colorbar_title=colorbar,
+        hover_prefix=hover_prefix,
+        unit_spans=result.spans,
     )
     fig = go.Figure(traces)
     _matrix_axes(fig, result.tokens, spans)
@@ -241,6 +250,41 @@ def rollout_heatmap(result: AttentionResult, **options: Any) -> go.Figure:
 
 
 # ---- all heads -------------------------------------------------------------------------
+def window_heatmap(
+    result: AttentionResult, matrix: np.ndarray, start: int, layer: int, head: int | None, source: str
+) -> go.Figure:
+    """An exact window (queries and keys start..start+n-1) of one head of a long prompt: recomputed
+    from the model, or spread from the stored block aggregate (`source` says which)."""
+    n = matrix.shape[0]
+    spans = [(start + i, start + i) for i in range(n)]
+    causal = np.arange(n)[None, :] <= np.arange(n)[:, None]
+    labels = _span_hover(result.tokens, spans)
+    custom = np.empty((n, n, 2), dtype=object)
+    custom[:, :, 0] = np.array(labels, dtype=object)[:, None]
+    custom[:, :, 1] = np.array(labels, dtype=object)[None, :]
+    which = "mean over heads" if head is None else f"head {head}"
+    fig = go.Figure(
+        go.Heatmap(
+            z=np.where(causal, matrix, np.nan).astype(np.float32),
+            x=np.arange(n),
+            y=np.arange(n),
+            customdata=custom,
+            colorscale=ATTENTION_SCALE,
+            zmin=0.0,
+            hoverongaps=False,
+            hovertemplate="query %{customdata[0]}<br>key %{customdata[1]}<br>attention %{z:.4f}<extra></extra>",
+            colorbar={"title": {"text": "attention"}},
+        )
+    )
+    _matrix_axes(fig, result.tokens, spans)
+    fig.update_layout(plot_bgcolor=MASK_GREY)
+    title = f"Layer {layer}, {which}: positions {start}–{start + n - 1} ({source})"
+    return base_layout(_no_zero_lines(fig), title, height=max(480, min(900, 14 * n + 200)))
+
+
+# ---- all heads -------------------------------------------------------------------------
+
+
 def thumb_positions(result: AttentionResult) -> int:
     """Positions per thumbnail axis: <= MAX_THUMB_POSITIONS and within THUMB_CELL_BUDGET overall."""
     budget = int(np.sqrt(THUMB_CELL_BUDGET / (result.n_layers * result.n_heads)))
@@ -257,7 +301,8 @@ def heads_grid(result: AttentionResult, **options: Any) -> go.Figure:
     gives layer, head, query and key (block) of every cell (`customdata`)."""
     n_l, n_h = result.n_layers, result.n_heads
     size = thumb_positions(result)
-    first, spans = block_aggregate(result.attentions[0, 0], size)
+    first, unit_display = block_aggregate(result.attentions[0, 0], size)
+    spans = compose_spans(unit_display, result.spans)
     n = len(spans)
     pitch = n + 1
     rows, cols = n_l * pitch - 1, n_h * pitch - 1
@@ -510,19 +555,27 @@ def flow_heatmap(result: AttentionResult, **options: Any) -> go.Figure:
 
 # ---- data behind each figure (full resolution, long form) -------------------------------
 def _matrix_table(result: AttentionResult, matrix: np.ndarray, **extra: Any) -> pa.Table:
-    seq = result.seq_len
-    q, k = np.meshgrid(np.arange(seq), np.arange(seq), indexing="ij")
-    keep = k <= q
+    """Long form of a query x key matrix. A long prompt's matrices are block-level: each row is
+    then a block pair, `query`/`key` its first positions and `query_last`/`key_last` its last."""
+    side = matrix.shape[-1]
+    spans = result.spans if result.spans is not None else [(i, i) for i in range(side)]
+    first = np.array([a for a, _ in spans])
+    last = np.array([b for _, b in spans])
+    q, k = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    keep = first[k] <= last[q]
     cols: dict[str, Any] = {name: np.full(int(keep.sum()), value) for name, value in extra.items()}
     cols.update(
         {
-            "query": q[keep].astype(np.int32),
-            "query_token": np.asarray(result.tokens, dtype=object)[q[keep]].astype(str),
-            "key": k[keep].astype(np.int32),
-            "key_token": np.asarray(result.tokens, dtype=object)[k[keep]].astype(str),
+            "query": first[q[keep]].astype(np.int32),
+            "query_token": np.asarray(result.tokens, dtype=object)[first[q[keep]]].astype(str),
+            "key": first[k[keep]].astype(np.int32),
+            "key_token": np.asarray(result.tokens, dtype=object)[first[k[keep]]].astype(str),
             "weight": matrix[keep].astype(np.float32),
         }
     )
+    if result.spans is not None:
+        cols["query_last"] = last[q[keep]].astype(np.int32)
+        cols["key_last"] = last[k[keep]].astype(np.int32)
     return pa.table(cols)
 
 

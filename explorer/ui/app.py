@@ -82,6 +82,17 @@ def configure_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:
     return demo.queue(max_size=settings.queue_max_size, default_concurrency_limit=2)
 
 
+def _warm_up_umap_in_background(settings: Settings) -> None:
+    """Compile umap-learn's numba kernels while the app starts, so the first token map is fast."""
+    import threading
+
+    from explorer.analysis.atlas.projection import warm_up_umap
+
+    threading.Thread(
+        target=warm_up_umap, args=(settings.cache_dir,), name="umap-warm-up", daemon=True
+    ).start()
+
+
 def launch(settings: Settings | None = None, **kwargs: object) -> gr.Blocks:
     """Build and serve the app (returns the Blocks; with `prevent_thread_lock=True` at once)."""
     settings = settings or Settings.from_env()
@@ -89,6 +100,7 @@ def launch(settings: Settings | None = None, **kwargs: object) -> gr.Blocks:
     from explorer.temp_files import prune_temp_dirs
 
     prune_temp_dirs(max_age_s=0)  # exports left by an earlier run of the app
+    _warm_up_umap_in_background(settings)
     configure_queue(demo, settings).launch(
         server_name=settings.host,
         server_port=settings.port,

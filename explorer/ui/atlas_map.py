@@ -8,9 +8,9 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import atlas_api
 from explorer.analysis.atlas.projection import PCA_DIMS
 from explorer.analysis.atlas.token_map import TokenMapResult
+from explorer.api import atlas as atlas_api
 from explorer.backends.sentence import SENTENCE_MODEL
 from explorer.backends.vlm import EMBEDDED_VLMS
 from explorer.models.loading import EMBEDDED_LMS
@@ -89,6 +89,13 @@ def build(ctx: UIContext) -> None:
                 height=160,
                 elem_id="atlas-map-image",
             )
+            dataset = gr.File(
+                label="Or a sweep's dataset: .jsonl/.csv/.parquet with a 'prompt' or 'question' column and an "
+                "optional 'image' column (at most 200 rows, all mapped in one fit)",
+                file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                type="filepath",
+                height=80,
+            )
         with gr.Column(scale=2):
             model = gr.Dropdown(
                 choices=sorted(EMBEDDED_LMS) + list(EMBEDDED_VLMS) + [SENTENCE_MODEL],
@@ -160,15 +167,22 @@ def build(ctx: UIContext) -> None:
         nn_v: float,
         md_v: float,
         pca_v: float | None,
+        dataset_v: str | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
         model_name = model_v or None
-        if image_v is not None and model_name in EMBEDDED_LMS:
+        with_images = image_v is not None
+        if dataset_v:
+            from explorer.analysis.atlas.token_map import read_map_dataset
+
+            with_images = read_map_dataset(dataset_v).images[0] is not None
+        if with_images and model_name in EMBEDDED_LMS:
             model_name = EMBEDDED_VLMS[0]  # a text-only model cannot take the image: use the demo VLM
-        result = atlas_api.token_map(
+        result = atlas_api.run_token_map(
             model_name,
-            _prompts(text, split),
-            image=image_v,
+            None if dataset_v else _prompts(text, split),
+            image=None if dataset_v else image_v,
+            dataset=dataset_v or None,
             layer=_layer(layer_v),
             method=method_v,
             n_neighbors=int(nn_v),
@@ -192,7 +206,7 @@ def build(ctx: UIContext) -> None:
 
     run.click(
         on_run,
-        inputs=[prompt, per_line, image, model, layer, method, n_neighbors, min_dist, pca_dims],
+        inputs=[prompt, per_line, image, model, layer, method, n_neighbors, min_dist, pca_dims, dataset],
         outputs=[state, summary, plot, colour, focus_all, focus, trajectory],
         api_name="token_map",
     )

@@ -8,8 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import atlas_api
 from explorer.analysis.atlas.microscope import MicroscopeResult
+from explorer.api import atlas as atlas_api
 from explorer.models.loading import EMBEDDED_LMS
 from explorer.plots import atlas as atlas_plots
 from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
@@ -72,7 +72,7 @@ def build(ctx: UIContext) -> None:
     def on_run(
         text: str, model_v: str, measure_v: str, progress: gr.Progress = gr.Progress()
     ) -> tuple[Any, ...]:
-        result = atlas_api.microscope(
+        result = atlas_api.run_microscope(
             model_v or None, text, settings=ctx.settings, progress=progress_fn(progress)
         )
         result = dataclasses.replace(result, view={"measure": measure_v or "context"})

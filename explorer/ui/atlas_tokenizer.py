@@ -7,8 +7,8 @@ from typing import Any
 
 import gradio as gr
 
-from explorer import atlas_api
 from explorer.analysis.atlas.tokenizers import EMBEDDED_TOKENIZERS, TokenizerResult
+from explorer.api import atlas as atlas_api
 from explorer.plots import atlas as atlas_plots
 from explorer.ui.common import UIContext, export_controls, user_errors
 

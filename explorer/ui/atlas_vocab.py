@@ -5,12 +5,13 @@ a searchable UMAP of the unembedding and the table of suspects."""
 from __future__ import annotations
 
 import dataclasses
+import html
 from typing import Any
 
 import gradio as gr
 
-from explorer import atlas_api
 from explorer.analysis.atlas.vocab import VocabHealthResult
+from explorer.api import atlas as atlas_api
 from explorer.models.loading import EMBEDDED_LMS
 from explorer.plots import atlas as atlas_plots
 from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
@@ -18,8 +19,8 @@ from explorer.ui.common import UIContext, export_controls, progress_fn, user_err
 EXPLAIN = """**Two detectors, both checked by prompting.** *Magikarp* (Land & Bartolo 2024): tokens whose
 unembedding row points the same way as known-unused tokens' (cosine distance after removing the first principal
 component; low = suspicious), next to the input-embedding norm; the top suspects that round-trip through the
-tokenizer are **verified** by asking the model to repeat them (verified = its highest probability of
-reproducing the token is ≤ 0.1). *GlitchHunter-style* (Li et al. 2024): cluster the embeddings, screen each
+tokenizer are **verified** by asking the model to repeat them with the paper's three prompts (verified = its
+highest probability of reproducing the token stays below 0.01). *GlitchHunter-style* (Li et al. 2024): cluster the embeddings, screen each
 cluster by verifying a few of its tokens, keep significantly glitchy clusters, refine. The tokenizer analysis
 lists partial UTF-8 byte tokens, tokens that do not round-trip, and unreachable ids. The first run on a model
 takes minutes (it prompts the model hundreds of times); it is stored and reopens instantly."""
@@ -46,16 +47,16 @@ def summary_markdown(r: VocabHealthResult) -> str:
         f"**Tokenizer:** {tk['ok']} round-trip · {tk['special']} special · {tk['partial_utf8']} partial UTF-8 · "
         f"{tk['not_round_trip']} other non-round-trip · {tk['unreachable']} unreachable · "
         f"{tk['no_string']} rows with no token string.",
-        f"**Reference (known unused):** {s['reference']['n']} tokens — {s['reference']['source']}.",
+        f"**Reference (known unused):** {s['reference']['n']} tokens — {html.escape(str(s['reference']['source']))}.",
         f"**Magikarp:** {mk['verified']} of {mk['candidates']} candidates verified under-trained "
-        f"({mk['strong_verified']} strongly, p < 0.001).",
+        f"({mk['strong_verified']} strongly, p < 0.001; {mk['weak_verified']} more between 0.01 and 0.1, not counted).",
         f"**GlitchHunter-style:** {gh['flagged']} tokens flagged in "
         f"{sum(r_['kept_clusters'] for r_ in gh['rounds'][-1:])} clusters; {gh['verified']} of {gh['checked']} "
         "checked verify.",
         f"**Agreement:** both {ag['both']} · Magikarp only {ag['magikarp_only']} · GlitchHunter only "
         f"{ag['glitchhunter_only']} · Jaccard {jac}.",
     ]
-    lines += [f"\n> ℹ️ {note}" for note in r.notes]
+    lines += [f"\n> ℹ️ {html.escape(note)}" for note in r.notes]
     return "\n".join(lines)
 
 
@@ -92,7 +93,7 @@ def build(ctx: UIContext) -> None:
         )
         n_verify = gr.Slider(10, 1000, value=300, step=10, label="Suspects to verify")
         map_points = gr.Slider(
-            0, 20000, value=5000, step=500, label="Points in the vocabulary map (0 = none)"
+            0, 20000, value=4000, step=500, label="Points in the vocabulary map (0 = none)"
         )
         run = gr.Button("Check the vocabulary", variant="primary")
     with gr.Accordion("GlitchHunter-style detector settings", open=False):
@@ -100,11 +101,11 @@ def build(ctx: UIContext) -> None:
             gh_cluster_size = gr.Slider(
                 8,
                 5000,
-                value=200,
+                value=600,
                 step=8,
                 label="Tokens per first-round cluster (larger = fewer screens, faster)",
             )
-            gh_sample = gr.Slider(2, 20, value=4, step=1, label="Tokens verified per cluster")
+            gh_sample = gr.Slider(2, 20, value=3, step=1, label="Tokens verified per cluster")
     gr.Markdown(EXPLAIN)
     summary = gr.Markdown(elem_id="atlas-vocab-summary")
     with gr.Row():
@@ -130,7 +131,7 @@ def build(ctx: UIContext) -> None:
         sample_v: float,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
-        result = atlas_api.vocab_health(
+        result = atlas_api.run_vocab_health(
             model_v or None,
             n_verify=int(n_v),
             map_points=int(points_v),

@@ -2,10 +2,10 @@
 
 An input-kind radio switches between two modes, each showing only the views that apply:
 
-- Text (language model): Run -> `explorer.attention_api.attention` (one `capture`, stored in
+- Text (language model): Run -> `explorer.api.attention.attention` (one `capture`, stored in
   DuckDB): query x key matrices, token view, head grid, rollout, flow, sinks, entropy.
 - Image (vision model): upload / paste an image or pick a bundled sample, Run ->
-  `explorer.attention_api.attention_image`: [CLS] -> patch attention per layer/head (or the mean
+  `explorer.api.attention.attention_image`: [CLS] -> patch attention per layer/head (or the mean
   over heads) and attention rollout overlaid on the image, entropy of each head's [CLS] row.
 
 The result is held in a `gr.State`. Moving a layer / head / token / sink / rollout control only
@@ -23,7 +23,7 @@ import numpy as np
 
 from explorer.analysis.attention import MAX_FLOW_POSITIONS, MAX_FLOW_TOKENS, SINK_FIRST, AttentionResult
 from explorer.analysis.vision_attention_result import VisionAttentionResult
-from explorer.attention_api import attention, attention_image
+from explorer.api.attention import attention, attention_image, attention_window
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.images import load_image, sample_images
 from explorer.backends.vision import EMBEDDED_VISION_MODELS
@@ -34,6 +34,7 @@ from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progr
 from explorer.vlm.attention import VLMAttentionResult
 
 TITLE = "Attention"
+WINDOW_POSITIONS = 128  # positions per axis of a long prompt's exact head window
 TEXT_MODE = "Text (language model)"
 IMAGE_MODE = "Image (vision model)"
 VLM_MODE = "Image + prompt (vision-language model)"
@@ -446,6 +447,13 @@ def _build_text_mode(ctx: UIContext) -> None:
     mean_plot = gr.Plot(label="Mean over heads: query × key", elem_id="attention-mean")
     export_controls(state, "mean_heads", "Export mean heatmap", ctx=ctx)
 
+    with gr.Row():
+        window_start = gr.Slider(
+            0, 1, value=0, step=1, label="Exact window: first position (long prompts)", interactive=False
+        )
+        window_btn = gr.Button("Show exact window", size="sm")
+    window_plot = gr.Plot(label="Exact head window (long prompts)", elem_id="attention-window")
+
     token = gr.Dropdown(choices=[], label="Token for the token-centred view", interactive=True)
     token_plot = gr.Plot(label="Token-centred view", elem_id="attention-token")
     export_controls(state, "token", "Export token view", ctx=ctx)
@@ -546,7 +554,16 @@ def _build_text_mode(ctx: UIContext) -> None:
         entropy_plot,
     ]
     inputs = [prompt, model, flow, flow_positions, dtype]
-    run.click(on_run, inputs=inputs, outputs=outputs, api_name="attention")
+
+    def window_slider(result: AttentionResult | None) -> Any:
+        if result is None:
+            return gr.skip()
+        last = max(0, result.seq_len - WINDOW_POSITIONS)
+        return gr.Slider(0, max(1, last), value=last, step=1, interactive=result.is_blocked and last > 0)
+
+    run.click(on_run, inputs=inputs, outputs=outputs, api_name="attention").then(
+        window_slider, state, window_start, api_visibility="private"
+    )
 
     # ---- re-render from the stored result only (no model call) --------------------------
     @user_errors
@@ -567,6 +584,23 @@ def _build_text_mode(ctx: UIContext) -> None:
     layer.release(on_layer_head, *layer_head_io, api_visibility="private")
     head.release(on_layer_head, *layer_head_io, api_visibility="private")
     mean_heads.input(on_layer_head, *layer_head_io, api_visibility="private")
+
+    @user_errors
+    def on_window(result: AttentionResult | None, start_v: float) -> Any:
+        """A long prompt stores block-aggregated matrices: recompute one head's exact window (the model
+        is loaded if available, else the stored aggregate is spread over the window's tokens)."""
+        if result is None:
+            raise gr.Error("Run attention (or open a stored run) first.")
+        layer_v, head_v = int(result.view.get("layer", 0)), result.view.get("head", 0)
+        head_i = None if head_v in ("mean", -1, None) else int(head_v)
+        matrix, source = attention_window(
+            result, layer_v, head_i, int(start_v), size=WINDOW_POSITIONS, settings=ctx.settings
+        )
+        return ui_figure(
+            "window", att_plots.window_heatmap, result, matrix, int(start_v), layer_v, head_i, source
+        )
+
+    window_btn.click(on_window, [state, window_start], window_plot, api_visibility="private")
 
     @user_errors
     def on_token(result: AttentionResult | None, token_v: int | None) -> tuple[Any, ...]:

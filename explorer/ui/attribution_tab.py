@@ -16,7 +16,7 @@ from explorer.analysis.attribution import ATTRIBUTION_METHODS, AttributionCompar
 from explorer.analysis.attribution.reagent import ReagentParams
 from explorer.analysis.attribution.replacement import DEFAULT_MLM
 from explorer.analysis.attribution.result import METRIC_LABELS, GenerationAttributionResult
-from explorer.attribution_api import attribute, attribute_generation
+from explorer.api.attribution import attribute, attribute_generation
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
 from explorer.errors import InputError
@@ -218,7 +218,7 @@ def run_image_attribution(
     progress: gr.Progress,
 ) -> tuple[Any, ...]:
     """Handler with an image: returns (vlm state, summary, overlay, deletion curve, deletion table)."""
-    from explorer.attribution_api import attribute_image
+    from explorer.api.attribution import attribute_image
     from explorer.plots import vlm_attribution as vplots
 
     if method not in IMAGE_METHODS:

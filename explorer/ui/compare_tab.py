@@ -12,6 +12,7 @@ from explorer.plots import figure_spec, figures_for
 from explorer.plots.compare import TITLES, difference_figure
 from explorer.ui.common import UIContext, user_errors
 from explorer.ui.runs_tab import run_choices
+from explorer.ui.share import COMPARE_TAB_ID, compare_link
 
 TITLE = "Compare"
 
@@ -43,6 +44,16 @@ def build(ctx: UIContext) -> Any:
         run_b = gr.Dropdown(choices=[], allow_custom_value=True, label="Run B", elem_id="compare-b", scale=3)
         go_btn = gr.Button("Compare", variant="primary", scale=1)
     summary = gr.Markdown()
+    with gr.Row(elem_classes=["export-row"]):
+        link_btn = gr.Button("Link", size="sm", min_width=60, elem_classes=["share-link-button"])
+        link_box = gr.Textbox(
+            label="Share link (opens this comparison)",
+            buttons=["copy"],
+            interactive=False,
+            visible=False,
+            elem_id="compare-share",
+            elem_classes=["share-link"],
+        )
     difference = gr.Dropdown(choices=[], label="Difference view")
     diff_plot = gr.Plot(label="Difference (B − A)", elem_id="compare-diff", elem_classes=["scroll-plot"])
     figure = gr.Dropdown(choices=[], label="Aligned figure (the same view of both runs)")
@@ -92,7 +103,40 @@ def build(ctx: UIContext) -> Any:
         choices = run_choices(ctx)
         return gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
 
+    @user_errors
+    def on_link(c: RunComparison | None, view: str | None, request: gr.Request) -> Any:
+        if c is None:
+            raise gr.Error("Compare two runs first: there is nothing to link to yet.")
+        return gr.Textbox(value=compare_link(request, c.run_a.run_id, c.run_b.run_id, view), visible=True)
+
+    link_btn.click(on_link, [comparison, difference], link_box, api_visibility="private")
+
+    def on_load(request: gr.Request) -> tuple[Any, ...]:
+        """A shared link `/?run=A&compare=B&tab=compare_tab[&view=DIFFERENCE]` reopens the comparison."""
+        params = dict(request.query_params) if request is not None else {}
+        a, b = (params.get("run") or "").strip(), (params.get("compare") or "").strip()
+        n_out = len(outputs) + 4
+        if not a or not b:
+            return tuple(gr.skip() for _ in range(n_out))
+        try:
+            shown = list(on_compare(a, b))
+        except gr.Error as exc:
+            message = f"**Cannot open the shared comparison:** {exc.message}"
+            return (gr.Tabs(selected=COMPARE_TAB_ID), a, b, gr.skip(), gr.skip(), message,
+                    *[gr.skip()] * (len(outputs) - 2))  # fmt: skip
+        view = params.get("view")
+        c = shown[0]
+        if view and view in c.matrices:
+            shown[2] = gr.Dropdown(choices=[(TITLES.get(n, n), n) for n in c.matrices], value=view)
+            shown[3] = difference_figure(c, view)
+        link = gr.Textbox(value=compare_link(request, a, b, view), visible=True)
+        return (gr.Tabs(selected=COMPARE_TAB_ID), a, b, link, *shown)
+
     def wire(tab: gr.Tab) -> None:
         tab.select(on_tab, None, [run_a, run_b], api_visibility="private")
+        root = gr.context.Context.root_block
+        tabs = getattr(tab, "parent", None)
+        if root is not None and isinstance(tabs, gr.Tabs):
+            root.load(on_load, None, [tabs, run_a, run_b, link_box, *outputs], api_visibility="private")
 
     return wire

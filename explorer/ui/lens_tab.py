@@ -7,9 +7,9 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
-from explorer import api
 from explorer.analysis.logit_lens import DEVIATIONS as LENS_DEVIATIONS
 from explorer.analysis.logit_lens import MAX_GENERATE, ROLE_FINAL, ROLE_NEXT, LensResult
+from explorer.api.lens import run_logit_lens
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
 from explorer.plots import lens as lens_plots
@@ -230,7 +230,7 @@ def build(ctx: UIContext) -> None:
         report = progress_fn(progress)
         report(0.0, "Loading model")
         chosen = model_v or (TINY_VLM if image_v is not None else ctx.settings.default_model)
-        result = api.logit_lens(
+        result = run_logit_lens(
             chosen,
             prompt_v,
             image=image_v,

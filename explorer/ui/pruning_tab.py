@@ -1,6 +1,6 @@
 """The "Pruning lab" tab: prune a text prompt or an image's patches, see what survives.
 
-Run -> `explorer.pruning_api.prune_text` / `prune_image` (every pruned input really re-run, the
+Run -> `explorer.api.pruning.prune_text` / `prune_image` (every pruned input really re-run, the
 sweep stored in DuckDB) -> the result is held in a `gr.State`. Changing the retention measure or
 the keep ratio shown only redraws figures from that state; only the Run button reaches a model.
 """
@@ -13,17 +13,17 @@ import gradio as gr
 
 from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
 from explorer.analysis.pruning.text import DEFAULT_LAYER, DEFAULT_STRATEGIES, TextPruningResult
+from explorer.api.pruning import (
+    deviations,
+    image_strategy_names,
+    run_prune_image,
+    run_prune_text,
+    text_strategy_names,
+)
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.images import sample_images
 from explorer.errors import InputError
 from explorer.plots import pruning as plots
-from explorer.pruning_api import (
-    deviations,
-    image_strategy_names,
-    prune_image,
-    prune_text,
-    text_strategy_names,
-)
 from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, ui_figure, user_errors
 
 TITLE = "Pruning lab"
@@ -66,7 +66,7 @@ def summary_markdown(result: Any) -> str:
     if isinstance(result, TextPruningResult):
         ref = result.reference
         lines = [
-            f"**Run** `{result.run_id}` · model `{result.model_id}` · {result.n_tokens} prompt tokens · "
+            f"**Run** `{result.run_id}` · model `{result.model}` · {result.n_tokens} prompt tokens · "
             f"{len(result.strategies)} strategies × {len(result.keep_ratios)} ratios · FastV layer K = "
             f"{result.layer} · computed in {result.seconds:.1f} s",
             "",
@@ -77,7 +77,7 @@ def summary_markdown(result: Any) -> str:
         return "\n".join(lines)
     gh, gw = result.grid
     lines = [
-        f"**Run** `{result.run_id}` · model `{result.model_id}` · {gh}×{gw} patches · pruned before block "
+        f"**Run** `{result.run_id}` · model `{result.model}` · {gh}×{gw} patches · pruned before block "
         f"{result.layer} · unpruned pass {result.unpruned_seconds:.2f} s",
     ]
     lines += [f"\n> {reason}" for reason in result.skipped.values()]
@@ -242,7 +242,7 @@ def build(ctx: UIContext) -> None:
         if mode_v == "Text":
             if not text_strategies_v:
                 raise InputError("choose at least one text strategy")
-            result = prune_text(
+            result = run_prune_text(
                 lm_v or ctx.settings.default_model,
                 prompt_v,
                 strategies=text_strategies_v,
@@ -261,7 +261,7 @@ def build(ctx: UIContext) -> None:
                 raise InputError("upload or paste an image, or choose a sample image")
             if not image_strategies_v:
                 raise InputError("choose at least one image strategy")
-            result = prune_image(
+            result = run_prune_image(
                 source,
                 model=vision_v or None,
                 strategies=image_strategies_v,

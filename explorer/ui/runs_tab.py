@@ -167,7 +167,7 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
         """A shared link `/?run=ID&tab=runs_tab&view=FIGURE` opens that run on this tab."""
         params = dict(request.query_params) if request is not None else {}
         rid = (params.get("run") or "").strip()
-        if not rid:
+        if not rid or params.get("compare"):  # a comparison link: the Compare tab opens it
             return tuple(gr.skip() for _ in range(len(opened) + 2))
         try:
             shown = on_open(rid, request, view=params.get("view"))

@@ -1,4 +1,5 @@
-"""Share links: every stored run has a URL, `/?run=ID&tab=runs_tab&view=FIGURE`, that opens it.
+"""Share links: every stored run has a URL, `/?run=ID&tab=runs_tab&view=FIGURE`, that opens it, and
+every comparison one, `/?run=A&compare=B&tab=compare_tab&view=DIFFERENCE`.
 
 The Runs tab reads the query parameters on page load (see `runs_tab`); every result panel's
 export row has a "Link" button that shows its link in a box with a copy button.
@@ -12,15 +13,27 @@ from urllib.parse import urlencode
 import gradio as gr
 
 RUNS_TAB_ID = "runs_tab"  # the Runs tab's id in the app: share links select it
+COMPARE_TAB_ID = "compare_tab"  # the Compare tab's id: comparison links select it
 
 
 def share_link(request: gr.Request | None, run_id: str, view: str | None = None) -> str:
     """The URL that reopens `run_id` (and figure `view`) on the Runs tab, on the host the visitor used."""
+    query = {"run": run_id, "tab": RUNS_TAB_ID, **({"view": view} if view else {})}
+    return f"{_origin(request)}/?{urlencode(query)}"
+
+
+def _origin(request: gr.Request | None) -> str:
     headers = getattr(request, "headers", None) or {}
     host = headers.get("x-forwarded-host") or headers.get("host") or "127.0.0.1:7860"
     scheme = headers.get("x-forwarded-proto") or "http"
-    query = {"run": run_id, "tab": RUNS_TAB_ID, **({"view": view} if view else {})}
-    return f"{scheme}://{host}/?{urlencode(query)}"
+    return f"{scheme}://{host}"
+
+
+def compare_link(request: gr.Request | None, run_a: str, run_b: str, view: str | None = None) -> str:
+    """The URL that reopens the comparison of `run_a` and `run_b` (and difference view `view`)
+    on the Compare tab: `/?run=A&compare=B&tab=compare_tab&view=VIEW`."""
+    query = {"run": run_a, "compare": run_b, "tab": COMPARE_TAB_ID, **({"view": view} if view else {})}
+    return f"{_origin(request)}/?{urlencode(query)}"
 
 
 def result_link(result: Any, figure: str, request: gr.Request | None) -> str:

@@ -133,6 +133,7 @@ def build(ctx: UIContext) -> None:
         n_ans: int,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
+        from explorer.api.vlm import run_visual_tokens
         from explorer.plots.vlm_tokens import (
             attention_shares,
             category_counts,
@@ -140,7 +141,6 @@ def build(ctx: UIContext) -> None:
             token_categories,
         )
         from explorer.vlm.tokens import TokenParams
-        from explorer.vlm_api import visual_tokens
 
         params = TokenParams(
             sink_norm_k=float(nk),
@@ -149,7 +149,7 @@ def build(ctx: UIContext) -> None:
             dead_hidden_eps=float(eout),
             answer_tokens=int(n_ans),
         )
-        r = visual_tokens(
+        r = run_visual_tokens(
             model_v or TINY_VLM,
             prompt_v,
             image_v,
@@ -195,10 +195,10 @@ def build(ctx: UIContext) -> None:
         k_v: int,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
+        from explorer.api.vlm import run_latent_neighbours
         from explorer.plots.vlm_latent import latent_neighbours_overlay
-        from explorer.vlm_api import latent_neighbours
 
-        r = latent_neighbours(
+        r = run_latent_neighbours(
             model_v or TINY_VLM,
             prompt_v,
             image_v,

@@ -135,8 +135,8 @@ def build(ctx: UIContext) -> None:
         *vista_v: Any,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
+        from explorer.api.vlm import vlm_eval
         from explorer.plots.vlm_eval import eval_hallucination, eval_metrics
-        from explorer.vlm_api import vlm_eval
 
         source = str(getattr(upload_v, "name", upload_v)) if upload_v else dataset_v
         r = vlm_eval(
@@ -179,8 +179,8 @@ def build(ctx: UIContext) -> None:
 
     @user_errors
     def compare(image_v: Any, question_v: str, n_v: int, model_v: str, *vista_v: Any) -> tuple[str, str, str]:
+        from explorer.api.vlm import vista_compare
         from explorer.errors import InputError
-        from explorer.vlm_api import vista_compare
 
         params = vista_from_controls(*vista_v)
         if not params.enabled:
@@ -208,6 +208,9 @@ def build(ctx: UIContext) -> None:
     )
 
     _patterns_section(ctx, model)
+    from explorer.ui import vlm_prune_section
+
+    vlm_prune_section.build(ctx)
 
 
 PATTERNS_EXPLAIN = """### VISTA's three patterns over a set of scenes
@@ -259,8 +262,8 @@ def _patterns_section(ctx: UIContext, model: Any) -> None:
         model_v: str,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
+        from explorer.api.vlm import vista_patterns
         from explorer.plots import vista_patterns as vp
-        from explorer.vlm_api import vista_patterns
 
         r = vista_patterns(
             model_v or TINY_VLM,

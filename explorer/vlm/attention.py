@@ -38,6 +38,7 @@ from explorer.analysis.attention import attention_rollout
 from explorer.backends.images import image_to_png
 from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm, generate
 from explorer.errors import InputError
+from explorer.params import params_json
 from explorer.progress import ProgressFn
 from explorer.results import register_result
 
@@ -190,7 +191,7 @@ class VLMAttentionParams:
             raise InputError(f"sink_share_k must be > 0 (got {self.sink_share_k})")
 
     def to_json(self) -> dict[str, Any]:
-        return {"generate": self.generate, "sink_norm_k": self.sink_norm_k, "sink_share_k": self.sink_share_k}
+        return params_json(self)
 
 
 @register_result

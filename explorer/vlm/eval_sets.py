@@ -290,23 +290,9 @@ def builtin_set(name: str, n_scenes: int, seed: int = 0) -> list[EvalSample]:
 
 # ---- user data ----------------------------------------------------------------------------------
 def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
-    import pyarrow as pa
+    from explorer.table_files import read_table
 
-    try:
-        if fmt == "jsonl":
-            import pyarrow.json as pj
-
-            table = pj.read_json(path)
-        elif fmt == "csv":
-            import pyarrow.csv as pc
-
-            table = pc.read_csv(path, convert_options=pc.ConvertOptions(strings_can_be_null=False))
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as {fmt.upper()}: {str(exc).splitlines()[0]}") from exc
+    table = read_table(path, fmt)
     if table.num_rows > MAX_USER_ROWS:
         raise InputError(f"{path} has {table.num_rows} rows; at most {MAX_USER_ROWS} are allowed")
     missing = [c for c in ("image", "question", "answer") if c not in table.column_names]

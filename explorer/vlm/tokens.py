@@ -37,6 +37,7 @@ from explorer.analysis.attention_math import attention_rollout
 from explorer.backends.images import image_to_png
 from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm, generate
 from explorer.errors import InputError
+from explorer.params import params_json
 from explorer.progress import ProgressFn
 from explorer.results import register_result
 from explorer.vlm.attention import (
@@ -78,14 +79,7 @@ class TokenParams:
             raise InputError("batch_size must be >= 1")
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "sink_norm_k": self.sink_norm_k,
-            "sink_share_k": self.sink_share_k,
-            "dead_logprob_eps": self.dead_logprob_eps,
-            "dead_hidden_eps": self.dead_hidden_eps,
-            "answer_tokens": self.answer_tokens,
-            "batch_size": self.batch_size,
-        }
+        return params_json(self)
 
 
 @register_result

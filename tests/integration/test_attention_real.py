@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from explorer.attention_api import attention
+from explorer.api.attention import attention
 
 pytestmark = pytest.mark.real
 

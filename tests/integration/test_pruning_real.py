@@ -45,8 +45,7 @@ def test_fastv_full_keep_is_bit_exact_on_smollm2(lm: LanguageModel) -> None:
 
 
 def test_text_sweep_on_smollm2(lm: LanguageModel, store: Store) -> None:
-    from explorer.api import load_run
-    from explorer.pruning_api import prune_text
+    from explorer import load_run, prune_text
 
     result = prune_text(
         lm, PROMPT, keep_ratios=(1.0, 0.75, 0.5), target=" Rome", continuation_tokens=4, db=store
@@ -71,9 +70,9 @@ def test_minilm_similarity_ranks_paraphrase_above_unrelated() -> None:
 
 
 def test_image_sweep_on_dinov2_stored_and_plotted(store: Store) -> None:
+    from explorer.api.pruning import prune
     from explorer.backends.images import sample_images
     from explorer.plots import figures_for
-    from explorer.pruning_api import prune
 
     samples = sample_images()
     assert samples, "matplotlib / scikit-image sample images are installed by make setup"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from explorer.analysis.vision_attention_result import VisionAttentionResult
-from explorer.attention_api import attention_image
+from explorer.api.attention import attention_image
 from explorer.backends.images import sample_images
 from explorer.backends.vision import VisionModel, load_vision_model
 

@@ -19,8 +19,8 @@ def demo_vlm() -> Any:
 
 
 def test_batched_evaluation_answers_like_one_by_one_generation(demo_vlm: Any, tmp_store: Any) -> None:
+    from explorer.api.vlm import vlm_eval
     from explorer.vlm.eval_sets import builtin_set
-    from explorer.vlm_api import vlm_eval
 
     r = vlm_eval(demo_vlm, "qa", n_scenes=2, batch_size=8, n_boot=200, db=tmp_store)
     by_question = {(s["image_ref"], s["question"]): s["said"] for s in r.samples}
@@ -34,8 +34,8 @@ def test_batched_evaluation_answers_like_one_by_one_generation(demo_vlm: Any, tm
 
 
 def test_vista_with_lambda_zero_and_no_sla_matches_plain(demo_vlm: Any) -> None:
+    from explorer.api.vlm import vlm_eval
     from explorer.vlm.vista import VistaParams
-    from explorer.vlm_api import vlm_eval
 
     r = vlm_eval(demo_vlm, "caption", n_scenes=2, n_boot=200, vista=VistaParams(vsv=True, lam=0.0), db=False)
     plain = [s["said"] for s in r.samples if s["condition"] == "plain"]

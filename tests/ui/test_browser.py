@@ -444,11 +444,10 @@ def test_pruning_lab_image_sweep_renders(app_url, browser, tmp_path) -> None:
 def _store_one_run_of_each_kind(settings: Any) -> dict[str, str]:
     """kind -> run id, computed through the API into the app's store (small inputs; the tests
     above may already have stored the same runs, which are then served from the store)."""
-    from explorer import api
-    from explorer.attention_api import attention, attention_image
-    from explorer.attribution_api import attribute, attribute_generation
+    from explorer import api, prune_image, prune_text
+    from explorer.api.attention import attention, attention_image
+    from explorer.api.attribution import attribute, attribute_generation
     from explorer.images import sample_images
-    from explorer.pruning_api import prune_image, prune_text
 
     cat = sample_images()["chelsea_cat"]
     model = settings.default_model

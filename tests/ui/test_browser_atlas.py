@@ -106,7 +106,9 @@ def test_token_atlas_newcomer(app_url, browser, tmp_path) -> None:  # noqa: F811
     app.assert_visible({"vocabulary atlas": "atlas-vocab-map", "indicators": "atlas-vocab-indicators"})
     summary = page.locator("#atlas-vocab-summary").inner_text()
     assert "49152 tokens" in summary and "candidates verified under-trained" in summary, summary
-    expect(page.locator("#atlas-vocab-suspects")).to_contain_text("rejected", timeout=COMPUTE_TIMEOUT_MS)
+    expect(page.locator("#atlas-vocab-suspects")).to_contain_text(
+        "strong_verified", timeout=COMPUTE_TIMEOUT_MS
+    )
     assert "GlitchHunter-style:" in summary and "Agreement:" in summary, summary
     _settled(page, "atlas-vocab-map")
     app.screenshot(tmp_path, "atlas_vocab")

@@ -33,6 +33,9 @@ KNOWN_LAYOUT_FAILURES = {
     "tokenizer_inspect-counts",
     "vlm_eval-eval_hallucination",
     "vlm_eval-eval_metrics",
+    "vlm_prune-agreement",  # double column clean; single column: 7-entry legend overlaps the ticks
+    "vlm_prune-prefill_cost",
+    "vlm_prune-retention",
     "vocab_health-indicators",
 }
 MATRIX = [

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from explorer import atlas_api
 from explorer.analysis.atlas import projection
 from explorer.analysis.atlas.token_map import TokenMapResult, context_string
 from explorer.analysis.atlas.token_types import token_type
+from explorer.api import atlas as atlas_api
+from explorer.config import Settings
 from explorer.errors import InputError
 
 PROMPT = "the cat sat on the mat, and the dog ran."
@@ -25,7 +26,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, o
 
 
 def test_pca_all_layers_shape_and_reopen(tiny_llama, tmp_store) -> None:
-    r = atlas_api.token_map(tiny_llama, PROMPT, method="pca", db=tmp_store)
+    r = atlas_api.run_token_map(tiny_llama, PROMPT, method="pca", db=tmp_store)
     seq = len(r.tokens[0])
     assert r.n_points == (tiny_llama.n_layers + 1) * seq
     assert r.layers == list(range(tiny_llama.n_layers + 1))
@@ -50,33 +51,33 @@ def test_same_inputs_never_refit(tiny_llama, tmp_store, monkeypatch) -> None:
         return real(x)
 
     monkeypatch.setattr(projection, "fit_pca", counting)
-    a = atlas_api.token_map(tiny_llama, PROMPT, method="pca", layer=1, db=tmp_store)
-    b = atlas_api.token_map(tiny_llama, PROMPT, method="pca", layer=1, db=tmp_store)
+    a = atlas_api.run_token_map(tiny_llama, PROMPT, method="pca", layer=1, db=tmp_store)
+    b = atlas_api.run_token_map(tiny_llama, PROMPT, method="pca", layer=1, db=tmp_store)
     assert len(calls) == 1 and a.run_id == b.run_id
-    atlas_api.token_map(tiny_llama, PROMPT, method="pca", layer=2, db=tmp_store)
+    atlas_api.run_token_map(tiny_llama, PROMPT, method="pca", layer=2, db=tmp_store)
     assert len(calls) == 2  # another layer is another map
 
 
 def test_umap_cosine_separates_two_layers_and_is_stored(tiny_llama, tmp_store) -> None:
-    r = atlas_api.token_map(
+    r = atlas_api.run_token_map(
         tiny_llama, [PROMPT, "a second prompt here"], layer=-1, n_neighbors=5, db=tmp_store
     )
     assert r.method == "umap" and r.layer_mode == str(tiny_llama.n_layers)
     assert set(r.prompt_index.tolist()) == {0, 1}
     assert np.isfinite(r.coords).all() and r.coords.std(axis=0).min() > 0
     assert tmp_store.find("token_map", tiny_llama.model_id, tiny_llama.weight_hash, json.dumps(
-        [PROMPT, "a second prompt here"]), {**r.params, "max_tokens": 512}) == r.run_id  # fmt: skip
+        [PROMPT, "a second prompt here"]), {**r.params, "max_tokens": Settings().max_prompt_tokens}) == r.run_id  # fmt: skip
 
 
 def test_bad_input(tiny_llama, tmp_store) -> None:
     with pytest.raises(InputError, match="empty"):
-        atlas_api.token_map(tiny_llama, "  ", db=tmp_store)
+        atlas_api.run_token_map(tiny_llama, "  ", db=tmp_store)
     with pytest.raises(InputError, match="layer must be between"):
-        atlas_api.token_map(tiny_llama, PROMPT, layer=99, db=tmp_store)
+        atlas_api.run_token_map(tiny_llama, PROMPT, layer=99, db=tmp_store)
     with pytest.raises(InputError, match="unknown projection"):
-        atlas_api.token_map(tiny_llama, PROMPT, method="tsne", db=tmp_store)
+        atlas_api.run_token_map(tiny_llama, PROMPT, method="tsne", db=tmp_store)
     with pytest.raises(InputError, match="at least"):
-        atlas_api.token_map(tiny_llama, "hi", layer=0, db=tmp_store)
+        atlas_api.run_token_map(tiny_llama, "hi", layer=0, db=tmp_store)
     assert tmp_store.list_runs() == []
 
 
@@ -84,7 +85,7 @@ def test_lens_scores_join_the_map(tiny_llama, tmp_store) -> None:
     import explorer
 
     lens = explorer.logit_lens(tiny_llama, PROMPT, db=tmp_store)
-    r = atlas_api.token_map(tiny_llama, PROMPT, method="pca", db=tmp_store)
+    r = atlas_api.run_token_map(tiny_llama, PROMPT, method="pca", db=tmp_store)
     scores = atlas_api.map_scores(r, db=tmp_store)
     (label,) = [k for k in scores if k.startswith("lens rank")]
     assert lens.run_id in label
@@ -107,7 +108,7 @@ def test_figure_and_view(tiny_llama) -> None:
     from explorer.plots import atlas as plots
     from explorer.plots import figures_for
 
-    r = atlas_api.token_map(tiny_llama, PROMPT, method="pca", db=False)
+    r = atlas_api.run_token_map(tiny_llama, PROMPT, method="pca", db=False)
     fig = plots.token_map_figure(r, colour="token_type", layer=1, trajectory=2)
     names = [t.name for t in fig.data]
     assert "other layers" in names and any(n.startswith("path of") for n in names)
@@ -115,6 +116,11 @@ def test_figure_and_view(tiny_llama) -> None:
     assert len(path.x) == tiny_llama.n_layers + 1
     assert {s.name for s in figures_for(r)} == {"map", "trajectory"}
     assert r.select([0, 10_000]) and len(r.select([0, 10_000])) == 1
+    # a continuous colour: its colour bar takes the upper half on the right, the legend the lower half
+    fig = plots.token_map_figure(r, colour="norm", layer=1, trajectory=2)
+    bar = next(t.marker.colorbar for t in fig.data if t.marker.showscale)
+    assert bar.yanchor == "top" and bar.y == 1.0 and bar.len <= 0.5
+    assert fig.layout.legend.yanchor == "bottom" and fig.layout.legend.y == 0.0
 
 
 def test_cli_map_and_bad_layer(tmp_path, capsys) -> None:
@@ -189,7 +195,7 @@ def _picture(seed: int = 0):  # type: ignore[no-untyped-def]
 
 
 def test_vlm_map_has_visual_tokens_and_the_image_is_in_the_key(tiny_vlm, tmp_store) -> None:
-    r = atlas_api.token_map(tiny_vlm, "Describe it.", image=_picture(), method="pca", db=tmp_store)
+    r = atlas_api.run_token_map(tiny_vlm, "Describe it.", image=_picture(), method="pca", db=tmp_store)
     n_img = tiny_vlm.n_visual_tokens
     layer0 = r.layer == 0
     assert sum(m == "image" for m, ok in zip(r.modality, layer0, strict=True) if ok) == n_img
@@ -201,16 +207,16 @@ def test_vlm_map_has_visual_tokens_and_the_image_is_in_the_key(tiny_vlm, tmp_sto
     assert r.image and r.to_dict()["image"] == r.image
     back = tmp_store.load(r.run_id)
     assert back.image == r.image and back.modality == r.modality and back.token_type == r.token_type
-    same = atlas_api.token_map(tiny_vlm, "Describe it.", image=_picture(), method="pca", db=tmp_store)
-    other = atlas_api.token_map(tiny_vlm, "Describe it.", image=_picture(5), method="pca", db=tmp_store)
+    same = atlas_api.run_token_map(tiny_vlm, "Describe it.", image=_picture(), method="pca", db=tmp_store)
+    other = atlas_api.run_token_map(tiny_vlm, "Describe it.", image=_picture(5), method="pca", db=tmp_store)
     assert same.run_id == r.run_id and other.run_id != r.run_id and other.image != r.image
 
 
 def test_text_model_with_an_image_is_refused(tiny_llama, tmp_store) -> None:
     with pytest.raises(InputError, match="text-only"):
-        atlas_api.token_map(tiny_llama, PROMPT, image=_picture(), db=tmp_store)
+        atlas_api.run_token_map(tiny_llama, PROMPT, image=_picture(), db=tmp_store)
     with pytest.raises(InputError):
-        atlas_api.token_map(None, PROMPT, image=b"not an image", db=tmp_store)
+        atlas_api.run_token_map(None, PROMPT, image=b"not an image", db=tmp_store)
     assert tmp_store.list_runs() == []
 
 
@@ -219,7 +225,7 @@ def test_vlm_lens_scores_join_only_the_same_image(tiny_vlm, tmp_store) -> None:
 
     lens = explorer.logit_lens(tiny_vlm, "Describe it.", image=_picture(), db=tmp_store)
     explorer.logit_lens(tiny_vlm, "Describe it.", image=_picture(5), db=tmp_store)  # another image
-    r = atlas_api.token_map(tiny_vlm, "Describe it.", image=_picture(), method="pca", db=tmp_store)
+    r = atlas_api.run_token_map(tiny_vlm, "Describe it.", image=_picture(), method="pca", db=tmp_store)
     scores = atlas_api.map_scores(r, db=tmp_store)
     assert [k for k in scores if k.startswith("lens rank")] == [
         f"lens rank of final prediction ({lens.run_id})"
@@ -231,13 +237,13 @@ def test_vlm_lens_scores_join_only_the_same_image(tiny_vlm, tmp_store) -> None:
 
 
 def test_pruning_kept_and_dropped_colour_the_map(tiny_llama, tmp_store) -> None:
-    from explorer.pruning_api import prune_text
+    from explorer import prune_text
 
     pruned = prune_text(
         tiny_llama, PROMPT, strategies=["random"], keep_ratios=(1.0, 0.5), layer=1, continuation_tokens=0,
         db=tmp_store,
     )  # fmt: skip
-    r = atlas_api.token_map(tiny_llama, PROMPT, method="pca", db=tmp_store)
+    r = atlas_api.run_token_map(tiny_llama, PROMPT, method="pca", db=tmp_store)
     scores = atlas_api.map_scores(r, db=tmp_store)
     label = f"pruning kept random @0.5 ({pruned.run_id})"
     assert label in scores
@@ -272,24 +278,26 @@ def test_pca_pre_reduction_keeps_cosine_geometry() -> None:
 
 
 def test_umap_fit_reports_its_reduction(tiny_llama) -> None:
-    r = atlas_api.token_map(tiny_llama, PROMPT, layer=-1, n_neighbors=5, db=False)
+    r = atlas_api.run_token_map(tiny_llama, PROMPT, layer=-1, n_neighbors=5, db=False)
     d_model = int(tiny_llama.hf_model.config.hidden_size)
     assert r.fit["metric"] == "euclidean"  # on unit vectors: the cosine neighbours
     assert r.fit["pca_dims"] == min(projection.PCA_DIMS, d_model, r.n_points)
     assert any("cosine" in n and "PCA" in n for n in r.notes)
-    exact = atlas_api.token_map(tiny_llama, PROMPT, layer=-1, n_neighbors=5, pca_dims=0, db=False)
+    exact = atlas_api.run_token_map(tiny_llama, PROMPT, layer=-1, n_neighbors=5, pca_dims=0, db=False)
     assert exact.fit["metric"] == "cosine" and "pca_dims" not in exact.fit
     with pytest.raises(InputError, match="pca_dims"):
-        atlas_api.token_map(tiny_llama, PROMPT, pca_dims=3, db=False)
+        atlas_api.run_token_map(tiny_llama, PROMPT, pca_dims=3, db=False)
 
 
 def test_vlm_image_attribution_colours_the_visual_tokens(tiny_vlm, tmp_store) -> None:
     from explorer.analysis.vlm_attribution import VLMAttributionParams
-    from explorer.vlm_api import vlm_attribute
+    from explorer.api.vlm import vlm_attribute
 
     params = VLMAttributionParams(answer_tokens=1, random_trials=1)
     attr = vlm_attribute(tiny_vlm, "Describe it.", _picture(), params=params, db=tmp_store)
-    r = atlas_api.token_map(tiny_vlm, "Describe it.", image=_picture(), method="pca", layer=0, db=tmp_store)
+    r = atlas_api.run_token_map(
+        tiny_vlm, "Describe it.", image=_picture(), method="pca", layer=0, db=tmp_store
+    )
     values = atlas_api.map_scores(r, db=tmp_store)[f"image attribution occlusion ({attr.run_id})"]
     image = [i for i in range(r.n_points) if r.modality[i] == "image"]
     assert np.isnan(np.delete(values, image)).all()  # text tokens have no image-patch score
@@ -299,7 +307,7 @@ def test_vlm_image_attribution_colours_the_visual_tokens(tiny_vlm, tmp_store) ->
 
 # ---- maps of the embedded sentence encoder (all-MiniLM-L6-v2) -----------------------------------
 def test_minilm_map_has_its_seven_layers_and_special_tokens(tmp_store) -> None:
-    r = atlas_api.token_map("all-minilm-l6-v2", "The cat sat on the mat.", method="pca", db=tmp_store)
+    r = atlas_api.run_token_map("all-minilm-l6-v2", "The cat sat on the mat.", method="pca", db=tmp_store)
     assert r.model == "all-minilm-l6-v2" and r.n_layers == 6 and r.layers == list(range(7))
     tokens = r.tokens[0]
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "cat" in tokens
@@ -308,9 +316,85 @@ def test_minilm_map_has_its_seven_layers_and_special_tokens(tmp_store) -> None:
     assert {r.token_type[i] for i in first} == {"special"}
     assert any("bidirectional" in n for n in r.notes)
     assert (
-        atlas_api.token_map("all-minilm-l6-v2", "The cat sat on the mat.", method="pca", db=tmp_store).run_id
+        atlas_api.run_token_map(
+            "all-minilm-l6-v2", "The cat sat on the mat.", method="pca", db=tmp_store
+        ).run_id
         == r.run_id
     )
     assert tmp_store.load(r.run_id).tokens == r.tokens
     with pytest.raises(InputError, match="text encoder"):
-        atlas_api.token_map("all-minilm-l6-v2", "hi there", image=_picture(), db=tmp_store)
+        atlas_api.run_token_map("all-minilm-l6-v2", "hi there", image=_picture(), db=tmp_store)
+
+
+# ---- a sweep's dataset as the map's input ---------------------------------------------------------
+def test_dataset_rows_are_mapped_in_one_fit(tiny_llama, tmp_store, tmp_path) -> None:
+    import json
+
+    rows = [{"question": "a cat sat on the mat"}, {"question": "the dog ran home", "answer": "x"}]
+    jsonl = tmp_path / "sweep.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    r = atlas_api.run_token_map(tiny_llama, dataset=jsonl, method="pca", db=tmp_store)
+    assert r.prompts == [row["question"] for row in rows]
+    assert set(r.prompt_index.tolist()) == {0, 1}
+    direct = atlas_api.run_token_map(
+        tiny_llama, [row["question"] for row in rows], method="pca", db=tmp_store
+    )
+    assert direct.run_id == r.run_id  # the same inputs: served from the store
+    csv = tmp_path / "sweep.csv"
+    csv.write_text("prompt,other\nhello there,1\ngood morning,2\n", encoding="utf-8")
+    assert atlas_api.run_token_map(tiny_llama, dataset=csv, method="pca", db=False).prompts == [
+        "hello there",
+        "good morning",
+    ]
+
+
+def test_bad_datasets(tiny_llama, tmp_path) -> None:
+    from explorer.analysis.atlas.token_map import MAX_PROMPTS
+
+    no_column = tmp_path / "a.csv"
+    no_column.write_text("text\nhello\n", encoding="utf-8")
+    with pytest.raises(InputError, match="no 'prompt' or 'question' column"):
+        atlas_api.run_token_map(tiny_llama, dataset=no_column, method="pca", db=False)
+    too_many = tmp_path / "b.csv"
+    too_many.write_text("prompt\n" + "hi\n" * (MAX_PROMPTS + 1), encoding="utf-8")
+    with pytest.raises(InputError, match=f"at most {MAX_PROMPTS}"):
+        atlas_api.run_token_map(tiny_llama, dataset=too_many, method="pca", db=False)
+    missing_image = tmp_path / "c.csv"
+    missing_image.write_text("prompt,image\nhi,nothere.png\n", encoding="utf-8")
+    with pytest.raises(InputError, match="not found"):
+        atlas_api.run_token_map(tiny_llama, dataset=missing_image, method="pca", db=False)
+    with pytest.raises(InputError, match="not both"):
+        atlas_api.run_token_map(tiny_llama, "hi", dataset=no_column, method="pca", db=False)
+    (tmp_path / "b.txt").write_text("prompt\nhi\n", encoding="utf-8")
+    with pytest.raises(InputError, match="unknown format"):
+        atlas_api.run_token_map(tiny_llama, dataset=tmp_path / "b.txt", method="pca", db=False)
+    with pytest.raises(InputError, match="does not exist"):
+        atlas_api.run_token_map(tiny_llama, dataset=tmp_path / "none.csv", method="pca", db=False)
+
+
+def test_vlm_dataset_maps_each_row_with_its_image(tiny_vlm, tmp_store, tmp_path) -> None:
+    for seed in (0, 1):
+        _picture(seed).save(tmp_path / f"scene{seed}.png")
+    data = tmp_path / "scenes.csv"
+    data.write_text("question,image\nWhat is it?,scene0.png\nWhich colour?,scene1.png\n", encoding="utf-8")
+    r = atlas_api.run_token_map(tiny_vlm, dataset=data, method="pca", layer=0, db=tmp_store)
+    n_img = tiny_vlm.n_visual_tokens
+    for pi in (0, 1):
+        rows = r.prompt_index == pi
+        assert sum(m == "image" for m, ok in zip(r.modality, rows, strict=True) if ok) == n_img
+    assert r.image is not None and r.image.startswith("rows:")
+    _picture(2).save(tmp_path / "scene1.png")  # another image: another map, not the stored one
+    again = atlas_api.run_token_map(tiny_vlm, dataset=data, method="pca", layer=0, db=tmp_store)
+    assert again.image != r.image and again.run_id != r.run_id
+
+
+def test_cli_map_dataset(tmp_path, capsys) -> None:
+    from explorer.cli import main
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text\nhello\n", encoding="utf-8")
+    code = main(
+        ["--db", str(tmp_path / "x.duckdb"), "atlas", "map", "--dataset", str(bad), "--method", "pca"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "no 'prompt' or 'question' column" in err and len(err.strip().splitlines()) == 1

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from explorer import atlas_api
 from explorer.analysis.atlas.microscope import MicroscopeResult, intrinsic_dimension
 from explorer.analysis.atlas.tokenizers import TokenizerResult
+from explorer.api import atlas as atlas_api
 from explorer.errors import InputError
 
 PROMPT = "The cat, which was old, sat on the mat; the dog ran to the door and the bird sang."
@@ -24,7 +24,7 @@ def test_twonn_recovers_a_linear_subspace() -> None:
 
 
 def test_microscope_measures(tiny_llama, tmp_store) -> None:
-    r = atlas_api.microscope(tiny_llama, PROMPT, db=tmp_store)
+    r = atlas_api.run_microscope(tiny_llama, PROMPT, db=tmp_store)
     n_l, seq = tiny_llama.n_layers, r.seq_len
     assert r.nonlinearity.shape == (n_l, seq) and np.all(r.nonlinearity >= 0)
     assert r.context.shape == (n_l + 1, seq) and np.isnan(r.context[:, 0]).all()
@@ -53,7 +53,7 @@ def test_microscope_measures(tiny_llama, tmp_store) -> None:
     for measure in plots.MICROSCOPE_MEASURES:
         assert plots.microscope_heatmap(r, measure).data[0].z.shape[1] == seq
     with pytest.raises(InputError):
-        atlas_api.microscope(tiny_llama, "   ", db=tmp_store)
+        atlas_api.run_microscope(tiny_llama, "   ", db=tmp_store)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from explorer import atlas_api
+from explorer.api import atlas as atlas_api
 
 
 def test_tab_builds_with_sections(settings) -> None:
@@ -28,7 +28,7 @@ def test_map_helpers(tiny_llama) -> None:
     from explorer.plots import atlas as plots
     from explorer.ui import atlas_map
 
-    r = atlas_api.token_map(tiny_llama, ["a cat sat", "the dog ran"], method="pca", db=False)
+    r = atlas_api.run_token_map(tiny_llama, ["a cat sat", "the dog ran"], method="pca", db=False)
     choices = atlas_map.trajectory_choices(r)
     assert choices[0] == ("none", "") and len(choices) == 1 + sum(len(t) for t in r.tokens)
     assert "PCA" in atlas_map.summary_markdown(r)
@@ -41,3 +41,34 @@ def test_map_helpers(tiny_llama) -> None:
     assert len(rows) == 2 and rows[0][3] == r.token[0]
     scored = atlas_map.with_view(r, colour="s", scores={"s": np.arange(r.n_points, dtype=float)})
     assert plots.token_map_figure(scored).data[-1].marker.showscale
+
+
+def test_vocab_summary_escapes_token_names() -> None:
+    """A reference source naming '<file_sep>'-like tokens must not swallow the rest of the Markdown."""
+    import numpy as np
+
+    from explorer.analysis.atlas.vocab import TOKEN_COLUMNS, VocabHealthResult
+    from explorer.ui import atlas_vocab
+
+    summary = {
+        "n_tokens": 2,
+        "tokenizer": {
+            "ok": 2,
+            "special": 0,
+            "partial_utf8": 0,
+            "not_round_trip": 0,
+            "no_string": 0,
+            "unreachable": 0,
+        },
+        "reference": {"n": 1, "source": "dropped: ['<repo_name>', '<filename>']"},
+        "magikarp": {"candidates": 1, "verified": 1, "strong_verified": 1, "weak_verified": 0},
+        "glitchhunter": {"flagged": 0, "checked": 0, "verified": 0, "rounds": []},
+        "agreement": {"both": 0, "magikarp_only": 1, "glitchhunter_only": 0, "jaccard": 0.0},
+    }
+    columns = {name: np.zeros(2) for name in TOKEN_COLUMNS}
+    r = VocabHealthResult(
+        model="m", columns=columns, summary=summary, params={}, seconds=1.0, notes=["a <b> note"]
+    )
+    text = atlas_vocab.summary_markdown(r)
+    assert "&lt;repo_name&gt;" in text and "<repo_name>" not in text and "&lt;b&gt;" in text
+    assert "candidates verified under-trained" in text.split("&lt;filename&gt;")[1]

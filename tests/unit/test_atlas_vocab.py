@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import atlas_api
 from explorer.analysis.atlas import verify
 from explorer.analysis.atlas.vocab import VocabHealthResult, cosine_distance, remove_first_pc
 from explorer.analysis.atlas.vocab_tokens import chars_ending, chars_starting, is_partial_utf8, token_bytes
+from explorer.api import atlas as atlas_api
 from explorer.errors import InputError
 
 
@@ -22,7 +22,7 @@ def vocab_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
 
     lm = make_tiny_lm("llama")
     store = Store.open(tmp_path_factory.mktemp("vocab") / "runs.duckdb")
-    result = atlas_api.vocab_health(
+    result = atlas_api.run_vocab_health(
         lm, n_verify=12, map_points=0, gh_cluster_size=3000, gh_sample=3, db=store
     )
     yield lm, store, result
@@ -52,7 +52,7 @@ def test_summary_is_consistent(vocab_run) -> None:
     for i in cands:
         assert c["status"][i] == verify.status(float(c["max_prob"][i]))
     mk = r.summary["magikarp"]
-    assert mk["verified"] == sum(1 for i in cands if c["max_prob"][i] <= verify.WEAK_REJECT)
+    assert mk["verified"] == sum(1 for i in cands if c["max_prob"][i] < verify.VERIFIED)
     ag = r.summary["agreement"]
     assert ag["both"] + ag["magikarp_only"] == mk["verified"]
     assert r.summary["glitchhunter"]["flagged"] == int(np.asarray(c["gh_flag"]).sum())
@@ -108,6 +108,7 @@ def test_indicator_math() -> None:
     assert d.shape == (200,) and np.all((d >= 0) & (d <= 2))
     assert verify.status(0.95) == "strong_rejected" and verify.status(0.0001) == "strong_verified"
     assert verify.status(0.05) == "weak_verified" and verify.status(0.5) == "weak_rejected"
+    assert verify.status(0.005) == "verified" and verify.is_verified(0.005) and not verify.is_verified(0.05)
 
 
 def test_byte_level_partial_utf8_and_completions() -> None:
@@ -127,5 +128,122 @@ def test_byte_level_partial_utf8_and_completions() -> None:
 
 def test_bad_params(tiny_llama, tmp_store) -> None:
     with pytest.raises(InputError, match="n_verify"):
-        atlas_api.vocab_health(tiny_llama, n_verify=0, db=tmp_store)
+        atlas_api.run_vocab_health(tiny_llama, n_verify=0, db=tmp_store)
     assert tmp_store.list_runs() == []
+
+
+PLANTED_WORDS = ("apple", "river", "window", "garden", "silver", "mountain", "doctor", "pencil")
+
+
+def planted_lm():  # type: ignore[no-untyped-def]
+    """A tiny GPT-2 whose only computation is 'predict the current token again' (attention and MLP
+    weights zeroed; the last MLP's bias adds a constant direction b to every residual), with tied
+    embeddings: ordinary rows are random and orthogonal to b, while the rows of BERT's [unusedN]
+    tokens (the reference) and of eight ordinary words (the planted ones) sit at -a·b plus a little
+    noise, as the paper describes unused tokens: a constant negative logit in every context. The
+    ordinary tokens repeat with p ≈ 1; the planted ones cannot be repeated."""
+    import transformers as tf
+    from conftest import MAX_TINY_PARAMS, bert_tokenizer
+
+    from explorer.backends.language import wrap_model
+
+    tok = bert_tokenizer()
+    d = 64
+    config = tf.GPT2Config(
+        n_embd=d, n_layer=1, n_head=4, n_positions=512, vocab_size=len(tok),
+        bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    assert sum(p.numel() for p in model.parameters()) < MAX_TINY_PARAMS
+    gen = torch.Generator().manual_seed(1)
+    b = torch.randn(d, generator=gen)
+    b -= b.mean()
+    b /= b.norm()
+    rows = 3.0 * torch.randn(len(tok), d, generator=gen)
+    rows -= rows.mean(dim=1, keepdim=True)  # LayerNorm removes the mean over features
+    rows -= (rows @ b).unsqueeze(1) * b  # ordinary rows are orthogonal to b
+    vocab = tok.get_vocab()
+    unused = [i for p, i in vocab.items() if p.startswith("[unused")]
+    planted = [vocab[w] for w in PLANTED_WORDS]
+    for i in unused + planted:
+        noise = 0.3 * torch.randn(d, generator=gen)
+        rows[i] = -12.0 * b + noise - noise.mean()
+    with torch.no_grad():
+        model.transformer.wte.weight.copy_(rows)  # tied with the LM head
+        model.transformer.wpe.weight.zero_()
+        block = model.transformer.h[0]
+        for proj in (block.attn.c_proj, block.mlp.c_proj):
+            proj.weight.zero_()
+            proj.bias.zero_()
+        block.mlp.c_proj.bias.copy_(48.0 * b)
+    return wrap_model(model, tok, model_id="planted-gpt2"), planted
+
+
+def test_planted_untrained_rows_are_found_and_verified(tmp_path) -> None:
+    """Planted signal: the Magikarp indicator ranks the planted rows first, verification confirms
+    exactly them (p < 0.01), and the ordinary tokens ranked next are rejected (the model repeats them)."""
+    lm, planted = planted_lm()
+    n_verify = len(planted) + 8
+    r = atlas_api.run_vocab_health(
+        lm, n_verify=n_verify, map_points=0, gh_cluster_size=5000, gh_sample=3, db=False
+    )
+    c = r.columns
+    assert "named unused/reserved" in r.summary["reference"]["source"]
+    rank = np.asarray(c["candidate_rank"])
+    cands = np.flatnonzero(rank >= 0)
+    ordered = cands[np.argsort(rank[cands])]
+    assert set(ordered[: len(planted)].tolist()) == set(planted)
+    probs = np.asarray(c["max_prob"])
+    assert all(probs[i] < verify.VERIFIED for i in planted)
+    others = ordered[len(planted) :]
+    assert all(probs[i] > verify.WEAK_REJECT for i in others)
+    assert r.summary["magikarp"]["verified"] == len(planted)
+    assert r.summary["magikarp"]["strong_verified"] == len(planted)
+
+
+def test_cascade_gives_the_verdict_of_all_templates() -> None:
+    """Stopping a token's templates once one rejects it changes no verdict: the same tokens verify
+    as when every template runs and the maximum is taken over all of them."""
+    lm, planted = planted_lm()
+    tok = lm.tokenizer
+    ok = np.ones(len(tok), dtype=bool)
+    decoded = [tok.decode([i]) for i in range(len(tok))]
+    placeholder = verify.choose_placeholder(tok, decoded, ok)
+    templates = verify.build_templates(tok, placeholder, list(verify.TEMPLATES))
+    ids = planted[:4] + [2000, 2500, 3000, 3500]
+    every = np.max([verify.probe(lm, t, ids)[0] for t in templates], axis=0)
+    verifier = verify.Verifier(lm, templates)
+    cascade, _, names = verifier.verify(ids)
+    assert [verify.is_verified(p) for p in cascade] == [verify.is_verified(p) for p in every]
+    assert np.all(cascade <= every + 1e-9)
+    low = every <= verify.WEAK_REJECT
+    np.testing.assert_allclose(cascade[low], every[low], rtol=1e-6)
+    assert verifier.probed < len(ids) * len(templates)  # the rejected tokens stopped early
+    assert all(names)
+
+
+def test_unused_added_tokens_of_smollm2() -> None:
+    """SmolLM2's tokenizer has no unused bytes or [unused] placeholders, but 14 added code-data markers
+    (<file_sep>, <jupyter_code>, ...) that are neither BOS/EOS nor in its chat template."""
+    from transformers import AutoTokenizer
+
+    from explorer.analysis.atlas.vocab_tokens import unused_added_tokens
+    from explorer.backends.embedded import resolve_model_source
+    from explorer.config import Settings
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_source("smollm2-135m", Settings.from_env()))
+    ids = unused_added_tokens(tok)
+    assert ids == list(range(3, 17))
+    assert tok.convert_ids_to_tokens(5) == "<file_sep>"
+
+
+def test_encode_many_equals_the_tokenizer() -> None:
+    """The Rust batch encoder gives the tokenizer's own ids (BERT's backend pads to 128: dropped)."""
+    from conftest import bert_tokenizer
+
+    from explorer.analysis.atlas.vocab_tokens import encode_many
+
+    tok = bert_tokenizer()
+    texts = [tok.decode([i]) for i in range(1990, 2400, 7)] + ["naïve café", "x##ing", ""]
+    assert encode_many(tok, texts) == [list(ids) for ids in tok(texts, add_special_tokens=False).input_ids]

@@ -25,7 +25,7 @@ from explorer.analysis.attention import (
     sink_share,
 )
 from explorer.analysis.attention_math import attention_flow, attention_rollout, residual_augmented
-from explorer.attention_api import attention
+from explorer.api.attention import attention
 from explorer.errors import InputError
 
 PROMPT = "the cat sat on the mat. then it slept, quietly"

@@ -20,9 +20,9 @@ from explorer.analysis.attention_math import (
     attention_rollout,
     check_attention_tokens,
     residual_augmented,
+    rollout_rows,
     row_entropy,
 )
-from explorer.analysis.attribution.attention_based import rollout_after_last_block
 from explorer.errors import InputError
 
 EXPLORER = Path(__file__).resolve().parents[2] / "explorer"
@@ -66,7 +66,16 @@ def test_result_stays_on_the_input_device() -> None:
     assert attention_rollout(att).device.type == "meta"
     assert residual_augmented(att).device.type == "meta"
     assert row_entropy(att).device.type == "meta"
-    assert rollout_after_last_block(att).device.type == "meta"  # attention-based attribution
+    means = [torch.empty(5, 5, device="meta") for _ in range(2)]
+    assert rollout_rows(means, [4]).device.type == "meta"  # attention-based attribution
+
+
+def test_rollout_rows_equal_the_full_rollout() -> None:
+    """The row-vector rollout (attention-based attribution, long prompts) is the full product's rows."""
+    att = causal_attention(4, 3, 9, seed=2)
+    means = [torch.from_numpy(att[layer].mean(axis=0)).float() for layer in range(4)]
+    full = attention_rollout(att.astype(np.float32), 0.4)[-1]
+    np.testing.assert_allclose(rollout_rows(means, [8, 3], 0.4).numpy(), full[[8, 3]], atol=1e-6)
 
 
 def test_row_entropy_bounds() -> None:

@@ -34,7 +34,10 @@ CLI_CASES = [
     (["lens", "--prompt", "ok", "--target", SURROGATE, "--model", M], "surrogate"),
     (["lens", "--prompt", "ok", "--model", SURROGATE], "surrogate"),
     (["lens", "--prompt", HUGE, "--model", M], "characters long"),
-    (["lens", "--prompt", "hi " * 1000, "--model", M], "tokens long"),
+    (
+        ["lens", "--prompt", "hi " * 5000, "--model", M],
+        "tokens long",
+    ),  # > 4,096 tokens, < the character limit
     (["lens", "--prompt", "hi", "--top-k", "0", "--model", M], "top-k"),
     (["lens", "--prompt", "hi", "--top-k", "-5", "--model", M], "top-k"),
     (["lens", "--prompt", "hi", "--generate", "-1", "--model", M], "generate"),

@@ -88,7 +88,7 @@ def test_lens_generate_and_runs_and_export(tiny_dir, tmp_path, capsys) -> None:
     "args, message",
     [
         (["lens", "--prompt", ""], "empty"),
-        (["lens", "--prompt", "hi", "--top-k", "0"], "top-k"),
+        (["lens", "--prompt", "hi", "--top-k", "0"], "top_k"),
         (["lens", "--prompt", "hi", "--model", "/nonexistent/model/dir"], "does not exist"),
         (["lens", "--prompt", "hi", "--model", "no-such-org/no-such-model"], "not available"),
         (["export", "nope", "--format", "png"], "no run"),

@@ -51,13 +51,13 @@ def test_two_prompts_align_by_position_and_kinds_must_match(tiny_llama, tmp_stor
 
 
 def api_attention(lm, store):  # type: ignore[no-untyped-def]
-    from explorer.attention_api import attention
+    from explorer.api.attention import attention
 
     return attention(lm, "the cat sat", db=store)
 
 
 def test_attention_difference_is_antisymmetric(tiny_llama, tmp_store) -> None:
-    from explorer.attention_api import attention
+    from explorer.api.attention import attention
 
     a = attention(tiny_llama, "the cat sat on", db=tmp_store)
     b = attention(tiny_llama, "the dog sat on", db=tmp_store)

@@ -77,9 +77,9 @@ def test_allow_list_covers_vlms_tokenizers_and_the_vlm_probe(
     """Hub VLMs, the atlas tokenizer inspector and the "is this a VLM?" config probe all refuse a
     model outside the allow-list before reading any file of it."""
     from explorer.analysis.atlas.tokenizers import load_tokenizer
+    from explorer.api.vlm import is_vlm
     from explorer.backends.vlm import load_vlm
     from explorer.config import Settings
-    from explorer.vlm_api import is_vlm
 
     vlm_dir = tmp_path / "secret-vlm"
     vlm_dir.mkdir()

@@ -126,7 +126,7 @@ def test_batch_is_one_transaction(tiny_llama, tmp_store) -> None:
 
 
 def test_attribute_all_methods_is_one_transaction(tiny_llama, tmp_store, monkeypatch) -> None:
-    from explorer import attribution_api
+    from explorer.api import attribution as attribution_api
 
     calls: list[str] = []
     real = attribution_api.run_attribution

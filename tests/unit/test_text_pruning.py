@@ -214,9 +214,9 @@ def test_bad_input_raises_input_error(kwargs: dict[str, Any], message: str) -> N
 
 
 def test_api_stores_reopens_and_stores_nothing_on_bad_input(tmp_path: Path) -> None:
+    from explorer import prune_text as api_prune_text
     from explorer.api import load_run
-    from explorer.pruning_api import prune
-    from explorer.pruning_api import prune_text as api_prune_text
+    from explorer.api.pruning import prune
 
     lm = lm_of("llama")
     store = Store.open(tmp_path / "runs.duckdb")

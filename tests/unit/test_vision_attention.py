@@ -25,7 +25,7 @@ from explorer.analysis.vision_attention_result import (
     analyze_image_attention,
     image_sha256,
 )
-from explorer.attention_api import attention_image
+from explorer.api.attention import attention_image
 from explorer.backends.vision import Preprocessing, VisionModel, wrap_vision_model
 from explorer.cli import main
 from explorer.config import Settings

@@ -118,8 +118,8 @@ def test_bad_vista_parameters_are_refused(tiny_vlm: Any) -> None:  # noqa: F811
 
 
 def test_vlm_eval_on_two_scenes_stores_and_reopens(tiny_vlm: Any, tmp_store: Any) -> None:  # noqa: F811
+    from explorer.api.vlm import vlm_eval
     from explorer.vlm.vlm_eval import VLMEvalResult
-    from explorer.vlm_api import vlm_eval
 
     steering = VistaParams(vsv=True, lam=0.1, sla=True)
     r = vlm_eval(tiny_vlm, "all", n_scenes=2, batch_size=4, n_boot=200, vista=steering, db=tmp_store)
@@ -146,8 +146,8 @@ def test_vlm_eval_on_two_scenes_stores_and_reopens(tiny_vlm: Any, tmp_store: Any
 
 
 def test_vlm_eval_metrics_recompute_from_the_stored_samples(tiny_vlm: Any) -> None:  # noqa: F811
+    from explorer.api.vlm import vlm_eval
     from explorer.vlm import metrics as m
-    from explorer.vlm_api import vlm_eval
 
     r = vlm_eval(tiny_vlm, "pope", n_scenes=2, batch_size=3, n_boot=200, db=False)
     rows = [s for s in r.samples if s["qtype"] == "pope_random"]
@@ -157,7 +157,7 @@ def test_vlm_eval_metrics_recompute_from_the_stored_samples(tiny_vlm: Any) -> No
 
 
 def test_vlm_eval_bad_input_stores_nothing(tiny_vlm: Any, tmp_store: Any) -> None:  # noqa: F811
-    from explorer.vlm_api import vlm_eval
+    from explorer.api.vlm import vlm_eval
 
     for kwargs in (
         {"dataset": "coco"},
@@ -246,7 +246,7 @@ def test_tab_builds_and_reads_its_vista_controls(settings: Any) -> None:
 
 
 def test_vlm_eval_on_a_user_file(tiny_vlm: Any, tmp_store: Any, tmp_path: Any) -> None:  # noqa: F811
-    from explorer.vlm_api import vlm_eval
+    from explorer.api.vlm import vlm_eval
 
     _image(0).save(tmp_path / "a.png")
     (tmp_path / "rows.csv").write_text(

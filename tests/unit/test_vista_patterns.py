@@ -146,8 +146,8 @@ def test_ranks_match_the_models_own_logits_at_the_last_layer(tiny_vlm: Any) -> N
 
 
 def test_patterns_run_store_and_reopen(tiny_vlm: Any, tmp_store: Any) -> None:  # noqa: F811
+    from explorer.api.vlm import vista_patterns
     from explorer.plots import figures_for
-    from explorer.vlm_api import vista_patterns
 
     r = vista_patterns(tiny_vlm, n_scenes=2, max_new_tokens=6, n_boot=100, db=tmp_store)
     assert r.run_id and len(r.captions) == 2

@@ -13,7 +13,11 @@ UMAP here is UMAP with the cosine metric, made fast without changing what it loo
 
 umap-learn compiles with numba on first import (~17 s cold); it is imported here, inside the
 function, so `import explorer` stays light. `NUMBA_CACHE_DIR` defaults to `<cache_dir>/numba` so
-the compiled code is reused across processes (the first fit in a process still JIT-loads it).
+the compiled code is reused across processes. Even so, the first fit in a process compiles or loads
+the kernels it touches, and a map above 4,096 points touches more of them (the nearest-neighbour
+descent) than a small one: `warm_up_umap` runs one small fit that forces that path, so every kernel
+a map uses is ready. The app runs it in a background thread at start, `make run` / `make test` run
+it once to fill the disk cache, and `bench/atlas_umap.py` measures a 10,000-point fit after it.
 """
 
 from __future__ import annotations
@@ -116,6 +120,50 @@ def umap_epochs(n: int) -> int | None:
     return 200 if n > LARGE_MAP else None
 
 
+WARM_UP_POINTS = 600
+
+
+def _umap_fit(
+    data: np.ndarray,
+    metric: str,
+    n_neighbors: int,
+    min_dist: float,
+    seed: int,
+    epochs: int | None,
+    force_approximation: bool = False,
+) -> np.ndarray:
+    import warnings
+
+    import umap
+
+    n = data.shape[0]
+    reducer = umap.UMAP(
+        n_components=2,
+        metric=metric,
+        n_neighbors=n_neighbors,
+        min_dist=min_dist,
+        random_state=seed,
+        init="spectral" if n > 20 else "random",
+        n_epochs=epochs,
+        low_memory=True,
+        force_approximation_algorithm=force_approximation,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "n_jobs overridden by random_state", spectral-init fallbacks
+        return np.asarray(reducer.fit_transform(np.ascontiguousarray(data, dtype=np.float32)))
+
+
+def warm_up_umap(cache_dir: Path | None = None) -> float:
+    """Compile (or load from NUMBA_CACHE_DIR) every numba kernel a map fit uses, on 600 random unit
+    vectors of `PCA_DIMS` dimensions: the nearest-neighbour descent that maps above 4,096 points use
+    (forced here), the fuzzy graph, the spectral initialisation and the layout. Returns its seconds."""
+    t0 = time.perf_counter()
+    ensure_numba_cache(cache_dir)
+    x = unit_rows(np.random.default_rng(0).normal(size=(WARM_UP_POINTS, PCA_DIMS)).astype(np.float32))
+    _umap_fit(x, "euclidean", 15, 0.1, 0, umap_epochs(LARGE_MAP), force_approximation=True)
+    return time.perf_counter() - t0
+
+
 def fit_umap(
     x: np.ndarray, params: ProjectionParams, cache_dir: Path | None = None
 ) -> tuple[np.ndarray, dict[str, object]]:
@@ -127,10 +175,6 @@ def fit_umap(
             f"UMAP needs at least {MIN_UMAP_POINTS} points, got {n}: use a longer prompt, all layers, or PCA"
         )
     ensure_numba_cache(cache_dir)
-    import warnings
-
-    import umap
-
     info: dict[str, object] = {"n_neighbors": min(params.n_neighbors, n - 1)}
     if params.pca_dims:
         t0 = time.perf_counter()
@@ -147,19 +191,7 @@ def fit_umap(
         data, metric = x.astype(np.float32), "cosine"
         note = "UMAP with the cosine metric on the raw vectors (no PCA pre-reduction)."
     epochs = umap_epochs(n)
-    reducer = umap.UMAP(
-        n_components=2,
-        metric=metric,
-        n_neighbors=min(params.n_neighbors, n - 1),
-        min_dist=params.min_dist,
-        random_state=params.seed,
-        init="spectral" if n > 20 else "random",
-        n_epochs=epochs,
-        low_memory=True,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "n_jobs overridden by random_state", spectral-init fallbacks
-        coords = reducer.fit_transform(np.ascontiguousarray(data, dtype=np.float32))
+    coords = _umap_fit(data, metric, min(params.n_neighbors, n - 1), params.min_dist, params.seed, epochs)
     info.update(metric=metric, n_epochs=epochs or (500 if n <= 10_000 else 200), notes=[note])
     return np.asarray(coords, dtype=np.float32), info
 

@@ -219,6 +219,61 @@ def resolve_layer(layer: int | None, n_layers: int) -> int | None:
     return value
 
 
+DATASET_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+PROMPT_COLUMNS = ("prompt", "question")
+
+
+@dataclass
+class MapDataset:
+    """Rows of a sweep's dataset file: one prompt each, and the path of its image (or None)."""
+
+    prompts: list[str]
+    images: list[Path | None]
+
+
+def read_map_dataset(path: str | Path, max_rows: int = MAX_PROMPTS) -> MapDataset:
+    """A JSONL / CSV / Parquet file with a `prompt` (or `question`) column and an optional `image`
+    column (paths relative to the file) -> its rows, every one checked before anything runs."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise InputError(f"dataset file {file} does not exist")
+    fmt = DATASET_FORMATS.get(file.suffix.lower())
+    if fmt is None:
+        raise InputError(f"dataset file {file}: unknown format {file.suffix!r}; use .jsonl, .csv or .parquet")
+    from explorer.table_files import read_table
+
+    table = read_table(file, fmt)
+    column = next((c for c in PROMPT_COLUMNS if c in table.column_names), None)
+    if column is None:
+        raise InputError(
+            f"{file} has no 'prompt' or 'question' column (found: {', '.join(table.column_names) or 'none'})"
+        )
+    if table.num_rows == 0:
+        raise InputError(f"{file} has no rows")
+    if table.num_rows > max_rows:
+        raise InputError(f"{file} has {table.num_rows} rows; a map takes at most {max_rows}")
+    prompts: list[str] = []
+    images: list[Path | None] = []
+    has_image = "image" in table.column_names
+    for i, row in enumerate(table.to_pylist(), start=1):
+        text = row.get(column)
+        if text is None or not str(text).strip():
+            raise InputError(f"{file} row {i}: the column {column!r} is empty")
+        prompts.append(str(text))
+        value = row.get("image") if has_image else None
+        if value is None or not str(value).strip():
+            images.append(None)
+            continue
+        image = Path(str(value).strip()).expanduser()
+        image = image if image.is_absolute() else file.parent / image
+        if not image.is_file():
+            raise InputError(f"{file} row {i}: image {value!r} not found (looked at {image})")
+        images.append(image)
+    if has_image and any(im is None for im in images) and any(im is not None for im in images):
+        raise InputError(f"{file}: some rows have an image and some do not; a map takes one kind of input")
+    return MapDataset(prompts, images)
+
+
 def clean_prompts(prompts: str | list[str] | tuple[str, ...]) -> list[str]:
     items = [prompts] if isinstance(prompts, str) else list(prompts)
     items = [p for p in items if p is not None and p.strip()]
@@ -270,8 +325,9 @@ def token_map(
 ) -> TokenMapResult:
     """Capture the residual stream of every prompt and project the chosen layer(s) to 2-D.
 
-    `lm` is a `LanguageModel`, or a `VisionLanguageModel` with `image` (a PIL image or None): then
-    each prompt is fed with the image, and the visual tokens are mapped with the text tokens."""
+    `lm` is a `LanguageModel`, or a `VisionLanguageModel` with `image` (a PIL image, one per prompt
+    in a list, or None): then each prompt is fed with its image, and the visual tokens are mapped
+    with the text tokens."""
     from explorer.trace import capture, encode
 
     t0 = time.perf_counter()
@@ -281,7 +337,8 @@ def token_map(
     vlm = _is_vlm(lm)
     encoder = _is_sentence_encoder(lm)
     if vlm:
-        inputs = [lm.prepare(p, image, max_tokens) for p in prompts]
+        pictures = image if isinstance(image, list) else [image] * len(prompts)
+        inputs = [lm.prepare(p, im, max_tokens) for p, im in zip(prompts, pictures, strict=True)]
         lengths = [x.seq_len for x in inputs]
     elif encoder:
         hidden = [lm.hidden_states(p, max_tokens) for p in prompts]  # one pass each, cheap (6 layers)

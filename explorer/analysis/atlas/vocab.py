@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from explorer.analysis.atlas import verify as _verify
 from explorer.analysis.atlas.projection import ProjectionParams, fit_umap, unit_rows
-from explorer.analysis.atlas.vocab_tokens import analyse_tokenizer
+from explorer.analysis.atlas.vocab_tokens import analyse_tokenizer, unused_added_tokens
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
 from explorer.results import register_result
@@ -37,14 +37,15 @@ GH_P0 = 0.25  # null hypothesis: at most a quarter of a cluster is glitchy
 GH_ALPHA = 0.1
 GH_MAX_ROUNDS = 3
 FALLBACK_REFERENCE = 20
+MAX_ADDED_REFERENCE = 256  # unused added tokens confirmed by prompting (at most this many)
 
 
 @dataclass(frozen=True)
 class VocabParams:
     n_verify: int = 300
-    map_points: int = 5000
-    gh_cluster_size: int = 200
-    gh_sample: int = 4
+    map_points: int = 4000  # up to 4,096 points UMAP finds neighbours exactly, without the descent kernels
+    gh_cluster_size: int = 600
+    gh_sample: int = 3
     steps: int = 3
     seed: int = 0
 
@@ -231,6 +232,70 @@ def glitchhunter(
     return current, cluster, screened, rounds
 
 
+Check = dict[int, tuple[float, list[int], str]]
+
+
+def _confirm(verifier: _verify.Verifier, ids: list[int], check: Check) -> list[int]:
+    """The ids the model cannot repeat (verified by prompting); every result goes into `check`."""
+    best, outs, names = verifier.verify(ids)
+    for tid, p, out, name in zip(ids, best.tolist(), outs, names, strict=True):
+        check[tid] = (p, out, name)
+    return [tid for tid, p in zip(ids, best.tolist(), strict=True) if _verify.is_verified(p)]
+
+
+def _reference(
+    lm: Any, tok: Any, embed_norm: np.ndarray, verifier: _verify.Verifier, notes: list[str]
+) -> tuple[np.ndarray, str, Check]:
+    """Known-unused reference ids (the paper's section 2.2), where they come from, and the
+    verification results of references that had to be confirmed by prompting.
+
+    1. From the tokenizer, as in the paper's registry (never-UTF-8 bytes, rows beyond the tokenizer,
+       tokens named unused/reserved): taken as they are.
+    2. Else added special tokens with no declared use (`unused_added_tokens`), kept if the model
+       cannot repeat them: the paper's "reserved tokens never used in training", confirmed the way
+       the paper's registry confirmed StarCoder2's references (candidates found by another indicator,
+       then checked).
+    3. Else the smallest-norm tokens, kept if they verify (a deviation, stated in the notes)."""
+    n_rows = embed_norm.shape[0]
+    reference = np.asarray(tok.reference, dtype=np.int64)
+    if reference.size:
+        return reference, str(tok.reference_source), {}
+    check: Check = {}
+    added = [i for i in unused_added_tokens(lm.tokenizer) if i < n_rows][:MAX_ADDED_REFERENCE]
+    if added:
+        kept = _confirm(verifier, added, check)
+        dropped = [tok.decoded[i] for i in added if i not in set(kept)]
+        if kept:
+            source = (
+                f"{len(kept)} of the tokenizer's {len(added)} added special tokens with no declared use (not BOS, "
+                "EOS, PAD or UNK, not written by the chat template) that the model cannot repeat (verified, max "
+                f"probability < {_verify.VERIFIED})"
+                + (f"; dropped as the model repeats them: {dropped}" if dropped else "")
+            )
+            return np.asarray(kept, dtype=np.int64), source, check
+    candidates_pool = np.flatnonzero(np.array([c == "ok" for c in tok.category]))
+    fallback = candidates_pool[np.argsort(embed_norm[candidates_pool], kind="stable")[:FALLBACK_REFERENCE]]
+    kept = _confirm(verifier, fallback.tolist(), check)
+    if kept:
+        source = (
+            f"fallback: {len(kept)} of the {FALLBACK_REFERENCE} tokens with the smallest input-embedding norm that "
+            "the model cannot repeat"
+        )
+        reference = np.asarray(kept, dtype=np.int64)
+    else:
+        source = (
+            f"fallback: the {FALLBACK_REFERENCE} tokens with the smallest input-embedding norm (none of them "
+            "verifies: the indicator is unreliable here)"
+        )
+        reference = fallback
+    notes.append(
+        "No known-unused tokens (never-UTF-8 bytes, rows beyond the tokenizer, unused/reserved placeholders, "
+        "unused added tokens) exist here, so the reference is " + source + " (a deviation: the paper uses "
+        "known-unused tokens)."
+    )
+    return reference, source, check
+
+
 def vocab_health(
     lm: Any,
     *,
@@ -252,29 +317,21 @@ def vocab_health(
 
     t1 = time.perf_counter()
     embed_norm = np.linalg.norm(embed, axis=1)
-    reference = np.asarray(tok.reference, dtype=np.int64)
-    reference_source = tok.reference_source
-    if reference.size == 0:
-        candidates_pool = np.flatnonzero(~tok.special)
-        reference = candidates_pool[
-            np.argsort(embed_norm[candidates_pool], kind="stable")[:FALLBACK_REFERENCE]
-        ]
-        reference_source = (
-            f"none known in this tokenizer; fallback: the {FALLBACK_REFERENCE} non-special tokens with the "
-            "smallest input-embedding norm"
-        )
-        notes.append(
-            "No known-unused tokens (never-UTF-8 bytes, rows beyond the tokenizer, unused/reserved "
-            "placeholders) exist here, so the reference is the {FALLBACK_REFERENCE} tokens with the "
-            "smallest embedding norm (a deviation: the paper uses known-unused tokens)."
-        )
+    ok = np.array([c == "ok" for c in tok.category])
+    placeholder = _verify.choose_placeholder(lm.tokenizer, tok.decoded, ok)
+    templates = _verify.build_templates(lm.tokenizer, placeholder, list(_verify.TEMPLATES))
+    if len(templates) < len(_verify.TEMPLATES):
+        notes.append(f"Verification templates usable with this tokenizer: {[t.name for t in templates]}.")
+    verifier = _verify.Verifier(lm, templates, steps=params.steps)
+    reference, reference_source, reference_check = _reference(lm, tok, embed_norm, verifier, notes)
+    timings["reference_s"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
     no_pc = remove_first_pc(unembed.astype(np.float64))
     indicator = cosine_distance(no_pc, no_pc[reference].mean(axis=0))
     plain = cosine_distance(unembed.astype(np.float64), unembed[reference].mean(axis=0).astype(np.float64))
     timings["indicators_s"] = time.perf_counter() - t1
 
     # Magikarp candidates: round-tripping, non-special, not in the reference set; lowest indicator first
-    ok = np.array([c == "ok" for c in tok.category])
     eligible = ok.copy()
     eligible[reference] = False
     pool = np.flatnonzero(eligible)
@@ -282,44 +339,35 @@ def vocab_health(
     candidate_rank = np.full(n_rows, -1, dtype=np.int64)
     candidate_rank[candidates] = np.arange(candidates.size)
 
-    placeholder = _verify.choose_placeholder(lm.tokenizer, tok.decoded, ok)
-    templates = _verify.build_templates(lm.tokenizer, placeholder, list(_verify.TEMPLATES))
-    if len(templates) < len(_verify.TEMPLATES):
-        notes.append(f"Verification templates usable with this tokenizer: {[t.name for t in templates]}.")
-
     t1 = time.perf_counter()
     max_prob = np.full(n_rows, np.nan)
     output = [""] * n_rows
+    best_template = [""] * n_rows
 
     def verify_full(ids: np.ndarray, frac0: float, frac1: float, label: str) -> None:
         if ids.size == 0:
             return
-        best = np.zeros(ids.size)
-        outs: list[list[int]] = [[] for _ in ids]
-        for ti, template in enumerate(templates):
-            say(frac0 + (frac1 - frac0) * ti / len(templates), f"{label}: template {template.name}")
-            probs, gen = _verify.probe(lm, template, ids.tolist(), steps=params.steps)
-            better = probs >= best
-            best = np.maximum(best, probs)
-            for j in np.flatnonzero(better):
-                outs[j] = gen[j]
+
+        def step(frac: float, message: str) -> None:
+            say(frac0 + (frac1 - frac0) * frac, f"{label}: {message}")
+
+        best, outs, names = verifier.verify(ids.tolist(), progress=step)
         max_prob[ids] = best
         for k, tid in enumerate(ids.tolist()):
             output[tid] = str(lm.tokenizer.decode(outs[k]))
+            best_template[tid] = names[k]
 
+    for tid, (p, out, name) in reference_check.items():
+        max_prob[tid], output[tid], best_template[tid] = p, str(lm.tokenizer.decode(out)), name
     verify_full(candidates, 0.1, 0.5, f"Verifying {candidates.size} Magikarp candidates")
     timings["verify_magikarp_s"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
     say(0.5, "GlitchHunter-style clustering")
-    screen_template = next((t for t in templates if t.name == "repeats"), templates[0])
-
-    def screen(ids: np.ndarray) -> np.ndarray:
-        probs, _ = _verify.probe(lm, screen_template, ids.tolist(), steps=params.steps)
-        return probs
-
     rng = np.random.default_rng(params.seed)
-    flagged, gh_cluster, gh_screen, rounds = glitchhunter(unit_rows(embed), pool, screen, params, rng)
+    flagged, gh_cluster, gh_screen, rounds = glitchhunter(
+        unit_rows(embed), pool, verifier.screen, params, rng
+    )
     gh_flag = np.zeros(n_rows, dtype=bool)
     gh_flag[flagged] = True
     timings["glitchhunter_s"] = time.perf_counter() - t1
@@ -330,11 +378,11 @@ def vocab_health(
     verify_full(check, 0.7, 0.85, f"Verifying {check.size} GlitchHunter tokens")
     timings["verify_glitchhunter_s"] = time.perf_counter() - t1
 
-    verified = np.flatnonzero(~np.isnan(max_prob) & (max_prob <= _verify.WEAK_REJECT))
+    verified = np.flatnonzero(~np.isnan(max_prob) & (max_prob < _verify.VERIFIED))
     mk_verified = set(verified[candidate_rank[verified] >= 0].tolist())
     gh_set = set(flagged.tolist())
     gh_checked = [i for i in flagged.tolist() if not np.isnan(max_prob[i])]
-    gh_verified = {i for i in gh_checked if max_prob[i] <= _verify.WEAK_REJECT}
+    gh_verified = {i for i in gh_checked if _verify.is_verified(max_prob[i])}
     union = mk_verified | gh_verified
     statuses = ["" if np.isnan(p) else _verify.status(float(p)) for p in max_prob]
 
@@ -366,6 +414,7 @@ def vocab_health(
             "n": int(reference.size),
             "source": reference_source,
             "tokens": [tok.decoded[i] for i in reference[:20].tolist()],
+            "checked_by_prompting": len(reference_check),
         },  # fmt: skip
         "indicator": "cosine distance of the unembedding row from the mean reference row, first PC removed",
         "placeholder": tok.decoded[placeholder],
@@ -390,16 +439,22 @@ def vocab_health(
             "magikarp_verified_flagged_by_glitchhunter": len(mk_verified & gh_set),
         },
         "timings": {k: round(v, 2) for k, v in timings.items()},
+        "prompts_run": verifier.probed,
     }
     notes.append(
-        "Verification prompts: the paper's three templates with fewer repetitions (3 and 10 instead of 20 and "
-        f"50); max probability over {params.steps} greedy steps; verified = max probability ≤ {_verify.WEAK_REJECT} "
-        f"(strong < {_verify.STRONG_VERIFY})."
+        "Verification prompts: the paper's three templates as plain text (no chat template, as in the paper's "
+        f"code) with fewer repetitions ({_verify.REPETITIONS['repeats']} and {_verify.REPETITIONS['input_output']} "
+        f"instead of {_verify.PAPER_REPETITIONS['repeats']} and {_verify.PAPER_REPETITIONS['input_output']}); the "
+        f"highest probability of the token over {params.steps} greedy steps, maximised over the templates; verified "
+        f"= max probability < {_verify.VERIFIED} (the paper's threshold; strongly < {_verify.STRONG_VERIFY}). "
+        f"Templates run cheapest first and a token stops once one gives it more than {_verify.WEAK_REJECT} (its "
+        "verdict is then final; the recorded maximum is a lower bound)."
     )
     notes.append(
         "GlitchHunter-style: k-means on unit-normalised input embeddings instead of Leiden communities of a "
         f"k-NN graph; clusters kept when a one-sided binomial test rejects 'glitch rate ≤ {GH_P0}' at "
-        f"α = {GH_ALPHA} on {params.gh_sample} sampled tokens (repetition probe 'repeats')."
+        f"α = {GH_ALPHA} on {params.gh_sample} sampled tokens (screened by the same verification as Magikarp's "
+        "instead of the paper's repetition tasks)."
     )
     if params.map_points:
         notes.append(

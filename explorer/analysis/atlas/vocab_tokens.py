@@ -9,6 +9,10 @@ UTF-8 bytes contain the token's bytes.
 Reference ("known unused") tokens for the embedding indicators come from the tokenizer, as in the
 paper's registry: byte tokens for bytes that never occur in UTF-8 (0xC0, 0xC1, 0xF5-0xFF), rows
 beyond the tokenizer's vocabulary, and placeholder tokens named unused/reserved ("[unused12]").
+Tokenizers with none of those often carry added special tokens that the model never uses (code-data
+markers such as "<file_sep>" inherited from another tokenizer): `unused_added_tokens` lists the added
+tokens that are neither the model's BOS/EOS/PAD/UNK/... nor written by its chat template, for the
+caller to confirm by prompting.
 """
 
 from __future__ import annotations
@@ -169,6 +173,19 @@ def _completions(raw: bytes) -> list[str]:
     return [left + middle + right for left in lefts for right in rights]
 
 
+def encode_many(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Ids of each text without special tokens: the fast tokenizer's Rust batch encoder when there is
+    one (the same ids, without transformers' per-text Python conversion; padding a backend may be set
+    to add is dropped by its attention mask), else the tokenizer itself."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [
+            [i for i, keep in zip(enc.ids, enc.attention_mask, strict=True) if keep]
+            for enc in backend.encode_batch(texts, add_special_tokens=False)
+        ]
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids]
+
+
 def analyse_tokenizer(tokenizer: Any, n_rows: int) -> TokenizerAnalysis:
     """Categorise every id in 0..n_rows-1 (the model's vocabulary rows)."""
     n_tok = min(len(tokenizer), n_rows)
@@ -177,7 +194,7 @@ def analyse_tokenizer(tokenizer: Any, n_rows: int) -> TokenizerAnalysis:
     decoded = [str(tokenizer.decode([i])) for i in range(n_tok)] + [""] * (n_rows - n_tok)
     raws = [token_bytes(tokenizer, i, byte_level) for i in range(n_tok)] + [b""] * (n_rows - n_tok)
     pieces = [str(p) for p in tokenizer.convert_ids_to_tokens(list(range(n_tok)))]
-    encoded = tokenizer(decoded[:n_tok], add_special_tokens=False).input_ids
+    encoded = encode_many(tokenizer, decoded[:n_tok])
     round_trip = np.zeros(n_rows, dtype=bool)
     reachable = np.zeros(n_rows, dtype=bool)
     for i, ids in enumerate(encoded):
@@ -203,7 +220,7 @@ def analyse_tokenizer(tokenizer: Any, n_rows: int) -> TokenizerAnalysis:
                     texts.append(pre + base + post)
                     owners.append(i)
         if texts:
-            for i, ids in zip(owners, tokenizer(texts, add_special_tokens=False).input_ids, strict=True):
+            for i, ids in zip(owners, encode_many(tokenizer, texts), strict=True):
                 if i in ids:
                     reachable[i] = True
     reachable[special] = True  # special tokens are reachable through their literal text
@@ -231,6 +248,28 @@ def analyse_tokenizer(tokenizer: Any, n_rows: int) -> TokenizerAnalysis:
         reference=reference,
         reference_source=source,
     )
+
+
+def unused_added_tokens(tokenizer: Any) -> list[int]:
+    """Added (special) tokens the model has no declared use for: not one of its named special tokens
+    (BOS, EOS, PAD, UNK, SEP, CLS, MASK) and not written by its chat template."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    named = set()
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "sep_token_id",
+                 "cls_token_id", "mask_token_id"):  # fmt: skip
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            named.add(value)
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if not isinstance(template, str):
+        template = " ".join(str(t) for t in (template.values() if isinstance(template, dict) else template))
+    out = []
+    for i, tok in added.items():
+        content = str(getattr(tok, "content", tok))
+        if int(i) in named or not content.strip() or content in template:
+            continue
+        out.append(int(i))
+    return sorted(out)
 
 
 def reference_tokens(tokenizer: Any, raws: list[bytes], n_tok: int, n_rows: int) -> tuple[list[int], str]:

@@ -19,20 +19,23 @@ import torch
 from explorer.analysis import attention_math
 from explorer.analysis.attribution.gradients import NoParams
 from explorer.analysis.attribution.task import AttributionTask
-from explorer.backends.language import LanguageModel, capture
+from explorer.backends.language import LanguageModel
 from explorer.errors import InputError
 
 
-def _attentions(lm: LanguageModel, task: AttributionTask) -> torch.Tensor:
-    """(L, H, T, T) attention patterns over context + target[:-1]."""
+def _head_means(lm: LanguageModel, task: AttributionTask, last_only: bool = False) -> list[torch.Tensor]:
+    """Each layer's attention over context + target[:-1], mean over heads: (T, T) per layer.
+
+    Read layer by layer (`attention_pass`), so a long prompt never holds every head's matrix
+    (n_layers x n_heads x T^2); `last_only` runs the pass up to the last block and keeps it alone."""
     if task.foil_ids is not None:
-        raise InputError("attention-based scores do not support contrastive attribution (--contrast)")
+        raise InputError("attention-based scores do not support contrastive attribution (contrast)")
     # The context is already bounded by the prompt limit (Settings.max_prompt_tokens, in build_task).
     ids = torch.cat([task.context_ids.cpu(), task.target_ids.cpu()[:-1]])
-    trace = capture(lm, ids, attentions=True)
-    if trace.attentions is None:
-        raise RuntimeError("the model returned no attentions")
-    return trace.attentions
+    means: list[torch.Tensor] = []
+    layers = [lm.n_layers - 1] if last_only else None
+    lm.attention_pass(ids, lambda layer, w: means.append(w.mean(dim=0)), layers=layers)
+    return means
 
 
 def _query_rows(task: AttributionTask) -> slice:
@@ -43,7 +46,7 @@ def last_layer_attention(
     lm: LanguageModel, task: AttributionTask, params: NoParams, seed: int = 0
 ) -> tuple[torch.Tensor, dict[str, Any], list[str]]:
     """Mean over heads of the last layer's attention from the predicting positions: (P,) >= 0."""
-    att = _attentions(lm, task)[-1].mean(dim=0)  # (T, T)
+    att = _head_means(lm, task, last_only=True)[-1]  # (T, T)
     rows = att[_query_rows(task), : task.n_context]  # (K, P)
     return rows.mean(dim=0).float().cpu(), {}, []
 
@@ -52,11 +55,7 @@ def rollout_scores(
     lm: LanguageModel, task: AttributionTask, params: NoParams, seed: int = 0
 ) -> tuple[torch.Tensor, dict[str, Any], list[str]]:
     """Attention rollout with residual mixing 0.5 (`attention_math.attention_rollout`): (P,) >= 0."""
-    rollout = rollout_after_last_block(_attentions(lm, task))  # (T, T), on the model's device
-    rows = rollout[_query_rows(task), : task.n_context]
+    query = _query_rows(task)
+    rollout = attention_math.rollout_rows(_head_means(lm, task), range(query.start, query.stop))  # (K, T)
+    rows = rollout[:, : task.n_context]
     return rows.mean(dim=0).float().cpu(), {}, []
-
-
-def rollout_after_last_block(attentions: torch.Tensor) -> torch.Tensor:
-    """(L, H, T, T) -> (T, T) float64: the rollout after the last block."""
-    return attention_math.attention_rollout(attentions)[-1]

@@ -55,6 +55,7 @@ from explorer.errors import InputError
 
 METRICS = ("soft_nc", "soft_ns", "comprehensiveness", "sufficiency")
 MAX_ROWS_PER_FORWARD = 32
+MAX_TOKENS_PER_FORWARD = 8192  # rows x tokens per pass, so a 4,096-token prompt runs 2 rows at a time
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,11 @@ def top_fraction_mask(scores: torch.Tensor, fraction: float) -> torch.Tensor:
 def target_probs(lm: LanguageModel, task: AttributionTask, embeds: torch.Tensor) -> torch.Tensor:
     """p(target | each context) for embeds (B, P, d) -> (B,) float64, chunked."""
     out = []
-    with torch.inference_mode(), lm.lock:
-        for start in range(0, embeds.shape[0], MAX_ROWS_PER_FORWARD):
-            lp = continuation_logprob_embeds(
-                lm, embeds[start : start + MAX_ROWS_PER_FORWARD], task.target_ids
-            )
+    tokens = embeds.shape[1] + task.n_target
+    rows = max(1, min(MAX_ROWS_PER_FORWARD, MAX_TOKENS_PER_FORWARD // tokens))  # long prompts: fewer rows
+    with torch.inference_mode(), lm.lock, lm.memory_efficient_attention():
+        for start in range(0, embeds.shape[0], rows):
+            lp = continuation_logprob_embeds(lm, embeds[start : start + rows], task.target_ids)
             out.append(lp.double().exp().cpu())
     return torch.cat(out)
 

@@ -30,8 +30,10 @@ from explorer.analysis.attribution.task import (
 from explorer.backends.language import LanguageModel
 from explorer.errors import InputError
 
-# Memory budget: an IG chunk holds internal_batch_size x P x d activations for every layer.
-MAX_GRADIENT_TOKENS = 1024
+# Memory budget: a gradient pass keeps every layer's activations for each of its batch x T
+# tokens, so a batch holds at most this many tokens (IG's internal batch and occlusion's
+# perturbations per pass shrink for long prompts; a 4,096-token prompt runs one row at a time).
+GRADIENT_BATCH_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,10 @@ class NoParams:
         return {}
 
 
-def _check_budget(task: AttributionTask) -> None:
+def _rows_per_pass(task: AttributionTask, wanted: int) -> int:
+    """Rows per batched pass: `wanted`, fewer when rows x tokens would exceed GRADIENT_BATCH_TOKENS."""
     total = task.n_context + task.n_target - 1
-    if total > MAX_GRADIENT_TOKENS:
-        raise InputError(
-            f"the prompt plus target is {total} tokens; gradient methods keep every layer's activations for "
-            f"backpropagation and are limited to {MAX_GRADIENT_TOKENS} tokens here"
-        )
+    return max(1, min(wanted, GRADIENT_BATCH_TOKENS // max(1, total)))
 
 
 def _forward(lm: LanguageModel, task: AttributionTask):  # type: ignore[no-untyped-def]
@@ -100,9 +99,8 @@ def saliency(
     """Gradient norm per token: (P,) >= 0."""
     from captum.attr import Saliency
 
-    _check_budget(task)
     emb = context_embeddings(lm, task).unsqueeze(0)
-    with lm.frozen_weights():
+    with lm.frozen_weights(), lm.memory_efficient_attention():
         attr = Saliency(_forward(lm, task)).attribute(emb, abs=False)
     return attr[0].float().norm(dim=-1).detach().cpu(), {}, []
 
@@ -113,9 +111,8 @@ def input_x_gradient(
     """Embedding . gradient per token: (P,), signed."""
     from captum.attr import InputXGradient
 
-    _check_budget(task)
     emb = context_embeddings(lm, task).unsqueeze(0)
-    with lm.frozen_weights():
+    with lm.frozen_weights(), lm.memory_efficient_attention():
         attr = InputXGradient(_forward(lm, task)).attribute(emb)
     return attr[0].float().sum(dim=-1).detach().cpu(), {}, []
 
@@ -139,17 +136,16 @@ def integrated_gradients(
     from captum.attr import IntegratedGradients
 
     params.validate()
-    _check_budget(task)
     emb = context_embeddings(lm, task).unsqueeze(0)
     total = torch.zeros_like(emb)
-    with lm.frozen_weights():
+    with lm.frozen_weights(), lm.memory_efficient_attention():
         ig = IntegratedGradients(_forward(lm, task))
         for a, b, share in IG_SEGMENTS:
             total = total + ig.attribute(
                 b * emb,
                 baselines=a * emb,
                 n_steps=max(2, round(share * params.n_steps)),
-                internal_batch_size=params.internal_batch_size,
+                internal_batch_size=_rows_per_pass(task, params.internal_batch_size),
             )
         with torch.no_grad():
             gap = objective_embeds(lm, task, torch.cat([emb, torch.zeros_like(emb)]))
@@ -168,11 +164,11 @@ def occlusion(
     emb = context_embeddings(lm, task).unsqueeze(0)
     p, d = emb.shape[1], emb.shape[2]
     feature_mask = torch.arange(p, device=emb.device).view(1, p, 1).expand(1, p, d)
-    with torch.no_grad(), lm.lock:
+    with torch.no_grad(), lm.lock, lm.memory_efficient_attention():
         attr = FeatureAblation(_forward(lm, task)).attribute(
             emb,
             baselines=0.0,
             feature_mask=feature_mask,
-            perturbations_per_eval=params.perturbations_per_eval,
+            perturbations_per_eval=_rows_per_pass(task, params.perturbations_per_eval),
         )
     return attr[0, :, 0].float().detach().cpu(), {}, []

@@ -44,7 +44,7 @@ Implementation notes (ours, not the paper's):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,6 +53,7 @@ from explorer.analysis.attribution.replacement import REPLACEMENTS, Sampler, bui
 from explorer.analysis.attribution.task import AttributionTask, continuation_logprob_ids
 from explorer.backends.language import LanguageModel
 from explorer.errors import InputError
+from explorer.params import params_json
 
 # Where ReAGent here departs from the paper (Zhao & Shan 2024) and the authors' code; shown in the
 # Attribution tab, the README and the JSON (`deviations`) of every ReAGent result.
@@ -71,6 +72,9 @@ DEVIATIONS: tuple[str, ...] = (
 MAX_PROBES = 256
 MAX_STEPS = 10_000
 EPS = 1e-6
+# Rows x tokens per batched probe pass: 16 probe rows of a 128-token prompt go in one pass, a
+# 4,096-token prompt goes one or two rows at a time (memory stays bounded at any length).
+PROBE_BATCH_TOKENS = 8192
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ class ReagentParams:
             raise InputError(f"candidates must be between 1 and 64, got {self.candidates}")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return params_json(self)
 
 
 def rational_size(n_context: int, keep_top_n: int, max_keep_ratio: float) -> int:
@@ -163,10 +167,22 @@ def reagent(
     keep_n = rational_size(p, params.keep_top_n, params.max_keep_ratio)
     target = task.target_ids.cpu()
 
+    rows_per_pass = max(1, PROBE_BATCH_TOKENS // (p + int(target.numel())))
+
     def run(batch: torch.Tensor, need_hit: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        with torch.inference_mode(), lm.lock:
-            lp, hit = continuation_logprob_ids(lm, batch, target, top_k=params.stop_top_k if need_hit else 0)
-        return lp.cpu(), (hit.cpu() if hit is not None else None)
+        """log p(target) (and the stopping check) of each row; rows x tokens per pass bounded by
+        PROBE_BATCH_TOKENS, fused attention (no (rows, heads, T, T) weights: long prompts fit)."""
+        lps, hits = [], []
+        with torch.inference_mode(), lm.lock, lm.memory_efficient_attention():
+            for start in range(0, batch.shape[0], rows_per_pass):
+                chunk = batch[start : start + rows_per_pass]
+                lp, hit = continuation_logprob_ids(
+                    lm, chunk, target, top_k=params.stop_top_k if need_hit else 0
+                )
+                lps.append(lp.cpu())
+                if hit is not None:
+                    hits.append(hit.cpu())
+        return torch.cat(lps), (torch.cat(hits) if hits else None)
 
     base_lp, _ = run(ctx.unsqueeze(0), False)
     p_orig = float(base_lp.exp()[0])

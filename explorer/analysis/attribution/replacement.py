@@ -87,6 +87,30 @@ def _special_ids(tokenizer: Any) -> set[int]:
     return {int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])}
 
 
+def causal_rerank_fits(n_tokens: int, pool: int = 8) -> bool:
+    """Whether re-ranking `pool` candidates per token by whole-sequence likelihood fits the budget
+    (pool x P sequences of P tokens); longer prompts use the left context's predictions alone."""
+    return pool * n_tokens * n_tokens <= CAUSAL_RERANK_BUDGET
+
+
+def _left_context_candidates(
+    lm: LanguageModel, logits: torch.Tensor, pools: list[list[int]], candidates: int
+) -> CandidateTable:
+    """Each position's first `candidates` pool entries, weights = softmax of their next-token
+    logits from the left context (position 0, which has none, gets uniform weights)."""
+    p = len(pools)
+    ids = torch.zeros(p, candidates, dtype=torch.long)
+    weights = torch.zeros(p, candidates)
+    for i, pool_i in enumerate(pools):
+        chosen = (pool_i * candidates)[:candidates]  # repeat when the pool is short
+        ids[i] = torch.tensor(chosen)
+        if i == 0:
+            weights[i] = 1.0 / candidates
+        else:
+            weights[i] = torch.softmax(logits[i - 1, ids[i]], dim=0)
+    return CandidateTable(ids=ids, probs=weights, label=f"causal:{lm.model_id}")
+
+
 def causal_candidates(
     lm: LanguageModel, context_ids: torch.Tensor, candidates: int = 4, pool: int = 8
 ) -> CandidateTable:
@@ -99,12 +123,7 @@ def causal_candidates(
     """
     p = int(context_ids.shape[0])
     pool = max(pool, candidates)
-    if pool * p * p > CAUSAL_RERANK_BUDGET:
-        raise InputError(
-            f"the prompt is {p} tokens; ReAGent's causal-LM replacement re-ranks {pool} candidates per token over "
-            f"the whole sequence ({pool * p * p:,} token positions, budget {CAUSAL_RERANK_BUDGET:,}). Use a prompt "
-            f"of at most {int((CAUSAL_RERANK_BUDGET / pool) ** 0.5)} tokens, or replacement='uniform' / an MLM"
-        )
+    rerank = causal_rerank_fits(p, pool)
     special = _special_ids(lm.tokenizer)
     with torch.inference_mode():
         logits = lm.forward(context_ids.unsqueeze(0)).logits[0].float().cpu()
@@ -131,6 +150,8 @@ def causal_candidates(
                 if c not in union and c != int(context_ids[0]):
                     union.append(c)
         pools[0] = union[:pool] if union else [int((int(context_ids[0]) + 1) % lm.vocab_size)]
+    if not rerank:  # a long prompt: the left context's predictions, weighted by their logits
+        return _left_context_candidates(lm, logits, pools, candidates)
     # whole-sequence likelihood of every (position, candidate) variant
     variants = []
     owners = []
@@ -216,6 +237,16 @@ def mlm_candidates(
     return CandidateTable(ids=ids, probs=weights, label=f"mlm:{mlm.name}")
 
 
+def _note_long_causal(context_ids: torch.Tensor, notes: list[str]) -> None:
+    p = int(context_ids.shape[0])
+    if not causal_rerank_fits(p):
+        notes.append(
+            f"replacement candidates: the prompt is {p} tokens, too long to re-rank candidates by whole-sequence "
+            "likelihood (pool x P sequences of P tokens); the causal LM's own next-token predictions from the "
+            "left context are used, weighted by their probabilities"
+        )
+
+
 def build_sampler(
     lm: LanguageModel,
     context_ids: torch.Tensor,
@@ -242,10 +273,12 @@ def build_sampler(
                 f"replacement model: masked LM {name!r} (the paper's choice) is not available locally; "
                 f"the analysed causal LM proposes the replacements instead"
             )
+            _note_long_causal(context_ids, notes)
             return causal_candidates(lm, context_ids, candidates), notes
         return mlm_candidates(lm, context_ids, mlm, candidates), notes
     if replacement == "mlm":
         return mlm_candidates(lm, context_ids, load_masked_lm(name, lm.device), candidates), notes
     if replacement == "causal":
+        _note_long_causal(context_ids, notes)
         return causal_candidates(lm, context_ids, candidates), notes
     return UniformSampler(context_ids=context_ids.clone(), vocab_size=lm.vocab_size), notes

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from explorer.results import register_result
+from explorer.results import in_meta, in_table, meta_kwargs, meta_of, register_result
 
 METRIC_LABELS = {
     "soft_nc": "Soft-NC",
@@ -53,18 +53,18 @@ class AttributionResult:
 
     kind: ClassVar[str] = "attribution"
 
-    model: str
-    method: str
-    tokens: list[str]
-    input_ids: list[int]
-    scores: np.ndarray
-    target: dict[str, Any]
-    faithfulness: dict[str, float | None]
-    seconds: float
-    params: dict[str, Any]
-    contrast: dict[str, Any] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    model: str = in_meta()
+    method: str = in_meta()
+    tokens: list[str] = in_meta()
+    input_ids: list[int] = in_meta()
+    scores: np.ndarray = in_table()
+    target: dict[str, Any] = in_meta()
+    faithfulness: dict[str, float | None] = in_table()
+    seconds: float = in_meta()
+    params: dict[str, Any] = in_meta()
+    contrast: dict[str, Any] | None = in_meta(default=None)
+    extras: dict[str, Any] = in_meta(default_factory=dict)
+    notes: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
 
     @property
@@ -95,19 +95,7 @@ class AttributionResult:
             out["deviations"] = deviations
         return out
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "method": self.method,
-            "tokens": self.tokens,
-            "input_ids": self.input_ids,
-            "target": self.target,
-            "contrast": self.contrast,
-            "seconds": self.seconds,
-            "params": self.params,
-            "extras": self.extras,
-            "notes": self.notes,
-        }
+    to_meta = meta_of
 
     def to_tables(self) -> dict[str, pa.Table]:
         p = len(self.tokens)
@@ -137,19 +125,7 @@ class AttributionResult:
             for m, v in zip(fa["metric"].to_pylist(), fa["value"].to_pylist(), strict=True)
         }
         return cls(
-            model=meta["model"],
-            method=meta["method"],
-            tokens=meta["tokens"],
-            input_ids=meta["input_ids"],
-            scores=sc["score"].to_numpy().astype(np.float64),
-            target=meta["target"],
-            faithfulness=faith,
-            seconds=meta["seconds"],
-            params=meta["params"],
-            contrast=meta.get("contrast"),
-            extras=meta.get("extras", {}),
-            notes=meta.get("notes", []),
-            run_id=meta.get("run_id"),
+            **meta_kwargs(cls, meta), scores=sc["score"].to_numpy().astype(np.float64), faithfulness=faith
         )
 
 
@@ -166,16 +142,16 @@ class GenerationAttributionResult:
 
     kind: ClassVar[str] = "attribution_generation"
 
-    model: str
-    method: str
-    prompt_tokens: list[str]
-    generated: list[str]
-    generated_ids: list[int]
-    matrix: np.ndarray
-    faithfulness: dict[str, list[float | None]]
-    seconds: float
-    params: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
+    model: str = in_meta()
+    method: str = in_meta()
+    prompt_tokens: list[str] = in_meta()
+    generated: list[str] = in_meta()
+    generated_ids: list[int] = in_meta()
+    matrix: np.ndarray = in_table()
+    faithfulness: dict[str, list[float | None]] = in_meta()
+    seconds: float = in_meta()
+    params: dict[str, Any] = in_meta()
+    notes: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
 
     @property
@@ -199,18 +175,7 @@ class GenerationAttributionResult:
             **({"notes": self.notes} if self.notes else {}),
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "method": self.method,
-            "prompt_tokens": self.prompt_tokens,
-            "generated": self.generated,
-            "generated_ids": self.generated_ids,
-            "faithfulness": self.faithfulness,
-            "seconds": self.seconds,
-            "params": self.params,
-            "notes": self.notes,
-        }
+    to_meta = meta_of
 
     def to_tables(self) -> dict[str, pa.Table]:
         s, t = self.matrix.shape
@@ -233,19 +198,7 @@ class GenerationAttributionResult:
         matrix = np.full((s, t), np.nan)
         cells = tables["cells"]
         matrix[cells["step"].to_numpy(), cells["source"].to_numpy()] = cells["score"].to_numpy()
-        return cls(
-            model=meta["model"],
-            method=meta["method"],
-            prompt_tokens=meta["prompt_tokens"],
-            generated=meta["generated"],
-            generated_ids=meta["generated_ids"],
-            matrix=matrix,
-            faithfulness=meta["faithfulness"],
-            seconds=meta["seconds"],
-            params=meta["params"],
-            notes=meta.get("notes", []),
-            run_id=meta.get("run_id"),
-        )
+        return cls(**meta_kwargs(cls, meta), matrix=matrix)
 
 
 @dataclass

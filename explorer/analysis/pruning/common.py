@@ -48,6 +48,18 @@ def resolve_keep_ratios(keep_ratios: Sequence[float] | float, unit: str = "token
     return sorted(ratios, reverse=True)
 
 
+def parse_keep_ratios(text: str, flag: str = "keep ratios") -> list[float]:
+    """ "1,0.5 0.25" -> [1.0, 0.5, 0.25] (commas or spaces); InputError naming `flag` otherwise.
+    The values are checked by `resolve_keep_ratios`."""
+    values = [v for v in str(text or "").replace(" ", ",").split(",") if v]
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise InputError(
+            f"{flag}: give numbers in (0, 1] separated by commas, e.g. 1,0.5,0.25 (got {text!r})"
+        ) from None
+
+
 def validate_layer(layer: Any, low: int, high: int, meaning: str) -> int:
     """The pruning layer as an int in low..high; InputError naming the range and its `meaning`."""
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):

@@ -118,11 +118,13 @@ def top_k_patches(scores: torch.Tensor, keep: int) -> np.ndarray:
     return np.sort(order).astype(np.int64)
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row of x (..., D) scaled to unit L2 norm."""
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _minmax(x: torch.Tensor) -> torch.Tensor:
+def minmax(x: torch.Tensor) -> torch.Tensor:
+    """x min-max normalised to [0, 1] (all-equal input -> zeros)."""
     return (x - x.min()) / (x.max() - x.min() + 1e-12)
 
 
@@ -172,11 +174,16 @@ def cls_attention_ensemble(
 )
 def kcenter(signals: PruningSignals, keep: int, seed: int, option: str | None = None) -> np.ndarray:
     """Greedy k-center (Gonzalez): repeatedly add the patch farthest (1 - cosine) from the kept set."""
-    feats = _unit(signals.features.double())
-    distance = 1.0 - feats @ feats.T  # (P, P) cosine distances
-    first = int(torch.argmax(signals.patch_attention[-1]))
+    return kcenter_select(signals.features, int(torch.argmax(signals.patch_attention[-1])), keep)
+
+
+def kcenter_select(features: torch.Tensor, first: int, keep: int) -> np.ndarray:
+    """Greedy k-center on cosine distance of `features` (N, D), starting from index `first`:
+    repeatedly add the row farthest (1 - cosine) from the chosen set -> sorted int64 indices."""
+    feats = unit_rows(features.double())
+    distance = 1.0 - feats @ feats.T  # (N, N) cosine distances
     chosen = [first]
-    dist = distance[first].clone()  # (P,) distance to the nearest chosen patch
+    dist = distance[first].clone()  # (N,) distance to the nearest chosen row
     dist[first] = -math.inf
     for _ in range(keep - 1):
         nxt = int(torch.argmax(dist))
@@ -193,14 +200,20 @@ def kcenter(signals: PruningSignals, keep: int, seed: int, option: str | None = 
 )
 def idpruner_mmr(signals: PruningSignals, keep: int, seed: int, option: str | None = None) -> np.ndarray:
     """Maximal marginal relevance: argmax lambda * Imp(i) - (1 - lambda) * max_{j kept} cos(i, j)."""
-    importance = _minmax(signals.patch_attention[-1].double())
-    feats = _unit(signals.features.double())
-    similarity = feats @ feats.T  # (P, P) cosine similarities
+    return mmr_select(signals.patch_attention[-1], signals.features, keep, MMR_LAMBDA)
+
+
+def mmr_select(scores: torch.Tensor, features: torch.Tensor, keep: int, lam: float) -> np.ndarray:
+    """IDPruner's MMR over N items: importance = min-max-normalised `scores` (N,), similarity =
+    cosine of `features` (N, D); greedily argmax lam * Imp(i) - (1 - lam) * max_{j kept} Sim(i, j)."""
+    importance = minmax(scores.double())
+    feats = unit_rows(features.double())
+    similarity = feats @ feats.T  # (N, N) cosine similarities
     chosen: list[int] = []
     max_sim = torch.zeros_like(importance)  # the kept set starts empty: similarity term 0
     taken = torch.zeros_like(importance, dtype=torch.bool)
     for _ in range(keep):
-        score = MMR_LAMBDA * importance - (1.0 - MMR_LAMBDA) * max_sim
+        score = lam * importance - (1.0 - lam) * max_sim
         score[taken] = -math.inf
         nxt = int(torch.argmax(score))
         chosen.append(nxt)
@@ -220,11 +233,16 @@ def transprune_ttv(signals: PruningSignals, keep: int, seed: int, option: str | 
     history = signals.patch_history.double()
     total = torch.zeros(history.shape[1], dtype=torch.float64)
     for layer in range(history.shape[0] - 1):
-        h_in, h_out = history[layer], history[layer + 1]
-        magnitude = (h_out.norm(dim=-1) - h_in.norm(dim=-1)).abs()
-        direction = 1.0 - (_unit(h_in) * _unit(h_out)).sum(dim=-1)
-        total += _minmax(magnitude) + _minmax(direction)
+        total += transition_variation(history[layer], history[layer + 1])
     return top_k_patches(total, keep)
+
+
+def transition_variation(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
+    """TransPrune's token transition variation of N tokens through one module: h_in, h_out (N, D)
+    -> (N,) min-max normalised |change in L2 norm| + min-max normalised (1 - cosine)."""
+    magnitude = (h_out.norm(dim=-1) - h_in.norm(dim=-1)).abs()
+    direction = 1.0 - (unit_rows(h_in) * unit_rows(h_out)).sum(dim=-1)
+    return minmax(magnitude) + minmax(direction)
 
 
 @register_image_strategy(
@@ -234,7 +252,13 @@ def transprune_ttv(signals: PruningSignals, keep: int, seed: int, option: str | 
 )
 def uniform(signals: PruningSignals, keep: int, seed: int, option: str | None = None) -> np.ndarray:
     """Farthest-point sampling on (row, col) grid coordinates: an even spread of exactly `keep` patches."""
-    gh, gw = signals.grid
+    return grid_farthest_points(signals.grid, keep)
+
+
+def grid_farthest_points(grid: tuple[int, int], keep: int) -> np.ndarray:
+    """`keep` cells of a row-major (rows, cols) grid spread evenly: farthest-point sampling on
+    (row, col) coordinates from the centre cell -> sorted int64 cell indices."""
+    gh, gw = grid
     rows, cols = np.divmod(np.arange(gh * gw), gw)
     coords = np.stack([rows, cols], axis=1).astype(np.float64)
     first = int((gh // 2) * gw + gw // 2)
@@ -390,7 +414,7 @@ def restore_tokens(final_patches: torch.Tensor, kept: np.ndarray, features: torc
     final_patches: [k, D] final tokens of the kept patches; kept: (k,) their indices;
     features: [P, D] layer-L features used for the cosine match. Returns [P, D].
     """
-    feats = _unit(features.float())
+    feats = unit_rows(features.float())
     kept_t = torch.as_tensor(kept, dtype=torch.long)
     nearest = torch.argmax(feats @ feats[kept_t].T, dim=1)  # [P] -> position in kept
     nearest[kept_t] = torch.arange(len(kept))
@@ -414,7 +438,7 @@ def saliency_similarity(reference: np.ndarray, pruned: np.ndarray) -> tuple[floa
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (_unit(a.double()) * _unit(b.double())).sum(dim=-1)
+    return (unit_rows(a.double()) * unit_rows(b.double())).sum(dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +467,7 @@ class ImagePruningResult:
 
     kind: ClassVar[str] = "prune_image"
 
-    model_id: str
+    model: str
     layer: int
     seed: int
     grid: tuple[int, int]
@@ -482,7 +506,7 @@ class ImagePruningResult:
         return {
             "kind": self.kind,
             "run_id": self.run_id,
-            "model": self.model_id,
+            "model": self.model,
             "layer": self.layer,
             "seed": self.seed,
             "grid": list(self.grid),
@@ -495,7 +519,7 @@ class ImagePruningResult:
 
     def to_meta(self) -> dict[str, Any]:
         return {
-            "model_id": self.model_id,
+            "model": self.model,
             "layer": self.layer,
             "seed": self.seed,
             "grid": list(self.grid),
@@ -538,7 +562,7 @@ class ImagePruningResult:
                 maps[(r["strategy"], r["keep_ratio"])] = values
         image = tables["image"].to_pylist()[0]["png"]
         return cls(
-            model_id=meta["model_id"],
+            model=str(meta.get("model", meta.get("model_id"))),  # runs stored before the rename: "model_id"
             layer=int(meta["layer"]),
             seed=int(meta["seed"]),
             grid=(int(meta["grid"][0]), int(meta["grid"][1])),
@@ -684,7 +708,7 @@ def prune_image(
     rows.sort(key=lambda row: (order[row.strategy], ratios.index(row.keep_ratio)))
     report(1.0, "Done")
     return ImagePruningResult(
-        model_id=vm.model_id,
+        model=vm.model_id,
         layer=layer,
         seed=seed,
         grid=signals.grid,

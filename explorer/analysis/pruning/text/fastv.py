@@ -34,11 +34,16 @@ class FastVCut:
     prompt tokens + the generated tokens, matching the pruned KV cache of those layers.
     """
 
-    def __init__(self, kept: torch.Tensor, n_prompt: int, first_block: int) -> None:
+    def __init__(
+        self, kept: torch.Tensor, n_prompt: int, first_block: int, hidden_index: torch.Tensor | None = None
+    ) -> None:
         self.kept = kept  # (B, k) int64
         self.n_prompt = n_prompt
         self.first_block = first_block
         self.prefill = True
+        # (B, k) rows of the hidden state entering `first_block` to keep: `kept` when that state has
+        # all prompt tokens; positions within an earlier cut's kept set for a later cut (progressive)
+        self.hidden_index = kept if hidden_index is None else hidden_index
 
     def key_index(self, key_len: int) -> torch.Tensor:
         """(B, k + generated) key positions visible to blocks >= K."""
@@ -68,7 +73,7 @@ class FastVCut:
         def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             new_args = list(args)
             if self.prefill and block_index == self.first_block:
-                new_args[0] = gather_rows(args[0], 1, self.kept)
+                new_args[0] = gather_rows(args[0], 1, self.hidden_index)
             for i in range(1, len(new_args)):  # GPT-2 passes the mask positionally
                 value = new_args[i]
                 if isinstance(value, torch.Tensor) and value.dim() == 4:

@@ -42,7 +42,7 @@ class TextPruningResult:
 
     kind: ClassVar[str] = "prune_text"
 
-    model_id: str
+    model: str
     tokens: list[str]
     input_ids: list[int]
     layer: int
@@ -84,7 +84,7 @@ class TextPruningResult:
         return {
             "kind": self.kind,
             "run_id": self.run_id,
-            "model": self.model_id,
+            "model": self.model,
             "tokens": self.tokens,
             "n_tokens": self.n_tokens,
             "layer": self.layer,
@@ -101,7 +101,7 @@ class TextPruningResult:
 
     def to_meta(self) -> dict[str, Any]:
         return {
-            "model_id": self.model_id,
+            "model": self.model,
             "tokens": self.tokens,
             "input_ids": self.input_ids,
             "layer": self.layer,
@@ -143,7 +143,7 @@ class TextPruningResult:
         for r in scores_table.to_pylist() if scores_table is not None else []:
             scores.setdefault(r["signal"], np.zeros(n))[r["position"]] = r["score"]
         return cls(
-            model_id=meta["model_id"],
+            model=str(meta.get("model", meta.get("model_id"))),  # runs stored before the rename: "model_id"
             tokens=list(meta["tokens"]),
             input_ids=list(meta["input_ids"]),
             layer=int(meta["layer"]),

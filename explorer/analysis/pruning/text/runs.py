@@ -92,17 +92,27 @@ def reference_run(lm: LanguageModel, ids: torch.Tensor, n_continue: int, layer: 
     timer), and, when `layer` is given, block layer-1's attention received by each token (mean
     over heads and all query rows)."""
     normed: list[torch.Tensor] = []
+    mean_att: list[torch.Tensor] = []
 
     def grab(module: torch.nn.Module, args: Any, output: Any) -> None:
         if not normed:
             normed.append(output[0] if isinstance(output, tuple) else output)
 
+    def grab_attention(module: torch.nn.Module, args: Any, output: Any) -> None:
+        # only block layer-1 of the prefill, reduced at once: never every layer's (heads, n, n)
+        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if not mean_att and isinstance(weights, torch.Tensor) and weights.dim() == 4:
+            mean_att.append(weights[0].float().mean(dim=0))
+
     lm.forward(ids[:1].unsqueeze(0), logits_to_keep=1)  # warm-up
-    handle = lm.final_norm_module().register_forward_hook(grab)
+    handles = [lm.final_norm_module().register_forward_hook(grab)]
+    if layer is not None:
+        handles.append(lm.attention_module(layer - 1).register_forward_hook(grab_attention))
     try:
-        base, attentions = run_batch(lm, ids.unsqueeze(0), n_continue, output_attentions=layer is not None)
+        base, _ = run_batch(lm, ids.unsqueeze(0), n_continue)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     logp = torch.log_softmax(lm.unembed(normed[0][0], normalize=False).float(), dim=-1)  # (n, vocab)
     n = int(ids.shape[0])
     info = np.full(n, np.inf)
@@ -111,9 +121,9 @@ def reference_run(lm: LanguageModel, ids: torch.Tensor, n_continue: int, layer: 
         info[1:] = (-logp[:-1].gather(-1, nxt.unsqueeze(-1)).squeeze(-1)).double().cpu().numpy()
     attention = last_row = None
     if layer is not None:
-        if attentions is None:
+        if not mean_att:
             raise RuntimeError("the model returned no attentions; load it with attn_implementation='eager'")
-        att = attentions[layer - 1][0].float().mean(dim=0)  # (n, n) query x key, mean over heads
+        att = mean_att[0]  # (n, n) query x key, mean over heads
         attention = att.mean(dim=0).double().cpu().numpy()  # (n,) mean over query rows
         last_row = att[-1].double().cpu().numpy()  # (n,) the last query row
     return ReferenceRun(

@@ -247,7 +247,7 @@ def prune_text(
     seconds = time.perf_counter() - t_start
     timings["other"] = max(0.0, seconds - sum(timings.values()))
     return TextPruningResult(
-        model_id=lm.model_id,
+        model=lm.model_id,
         tokens=lm.tokens_str(ids.tolist()),
         input_ids=[int(i) for i in ids.tolist()],
         layer=layer,

@@ -15,8 +15,10 @@ made before, and returns a result whose `.to_dict()` is exactly the CLI's JSON.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,7 @@ from explorer.analysis.atlas import token_map as _map
 from explorer.analysis.atlas import tokenizers as _tok
 from explorer.analysis.atlas import vocab as _vocab
 from explorer.analysis.atlas.projection import PCA_DIMS, ProjectionParams
-from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.api.runner import DbArg, ProgressFn, cache_params, get_model, open_store, run_cached
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.models.loading import LanguageModel
@@ -38,11 +40,12 @@ def prompt_key(prompts: list[str]) -> str:
     return prompts[0] if len(prompts) == 1 else json.dumps(prompts, ensure_ascii=False)
 
 
-def token_map(
+def run_token_map(
     model: str | LanguageModel | Any | None,
-    prompts: str | Sequence[str],
+    prompts: str | Sequence[str] | None = None,
     *,
     image: Any = None,
+    dataset: str | Path | None = None,
     layer: int | None = None,
     method: str = "umap",
     n_neighbors: int = 15,
@@ -60,11 +63,22 @@ def token_map(
     the end) or None for all layers in one aligned fit. `method`: "umap" (cosine metric; `pca_dims`:
     PCA pre-reduction of the unit vectors, 0 = none) or "pca". With `image` (a path, bytes or PIL
     image) or a vision-language `model` ("tiny-vlm", a hub VLM), each prompt is fed with the image and
-    its visual tokens are mapped too. Returns a `TokenMapResult`; `.to_dict()` is the CLI's JSON.
+    its visual tokens are mapped too. `dataset`: instead of `prompts`, a sweep's dataset file (JSONL /
+    CSV / Parquet with a `prompt` or `question` column and an optional `image` column, at most
+    `MAX_PROMPTS` rows): the token states of all its rows in one fit, each row with its own image.
+    Returns a `TokenMapResult`; `.to_dict()` is the CLI's JSON.
     """
-    from explorer import vlm_api
+    from explorer.api import vlm as vlm_api
 
     settings = settings or Settings.from_env()
+    rows: _map.MapDataset | None = None
+    if dataset is not None:
+        if prompts is not None or image is not None:
+            raise InputError("give either a dataset file or prompts (and an image), not both")
+        rows = _map.read_map_dataset(dataset)
+        prompts = rows.prompts
+    if prompts is None:
+        raise InputError("the prompt is empty: type some text to map, or give a dataset file")
     items = _map.clean_prompts(prompts if isinstance(prompts, str) else list(prompts))
     params = _map.TokenMapParams(
         layer=None if layer is None else int(layer),
@@ -77,7 +91,12 @@ def token_map(
         ),
     )
     params.validate()
-    picture = vlm_api.open_image(image, settings)
+    picture: Any = vlm_api.open_image(image, settings)
+    digest = vlm_api.image_digest(picture)
+    if rows is not None and rows.images[0] is not None:
+        picture = [vlm_api.open_image(str(p), settings) for p in rows.images]
+        joined = "".join(str(vlm_api.image_digest(p)) for p in picture)
+        digest = "rows:" + hashlib.sha256(joined.encode()).hexdigest()[:16]
     backend: Any
     from explorer.backends.sentence import SENTENCE_MODEL, sentence_encoder
 
@@ -92,17 +111,14 @@ def token_map(
     else:
         backend = get_model(model, settings, progress)
     _map.resolve_layer(params.layer, backend.n_layers)
-    digest = vlm_api.image_digest(picture)
     return run_cached(
         _map.TokenMapResult.kind,
         model_id=backend.model_id,
         weight_hash=backend.weight_hash,
         prompt=prompt_key(items),
-        params={
-            **params.to_json(),
-            "max_tokens": settings.max_prompt_tokens,
-            **({"image": digest} if digest else {}),
-        },
+        params=cache_params(
+            params, max_tokens=settings.max_prompt_tokens, **({"image": digest} if digest else {})
+        ),
         compute=lambda: _map.token_map(
             backend,
             items,
@@ -239,13 +255,13 @@ def _run_values(
 TokenMapResult = _map.TokenMapResult
 
 
-def vocab_health(
+def run_vocab_health(
     model: str | LanguageModel | None = None,
     *,
     n_verify: int = 300,
-    map_points: int = 5000,
-    gh_cluster_size: int = 200,
-    gh_sample: int = 4,
+    map_points: int = 4000,
+    gh_cluster_size: int = 600,
+    gh_sample: int = 3,
     steps: int = 3,
     seed: int = 0,
     db: DbArg = None,
@@ -273,7 +289,7 @@ def vocab_health(
         model_id=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt="",
-        params=params.to_json(),
+        params=cache_params(params),
         compute=lambda: _vocab.vocab_health(
             lm, params=params, cache_dir=settings.cache_dir, progress=progress
         ),
@@ -285,7 +301,7 @@ def vocab_health(
 VocabHealthResult = _vocab.VocabHealthResult
 
 
-def microscope(
+def run_microscope(
     model: str | LanguageModel | None,
     prompt: str,
     *,
@@ -358,7 +374,7 @@ __all__ = [
     "TokenMapResult",
     "VocabHealthResult",
     "map_scores",
-    "microscope",
-    "token_map",
-    "vocab_health",
+    "run_microscope",
+    "run_token_map",
+    "run_vocab_health",
 ]

@@ -19,7 +19,7 @@ from typing import Any
 
 from explorer.analysis.pruning import text as _text
 from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
-from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.api.runner import DbArg, ProgressFn, get_model, open_store, run_cached
 from explorer.backends.images import ImageInput, load_image
 from explorer.backends.language import LanguageModel
 from explorer.backends.vision import VisionModel, load_vision_model
@@ -31,7 +31,7 @@ SWEEP_RATIOS = DEFAULT_KEEP_RATIOS  # the one default list (analysis.pruning.com
 TextPruningResult = _text.TextPruningResult
 
 
-def prune_text(
+def run_prune_text(
     model: str | LanguageModel | None,
     prompt: str,
     *,
@@ -103,7 +103,7 @@ def _image_engine() -> Any:
     return image
 
 
-def prune_image(
+def run_prune_image(
     image: ImageInput,
     *,
     model: str | VisionModel | None = None,
@@ -143,16 +143,12 @@ def prune_image(
         )
     layer = engine.validate_layer(vm, layer)
     seed = engine.validate_seed(seed)
-    pre = vm.preprocessing
     params: dict[str, Any] = {
         "strategies": names,
         "keep_ratios": ratios,
         "layer": layer,
         "seed": seed,
-        "image_size": pre.image_size,
-        "resize": pre.resize,
-        "mean": [float(v) for v in pre.mean],
-        "std": [float(v) for v in pre.std],
+        **vm.preprocessing.cache_key(),
     }
     return run_cached(
         engine.ImagePruningResult.kind,
@@ -191,10 +187,10 @@ def prune(
         raise InputError("give exactly one of a prompt (text pruning) or an image (patch pruning)")
     if image is not None:
         if target:
-            raise InputError("--target applies to text prompts only")
+            raise InputError("target applies to text prompts only (not to an image)")
         if isinstance(model, LanguageModel):
             raise InputError("image pruning needs a vision model, not a language model")
-        return prune_image(
+        return run_prune_image(
             image,
             model=model,
             strategies=strategies,
@@ -210,7 +206,7 @@ def prune(
     if isinstance(model, VisionModel):
         raise InputError("text pruning needs a language model, not a vision model")
     assert prompt is not None
-    return prune_text(
+    return run_prune_text(
         model,
         prompt,
         strategies=strategies,
@@ -251,7 +247,7 @@ __all__ = [
     "deviations",
     "image_strategy_names",
     "prune",
-    "prune_image",
-    "prune_text",
+    "run_prune_image",
+    "run_prune_text",
     "text_strategy_names",
 ]

@@ -19,7 +19,7 @@ from explorer.plots.paper import ExportOptions
 
 
 def _store(db: str | Path | None, settings: Settings | None) -> Any:
-    from explorer.api import open_store
+    from explorer.api.runner import open_store
 
     store = open_store(db, settings)
     if store is None:

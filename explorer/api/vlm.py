@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from PIL import Image
 
 from explorer.analysis.logit_lens import LensParams
+from explorer.api.runner import cache_params, open_store, run_cached
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.images import ImageInput, image_to_png, load_image
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM, VisionLanguageModel, load_vlm
@@ -98,15 +99,13 @@ def run_vlm(
 ) -> R:
     """Load the VLM, then serve (kind, model, prompt, image, params) from the store or run
     `compute(vlm, prompt, picture, params, max_tokens=..., progress=...)` and store it."""
-    from explorer.api import open_store, run_cached
-
     vlm = resolve_vlm(model, settings, progress, dtype)
     return run_cached(
         kind,
         model_id=vlm.model_id,
         weight_hash=vlm.weight_hash,
         prompt=prompt,
-        params={**params.to_json(), "image": image_digest(picture), "max_tokens": settings.max_prompt_tokens},
+        params=cache_params(params, image=image_digest(picture), max_tokens=settings.max_prompt_tokens),
         compute=lambda: compute(
             vlm, prompt, picture, params, max_tokens=settings.max_prompt_tokens, progress=progress
         ),
@@ -139,7 +138,7 @@ def vlm_lens(
     )  # fmt: skip
 
 
-def visual_tokens(
+def run_visual_tokens(
     model: str | VisionLanguageModel | None,
     prompt: str,
     image: ImageInput | None,
@@ -188,7 +187,7 @@ def vlm_attribute(
     settings = settings or Settings.from_env()
     params.validate()
     if image is None:
-        raise InputError("image attribution needs an image (--image PATH)")
+        raise InputError("image attribution needs an image (image)")
     picture = open_image(image, settings)
     return run_vlm(
         VLMAttributionResult.kind, vlm_attribution, model, prompt, picture, params,
@@ -196,7 +195,7 @@ def vlm_attribute(
     )  # fmt: skip
 
 
-def vlm_attention(
+def run_vlm_attention(
     model: str | VisionLanguageModel | None,
     prompt: str,
     image: ImageInput | None,
@@ -218,7 +217,7 @@ def vlm_attention(
     params = params or VLMAttentionParams()
     params.validate()
     if image is None:
-        raise InputError("attention to image patches needs an image (--image PATH)")
+        raise InputError("attention to image patches needs an image (image)")
     picture = open_image(image, settings)
     return run_vlm(
         VLMAttentionResult.kind,
@@ -251,7 +250,6 @@ def vlm_eval(
     reports both plus the latency ratio. Stored as kind "vlm_eval"."""
     from pathlib import Path
 
-    from explorer.api import open_store, run_cached
     from explorer.text_input import check_text
     from explorer.vlm.eval_sets import BUILTIN_SETS, load_eval_set
     from explorer.vlm.vista import VistaParams
@@ -268,9 +266,8 @@ def vlm_eval(
         n_boot=int(n_boot),
         vista=steering,
     )
-    params.validate()
+    key = cache_params(params)
     samples = load_eval_set(params.dataset, params.n_scenes, params.seed)  # bad input fails before loading
-    key = params.to_json()
     prompt = params.dataset
     if params.dataset not in BUILTIN_SETS:
         path = Path(params.dataset).expanduser().resolve()
@@ -286,6 +283,73 @@ def vlm_eval(
         prompt=prompt,
         params=key,
         compute=lambda: evaluate_vlm(
+            vlm, samples, params, max_tokens=settings.max_prompt_tokens, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
+
+
+def vlm_prune(
+    model: str | VisionLanguageModel | None = None,
+    dataset: str = "pope",
+    *,
+    n_scenes: int = 20,
+    strategies: Any = "all",
+    keep_ratios: Any = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    n_boot: int = 1000,
+    db: Any = None,
+    use_cache: bool = True,
+    settings: Settings | None = None,
+    dtype: str | None = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """Prune the visual tokens a VLM's LM receives with each strategy ("all" or names of
+    `explorer.analysis.pruning.visual.VISUAL_STRATEGIES`: fastv, vtc_cls, transprune, todre,
+    idpruner, uniform, random) at each keep ratio (default 1.0 down to 0.05), over a built-in
+    evaluation set or a file, and judge it by the answers: accuracy per question type, POPE,
+    CHAIR, agreement with the unpruned answers (95% bootstrap intervals), prefill FLOPs and
+    measured time with the scoring charged. Stored as kind "vlm_prune"."""
+    from pathlib import Path
+
+    from explorer.api import open_store, run_cached
+    from explorer.text_input import check_text
+    from explorer.vlm.eval_sets import BUILTIN_SETS, load_eval_set
+    from explorer.vlm.prune_eval import DEFAULT_RATIOS, PruneEvalParams, VLMPruneResult, prune_eval
+
+    settings = settings or Settings.from_env()
+    check_text(str(dataset), "the evaluation set")
+    names = [strategies] if isinstance(strategies, str) else list(strategies or [])
+    ratios = DEFAULT_RATIOS if keep_ratios is None else keep_ratios
+    ratio_list = [ratios] if isinstance(ratios, (int, float)) else list(ratios)
+    params = PruneEvalParams(
+        dataset=str(dataset),
+        n_scenes=int(n_scenes),
+        strategies=tuple(str(n) for n in names),
+        keep_ratios=tuple(ratio_list),
+        seed=int(seed),
+        batch_size=int(batch_size),
+        n_boot=int(n_boot),
+    ).validate()
+    samples = load_eval_set(params.dataset, params.n_scenes, params.seed)  # bad input fails before loading
+    key = params.to_json()
+    prompt = params.dataset
+    if params.dataset not in BUILTIN_SETS:
+        path = Path(params.dataset).expanduser().resolve()
+        prompt = str(path)
+        key["file_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        key.pop("n_scenes")
+    vlm = resolve_vlm(model, settings, progress, dtype)
+    key["max_tokens"] = settings.max_prompt_tokens
+    return run_cached(
+        VLMPruneResult.kind,
+        model_id=vlm.model_id,
+        weight_hash=vlm.weight_hash,
+        prompt=prompt,
+        params=key,
+        compute=lambda: prune_eval(
             vlm, samples, params, max_tokens=settings.max_prompt_tokens, progress=progress
         ),
         store=open_store(db, settings),
@@ -354,7 +418,6 @@ def text_bank(
     (`explorer.vlm.latent_corpus.default_corpus()` unless `corpus` is given), saved under
     `<cache>/latent_banks/` and indexed in the store as a run of kind "latent_bank"; later
     calls reuse the file (and, within a process, the loaded vectors)."""
-    from explorer.api import open_store, run_cached
     from explorer.backends.loading import MODEL_CACHE
     from explorer.vlm.latent import (
         BANK_FORMAT,
@@ -414,7 +477,7 @@ def text_bank(
     return MODEL_CACHE.get(key, load)
 
 
-def latent_neighbours(
+def run_latent_neighbours(
     model: str | VisionLanguageModel | None,
     prompt: str,
     image: ImageInput | None,
@@ -431,7 +494,6 @@ def latent_neighbours(
     "vlm_latent". `params` is an `explorer.vlm.latent.LatentParams` (default: k=5, same layer).
     The first call for a model builds its text bank (see `text_bank`; `corpus` is an
     `explorer.vlm.latent_corpus.Corpus`, default the shipped one)."""
-    from explorer.api import open_store, run_cached
     from explorer.vlm.latent import LatentNeighboursResult, LatentParams
     from explorer.vlm.latent import latent_neighbours as compute_neighbours
 
@@ -440,7 +502,7 @@ def latent_neighbours(
     params.validate()
     picture = open_image(image, settings)
     if picture is None:
-        raise InputError("nearest text neighbours of visual tokens need an image (--image PATH)")
+        raise InputError("nearest text neighbours of visual tokens need an image (image)")
     vlm = resolve_vlm(model, settings, progress, dtype)
     vlm.prepare(prompt, picture, settings.max_prompt_tokens)  # bad input fails before any bank is built
     bank = text_bank(vlm, db=db, settings=settings, corpus=corpus, progress=progress)
@@ -449,12 +511,12 @@ def latent_neighbours(
         model_id=vlm.model_id,
         weight_hash=vlm.weight_hash,
         prompt=prompt,
-        params={
-            **params.to_json(),
-            "image": image_digest(picture),
-            "bank": [bank.corpus_digest, bank.layers, bank.max_contexts],
-            "max_tokens": settings.max_prompt_tokens,
-        },
+        params=cache_params(
+            params,
+            image=image_digest(picture),
+            bank=[bank.corpus_digest, bank.layers, bank.max_contexts],
+            max_tokens=settings.max_prompt_tokens,
+        ),
         compute=lambda: compute_neighbours(
             vlm,
             prompt,
@@ -491,7 +553,6 @@ def vista_patterns(
     type), (3) hidden genuine information (words of the scene never named that stay in the top
     `top_k`). Each with a 95% bootstrap interval over scenes and a verdict. Stored as kind
     "vista_patterns"."""
-    from explorer.api import open_store, run_cached
     from explorer.vlm.vista_patterns import PatternParams, VistaPatternsResult, measure_patterns
 
     settings = settings or Settings.from_env()
@@ -503,9 +564,8 @@ def vista_patterns(
         n_boot=int(n_boot),
         seed=int(seed),
     )
-    params.validate()
+    key = cache_params(params, max_tokens=settings.max_prompt_tokens)  # validates before the model loads
     vlm = resolve_vlm(model, settings, progress, dtype)
-    key = {**params.to_json(), "max_tokens": settings.max_prompt_tokens}
     return run_cached(
         VistaPatternsResult.kind,
         model_id=vlm.model_id,

@@ -18,7 +18,14 @@ from typing import Any
 
 from explorer.analysis import attention as _att
 from explorer.analysis import vision_attention_result as _vatt
-from explorer.api import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.api.runner import (
+    DbArg,
+    ProgressFn,
+    cache_params,
+    get_model,
+    open_store,
+    run_cached,
+)
 from explorer.backends.embedded import EMBEDDED_LMS
 from explorer.backends.images import ImageInput, load_image
 from explorer.backends.language import LanguageModel
@@ -71,13 +78,15 @@ def attention(
         model_id=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt=prompt,
-        params={**params.to_json(), "max_tokens": settings.max_prompt_tokens},
+        params=cache_params(
+            params, max_tokens=settings.max_prompt_tokens, full_tokens=settings.attention_full_tokens
+        ),
         compute=lambda: _att.analyze_attention(
             lm,
             prompt,
             params=params,
             max_tokens=settings.max_prompt_tokens,
-            max_attention_tokens=settings.max_attention_tokens,
+            full_tokens=settings.attention_full_tokens,
             progress=progress,
         ),
         store=open_store(db, settings),
@@ -97,7 +106,7 @@ def _vlm_attention(
     dtype: str | None,
     progress: ProgressFn | None,
 ) -> VLMAttentionResult:
-    from explorer import vlm_api
+    from explorer.api import vlm as vlm_api
 
     name = model if isinstance(model, str) else getattr(model, "model_id", None)
     if isinstance(model, LanguageModel) or (isinstance(model, str) and model in EMBEDDED_LMS):
@@ -114,7 +123,7 @@ def _vlm_attention(
         raise InputError("attention flow applies to text prompts of a language model, not to an image")
     params = VLMAttentionParams(generate=8 if generate is None else int(generate))
     params.validate()
-    return vlm_api.vlm_attention(
+    return vlm_api.run_vlm_attention(
         model, prompt, image, params=params, db=db, use_cache=use_cache, settings=settings, dtype=dtype,
         progress=progress,
     )  # fmt: skip
@@ -164,7 +173,7 @@ def attention_image(
         model_id=vm.model_id,
         weight_hash=vm.weight_hash,
         prompt=sha,
-        params=_vatt.run_params(vm, params),
+        params=cache_params(params, **vm.preprocessing.cache_key()),
         compute=lambda: _vatt.analyze_image_attention(
             vm, pil, params=params, settings=settings, progress=progress
         ),
@@ -185,3 +194,45 @@ __all__ = [
     "attention",
     "attention_image",
 ]
+
+
+def attention_window(
+    result: _att.AttentionResult,
+    layer: int,
+    head: int | None,
+    start: int,
+    *,
+    size: int = 128,
+    model: str | LanguageModel | None = None,
+    settings: Settings | None = None,
+) -> tuple[Any, str]:
+    """One head's (or the mean's) attention for queries and keys start..start+size-1.
+
+    A long prompt's run stores block-aggregated matrices: the exact window is recomputed with
+    one pass up to `layer` when the run's model is available (same weights), otherwise it is
+    read from the stored block aggregate (each block's attention spread evenly over its keys).
+    Returns (matrix (size, size) float32, source: "recomputed" or "block aggregate" or "stored")."""
+    import numpy as np
+
+    seq = result.seq_len
+    start = max(0, min(int(start), max(0, seq - size)))
+    stop = min(seq, start + size)
+    if not result.is_blocked:
+        matrix = result.head_matrix(layer, head)[start:stop, start:stop]
+        return matrix, "stored"
+    settings = settings or Settings.from_env()
+    lm: LanguageModel | None = None
+    try:
+        lm = get_model(model if model is not None else result.model, settings, None, None)
+    except Exception:  # noqa: BLE001 - the model is optional here: fall back to the stored aggregate
+        lm = None
+    if lm is not None and lm.model_id == result.model:
+        window = _att.attention_head_window(lm, result.input_ids, layer, head, start, size)
+        return window, "recomputed"
+    block = result.head_matrix(layer, head)  # (B, B)
+    assert result.spans is not None
+    sizes = np.array([b - a + 1 for a, b in result.spans], dtype=np.float64)
+    unit = np.repeat(np.arange(len(result.spans)), sizes.astype(int))[start:stop]
+    spread = block[np.ix_(unit, unit)] / sizes[unit][None, :]
+    causal = np.arange(start, stop)[None, :] <= np.arange(start, stop)[:, None]
+    return np.where(causal, spread, 0.0).astype(np.float32), "block aggregate"

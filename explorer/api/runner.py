@@ -1,6 +1,6 @@
-"""The public Python API: the same functions serve the notebook, the CLI and the UI.
+"""The runner behind every API entry point: the store, the model, the cache.
 
-Each entry point loads (or accepts) a model, looks the request up in the run store, computes
+Each entry point (one module per analysis in `explorer.api`) loads (or accepts) a model, looks the request up in the run store, computes
 only on a miss, stores the result in one transaction and returns the result object, whose
 `.to_dict()` is exactly the CLI's JSON.
 """
@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from explorer.analysis import logit_lens as _lens
 from explorer.backends.language import LanguageModel, load_model
 from explorer.config import Settings
-from explorer.errors import InputError
+from explorer.params import Params
 from explorer.progress import ProgressFn
 from explorer.results import StoredResult
 from explorer.store import PendingRun, QueryLimits, RunInfo, Store, cache_key
-from explorer.text_input import check_prompt, check_text
+from explorer.text_input import check_text
 
 DbArg = str | Path | Store | bool | None
 R = TypeVar("R", bound=StoredResult)
@@ -61,6 +60,14 @@ def get_model(
     if isinstance(model, LanguageModel):
         return model
     return load_model(model, settings=settings, progress=progress, dtype=dtype)
+
+
+def cache_params(params: Params, **context: Any) -> dict[str, Any]:
+    """The parameter part of a run's cache key, computed one way for every analysis: `params`
+    validated (its `validate()` names the parameter at fault) and in its key form (`to_json()`),
+    plus the run's context that changes the result (e.g. `max_tokens`, an `image` digest)."""
+    params.validate()
+    return {**params.to_json(), **context}
 
 
 @dataclass(frozen=True)
@@ -163,82 +170,6 @@ def run_cached(
     """
     request = CachedRequest(kind, model_id, weight_hash, prompt, params, compute)
     return run_cached_many([request], store, use_cache)[0]
-
-
-def logit_lens(
-    model: Any,
-    prompt: str,
-    *,
-    top_k: int = 10,
-    targets: list[str] | tuple[str, ...] = (),
-    generate: int = 0,
-    sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
-    image: Any = None,
-    db: DbArg = None,
-    use_cache: bool = True,
-    settings: Settings | None = None,
-    dtype: str | None = None,
-    progress: ProgressFn | None = None,
-) -> _lens.LensResult:
-    """Logit lens over every layer and position of `prompt` (and `generate` new tokens).
-
-    `model`: embedded name (default "smollm2-135m"; "tiny-vlm" whenever an `image` is given),
-    hub id, local dir, or a loaded `LanguageModel` / `VisionLanguageModel`. `image`: a path,
-    bytes or PIL image for a vision-language model; its patches enter the LM as visual tokens
-    and the result is a `VLMLensResult`. `targets`: token strings to track (multi-token
-    targets use their first token; a note says so). `.to_dict()` is the CLI's JSON.
-    """
-    settings = settings or Settings.from_env()
-    params = _lens.LensParams(
-        top_k=int(top_k),
-        targets=tuple(targets),
-        generate=int(generate),
-        sample=bool(sample),
-        temperature=float(temperature),
-        seed=int(seed),
-    )
-    params.validate()
-    from explorer import vlm_api
-
-    if image is not None or vlm_api.is_vlm(model):
-        if isinstance(model, LanguageModel):
-            raise InputError(f"{model.model_id!r} is a text-only language model and cannot take an image")
-        return vlm_api.vlm_lens(
-            model,
-            prompt,
-            image,
-            params=params,
-            db=db,
-            use_cache=use_cache,
-            settings=settings,
-            dtype=dtype,
-            progress=progress,
-        )
-    check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
-    lm = get_model(model, settings, progress, dtype)
-    return run_cached(
-        _lens.LensResult.kind,
-        model_id=lm.model_id,
-        weight_hash=lm.weight_hash,
-        prompt=prompt,
-        params={**params.to_json(), "max_tokens": settings.max_prompt_tokens},
-        compute=lambda: _lens.logit_lens(
-            lm,
-            prompt,
-            top_k=params.top_k,
-            targets=params.targets,
-            generate=params.generate,
-            sample=params.sample,
-            temperature=params.temperature,
-            seed=params.seed,
-            max_tokens=settings.max_prompt_tokens,
-            progress=progress,
-        ),
-        store=open_store(db, settings),
-        use_cache=use_cache,
-    )
 
 
 def list_runs(

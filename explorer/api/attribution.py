@@ -24,7 +24,15 @@ from explorer.analysis.attribution import (
     split_params,
 )
 from explorer.analysis.vlm_attribution import VLMAttributionParams, VLMAttributionResult
-from explorer.api import CachedRequest, DbArg, get_model, open_store, run_cached, run_cached_many
+from explorer.api.runner import (
+    CachedRequest,
+    DbArg,
+    cache_params,
+    get_model,
+    open_store,
+    run_cached,
+    run_cached_many,
+)
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
@@ -62,7 +70,7 @@ def attribute_image(
     """Attribute a VLM's answer to the image patches (see `attribute`, with `image`)."""
     import dataclasses
 
-    from explorer import vlm_api
+    from explorer.api import vlm as vlm_api
     from explorer.backends.language import LanguageModel
 
     settings = settings or Settings.from_env()
@@ -190,15 +198,15 @@ def attribute(
     requests: list[CachedRequest[AttributionResult]] = []
     for i, m in enumerate(methods):
         params = per_method[m.name]
-        key = {
-            "method": m.name,
-            "target": target,
-            "contrast": contrast or None,
-            "seed": int(seed),
+        key = cache_params(
+            faith,
+            method=m.name,
+            target=target,
+            contrast=contrast or None,
+            seed=int(seed),
             **params,
-            **faith.to_json(),
-            "max_tokens": settings.max_prompt_tokens,
-        }
+            max_tokens=settings.max_prompt_tokens,
+        )
         prog = _scaled(progress, 0.05 + 0.95 * i / len(methods), 0.05 + 0.95 * (i + 1) / len(methods))
         requests.append(
             CachedRequest(
@@ -250,14 +258,14 @@ def attribute_generation(
     per_method, faith = split_params([m], method_params)
     check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
     lm = get_model(model, settings, _scaled(progress, 0.0, 0.05), dtype)
-    key = {
-        "method": m.name,
-        "generate": int(generate),
-        "seed": int(seed),
+    key = cache_params(
+        faith,
+        method=m.name,
+        generate=int(generate),
+        seed=int(seed),
         **per_method[m.name],
-        **faith.to_json(),
-        "max_tokens": settings.max_prompt_tokens,
-    }
+        max_tokens=settings.max_prompt_tokens,
+    )
     return run_cached(
         GenerationAttributionResult.kind,
         model_id=lm.model_id,
@@ -280,13 +288,13 @@ def attribute_generation(
     )
 
 
-def compare_runs(
+def compare_attribution_runs(
     run_ids: list[str], db: DbArg = None, settings: Settings | None = None
 ) -> AttributionComparison:
     """Reopen stored attribution runs (no model needed) as a comparison."""
     store = open_store(db, settings)
     if store is None:
-        raise InputError("compare_runs needs a store")
+        raise InputError("comparing attribution runs needs a store")
     results = []
     for run_id in run_ids:
         result = store.load(run_id)
@@ -296,4 +304,4 @@ def compare_runs(
     return AttributionComparison(results=results)
 
 
-__all__ = ["ATTRIBUTION_METHODS", "attribute", "attribute_generation", "compare_runs"]
+__all__ = ["ATTRIBUTION_METHODS", "attribute", "attribute_generation", "compare_attribution_runs"]
