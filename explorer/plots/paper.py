@@ -131,7 +131,7 @@ def _n_categories(fig: go.Figure, letter: str) -> int:
             n = max(n, rows if letter == "y" else cols)
         elif trace.type == "bar":
             cats = trace.y if (trace.orientation == "h") == (letter == "y") else None
-            n = max(n, len(cats) if cats is not None else 0)
+            n = max(n, len({str(c) for c in cats}) if cats is not None else 0)
     return n
 
 
@@ -434,7 +434,9 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
         ax.update(tickfont={"size": f}, title_font={"size": f}, automargin=False, title_standoff=4)
         if ax.title and ax.title.text:
             _two_line_title(ax, area_w / grid_c, f, grows_towards_axis=ax.side == "top")
-        need = f * 1.25 if x_rotated else (longest_x + f)
+        # rotated labels are parallel boxes a line high: apart by spacing x sin(angle)
+        angle = abs(float(ax.tickangle)) if isinstance(ax.tickangle, int | float) else 90.0
+        need = f * 1.3 / max(0.5, math.sin(math.radians(angle))) if x_rotated else (longest_x + f)
         _thin_ticks(ax, area_w / grid_c, need)
     for ax in y_axes:
         ax.update(tickfont={"size": f}, title_font={"size": f}, automargin=False, title_standoff=4)
@@ -569,6 +571,9 @@ def _explicit_categories(fig: go.Figure) -> None:
                 if values is None or not len(values) or not all(isinstance(v, str) for v in values):
                     continue
                 cats += [str(v) for v in values if str(v) not in cats]
+            if axis.categoryorder == "array" and axis.categoryarray is not None:
+                order = [str(c) for c in axis.categoryarray]
+                cats = [c for c in order if c in set(cats)] + [c for c in cats if c not in set(order)]
             if cats and len(set(cats)) == len(cats):
                 axis.update(tickmode="array", tickvals=cats, ticktext=cats)
 

@@ -119,7 +119,8 @@ def deletion_curve(result: VLMAttributionResult) -> go.Figure:
         ]
     )
     fig.update_layout(legend={"orientation": "h", "y": -0.3})
-    fig.update_xaxes(title="fraction of patches replaced", range=[0, 1])
+    # a little room left of 0: the x and y axes' "0" labels would meet at the corner
+    fig.update_xaxes(title="fraction of patches replaced", range=[-0.03, 1.03])
     fig.update_yaxes(title=f"p({_answer(result)})", rangemode="tozero")
     return base_layout(
         fig,

@@ -31,9 +31,6 @@ KNOWN_LAYOUT_FAILURES = {
     "microscope-ranking",
     "tokenizer_inspect-boundaries",
     "tokenizer_inspect-counts",
-    "vlm_attribution-deletion_curve",
-    "vlm_attribution-deletion_table",
-    "vlm_attribution-patch_attribution",
     "vlm_eval-eval_hallucination",
     "vlm_eval-eval_metrics",
     "vlm_prune-agreement",  # double column clean; single column: 7-entry legend overlaps the ticks
