@@ -383,11 +383,14 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     if show_legend:
         # a horizontal legend under everything. Plotly puts it on one row when every entry fits,
         # else in columns as wide as the widest entry
+        # (wrapping at the plot area's width, not the figure's: plotly wraps a horizontal legend
+        # earlier than the full width, so estimating with the narrower width never under-counts)
         entry_w = [text_width(str(n), f) + 40 for n in legend_items]
-        if sum(entry_w) <= width - 16:
+        wrap_w = max(60.0, min(width - 16, width - left - right))
+        if sum(entry_w) <= wrap_w:
             rows = 1
         else:
-            rows = math.ceil(len(entry_w) / max(1, int((width - 16) // max(entry_w))))
+            rows = math.ceil(len(entry_w) / max(1, int(wrap_w // max(entry_w))))
         legend_title = layout.legend.title.text if layout.legend and layout.legend.title else None
         legend_h = rows * f * 1.9 + 8 + (f * 1.6 if legend_title else 0)
         bottom += legend_h
