@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault(
+    "EXPLORER_UMAP_WARMUP", "0"
+)  # the app's background UMAP warm-up burns CPU the tests time
 
 import importlib.util  # noqa: E402
 from collections.abc import Callable  # noqa: E402

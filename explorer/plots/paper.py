@@ -340,6 +340,12 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     right = 10.0
     if has_colorbar:
         right += 10 + 6 + 4 * CHAR_EM * f + f * LINE_EM * 2 + 8  # bar, ticks, title (rotated, 2 lines)
+    right_axes = [ax for ax in y_axes if ax.side == "right" and ax.visible is not False]
+    if right_axes:  # a secondary y axis: its tick labels and (up to two-line) title sit in the right margin
+        right_ticks = [str(t) for ax in right_axes if ax.ticktext is not None for t in ax.ticktext]
+        right += 6 + max((text_width(t, f) for t in right_ticks), default=4 * CHAR_EM * f)
+        if any(ax.title and ax.title.text for ax in right_axes):
+            right += f * LINE_EM * 2
     bottom = 6 + (0 if x_top else tick_x_extent + (f * LINE_EM * 2 if x_title else 0))
     top = 6 + (tick_x_extent + (f * LINE_EM * 2 if x_title else 0) if x_top else 0)
 

@@ -83,8 +83,13 @@ def configure_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:
 
 
 def _warm_up_umap_in_background(settings: Settings) -> None:
-    """Compile umap-learn's numba kernels while the app starts, so the first token map is fast."""
+    """Compile umap-learn's numba kernels while the app starts, so the first token map is fast.
+    `EXPLORER_UMAP_WARMUP=0` leaves it out (the test suite does: it times CPU in the app's process)."""
+    import os
     import threading
+
+    if os.environ.get("EXPLORER_UMAP_WARMUP", "1").strip().lower() in ("0", "false", "no", "off"):
+        return
 
     from explorer.analysis.atlas.projection import warm_up_umap
 

@@ -28,9 +28,7 @@ ARGS = [
 # Figures whose exported layout still fails this check (issue 12 is open), or whose kind has no
 # fixed input in the gallery yet (not strict: some show measured times, whose width varies).
 KNOWN_LAYOUT_FAILURES = {
-    "microscope-ranking",
     "tokenizer_inspect-boundaries",
-    "tokenizer_inspect-counts",
     "vlm_eval-eval_hallucination",
     "vlm_eval-eval_metrics",
     "vlm_prune-agreement",  # double column clean; single column: 7-entry legend overlaps the ticks

@@ -81,9 +81,12 @@ def test_sql_timeout_and_lone_surrogate_through_the_api(app) -> None:
 def test_cancelled_sql_stops_burning_cpu(app) -> None:
     _, client, settings = app
     job = client.submit(SLOW, api_name="/query_runs")
-    time.sleep(0.8)
+    # cancel once the query is running: the process burns CPU (a fixed sleep can land before it starts)
+    t0, deadline = time.process_time(), time.monotonic() + 30
+    while time.process_time() - t0 < 1.0 and time.monotonic() < deadline:
+        time.sleep(0.1)
     job.cancel()
-    time.sleep(0.7)  # the watchdog polls every 50 ms
+    time.sleep(1.5)  # the watchdog polls every 50 ms; gradio notices the cancel on its next check
     t0 = time.process_time()
     time.sleep(1.0)
     burnt = time.process_time() - t0

@@ -122,7 +122,7 @@ def test_sampling_is_deterministic_under_seed(tiny_llama) -> None:
         ({"prompt": ""}, "empty"),
         ({"prompt": "   "}, "empty"),
         ({"prompt": "word " * 80}, "maximum"),
-        ({"prompt": "hi", "top_k": 0}, "top-k"),
+        ({"prompt": "hi", "top_k": 0}, "top_k"),
         ({"prompt": "hi", "generate": -1}, "generate"),
         ({"prompt": "hi", "targets": [""]}, "target"),
     ],

@@ -124,6 +124,6 @@ def test_ctrl_c_on_explorer_sql_exits_130_quietly(tmp_path: Path) -> None:
     while _cpu_seconds(proc.pid) < cpu + 1.5 and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=90)  # a starved child on a loaded CI machine exits late, not never
     assert proc.returncode == 130
     assert "Traceback" not in err and out == ""
