@@ -314,10 +314,13 @@ ATTRIBUTION_FIGURES = {"coloured tokens": "attribution-tokens", "faithfulness ta
 
 def set_slider(page: Any, label: str, value: float) -> None:
     box = page.get_by_label(f"number input for {label}").filter(visible=True)
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()  # Gradio commits a slider's number box on blur
-    page.wait_for_timeout(300)
+    for _ in range(3):  # on a loaded machine Gradio sometimes misses the first commit
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()  # Gradio commits a slider's number box on blur
+        page.wait_for_timeout(800)
+        if float(box.input_value() or "nan") == float(value):
+            break
 
 
 def few_reagent_steps(page: Any) -> None:
