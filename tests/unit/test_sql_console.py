@@ -115,7 +115,14 @@ def _ctrl_c_once(tmp_path: Path) -> tuple[int | None, str, str]:
         f"sys.exit(cli.main(['sql', {endless!r}]))"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a user's shell delivers Ctrl-C with SIGINT's default disposition; a test process may have
+        # SIGINT ignored (inherited by children, and Python then installs no handler): reset it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None and proc.stderr.readline() == "ready\n"
     # wait until the query is running: the child has burnt 1.5 s of CPU after "ready" (a fixed sleep
