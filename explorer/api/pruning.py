@@ -14,8 +14,10 @@ is computed or stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from explorer.analysis.pruning import text as _text
 from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
@@ -25,8 +27,11 @@ from explorer.backends.language import LanguageModel
 from explorer.backends.vision import VisionModel, load_vision_model
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.results import StoredResult
 from explorer.text_input import check_prompt
 
+B = TypeVar("B")
+R = TypeVar("R", bound=StoredResult)
 SWEEP_RATIOS = DEFAULT_KEEP_RATIOS  # the one default list (analysis.pruning.common)
 TextPruningResult = _text.TextPruningResult
 
@@ -60,27 +65,20 @@ def run_prune_text(
     names = _text.resolve_strategies(strategies)
     ratios = _text.resolve_keep_ratios(keep_ratios)
     check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
-    if progress is not None:
-        progress(0.0, "Loading model")
-    lm = get_model(model, settings, progress, dtype)
+    lm = _loaded(lambda: get_model(model, settings, progress, dtype), "Loading model", progress)
     has_fastv = any(_text.TEXT_STRATEGIES.parse(n)[0].inside_model for n in names)
     layer = _text.validate_layer(lm, layer, needs_layer=has_fastv)
-    params: dict[str, Any] = {
-        "strategies": names,
-        "keep_ratios": ratios,
-        "layer": layer,
-        "target": target or None,
-        "continuation_tokens": int(continuation_tokens),
-        "seed": int(seed),
-        "max_tokens": settings.max_prompt_tokens,
-    }
-    return run_cached(
+    return _run_sweep(
         _text.TextPruningResult.kind,
-        model_id=lm.model_id,
-        weight_hash=lm.weight_hash,
-        prompt=prompt,
-        params=params,
-        compute=lambda: _text.prune_text(
+        lm,
+        prompt,
+        SweepKey(names, ratios, layer, int(seed)),
+        {
+            "target": target or None,
+            "continuation_tokens": int(continuation_tokens),
+            "max_tokens": settings.max_prompt_tokens,
+        },
+        lambda: _text.prune_text(
             lm,
             prompt,
             strategies=names,
@@ -93,6 +91,50 @@ def run_prune_text(
             batch_mb=settings.pruning_batch_mb,
             progress=progress,
         ),
+        db=db,
+        settings=settings,
+        use_cache=use_cache,
+    )
+
+
+@dataclass(frozen=True)
+class SweepKey:
+    """What every pruning sweep's cache key holds: strategies, keep ratios, layer and seed."""
+
+    strategies: list[str]
+    keep_ratios: list[float]
+    layer: int
+    seed: int
+
+
+def _loaded(load: Callable[[], B], message: str, progress: ProgressFn | None) -> B:
+    """Load a backend, telling the progress bar first."""
+    if progress is not None:
+        progress(0.0, message)
+    return load()
+
+
+def _run_sweep(
+    kind: str,
+    backend: Any,
+    prompt: str,
+    key: SweepKey,
+    extra: dict[str, Any],
+    compute: Callable[[], R],
+    *,
+    db: DbArg,
+    settings: Settings,
+    use_cache: bool,
+) -> R:
+    """Serve a text or image pruning sweep from the store, or compute and store it: keyed by the
+    backend's model and weights, the prompt (or image hash), `key` and the kind's `extra` parameters."""
+    return run_cached(
+        kind,
+        model_id=backend.model_id,
+        weight_hash=backend.weight_hash,
+        prompt=prompt,
+        params={**dataclasses.asdict(key), **extra},
+        compute=compute,
         store=open_store(db, settings),
         use_cache=use_cache,
     )
@@ -134,31 +176,28 @@ def run_prune_image(
     names = engine.resolve_strategies(strategies)
     ratios = engine.resolve_keep_ratios(keep_ratios, "patches")
     pil = load_image(image, settings)
-    if isinstance(model, VisionModel):
-        vm = model
-    else:
-        if progress is not None:
-            progress(0.0, "Loading vision model")
-        vm = load_vision_model(
-            model or settings.default_vision_model, settings=settings, progress=progress, dtype=dtype
+    vm = (
+        model
+        if isinstance(model, VisionModel)
+        else _loaded(
+            lambda: load_vision_model(
+                model or settings.default_vision_model, settings=settings, progress=progress, dtype=dtype
+            ),
+            "Loading vision model",
+            progress,
         )
+    )
     layer = engine.validate_layer(vm, layer)
     seed = engine.validate_seed(seed)
-    params: dict[str, Any] = {
-        "strategies": names,
-        "keep_ratios": ratios,
-        "layer": layer,
-        "seed": seed,
-        **vm.preprocessing.cache_key(),
-    }
-    return run_cached(
+    return _run_sweep(
         engine.ImagePruningResult.kind,
-        model_id=vm.model_id,
-        weight_hash=vm.weight_hash,
-        prompt=f"image sha256:{image_sha256(pil)}",
-        params=params,
-        compute=lambda: engine.prune_image(vm, pil, names, ratios, layer, seed, progress),
-        store=open_store(db, settings),
+        vm,
+        f"image sha256:{image_sha256(pil)}",
+        SweepKey(names, ratios, layer, seed),
+        vm.preprocessing.cache_key(),
+        lambda: engine.prune_image(vm, pil, names, ratios, layer, seed, progress),
+        db=db,
+        settings=settings,
         use_cache=use_cache,
     )
 
