@@ -126,3 +126,24 @@ def test_results_hold_no_view_and_a_stored_view_key_still_opens() -> None:
         back.to_dict()
         == AttributionResult.from_store({**r.to_meta(), "run_id": "r1"}, r.to_tables()).to_dict()
     )
+
+
+def test_runs_stored_in_the_previous_layout_still_open() -> None:
+    """The layouts the previous, hand-written serialisation wrote: the tokenizer inspector kept its
+    per-tokenizer facts in the meta (now a table), pruning wrote `model_id`."""
+    from explorer.analysis.atlas.tokenizers import TokenizedText, TokenizerResult
+    from explorer.analysis.pruning.text.result import TextPruningResult
+
+    tok = TokenizedText("a", "BPE", [1, 2], ["x", "y"], ["x", "y"], [0, 1], [1, 2], [False] * 2, [False] * 2,
+                        [False, True], "chat", 5)  # fmt: skip
+    r = TokenizerResult(text="xy", tokenizers=[tok], seconds=0.5, notes=["n"])
+    old_meta = {"text": "xy", "seconds": 0.5, "notes": ["n"], "run_id": "r",
+                "tokenizers": [{"name": "a", "kind": "BPE", "chat_text": "chat", "chat_tokens": 5}]}  # fmt: skip
+    old = TokenizerResult.from_store(old_meta, {"tokens": r.to_tables()["tokens"]})
+    new = TokenizerResult.from_store({**r.to_meta(), "run_id": "r"}, r.to_tables())
+    assert old.to_dict() == new.to_dict() == {**r.to_dict(), "run_id": "r"}
+    p = TextPruningResult(model="m", tokens=["a"], input_ids=[1], layer=2, seed=0, continuation_tokens=0,
+                          target={}, reference={}, rows=[], scores={}, deviations={})  # fmt: skip
+    meta = p.to_meta()
+    meta["model_id"] = meta.pop("model")
+    assert TextPruningResult.from_store(meta, p.to_tables()).model == "m"
