@@ -84,6 +84,7 @@ def run_prune_text(
             continuation_tokens=p.continuation_tokens,
             seed=p.seed,
             max_tokens=settings.max_prompt_tokens,
+            batch_mb=settings.pruning_batch_mb,
             progress=progress,
         ),
         store=open_store(db, settings),
