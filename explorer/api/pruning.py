@@ -14,14 +14,13 @@ is computed or stored.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from explorer.analysis.pruning import text as _text
 from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
-from explorer.api.runner import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.analysis.pruning.params import PruneImageParams, PruneTextParams
+from explorer.api.runner import DbArg, ProgressFn, cache_params, get_model, open_store, run_cached
 from explorer.backends.images import ImageInput, load_image
 from explorer.backends.language import LanguageModel
 from explorer.backends.vision import VisionModel, load_vision_model
@@ -46,6 +45,7 @@ def run_prune_text(
     target: str | None = None,
     continuation_tokens: int = 8,
     seed: int = 0,
+    params: PruneTextParams | None = None,
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
@@ -59,34 +59,30 @@ def run_prune_text(
     (frugalprompt:<attribution method>, self_information, bottom_k:<method>, random, fastv).
     `layer`: FastV's K (blocks 0..K-1 see every token). `target`: the token whose probability and
     rank are tracked (default: the unpruned top-1 next token). `continuation_tokens`: N greedy
-    tokens compared. Returns a `TextPruningResult`; `.to_dict()` is the CLI's JSON.
+    tokens compared. `params`: a `PruneTextParams` instead of those keywords (it wins when given).
+    Returns a `TextPruningResult`; `.to_dict()` is the CLI's JSON.
     """
     settings = settings or Settings.from_env()
-    names = _text.resolve_strategies(strategies)
-    ratios = _text.resolve_keep_ratios(keep_ratios)
+    if params is None:
+        params = PruneTextParams.of(strategies, keep_ratios, layer, target, continuation_tokens, seed)
+    params.validate()  # before the model loads
     check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
     lm = _loaded(lambda: get_model(model, settings, progress, dtype), "Loading model", progress)
-    has_fastv = any(_text.TEXT_STRATEGIES.parse(n)[0].inside_model for n in names)
-    layer = _text.validate_layer(lm, layer, needs_layer=has_fastv)
+    p = params.for_model(lm)
     return _run_sweep(
         _text.TextPruningResult.kind,
         lm,
         prompt,
-        SweepKey(names, ratios, layer, int(seed)),
-        {
-            "target": target or None,
-            "continuation_tokens": int(continuation_tokens),
-            "max_tokens": settings.max_prompt_tokens,
-        },
+        cache_params(p, max_tokens=settings.max_prompt_tokens),
         lambda: _text.prune_text(
             lm,
             prompt,
-            strategies=names,
-            keep_ratios=ratios,
-            layer=layer,
-            target=target,
-            continuation_tokens=continuation_tokens,
-            seed=seed,
+            strategies=list(p.strategies),
+            keep_ratios=list(p.keep_ratios),
+            layer=p.layer,
+            target=p.target,
+            continuation_tokens=p.continuation_tokens,
+            seed=p.seed,
             max_tokens=settings.max_prompt_tokens,
             batch_mb=settings.pruning_batch_mb,
             progress=progress,
@@ -95,16 +91,6 @@ def run_prune_text(
         settings=settings,
         use_cache=use_cache,
     )
-
-
-@dataclass(frozen=True)
-class SweepKey:
-    """What every pruning sweep's cache key holds: strategies, keep ratios, layer and seed."""
-
-    strategies: list[str]
-    keep_ratios: list[float]
-    layer: int
-    seed: int
 
 
 def _loaded(load: Callable[[], B], message: str, progress: ProgressFn | None) -> B:
@@ -118,8 +104,7 @@ def _run_sweep(
     kind: str,
     backend: Any,
     prompt: str,
-    key: SweepKey,
-    extra: dict[str, Any],
+    params: dict[str, Any],
     compute: Callable[[], R],
     *,
     db: DbArg,
@@ -127,13 +112,14 @@ def _run_sweep(
     use_cache: bool,
 ) -> R:
     """Serve a text or image pruning sweep from the store, or compute and store it: keyed by the
-    backend's model and weights, the prompt (or image hash), `key` and the kind's `extra` parameters."""
+    backend's model and weights, the prompt (or image hash) and the validated `params`
+    (`cache_params` of the kind's Params plus its context)."""
     return run_cached(
         kind,
         model_id=backend.model_id,
         weight_hash=backend.weight_hash,
         prompt=prompt,
-        params={**dataclasses.asdict(key), **extra},
+        params=params,
         compute=compute,
         store=open_store(db, settings),
         use_cache=use_cache,
@@ -154,6 +140,7 @@ def run_prune_image(
     keep_ratios: Sequence[float] | float = SWEEP_RATIOS,
     layer: int = 0,
     seed: int = 0,
+    params: PruneImageParams | None = None,
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
@@ -167,14 +154,16 @@ def run_prune_image(
     with a saliency decoder), hub id, local dir or a loaded `VisionModel`. `layer`: blocks
     0..layer-1 run on every patch, the rest on the kept ones. The run is keyed by the SHA-256 of
     the decoded pixels (the prompt column reads "image sha256:<hex>"). Returns an
-    `ImagePruningResult`; `.to_dict()` is the CLI's JSON.
+    `ImagePruningResult`; `.to_dict()` is the CLI's JSON. `params`: a `PruneImageParams` instead of
+    the strategy / ratio / layer / seed keywords (it wins when given).
     """
     from explorer.analysis.vision_attention_result import image_sha256
 
     engine = _image_engine()
     settings = settings or Settings.from_env()
-    names = engine.resolve_strategies(strategies)
-    ratios = engine.resolve_keep_ratios(keep_ratios, "patches")
+    if params is None:
+        params = PruneImageParams.of(strategies, keep_ratios, layer, seed)
+    params.validate()  # before the image is read or the model loads
     pil = load_image(image, settings)
     vm = (
         model
@@ -187,15 +176,15 @@ def run_prune_image(
             progress,
         )
     )
-    layer = engine.validate_layer(vm, layer)
-    seed = engine.validate_seed(seed)
+    p = params.for_model(vm)
     return _run_sweep(
         engine.ImagePruningResult.kind,
         vm,
         f"image sha256:{image_sha256(pil)}",
-        SweepKey(names, ratios, layer, seed),
-        vm.preprocessing.cache_key(),
-        lambda: engine.prune_image(vm, pil, names, ratios, layer, seed, progress),
+        cache_params(p, **vm.preprocessing.cache_key()),
+        lambda: engine.prune_image(
+            vm, pil, list(p.strategies), list(p.keep_ratios), p.layer, p.seed, progress
+        ),
         db=db,
         settings=settings,
         use_cache=use_cache,

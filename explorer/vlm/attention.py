@@ -27,7 +27,7 @@ from __future__ import annotations
 import base64
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -51,7 +51,7 @@ from explorer.backends.vlm import (
 from explorer.errors import InputError
 from explorer.params import params_json
 from explorer.progress import ProgressFn
-from explorer.results import register_result
+from explorer.results import StoredFields, in_meta, in_table, register_result
 
 MAX_GENERATE = 64
 MAX_QUERY_ROWS = LONG_PROMPT_BLOCKS  # query rows kept per block and head past the full-token threshold
@@ -131,13 +131,25 @@ def query_blocks(queries: list[int], max_units: int, exact_last: int) -> list[tu
 # ---------------------------------------------------------------------------------------------
 # What both VLM attention results ("vlm_attention", "vlm_tokens") share
 # ---------------------------------------------------------------------------------------------
-class TextImageAttention:
-    """Mixin of the results that hold text -> image attention: the image, its positions and
-    the text queries. Subclasses are dataclasses with `modality`, `image_png`, `query_positions`."""
+@dataclass
+class TextImageAttention(StoredFields):
+    """Base of the results that hold text -> image attention ("vlm_attention", "vlm_tokens"):
+    the run's text, the image, its positions and the text queries (all stored in the meta).
 
-    modality: list[str]
-    image_png: str
-    query_positions: list[int]
+    tokens / modality: the sequence (prompt then answer), "text" / "image" per position
+    grid:  [rows, cols] of the image tokens; image_png: the image as the model saw it (base64 PNG)
+    query_positions: the text positions after the image whose attention is kept"""
+
+    model: str = in_meta()
+    prompt: str = in_meta()
+    n_layers: int = in_meta()
+    n_heads: int = in_meta()
+    tokens: list[str] = in_meta()
+    modality: list[str] = in_meta()
+    grid: list[int] = in_meta()
+    image_png: str = in_meta()
+    answer: list[str] = in_meta()
+    query_positions: list[int] = in_meta()
 
     @property
     def image_positions(self) -> list[int]:
@@ -264,27 +276,19 @@ class VLMAttentionResult(TextImageAttention):
 
     kind: ClassVar[str] = "vlm_attention"
 
-    model: str
-    prompt: str
-    n_layers: int
-    n_heads: int
-    tokens: list[str]
-    modality: list[str]
-    grid: list[int]
-    image_png: str
-    answer: list[str]
-    query_positions: list[int]
-    attention: np.ndarray
-    rollout: np.ndarray
-    shares: np.ndarray
-    head_image: np.ndarray
-    sinks: np.ndarray
-    norms: np.ndarray
-    params: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    attention: np.ndarray = in_table()
+    rollout: np.ndarray = in_table()
+    shares: np.ndarray = in_table()
+    head_image: np.ndarray = in_table()
+    sinks: np.ndarray = in_table()
+    norms: np.ndarray = in_table()
+    params: dict[str, Any] = in_meta(default_factory=dict)
+    notes: list[str] = in_meta(default_factory=list)
+    seconds: float = in_meta(default=0.0, decode=float)
     run_id: str | None = None
-    query_spans: list[tuple[int, int]] | None = None
+    query_spans: list[tuple[int, int]] | None = in_meta(
+        default=None, decode=lambda s: [tuple(u) for u in s] or None
+    )
 
     @property
     def prompt_len(self) -> int:
@@ -344,24 +348,6 @@ class VLMAttentionResult(TextImageAttention):
             out.update(last_position=b, n_tokens=b - a + 1, block_mean=True)
         return out
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "prompt": self.prompt,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "tokens": self.tokens,
-            "modality": self.modality,
-            "grid": self.grid,
-            "image_png": self.image_png,
-            "answer": self.answer,
-            "query_positions": self.query_positions,
-            "params": self.params,
-            "notes": self.notes,
-            "seconds": self.seconds,
-            "query_spans": None if self.query_spans is None else [list(u) for u in self.query_spans],
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         L, H = self.head_image.shape
         n = self.norms.shape[1]
@@ -394,7 +380,7 @@ class VLMAttentionResult(TextImageAttention):
         }
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VLMAttentionResult:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         L, H = int(meta["n_layers"]), int(meta["n_heads"])
         n = int(meta["grid"][0]) * int(meta["grid"][1])
         spans = [(int(a), int(b)) for a, b in meta["query_spans"]] if meta.get("query_spans") else None
@@ -404,29 +390,16 @@ class VLMAttentionResult(TextImageAttention):
         def column(table: str, name: str, order: list[str]) -> np.ndarray:
             return table_column(tables, table, name, order)
 
-        return cls(
-            model=meta["model"],
-            prompt=meta["prompt"],
-            n_layers=L,
-            n_heads=H,
-            tokens=list(meta["tokens"]),
-            modality=list(meta["modality"]),
-            grid=[int(g) for g in meta["grid"]],
-            image_png=meta["image_png"],
-            answer=list(meta["answer"]),
-            query_positions=[int(q) for q in meta["query_positions"]],
-            attention=attention,
-            rollout=rollout,
-            shares=np.stack([column("layers", k, ["layer"]) for k in SHARE_NAMES], axis=1).astype(np.float64),
-            head_image=column("heads", "image_share", ["layer", "head"]).reshape(L, H).astype(np.float64),
-            sinks=column("patches", "sink", ["layer", "patch"]).reshape(L + 1, n)[1:].astype(bool),
-            norms=column("patches", "norm", ["layer", "patch"]).reshape(L + 1, n).astype(np.float64),
-            params=dict(meta["params"]),
-            notes=list(meta.get("notes", [])),
-            seconds=float(meta.get("seconds", 0.0)),
-            run_id=meta.get("run_id"),
-            query_spans=spans,
-        )
+        return {
+            "attention": attention,
+            "rollout": rollout,
+            "shares": np.stack([column("layers", k, ["layer"]) for k in SHARE_NAMES], axis=1).astype(
+                np.float64
+            ),
+            "head_image": column("heads", "image_share", ["layer", "head"]).reshape(L, H).astype(np.float64),
+            "sinks": column("patches", "sink", ["layer", "patch"]).reshape(L + 1, n)[1:].astype(bool),
+            "norms": column("patches", "norm", ["layer", "patch"]).reshape(L + 1, n).astype(np.float64),
+        }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import pyarrow as pa
 from explorer.backends.vlm import VisionLanguageModel, generate_batch
 from explorer.errors import InputError
 from explorer.progress import ProgressFn, or_silent
-from explorer.results import register_result
+from explorer.results import StoredFields, float_values, in_meta, in_table, register_result
 from explorer.vlm import eval_sets
 from explorer.vlm import metrics as m
 from explorer.vlm.eval_sets import EvalSample
@@ -97,21 +97,21 @@ def score(sample: EvalSample, said: str) -> dict[str, Any]:
 # ---- the result ---------------------------------------------------------------------------------
 @register_result
 @dataclass
-class VLMEvalResult:
+class VLMEvalResult(StoredFields):
     """samples: per sample and condition (sample_id, condition, qtype, question, expected, said,
     correct, said_yes, truth_yes, mentioned, hallucinated, image_ref);
     metrics: per condition, group (question type, POPE split, "chair") and metric: value, low, high, n."""
 
     kind: ClassVar[str] = "vlm_eval"
 
-    model: str
-    dataset: str
-    params: dict[str, Any]
-    samples: list[dict[str, Any]]
-    metrics: list[dict[str, Any]]
-    seconds: dict[str, float]
-    n_prompts: int
-    deviations: list[str] = field(default_factory=list)
+    model: str = in_meta()
+    dataset: str = in_meta()
+    params: dict[str, Any] = in_meta()
+    samples: list[dict[str, Any]] = in_table()
+    metrics: list[dict[str, Any]] = in_table()
+    seconds: dict[str, float] = in_meta(decode=float_values)
+    n_prompts: int = in_meta()
+    deviations: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
 
     @property
@@ -154,32 +154,12 @@ class VLMEvalResult:
             "examples": self.samples[:12],
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "dataset": self.dataset,
-            "params": self.params,
-            "seconds": self.seconds,
-            "n_prompts": self.n_prompts,
-            "deviations": self.deviations,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         return {"samples": samples_table(self.samples), "metrics": metrics_table(self.metrics)}
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VLMEvalResult:
-        return cls(
-            model=meta["model"],
-            dataset=meta["dataset"],
-            params=meta["params"],
-            samples=tables["samples"].to_pylist(),
-            metrics=tables["metrics"].to_pylist(),
-            seconds={k: float(v) for k, v in meta["seconds"].items()},
-            n_prompts=int(meta["n_prompts"]),
-            deviations=list(meta.get("deviations", [])),
-            run_id=meta.get("run_id"),
-        )
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
+        return {"samples": tables["samples"].to_pylist(), "metrics": tables["metrics"].to_pylist()}
 
 
 SAMPLE_SCHEMA = pa.schema(

@@ -68,14 +68,14 @@ def test_attention_4096_tokens_is_bounded_and_reopens(tiny_long_lm: Any, tmp_sto
     # every figure and data export builds from the reopened run
     from explorer.plots import figures_for
 
-    loaded.view = {"layer": 1, "head": 1, "token": LONG_TOKENS - 1, "sinks": [0, 5]}
+    view = {"layer": 1, "head": 1, "token": LONG_TOKENS - 1, "sinks": [0, 5]}
     for spec in figures_for(loaded):
-        fig = spec.build(loaded)
+        fig = spec.figure(loaded, view)
         assert (
             fig.data
             and sum(np.asarray(t.z).size for t in fig.data if getattr(t, "z", None) is not None) < 200_000
         )
-        assert spec.data(loaded).num_rows > 0
+        assert spec.table(loaded, view).num_rows > 0
     # one head's exact matrix on demand (the model is available): a window of the full matrix
     window = attention_head_window(
         tiny_long_lm, res.input_ids, layer=1, head=0, start=LONG_TOKENS - 64, size=64
