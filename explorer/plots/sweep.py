@@ -42,7 +42,15 @@ def aggregate_figure(result: SweepResult, **_: Any) -> go.Figure:
         fig = go.Figure()
         fig.add_annotation(text="no rows done yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
         return base_layout(fig, title)
-    fig = make_subplots(rows=len(measures), cols=1, subplot_titles=measures, vertical_spacing=0.08)
+    with_x = [m for m in measures if any(r["x"] is not None for r in rows if r["measure"] == m)]
+    shared = len(with_x) == len(measures)
+    fig = make_subplots(
+        rows=len(measures),
+        cols=1,
+        subplot_titles=[m.replace("_", " ") for m in measures],
+        vertical_spacing=min(0.12, 0.5 / len(measures)),
+        shared_xaxes=shared,
+    )
     scale = 100.0 if result.analysis == "prune" else 1.0
     colours: dict[str, str] = {}
     for panel, measure in enumerate(measures, start=1):
@@ -83,7 +91,7 @@ def aggregate_figure(result: SweepResult, **_: Any) -> go.Figure:
                 "<br>n = %{customdata[2]}<extra>%{fullData.name}</extra>",
                 row=panel, col=1,
             )  # fmt: skip
-        if any(r["x"] is not None for r in mine):
+        if measure in with_x and (not shared or panel == len(measures)):
             fig.update_xaxes(title_text=X_TITLES.get(result.analysis, "x"), row=panel, col=1)
     return base_layout(fig, title, height=max(360, 260 * len(measures)))
 

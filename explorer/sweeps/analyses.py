@@ -167,6 +167,8 @@ def measures(analysis: str, result: Any) -> list[tuple[str, str, float | None, f
     elif analysis == "prune":
         for r in result.to_dict().get("rows", []):
             for name, value in sorted((r.get("fidelity") or {}).items()):
+                if name.endswith("_before"):  # the unpruned run's value: the same for every strategy
+                    continue
                 v = _finite(value)
                 if v is not None:
                     out.append((str(r["strategy"]), name, float(r["keep_ratio"]), v))

@@ -46,10 +46,11 @@ class SweepWorker:
     Ray actor)."""
 
     def __init__(self, job: Job, first: SweepRow | None = None) -> None:
-        factory = callable(job.model) and not hasattr(job.model, "model_id")
-        model = job.model() if factory else job.model
+        source = job.model
+        if callable(source) and not hasattr(source, "model_id"):  # a factory: build it here, once
+            source = source()
         self.job = job
-        self.models = Models(model, job.dtype)
+        self.models = Models(source, job.dtype)
         if first is not None:  # load now, not inside the first chunk's timing
             self.models.for_row(job.analysis, first, job.settings)
 

@@ -99,6 +99,36 @@ def test_lens_sweep_writes_shards_views_and_resumes(tmp_path: Path) -> None:
         assert after[name].equals(before[name]), name
 
 
+def test_vlm_eval_sweep_scores_every_row_like_one_evaluation(tmp_path: Path) -> None:
+    """A vlm-eval sweep over POPE (tiny random VLM, one answer per batch on both sides) stores every
+    sample once and aggregates to exactly the metrics of one `evaluate_vlm` over the same set."""
+    from conftest import make_tiny_projector
+    from test_vlm import _tiny_vision
+
+    from explorer.backends.vlm import projector_vlm
+    from explorer.vlm.eval_sets import load_eval_set
+    from explorer.vlm.vlm_eval import EvalParams, evaluate_vlm
+
+    lm = make_tiny_lm("llama")
+    vlm = projector_vlm(lm, _tiny_vision(), make_tiny_projector(lm), model_id="tiny-test-vlm")
+    r = _sweep(
+        Path("pope"),
+        tmp_path / "out",
+        False,
+        analysis="vlm-eval",
+        model=vlm,
+        params={"n_scenes": 2, "batch_size": 1},
+    )
+    samples = load_eval_set("pope", 2, 0)
+    assert (r.n_rows, r.n_done, r.dataset) == (len(samples), len(samples), "pope")
+    direct = evaluate_vlm(vlm, samples, EvalParams(dataset="pope", n_scenes=2, batch_size=1, n_boot=200))
+    expected = {(m["group"], m["metric"]): (m["value"], m["n"]) for m in direct.metrics}
+    got = {(a["group"], a["measure"]): (a["value"], a["n"]) for a in r.aggregate}
+    assert got == expected
+    with pytest.raises(InputError, match="in this process only"):
+        _sweep(Path("pope"), tmp_path / "o2", False, analysis="vlm-eval", model=vlm, workers=2)
+
+
 def test_runs_tab_lists_sweeps(tmp_path: Path) -> None:
     from explorer.config import Settings
     from explorer.ui.common import UIContext
