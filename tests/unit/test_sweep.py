@@ -272,16 +272,21 @@ RAY_TIME_LIMIT_S = 600
 def test_ray_cluster_of_two_workers_gives_the_local_results(tmp_path: Path) -> None:
     """A local Ray cluster (2 actors, each building the tiny model once) writes the same shards
     and aggregate as the in-process executor, within RAY_TIME_LIMIT_S."""
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent import futures
 
     pytest.importorskip("ray")
     data = _dataset(tmp_path, n=4)
     local = _sweep(data, tmp_path / "local", False)
-    pool = ThreadPoolExecutor(1)
+    pool = futures.ThreadPoolExecutor(1)
     try:
         on_ray = pool.submit(_sweep, data, tmp_path / "ray", False, workers=2, ray="auto").result(
             timeout=RAY_TIME_LIMIT_S
         )
+    except futures.TimeoutError:
+        import ray
+
+        ray.shutdown()  # stop the cluster: the sweep's thread fails, and the process can exit
+        pytest.fail(f"the Ray sweep did not finish within {RAY_TIME_LIMIT_S} s")
     finally:
         pool.shutdown(wait=False)
     assert (on_ray.executor, on_ray.workers, on_ray.n_done) == ("ray", 2, 4)
