@@ -44,7 +44,7 @@ from PIL import Image
 
 from explorer.backends.architectures import ArchitectureSpec
 from explorer.backends.language import LanguageModel
-from explorer.backends.loading import default_device, hub_kwargs, weight_fingerprint
+from explorer.backends.loading import default_device, hub_kwargs, placement_kwargs, weight_fingerprint
 from explorer.backends.vlm import MODALITY_IMAGE, MODALITY_TEXT, VisionLanguageModel, VLMInputs
 from explorer.config import Settings
 from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
@@ -471,7 +471,12 @@ def load_hub_vlm(name: str, settings: Settings, progress: ProgressFn | None = No
     try:
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=False, **extra)
         model = model_class.from_pretrained(
-            source, dtype=dtype, attn_implementation="eager", trust_remote_code=False, **extra
+            source,
+            dtype=dtype,
+            attn_implementation="eager",
+            trust_remote_code=False,
+            **extra,
+            **placement_kwargs(settings.device_map),
         )
     except (OSError, ValueError, ImportError) as exc:
         # ImportError: e.g. Qwen2-VL's and SmolVLM's processors build a video processor, which
@@ -479,6 +484,7 @@ def load_hub_vlm(name: str, settings: Settings, progress: ProgressFn | None = No
         raise ModelNotAvailableError(
             f"vision-language model {name!r} could not be loaded: {str(exc).splitlines()[0][:300]}"
         ) from exc
-    model.to(device)
+    if getattr(model, "hf_device_map", None) is None:  # device_map="auto" placed it already
+        model.to(device)
     prog(0.9, "Fingerprinting the weights")
     return wrap_hub_vlm(model, processor, model_id=name)
