@@ -25,6 +25,7 @@ _LIMIT_VARIABLES: tuple[tuple[str, str, type], ...] = (
     ("queue_max_size", "EXPLORER_QUEUE_MAX_SIZE", int),
     ("session_ttl_s", "EXPLORER_SESSION_TTL_S", int),
     ("temp_file_ttl_s", "EXPLORER_TEMP_FILE_TTL_S", int),
+    ("pruning_batch_mb", "EXPLORER_PRUNING_BATCH_MB", float),
 )
 
 
@@ -55,6 +56,9 @@ class Settings:
     queue_max_size: int = 64
     session_ttl_s: int = 3600
     temp_file_ttl_s: int = 3600
+    # memory budget of one batched prefill in the text-pruning sweep (rows of a keep ratio are
+    # split into batches that fit; at 4,096 tokens one SmolLM2 row alone needs about 1.4 GB)
+    pruning_batch_mb: float = 1024.0
 
     @property
     def max_prompt_chars(self) -> int:

@@ -90,6 +90,7 @@ def run_prune_text(
             continuation_tokens=continuation_tokens,
             seed=seed,
             max_tokens=settings.max_prompt_tokens,
+            batch_mb=settings.pruning_batch_mb,
             progress=progress,
         ),
         store=open_store(db, settings),

@@ -96,18 +96,22 @@ def run_vlm(
     settings: Settings,
     dtype: str | None,
     progress: ProgressFn | None,
+    **context: Any,
 ) -> R:
     """Load the VLM, then serve (kind, model, prompt, image, params) from the store or run
-    `compute(vlm, prompt, picture, params, max_tokens=..., progress=...)` and store it."""
+    `compute(vlm, prompt, picture, params, max_tokens=..., progress=..., **context)` and store
+    it; `context` (settings that change the result) is part of the cache key."""
     vlm = resolve_vlm(model, settings, progress, dtype)
     return run_cached(
         kind,
         model_id=vlm.model_id,
         weight_hash=vlm.weight_hash,
         prompt=prompt,
-        params=cache_params(params, image=image_digest(picture), max_tokens=settings.max_prompt_tokens),
+        params=cache_params(
+            params, image=image_digest(picture), max_tokens=settings.max_prompt_tokens, **context
+        ),
         compute=lambda: compute(
-            vlm, prompt, picture, params, max_tokens=settings.max_prompt_tokens, progress=progress
+            vlm, prompt, picture, params, max_tokens=settings.max_prompt_tokens, progress=progress, **context
         ),
         store=open_store(db, settings),
         use_cache=use_cache,
@@ -224,6 +228,7 @@ def run_vlm_attention(
         lambda vlm, p, pic, prm, **kw: compute_attention(vlm, p, pic, params=prm, **kw),
         model, prompt, picture, params,
         db=db, use_cache=use_cache, settings=settings, dtype=dtype, progress=progress,
+        full_tokens=settings.attention_full_tokens,
     )  # fmt: skip
 
 

@@ -96,6 +96,10 @@ class Generation:
         return [int(t) for t in self.tokens[row].tolist()]
 
 
+class _PassDone(Exception):
+    """Ends a pass early, after the last block an `attention_hooks(stop=True)` wants."""
+
+
 def _first_tensor(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
@@ -496,14 +500,26 @@ class LanguageModel:
         Memory stays at one layer's matrices, where `capture(attentions=True)` holds every
         layer's at once (n_layers x n_heads x seq^2: 18 GB for SmolLM2 at 4,096 tokens).
         `layers`: only these blocks (the pass stops after the last one; default all)."""
+        with self.lock, self.attention_hooks(on_layer, layers, stop=True):
+            self.forward(input_ids.reshape(1, -1), logits_to_keep=1)
+
+    @contextmanager
+    def attention_hooks(
+        self,
+        on_layer: Callable[[int, torch.Tensor], None],
+        layers: Sequence[int] | None = None,
+        *,
+        stop: bool = False,
+    ) -> Iterator[None]:
+        """While inside, every pass hands each wanted block's attention weights (n_heads, seq,
+        seq) float32 of the first batch row to `on_layer(layer, weights)` as the block runs.
+        With `stop`, the pass ends right after the last wanted block (the with-block returns
+        normally). Needs eager attention. Call it holding the model's lock."""
         blocks = self.blocks()
         wanted = sorted({int(x) for x in layers}) if layers is not None else list(range(len(blocks)))
         if not wanted or wanted[0] < 0 or wanted[-1] >= len(blocks):
             raise ValueError(f"layers must lie in 0..{len(blocks) - 1} (got {layers})")
         last = wanted[-1]
-
-        class _Done(Exception):
-            pass
 
         def make_hook(i: int) -> Any:
             def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
@@ -513,23 +529,21 @@ class LanguageModel:
                         "the attention module returned no weights; load it with attn_implementation='eager'"
                     )
                 on_layer(i, weights[0].float())
-                if i == last:
-                    raise _Done
+                if stop and i == last:
+                    raise _PassDone
 
             return hook
 
-        with self.lock:
-            handles = [
-                get_submodule(blocks[i], self.spec.attention).register_forward_hook(make_hook(i))
-                for i in wanted
-            ]
-            try:
-                self.forward(input_ids.reshape(1, -1), logits_to_keep=1)
-            except _Done:
-                pass
-            finally:
-                for h in handles:
-                    h.remove()
+        handles = [
+            get_submodule(blocks[i], self.spec.attention).register_forward_hook(make_hook(i)) for i in wanted
+        ]
+        try:
+            yield
+        except _PassDone:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
 
     @contextmanager
     def residual_edits(self, edits: dict[int, ResidualEdit]) -> Iterator[None]:

@@ -166,10 +166,16 @@ def vlm_summary_markdown(r: VLMAttentionResult) -> str:
     return "\n".join(lines)
 
 
-def _vlm_query_choices(r: VLMAttentionResult) -> list[tuple[str, int]]:
+def vlm_query_choices(r: VLMAttentionResult) -> list[tuple[str, int]]:
+    """One choice per stored row: a query, or (a long run) a block of queries, by its first position."""
     return [
-        (f"{q} · {r.tokens[q]!r}" + (" (generated)" if q >= r.prompt_len else ""), q)
-        for q in r.query_positions
+        (
+            f"{a} · {r.tokens[a]!r}" + (" (generated)" if a >= r.prompt_len else "")
+            if a == b
+            else f"{a}–{b} · mean of {b - a + 1} tokens",
+            a,
+        )
+        for a, b in r.query_units
     ]
 
 
@@ -245,7 +251,7 @@ def _build_vlm_mode(ctx: UIContext) -> None:
         return (
             result,
             vlm_summary_markdown(result),
-            gr.Dropdown(choices=_vlm_query_choices(result), value=result.query_positions[-1]),
+            gr.Dropdown(choices=vlm_query_choices(result), value=result.query_units[-1][0]),
             gr.Radio(value="mean"),
             gr.Slider(0, max(1, result.n_heads - 1), value=0, step=1, interactive=result.n_heads > 1),
             ui_figure(
