@@ -19,7 +19,7 @@ suspects, references and flagged tokens, plus a random sample of the rest) is th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,7 +31,7 @@ from explorer.analysis.atlas.projection import ProjectionParams, fit_umap, unit_
 from explorer.analysis.atlas.vocab_tokens import analyse_tokenizer, unused_added_tokens
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
-from explorer.results import register_result
+from explorer.results import StoredFields, in_meta, in_table, register_result
 
 GH_P0 = 0.25  # null hypothesis: at most a quarter of a cluster is glitchy
 GH_ALPHA = 0.1
@@ -81,20 +81,19 @@ TOKEN_COLUMNS = (
 
 @register_result
 @dataclass
-class VocabHealthResult:
+class VocabHealthResult(StoredFields):
     """Per vocabulary row (n = model vocab): every column of TOKEN_COLUMNS in `columns` (numpy arrays
     or lists of n). `summary`: counts, agreement, timings; `notes`: deviations and caveats."""
 
     kind: ClassVar[str] = "vocab_health"
 
-    model: str
-    columns: dict[str, Any]
-    summary: dict[str, Any]
-    params: dict[str, Any]
-    seconds: float
-    notes: list[str] = field(default_factory=list)
+    model: str = in_meta()
+    columns: dict[str, Any] = in_table()
+    summary: dict[str, Any] = in_meta()
+    params: dict[str, Any] = in_meta()
+    seconds: float = in_meta(decode=float)
+    notes: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
-    view: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # UI choices, not stored
 
     @property
     def n_tokens(self) -> int:
@@ -125,20 +124,11 @@ class VocabHealthResult:
             "suspects": self.suspects(),
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "summary": self.summary,
-            "params": self.params,
-            "seconds": self.seconds,
-            "notes": self.notes,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         return {"tokens": self.table()}
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VocabHealthResult:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         t = tables["tokens"].sort_by("token_id")
         columns: dict[str, Any] = {}
         for name in TOKEN_COLUMNS:
@@ -147,15 +137,7 @@ class VocabHealthResult:
                 columns[name] = col.to_pylist()
             else:
                 columns[name] = col.to_numpy(zero_copy_only=False)
-        return cls(
-            model=meta["model"],
-            columns=columns,
-            summary=meta["summary"],
-            params=meta["params"],
-            seconds=float(meta["seconds"]),
-            notes=list(meta.get("notes", [])),
-            run_id=meta.get("run_id"),
-        )
+        return {"columns": columns}
 
 
 def _py(value: Any) -> Any:
