@@ -100,6 +100,7 @@ RESULT_MODULES = (
     "explorer.vlm.attention",
     "explorer.vlm.latent",
     "explorer.vlm.vista_patterns",
+    "explorer.sweeps.result",
 )
 
 

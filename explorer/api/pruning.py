@@ -14,8 +14,8 @@ is computed or stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from explorer.analysis.pruning import text as _text
 from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
@@ -26,8 +26,11 @@ from explorer.backends.language import LanguageModel
 from explorer.backends.vision import VisionModel, load_vision_model
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.results import StoredResult
 from explorer.text_input import check_prompt
 
+B = TypeVar("B")
+R = TypeVar("R", bound=StoredResult)
 SWEEP_RATIOS = DEFAULT_KEEP_RATIOS  # the one default list (analysis.pruning.common)
 TextPruningResult = _text.TextPruningResult
 
@@ -64,17 +67,14 @@ def run_prune_text(
         params = PruneTextParams.of(strategies, keep_ratios, layer, target, continuation_tokens, seed)
     params.validate()  # before the model loads
     check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
-    if progress is not None:
-        progress(0.0, "Loading model")
-    lm = get_model(model, settings, progress, dtype)
+    lm = _loaded(lambda: get_model(model, settings, progress, dtype), "Loading model", progress)
     p = params.for_model(lm)
-    return run_cached(
+    return _run_sweep(
         _text.TextPruningResult.kind,
-        model_id=lm.model_id,
-        weight_hash=lm.weight_hash,
-        prompt=prompt,
-        params=cache_params(p, max_tokens=settings.max_prompt_tokens),
-        compute=lambda: _text.prune_text(
+        lm,
+        prompt,
+        cache_params(p, max_tokens=settings.max_prompt_tokens),
+        lambda: _text.prune_text(
             lm,
             prompt,
             strategies=list(p.strategies),
@@ -87,6 +87,40 @@ def run_prune_text(
             batch_mb=settings.pruning_batch_mb,
             progress=progress,
         ),
+        db=db,
+        settings=settings,
+        use_cache=use_cache,
+    )
+
+
+def _loaded(load: Callable[[], B], message: str, progress: ProgressFn | None) -> B:
+    """Load a backend, telling the progress bar first."""
+    if progress is not None:
+        progress(0.0, message)
+    return load()
+
+
+def _run_sweep(
+    kind: str,
+    backend: Any,
+    prompt: str,
+    params: dict[str, Any],
+    compute: Callable[[], R],
+    *,
+    db: DbArg,
+    settings: Settings,
+    use_cache: bool,
+) -> R:
+    """Serve a text or image pruning sweep from the store, or compute and store it: keyed by the
+    backend's model and weights, the prompt (or image hash) and the validated `params`
+    (`cache_params` of the kind's Params plus its context)."""
+    return run_cached(
+        kind,
+        model_id=backend.model_id,
+        weight_hash=backend.weight_hash,
+        prompt=prompt,
+        params=params,
+        compute=compute,
         store=open_store(db, settings),
         use_cache=use_cache,
     )
@@ -131,25 +165,28 @@ def run_prune_image(
         params = PruneImageParams.of(strategies, keep_ratios, layer, seed)
     params.validate()  # before the image is read or the model loads
     pil = load_image(image, settings)
-    if isinstance(model, VisionModel):
-        vm = model
-    else:
-        if progress is not None:
-            progress(0.0, "Loading vision model")
-        vm = load_vision_model(
-            model or settings.default_vision_model, settings=settings, progress=progress, dtype=dtype
+    vm = (
+        model
+        if isinstance(model, VisionModel)
+        else _loaded(
+            lambda: load_vision_model(
+                model or settings.default_vision_model, settings=settings, progress=progress, dtype=dtype
+            ),
+            "Loading vision model",
+            progress,
         )
+    )
     p = params.for_model(vm)
-    return run_cached(
+    return _run_sweep(
         engine.ImagePruningResult.kind,
-        model_id=vm.model_id,
-        weight_hash=vm.weight_hash,
-        prompt=f"image sha256:{image_sha256(pil)}",
-        params=cache_params(p, **vm.preprocessing.cache_key()),
-        compute=lambda: engine.prune_image(
+        vm,
+        f"image sha256:{image_sha256(pil)}",
+        cache_params(p, **vm.preprocessing.cache_key()),
+        lambda: engine.prune_image(
             vm, pil, list(p.strategies), list(p.keep_ratios), p.layer, p.seed, progress
         ),
-        store=open_store(db, settings),
+        db=db,
+        settings=settings,
         use_cache=use_cache,
     )
 

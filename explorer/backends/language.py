@@ -43,6 +43,7 @@ from explorer.backends.loading import (
     dtype_name,
     get_submodule,
     hub_kwargs,
+    placement_kwargs,
     resolve_dtype,
     weight_fingerprint,
 )
@@ -714,9 +715,10 @@ def _load_language_model(
     progress(0.7, f"Loading {name_or_path}")
     try:
         extra = hub_kwargs(is_local)
+        placement = placement_kwargs(settings.device_map)
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, attn_implementation="eager", **extra
+            source, dtype=dtype, attn_implementation="eager", **extra, **placement
         )
     except (OSError, ValueError) as exc:
         offline = bool(extra)
@@ -731,7 +733,8 @@ def _load_language_model(
             f"model {name_or_path!r} is not available locally{hint}. Embedded models: {known}. "
             f"Details: {str(exc).splitlines()[0][:300]}"
         ) from exc
-    model.to(device)  # type: ignore[arg-type]
+    if not placement:  # with a device map, accelerate has placed every layer already
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     return wrap_model(model, tokenizer, model_id=name_or_path)
 
@@ -763,8 +766,9 @@ def load_model(
     with load_errors_hidden(name, settings):
         # the host's allow-list; one spelling per local dir
         name = admit_model(name, EMBEDDED_LMS, check_allowed=check_allowed)
+        placed = () if settings.device_map == "none" else (f"device_map={settings.device_map}",)
         model: LanguageModel = MODEL_CACHE.get(
-            ("lm:" + name, str(dev), dtype_name(torch_dtype)),
+            ("lm:" + name, str(dev), dtype_name(torch_dtype), *placed),
             lambda: _load_language_model(name, settings, dev, torch_dtype, prog),
         )
     return model

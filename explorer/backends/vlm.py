@@ -361,7 +361,7 @@ def projector_vlm(
                     projector.config.feature_layers,
                     colour=projector.config.colour_dim > 0,
                 )
-                hit = projector(feats.cpu())[0].float()
+                hit = projector(feats.cpu().float())[0].float()
             last.clear()
             last[key] = hit
         return hit.clone()
@@ -446,8 +446,10 @@ def _tiny_vlm(
         )
     # parts of the admitted demo VLM: loaded even when the allow-list names only "tiny-vlm"
     lm = load_model("smollm2-135m", settings=settings, progress=progress, dtype=dtype, check_allowed=False)
+    # the vision encoder and projector stay in float32 whatever the LM's dtype: the projector was
+    # trained on float32 features, and the visual tokens are cast as they enter the LM
     vision = load_vision_model(
-        "dinov2-small-focus", settings=settings, progress=progress, check_allowed=False
+        "dinov2-small-focus", settings=settings, progress=progress, dtype="float32", check_allowed=False
     )
     digest = hashlib.sha256(path.read_bytes())
     lora = weights / "lora.safetensors"
@@ -491,25 +493,27 @@ def load_vlm(
     weights: Path | None = None,
     dtype: str | None = None,
 ) -> VisionLanguageModel:
-    """Load (once per process) a VLM: "tiny-vlm" (embedded demo), or a hub id / local dir.
+    """Load (once per process and dtype) a VLM: "tiny-vlm" (embedded demo), or a hub id / local dir.
 
-    `dtype` ("auto", "float32", "float16", "bfloat16") applies to the demo VLM's language
-    model (the vision encoder and projector stay in float32); hub VLMs load in "auto"."""
+    `dtype` ("auto", "float32", "float16", "bfloat16"; default: settings.dtype) is the dtype of
+    the language model's weights. The demo VLM's vision encoder and projector stay in float32
+    (their visual tokens are cast when they enter the LM); a hub VLM loads whole in `dtype`."""
+    from explorer.backends.loading import default_device, dtype_name, resolve_dtype
+
     settings = settings or Settings.from_env()
     requested = (name_or_path or TINY_VLM).strip()
+    chosen = dtype_name(resolve_dtype(dtype if dtype is not None else settings.dtype, default_device()))
     with load_errors_hidden(requested, settings):
         name = admit_model(requested, EMBEDDED_VLMS)  # the host's allow-list; one spelling per dir
         if name == TINY_VLM:
             w = weights or WEIGHTS_DIR
-            key = ("vlm:" + name, str(w.resolve()), str(dtype or "auto"))
-            return MODEL_CACHE.get(key, lambda: _tiny_vlm(settings, w, progress, dtype))  # type: ignore[no-any-return]
-        if dtype not in (None, "auto"):
-            raise InputError(
-                f"dtype {dtype!r}: hub vision-language models load in 'auto' only (float16 on CUDA)"
-            )
+            key = ("vlm:" + name, str(w.resolve()), chosen)
+            return MODEL_CACHE.get(key, lambda: _tiny_vlm(settings, w, progress, chosen))  # type: ignore[no-any-return]
         from explorer.backends.vlm_hub import load_hub_vlm
 
-        return MODEL_CACHE.get(("vlm:" + name, "auto"), lambda: load_hub_vlm(name, settings, progress))  # type: ignore[no-any-return]
+        return MODEL_CACHE.get(  # type: ignore[no-any-return]
+            ("vlm:" + name, chosen), lambda: load_hub_vlm(name, settings, progress, dtype=chosen)
+        )
 
 
 def is_vlm_name(name: str | None) -> bool:

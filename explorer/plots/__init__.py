@@ -111,6 +111,7 @@ def _load_builtin_figures() -> None:
         "vlm_prune",
         "vlm_latent",
         "vista_patterns",
+        "sweep",
     ):
         try:
             __import__(f"explorer.plots.{module}")

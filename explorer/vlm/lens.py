@@ -105,7 +105,8 @@ class VLMLensResult(LensResult):
     def surfacing(self) -> list[dict[str, Any]]:
         """Per tracked target, over the image tokens: the first layer where it is top-1 (and
         top-10) at any patch, the layer where its best patch probability peaks, and how many
-        patches have it as top-1 at that layer."""
+        patches have it as top-1 at that layer, and where that best patch is (`peak_patch`: row,
+        column of the grid, 0-based from the top left)."""
         if self.grid is None:
             return []
         out = []
@@ -117,6 +118,7 @@ class VLMLensResult(LensResult):
             top1 = np.nonzero((ranks == 1).any(axis=1))[0]
             top10 = np.nonzero((ranks <= 10).any(axis=1))[0]
             peak = int(np.nanargmax(best))
+            row, col = divmod(int(np.nanargmax(probs[peak])), int(self.grid[1]))
             out.append(
                 {
                     "target": target,
@@ -125,6 +127,7 @@ class VLMLensResult(LensResult):
                     "peak_layer": peak,
                     "peak_prob": float(best[peak]),
                     "patches_top1_at_peak": int((ranks[peak] == 1).sum()),
+                    "peak_patch": [row, col],
                 }
             )
         return out

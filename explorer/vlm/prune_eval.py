@@ -57,7 +57,7 @@ from explorer.results import StoredFields, in_meta, in_table, register_result
 from explorer.vlm import eval_sets
 from explorer.vlm import metrics as m
 from explorer.vlm.eval_sets import EvalSample
-from explorer.vlm.vlm_eval import MAX_BATCH, aggregate, score
+from explorer.vlm.vlm_eval import ANSWER_FIELDS, ESTIMATE_FIELDS, MAX_BATCH, aggregate, rows_table, score
 
 REFERENCE = "unpruned"
 # the default sweep: the shared ratio list (analysis.pruning.common), from 100% down to 5%
@@ -344,9 +344,9 @@ class VLMPruneResult(StoredFields):
 
     def to_tables(self) -> dict[str, pa.Table]:
         return {
-            "samples": _table(self.samples, SAMPLE_SCHEMA),
-            "metrics": _table(self.metrics, METRIC_SCHEMA),
-            "costs": _table(self.costs, COST_SCHEMA),
+            "samples": rows_table(self.samples, SAMPLE_SCHEMA),
+            "metrics": rows_table(self.metrics, METRIC_SCHEMA),
+            "costs": rows_table(self.costs, COST_SCHEMA),
         }
 
     @classmethod
@@ -360,29 +360,11 @@ SAMPLE_SCHEMA = pa.schema(
         ("strategy", pa.string()),
         ("keep_ratio", pa.float64()),
         ("qtype", pa.string()),
-        ("question", pa.string()),
-        ("expected", pa.string()),
-        ("said", pa.string()),
-        ("correct", pa.bool_()),
-        ("said_yes", pa.bool_()),
-        ("truth_yes", pa.bool_()),
-        ("mentioned", pa.int32()),
-        ("hallucinated", pa.int32()),
+        *ANSWER_FIELDS,
         ("agree", pa.bool_()),
     ]
 )
-METRIC_SCHEMA = pa.schema(
-    [
-        ("strategy", pa.string()),
-        ("keep_ratio", pa.float64()),
-        ("group", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("low", pa.float64()),
-        ("high", pa.float64()),
-        ("n", pa.int64()),
-    ]
-)
+METRIC_SCHEMA = pa.schema([("strategy", pa.string()), ("keep_ratio", pa.float64()), *ESTIMATE_FIELDS])
 COST_SCHEMA = pa.schema(
     [
         ("strategy", pa.string()),
@@ -395,10 +377,6 @@ COST_SCHEMA = pa.schema(
         ("scoring", pa.string()),
     ]
 )
-
-
-def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -162,45 +162,49 @@ class VLMEvalResult(StoredFields):
         return {"samples": tables["samples"].to_pylist(), "metrics": tables["metrics"].to_pylist()}
 
 
+# Columns shared by every table of scored answers (here and in explorer.vlm.prune_eval): the
+# question and the answer with its scores, and a metric with its bootstrap interval.
+ANSWER_FIELDS = [
+    ("question", pa.string()),
+    ("expected", pa.string()),
+    ("said", pa.string()),
+    ("correct", pa.bool_()),
+    ("said_yes", pa.bool_()),
+    ("truth_yes", pa.bool_()),
+    ("mentioned", pa.int32()),
+    ("hallucinated", pa.int32()),
+]
+ESTIMATE_FIELDS = [
+    ("group", pa.string()),
+    ("metric", pa.string()),
+    ("value", pa.float64()),
+    ("low", pa.float64()),
+    ("high", pa.float64()),
+    ("n", pa.int64()),
+]
 SAMPLE_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
         ("condition", pa.string()),
         ("qtype", pa.string()),
         ("image_ref", pa.string()),
-        ("question", pa.string()),
-        ("expected", pa.string()),
-        ("said", pa.string()),
-        ("correct", pa.bool_()),
-        ("said_yes", pa.bool_()),
-        ("truth_yes", pa.bool_()),
-        ("mentioned", pa.int32()),
-        ("hallucinated", pa.int32()),
+        *ANSWER_FIELDS,
     ]
 )
-METRIC_SCHEMA = pa.schema(
-    [
-        ("condition", pa.string()),
-        ("group", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("low", pa.float64()),
-        ("high", pa.float64()),
-        ("n", pa.int64()),
-    ]
-)
+METRIC_SCHEMA = pa.schema([("condition", pa.string()), *ESTIMATE_FIELDS])
+
+
+def rows_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) as an Arrow table of exactly `schema`'s columns (missing keys are null)."""
+    return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
 
 
 def samples_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(
-        [{k: r.get(k) for k in SAMPLE_SCHEMA.names} for r in rows], schema=SAMPLE_SCHEMA
-    )
+    return rows_table(rows, SAMPLE_SCHEMA)
 
 
 def metrics_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(
-        [{k: r.get(k) for k in METRIC_SCHEMA.names} for r in rows], schema=METRIC_SCHEMA
-    )
+    return rows_table(rows, METRIC_SCHEMA)
 
 
 # ---- aggregation --------------------------------------------------------------------------------
