@@ -60,6 +60,8 @@ _LAZY = {
     "latent_neighbours": "explorer.api.vlm:run_latent_neighbours",
     "text_bank": "explorer.api.vlm",
     "vista_patterns": "explorer.api.vlm",
+    "sweep": "explorer.api.sweep",
+    "list_sweeps": "explorer.api.sweep",
     "token_map": "explorer.api.atlas:run_token_map",
     "map_scores": "explorer.api.atlas",
     "vocab_health": "explorer.api.atlas:run_vocab_health",

@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "vista",
     "latent_neighbours",
     "vista_patterns",
+    "sweep",
 )
 
 
@@ -61,6 +62,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
         choices=DTYPE_CHOICES,
         default=None,
         help="weights' dtype (default: $EXPLORER_DTYPE or auto = float16 on CUDA, float32 on CPU)",
+    )
+    parser.add_argument(
+        "--device-map",
+        choices=("none", "auto"),
+        default=None,
+        help="auto: hub models load with accelerate's device_map='auto' when CUDA GPUs are present, split "
+        "across them (default: $EXPLORER_DEVICE_MAP or none)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers: dict[str, Any] = {}
@@ -128,7 +136,9 @@ def _main(argv: list[str] | None) -> int:
         db = getattr(args, "sub_db", None) or args.db
         dtype = getattr(args, "sub_dtype", None) or args.dtype
         try:
-            settings = Settings.from_env(db_path=db, cache_dir=args.cache_dir, dtype=dtype)
+            settings = Settings.from_env(
+                db_path=db, cache_dir=args.cache_dir, dtype=dtype, device_map=args.device_map
+            )
         except ValueError as exc:
             raise InputError(str(exc)) from exc
         out = handlers[args.command](args, settings)

@@ -25,7 +25,11 @@ _LIMIT_VARIABLES: tuple[tuple[str, str, type], ...] = (
     ("queue_max_size", "EXPLORER_QUEUE_MAX_SIZE", int),
     ("session_ttl_s", "EXPLORER_SESSION_TTL_S", int),
     ("temp_file_ttl_s", "EXPLORER_TEMP_FILE_TTL_S", int),
+    ("pruning_batch_mb", "EXPLORER_PRUNING_BATCH_MB", float),
 )
+
+
+DEVICE_MAPS = ("none", "auto")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,9 @@ class Settings:
     default_model: str = DEFAULT_MODEL
     default_vision_model: str = DEFAULT_VISION_MODEL
     dtype: str = "auto"  # weights' dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16
+    # "auto": hub LMs / VLMs load with accelerate's device_map="auto" when CUDA devices are present,
+    # so a model larger than one GPU is split across the node's GPUs (and CPU RAM); "none": one device
+    device_map: str = "none"
     max_prompt_tokens: int = 4096
     # Attention runs of at most this many tokens store every head's full matrix (30 layers x 9
     # heads x 256^2 = 17.7M weights for SmolLM2); longer prompts store block-aggregated matrices,
@@ -55,6 +62,9 @@ class Settings:
     queue_max_size: int = 64
     session_ttl_s: int = 3600
     temp_file_ttl_s: int = 3600
+    # memory budget of one batched prefill in the text-pruning sweep (rows of a keep ratio are
+    # split into batches that fit; at 4,096 tokens one SmolLM2 row alone needs about 1.4 GB)
+    pruning_batch_mb: float = 1024.0
 
     @property
     def max_prompt_chars(self) -> int:
@@ -86,6 +96,8 @@ class Settings:
             values["default_model"] = env["EXPLORER_MODEL"]
         if "EXPLORER_DTYPE" in env:
             values["dtype"] = env["EXPLORER_DTYPE"]
+        if "EXPLORER_DEVICE_MAP" in env:
+            values["device_map"] = env["EXPLORER_DEVICE_MAP"].strip().lower()
         if "EXPLORER_MAX_PROMPT_TOKENS" in env:
             values["max_prompt_tokens"] = int(env["EXPLORER_MAX_PROMPT_TOKENS"])
         if "EXPLORER_ATTENTION_FULL_TOKENS" in env:
@@ -107,4 +119,9 @@ class Settings:
                 if key in ("cache_dir", "db_path"):
                     value = Path(value).expanduser().resolve()
                 values[key] = value
+        if values.get("device_map", "none") not in DEVICE_MAPS:
+            raise ValueError(
+                f"device_map must be one of {', '.join(DEVICE_MAPS)} (got {values['device_map']!r}; "
+                "EXPLORER_DEVICE_MAP or --device-map)"
+            )
         return dataclasses.replace(cls(), **values)

@@ -192,6 +192,24 @@ def _vista_patterns(s: Settings) -> Any:
     return vista_patterns("tiny-vlm", n_scenes=2, max_new_tokens=12, n_boot=200, settings=s)
 
 
+SWEEP_PROMPTS = (PROMPT, "The cat sat on the", "One, two, three, four,")
+
+
+def _sweep(s: Settings) -> Any:
+    from explorer.api.sweep import sweep
+
+    root = s.cache_dir / "gallery_sweep"
+    root.mkdir(parents=True, exist_ok=True)
+    data = root / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in SWEEP_PROMPTS))
+    params = {
+        "strategies": ["random", "self_information"],
+        "keep_ratios": [1.0, 0.5, 0.25],
+        "continuation_tokens": 2,
+    }
+    return sweep(str(data), "prune", root / "prune", params=params, n_boot=200, settings=s)
+
+
 _P = json.dumps(PROMPT)
 GALLERY_RUNS: tuple[GalleryRun, ...] = (
     GalleryRun("lens", "lens", f"explorer lens --prompt {_P} --target ' Paris' --generate 4", _lens),
@@ -260,6 +278,13 @@ GALLERY_RUNS: tuple[GalleryRun, ...] = (
     GalleryRun(
         "vista_patterns", "vista_patterns", "explorer vista-patterns --scenes 2 --max-new-tokens 12 --bootstrap 200",
         _vista_patterns,
+    ),
+    GalleryRun(
+        "sweep", "sweep",
+        "explorer sweep --dataset prompts.jsonl --analysis prune --out sweeps/prune "
+        "--param strategies='[\"random\",\"self_information\"]' --param keep_ratios='[1,0.5,0.25]' "
+        "--param continuation_tokens=2  # 3 prompts, one per line",
+        _sweep,
     ),
 )  # fmt: skip
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import fields, is_dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 
 @runtime_checkable
 class Params(Protocol):
@@ -35,7 +37,12 @@ class Params(Protocol):
 
 
 def json_value(value: Any) -> Any:
-    """A field value in JSON form: tuples become lists, nested containers recursively."""
+    """A field value in JSON form: tuples become lists, dataclasses dicts, numpy scalars Python
+    numbers, nested containers recursively."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: json_value(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, np.generic):
+        return value.item()
     if isinstance(value, tuple | list):
         return [json_value(v) for v in value]
     if isinstance(value, dict):

@@ -6,16 +6,21 @@ and rebuild itself from exactly those (`from_store`). Reopening a run therefore 
 touches a model. Result classes register their `kind` so the store can find the class.
 
 Fields say where they are stored: `in_meta()` (the JSON meta) or `in_table()` (long-form table
-columns). `meta_of` is then the class's whole `to_meta`, and `meta_kwargs` gives `from_store` every
-meta field back (defaults for fields newer than the stored run); the class writes only its tables.
+columns). A result class derives from `StoredFields`: its `to_meta` is `meta_of` (every meta field
+in JSON form) and its `from_store` rebuilds every meta field with `meta_kwargs` (defaults for fields
+newer than the stored run, old key names via `in_meta(old=...)`, nested dataclasses via `decode`),
+then asks the class's `fields_from_tables` for the table fields. The class writes only its tables:
+`to_tables` and its inverse `fields_from_tables`, which also recomputes the fields marked
+`derived()`. Unmarked fields (run_id, caches) are never stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, field, fields
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
+import numpy as np
 import pyarrow as pa
 
 
@@ -95,6 +100,7 @@ RESULT_MODULES = (
     "explorer.vlm.attention",
     "explorer.vlm.latent",
     "explorer.vlm.vista_patterns",
+    "explorer.sweeps.result",
 )
 
 
@@ -118,18 +124,36 @@ register_result: Callable[[type[_R]], type[_R]] = RESULT_KINDS.register
 # ---------------------------------------------------------------------------------------------
 STORE_META = "meta"  # in the run's small JSON `meta` (tokens, summaries, parameters)
 STORE_COLUMN = "column"  # in the long-form tables (the class's to_tables / from_store build those)
+STORE_DERIVED = "derived"  # not stored: recomputed from the stored fields when a run is reopened
 
 
-def in_meta(**kwargs: Any) -> Any:
-    """A dataclass field stored in the run's JSON meta; `decode` (optional) rebuilds its value
-    from the JSON form (e.g. `tuple` for a field that JSON turns into a list)."""
-    decode = kwargs.pop("decode", None)
-    return field(metadata={"store": STORE_META, "decode": decode}, **kwargs)
+def in_meta(*, decode: Callable[[Any], Any] | None = None, old: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """A dataclass field stored in the run's JSON meta. `decode` (optional) rebuilds its value
+    from the JSON form (e.g. `tuple` for a field that JSON turns into a list, or a nested
+    dataclass from its dict); `old` lists the keys older versions stored it under (read when the
+    field's own key is missing, so their runs still open)."""
+    return field(metadata={"store": STORE_META, "decode": decode, "old": old}, **kwargs)
 
 
 def in_table(**kwargs: Any) -> Any:
     """A dataclass field stored as table columns (built by the class's to_tables)."""
     return field(metadata={"store": STORE_COLUMN}, **kwargs)
+
+
+def int_tuple(values: Sequence[Any]) -> tuple[int, ...]:
+    """`decode` for a tuple of ints (a grid, a span) that JSON stores as a list."""
+    return tuple(int(v) for v in values)
+
+
+def float_values(mapping: dict[str, Any]) -> dict[str, float]:
+    """`decode` for a {name: number} meta field whose numbers are floats (JSON may give ints)."""
+    return {str(k): float(v) for k, v in mapping.items()}
+
+
+def derived(**kwargs: Any) -> Any:
+    """A dataclass field computed from the others (never stored): `fields_from_tables` computes
+    it again when a run is reopened."""
+    return field(metadata={"store": STORE_DERIVED}, **kwargs)
 
 
 def meta_of(result: Any) -> dict[str, Any]:
@@ -150,13 +174,68 @@ def meta_kwargs(cls: type, stored: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(cls):
         if f.metadata.get("store") == STORE_META:
-            if f.name in stored:
+            key = next((k for k in (f.name, *f.metadata.get("old", ())) if k in stored), None)
+            if key is not None:
                 decode = f.metadata.get("decode")
-                out[f.name] = (
-                    stored[f.name] if decode is None or stored[f.name] is None else decode(stored[f.name])
-                )
+                out[f.name] = stored[key] if decode is None or stored[key] is None else decode(stored[key])
             elif f.default is MISSING and f.default_factory is MISSING:
                 raise KeyError(f"stored run has no {f.name!r} (needed by {cls.__name__})")
         elif f.name == "run_id" and "run_id" in stored:
             out["run_id"] = stored["run_id"]
     return out
+
+
+class StoredFields:
+    """The generic half of `StoredResult` for a dataclass whose fields are marked `in_meta()` /
+    `in_table()`: `to_meta` and `from_store` come from the markers; the class implements
+    `to_tables` and its inverse `fields_from_tables` (and `to_dict`, the CLI's JSON)."""
+
+    def to_meta(self) -> dict[str, Any]:
+        return meta_of(self)
+
+    @classmethod
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
+        """The `in_table()` and `derived()` fields rebuilt from the stored tables. `meta` is the
+        stored meta with every meta field decoded under its own name (so a renamed key is read
+        under its new name; keys of older versions are still there for runs stored by them)."""
+        return {}
+
+    @classmethod
+    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> Any:
+        kwargs = meta_kwargs(cls, meta)
+        return cls(**kwargs, **cls.fields_from_tables({**meta, **kwargs}, tables))
+
+
+# ---------------------------------------------------------------------------------------------
+# Long-form tables of dense arrays: the common case of `to_tables` / `fields_from_tables`
+# ---------------------------------------------------------------------------------------------
+def long_table(axes: dict[str, Any], values: dict[str, tuple[Any, Any]]) -> pa.Table:
+    """One row per cell of same-shaped arrays: the cell's index along each axis (`axes`: name ->
+    integer dtype, in axis order), then each array's value (`values`: column -> (array, dtype))."""
+    arrays = {name: np.asarray(array) for name, (array, _) in values.items()}
+    shape = next(iter(arrays.values())).shape
+    if len(shape) != len(axes):
+        raise ValueError(f"arrays have {len(shape)} axes, names given for {len(axes)}: {list(axes)}")
+    index = np.indices(shape).reshape(len(shape), -1)
+    columns: dict[str, Any] = {name: index[i].astype(dtype) for i, (name, dtype) in enumerate(axes.items())}
+    for name, (_, dtype) in values.items():
+        if arrays[name].shape != shape:
+            raise ValueError(f"column {name!r} has shape {arrays[name].shape}, expected {shape}")
+        columns[name] = arrays[name].ravel().astype(dtype)
+    return pa.table(columns)
+
+
+def dense_from_table(
+    table: pa.Table, axes: Sequence[str], column: str, shape: Sequence[int], dtype: Any, fill: Any = 0
+) -> np.ndarray:
+    """Inverse of `long_table` for one column: an array of `shape` filled with `fill`, each row's
+    value at its (axes...) index. Rows may be any subset of the cells (a sparse table)."""
+    out = np.full(tuple(shape), fill, dtype=dtype)
+    where = tuple(table[a].to_numpy().astype(np.int64) for a in axes)
+    out[where] = table[column].to_numpy()
+    return out
+
+
+def axis_size(table: pa.Table, column: str) -> int:
+    """Number of distinct index values a full `long_table` has along `column` (max + 1; 0 if empty)."""
+    return int(table[column].to_numpy().max()) + 1 if table.num_rows else 0

@@ -412,6 +412,7 @@ class Store:
                     return
 
             guard = threading.Thread(target=watchdog, name="sql-watchdog", daemon=True)
+            self._register_sweep_views(cur)
             cur.execute("BEGIN TRANSACTION")
             guard.start()
             try:
@@ -434,6 +435,34 @@ class Store:
                 except duckdb.Error:
                     pass
         return scrub_table(table, self.path, limits)
+
+    @staticmethod
+    def _register_sweep_views(cur: duckdb.DuckDBPyConnection) -> None:
+        """Each stored sweep's shard tables as views `sweep_<run_id>_<table>` on this cursor. The
+        Parquet files are opened here, by pyarrow; SQL itself still has no file access, so a
+        query reads the shards of stored sweeps and nothing else."""
+        import pyarrow.dataset as ds
+        import pyarrow.parquet as pq
+
+        from explorer.sweeps.result import view_name
+        from explorer.sweeps.shards import table_files
+
+        rows = cur.execute("SELECT run_id, meta FROM runs WHERE kind = 'sweep'").fetchall()
+        for run_id, meta_json in rows:
+            out = json.loads(meta_json).get("out_dir")
+            if not out:
+                continue
+            for table, files in table_files(Path(out)).items():
+                if not _TABLE_NAME.match(table):
+                    continue
+                try:
+                    schema = pa.unify_schemas(
+                        [pq.read_schema(f) for f in files], promote_options="permissive"
+                    )
+                    data = ds.dataset([str(f) for f in files], schema=schema, format="parquet")
+                except (OSError, pa.ArrowInvalid):
+                    continue  # a shard deleted or damaged since: the view is left out
+                cur.register(view_name(run_id, table), data)
 
     @staticmethod
     def _kind_tables(cur: duckdb.DuckDBPyConnection, kind: str) -> list[str]:

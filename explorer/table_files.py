@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,3 +26,12 @@ def read_table(path: Path, fmt: str) -> pa.Table:
         return pq.read_table(path)
     except (pa.ArrowInvalid, OSError, ValueError) as exc:
         raise InputError(f"cannot read {path} as {fmt.upper()}: {str(exc).splitlines()[0]}") from exc
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of the file's SHA-256: how a run's cache key names a user file."""
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:16]

@@ -49,7 +49,15 @@ from explorer.backends.trace import Trace
 from explorer.errors import InputError
 from explorer.params import params_json
 from explorer.progress import ProgressFn
-from explorer.results import register_result
+from explorer.results import (
+    StoredFields,
+    axis_size,
+    dense_from_table,
+    in_meta,
+    in_table,
+    long_table,
+    register_result,
+)
 
 MAX_FLOW_TOKENS = 64
 LONG_PROMPT_BLOCKS = 128  # block-aggregated matrix side of a long prompt (the display's own maximum)
@@ -192,7 +200,7 @@ def compose_spans(
 # ---- result ------------------------------------------------------------------------------
 @register_result
 @dataclass
-class AttentionResult:
+class AttentionResult(StoredFields):
     """Attention of one causal LM over one prompt.
 
     tokens:          seq strings; input_ids: seq ints
@@ -215,33 +223,32 @@ class AttentionResult:
                      queries 1..seq-1; sink shares of any token set, exactly), or None
     top_keys:        (n_layers, seq, k) int32, each query's k most-attended keys (mean over
                      heads, exact), or None; top_weights: the same shape, their weights
-    view:            display choices (layer, head, token, sinks) used by the figures and their
-                     exports; not stored and not part of the JSON
     """
 
     kind: ClassVar[str] = "attention"
 
-    model: str
-    tokens: list[str]
-    input_ids: list[int]
-    attentions: np.ndarray
-    rollout: np.ndarray
-    entropy: np.ndarray
-    sink_share: np.ndarray
-    delimiter_share: np.ndarray
-    sink_tokens: list[dict[str, Any]]
-    params: dict[str, Any]
-    flow_positions: list[int] = field(default_factory=list)
-    flow: np.ndarray | None = None
-    flow_raw: np.ndarray | None = None
-    notes: list[str] = field(default_factory=list)
+    model: str = in_meta()
+    tokens: list[str] = in_meta()
+    input_ids: list[int] = in_meta()
+    attentions: np.ndarray = in_table()
+    rollout: np.ndarray = in_table()
+    entropy: np.ndarray = in_table()
+    sink_share: np.ndarray = in_table()
+    delimiter_share: np.ndarray = in_table()
+    sink_tokens: list[dict[str, Any]] = in_meta()
+    params: dict[str, Any] = in_meta()
+    flow_positions: list[int] = in_meta(default_factory=list)
+    flow: np.ndarray | None = in_table(default=None)
+    flow_raw: np.ndarray | None = in_table(default=None)
+    notes: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
-    seconds: float = 0.0
-    view: dict[str, Any] = field(default_factory=dict, compare=False)
-    spans: list[tuple[int, int]] | None = None
-    received: np.ndarray | None = None
-    top_keys: np.ndarray | None = None
-    top_weights: np.ndarray | None = None
+    seconds: float = in_meta(default=0.0)
+    spans: list[tuple[int, int]] | None = in_meta(
+        default=None, decode=lambda s: [(int(a), int(b)) for a, b in s] or None
+    )
+    received: np.ndarray | None = in_table(default=None)
+    top_keys: np.ndarray | None = in_table(default=None)
+    top_weights: np.ndarray | None = in_table(default=None)
 
     # ---- views ----------------------------------------------------------------------------
     @property
@@ -396,21 +403,6 @@ class AttentionResult:
         }
         return out
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "tokens": self.tokens,
-            "input_ids": self.input_ids,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "sink_tokens": self.sink_tokens,
-            "params": self.params,
-            "flow_positions": self.flow_positions,
-            "notes": self.notes,
-            "seconds": self.seconds,
-            "spans": None if self.spans is None else [list(span) for span in self.spans],
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         n_l, n_h, seq, _ = self.attentions.shape  # seq: positions, or blocks of a long prompt
         # keep the causal triangle plus any non-zero cell: exact round trip, half the rows
@@ -426,15 +418,13 @@ class AttentionResult:
                 "weight": self.attentions[li, hi, qi, ki].astype(np.float32),
             }
         )
-        layer, head = np.meshgrid(np.arange(n_l), np.arange(n_h), indexing="ij")
-        heads = pa.table(
+        heads = long_table(
+            {"layer": np.int16, "head": np.int16},
             {
-                "layer": layer.ravel().astype(np.int16),
-                "head": head.ravel().astype(np.int16),
-                "sink_share": self.sink_share.ravel().astype(np.float32),
-                "delimiter_share": self.delimiter_share.ravel().astype(np.float32),
-                "entropy": self.entropy.ravel().astype(np.float32),
-            }
+                "sink_share": (self.sink_share, np.float32),
+                "delimiter_share": (self.delimiter_share, np.float32),
+                "entropy": (self.entropy, np.float32),
+            },
         )
         keep_r = (key <= query)[None] | (self.rollout != 0)
         lr, qr, kr = np.nonzero(keep_r)
@@ -448,25 +438,14 @@ class AttentionResult:
         )
         tables = {"matrix": matrix, "heads": heads, "rollout": rollout}
         if self.received is not None:
-            rl, rh, rk = np.indices(self.received.shape).reshape(3, -1)
-            tables["received"] = pa.table(
-                {
-                    "layer": rl.astype(np.int16),
-                    "head": rh.astype(np.int16),
-                    "key": rk.astype(np.int32),
-                    "weight": self.received.ravel().astype(np.float32),
-                }
+            tables["received"] = long_table(
+                {"layer": np.int16, "head": np.int16, "key": np.int32},
+                {"weight": (self.received, np.float32)},
             )
         if self.top_keys is not None and self.top_weights is not None:
-            tl, tq, tr = np.indices(self.top_keys.shape).reshape(3, -1)
-            tables["topk"] = pa.table(
-                {
-                    "layer": tl.astype(np.int16),
-                    "query": tq.astype(np.int32),
-                    "rank": tr.astype(np.int16),
-                    "key": self.top_keys.ravel().astype(np.int32),
-                    "weight": self.top_weights.ravel().astype(np.float32),
-                }
+            tables["topk"] = long_table(
+                {"layer": np.int16, "query": np.int32, "rank": np.int16},
+                {"key": (self.top_keys, np.int32), "weight": (self.top_weights, np.float32)},
             )
         if self.flow is not None and self.flow_raw is not None:
             out_pos, key_pos = np.meshgrid(np.arange(len(self.flow_positions)), np.arange(seq), indexing="ij")
@@ -481,88 +460,46 @@ class AttentionResult:
         return tables
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> AttentionResult:
-        n_l, n_h, n_pos = int(meta["n_layers"]), int(meta["n_heads"]), len(meta["tokens"])
-        spans = [(int(a), int(b)) for a, b in meta["spans"]] if meta.get("spans") else None
-        seq = n_pos if spans is None else len(spans)  # matrix side: positions or blocks
-        m = tables["matrix"]
-        attentions = np.zeros((n_l, n_h, seq, seq), dtype=np.float32)
-        attentions[
-            m["layer"].to_numpy().astype(np.int64),
-            m["head"].to_numpy().astype(np.int64),
-            m["query"].to_numpy().astype(np.int64),
-            m["key"].to_numpy().astype(np.int64),
-        ] = m["weight"].to_numpy()
-        r = tables["rollout"]
-        rollout = np.zeros((n_l, seq, seq), dtype=np.float32)
-        rollout[
-            r["layer"].to_numpy().astype(np.int64),
-            r["query"].to_numpy().astype(np.int64),
-            r["key"].to_numpy().astype(np.int64),
-        ] = r["weight"].to_numpy()
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         h = tables["heads"]
-        hl = h["layer"].to_numpy().astype(np.int64)
-        hh = h["head"].to_numpy().astype(np.int64)
-
-        def per_head(column: str) -> np.ndarray:
-            out = np.zeros((n_l, n_h), dtype=np.float32)
-            out[hl, hh] = h[column].to_numpy()
-            return out
-
+        n_l, n_h, n_pos = axis_size(h, "layer"), axis_size(h, "head"), len(meta["tokens"])
+        spans = meta.get("spans")
+        seq = n_pos if spans is None else len(spans)  # matrix side: positions or blocks
+        out: dict[str, Any] = {
+            "attentions": dense_from_table(
+                tables["matrix"],
+                ("layer", "head", "query", "key"),
+                "weight",
+                (n_l, n_h, seq, seq),
+                np.float32,
+            ),
+            "rollout": dense_from_table(
+                tables["rollout"], ("layer", "query", "key"), "weight", (n_l, seq, seq), np.float32
+            ),
+        }
+        for column in ("entropy", "sink_share", "delimiter_share"):
+            out[column] = dense_from_table(h, ("layer", "head"), column, (n_l, n_h), np.float32)
         flow_positions = [int(p) for p in meta.get("flow_positions", [])]
-        flow = flow_raw = None
         if "flow" in tables and flow_positions:
             f = tables["flow"]
             row_of = {p: i for i, p in enumerate(flow_positions)}
-            rows = np.array([row_of[int(p)] for p in f["position"].to_pylist()], dtype=np.int64)
-            keys = f["key"].to_numpy().astype(np.int64)
-            flow = np.zeros((len(flow_positions), seq), dtype=np.float32)
-            flow_raw = np.zeros_like(flow)
-            flow[rows, keys] = f["flow"].to_numpy()
-            flow_raw[rows, keys] = f["raw"].to_numpy()
-        received = top_keys = top_weights = None
+            f = f.append_column(
+                "row", pa.array([row_of[int(p)] for p in f["position"].to_pylist()], pa.int64())
+            )
+            for column, name in (("flow", "flow"), ("raw", "flow_raw")):
+                out[name] = dense_from_table(
+                    f, ("row", "key"), column, (len(flow_positions), seq), np.float32
+                )
         if "received" in tables:
-            t = tables["received"]
-            received = np.zeros((n_l, n_h, n_pos), dtype=np.float32)
-            received[
-                t["layer"].to_numpy().astype(np.int64),
-                t["head"].to_numpy().astype(np.int64),
-                t["key"].to_numpy().astype(np.int64),
-            ] = t["weight"].to_numpy()
+            out["received"] = dense_from_table(
+                tables["received"], ("layer", "head", "key"), "weight", (n_l, n_h, n_pos), np.float32
+            )
         if "topk" in tables and tables["topk"].num_rows:
             t = tables["topk"]
-            k = int(t["rank"].to_numpy().max()) + 1
-            where = (
-                t["layer"].to_numpy().astype(np.int64),
-                t["query"].to_numpy().astype(np.int64),
-                t["rank"].to_numpy().astype(np.int64),
-            )
-            top_keys = np.zeros((n_l, n_pos, k), dtype=np.int32)
-            top_weights = np.zeros((n_l, n_pos, k), dtype=np.float32)
-            top_keys[where] = t["key"].to_numpy()
-            top_weights[where] = t["weight"].to_numpy()
-        return cls(
-            model=meta["model"],
-            tokens=list(meta["tokens"]),
-            input_ids=[int(i) for i in meta["input_ids"]],
-            attentions=attentions,
-            rollout=rollout,
-            entropy=per_head("entropy"),
-            sink_share=per_head("sink_share"),
-            delimiter_share=per_head("delimiter_share"),
-            sink_tokens=list(meta["sink_tokens"]),
-            params=dict(meta["params"]),
-            flow_positions=flow_positions,
-            flow=flow,
-            flow_raw=flow_raw,
-            notes=list(meta.get("notes", [])),
-            run_id=meta.get("run_id"),
-            seconds=float(meta.get("seconds", 0.0)),
-            spans=spans,
-            received=received,
-            top_keys=top_keys,
-            top_weights=top_weights,
-        )
+            shape = (n_l, n_pos, axis_size(t, "rank"))
+            out["top_keys"] = dense_from_table(t, ("layer", "query", "rank"), "key", shape, np.int32)
+            out["top_weights"] = dense_from_table(t, ("layer", "query", "rank"), "weight", shape, np.float32)
+        return out
 
 
 # ---- entry points ------------------------------------------------------------------------

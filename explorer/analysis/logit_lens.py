@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,7 +29,7 @@ from explorer.backends.language import LanguageModel, capture, encode
 from explorer.backends.trace import Trace
 from explorer.errors import InputError
 from explorer.progress import ProgressFn, or_silent
-from explorer.results import register_result
+from explorer.results import StoredFields, in_meta, in_table, register_result
 
 MAX_GENERATE = 256
 MAX_TOP_K = 100
@@ -118,7 +118,7 @@ class PositionSummary:
 
 @register_result
 @dataclass
-class LensResult:
+class LensResult(StoredFields):
     """Logit-lens result over one sequence.
 
     tokens:     seq strings (prompt tokens then generated tokens)
@@ -129,22 +129,22 @@ class LensResult:
 
     kind: ClassVar[str] = "lens"
 
-    model: str
-    n_layers: int
-    tokens: list[str]
-    input_ids: list[int]
-    prompt_len: int
-    topk_ids: np.ndarray
-    topk_probs: np.ndarray
-    topk_tokens: np.ndarray
-    tracked: dict[str, np.ndarray]
-    summaries: list[PositionSummary]
-    params: dict[str, Any]
-    generated: list[str] = field(default_factory=list)
-    never_emitted: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    model: str = in_meta()
+    n_layers: int = in_meta()
+    tokens: list[str] = in_meta()
+    input_ids: list[int] = in_meta()
+    prompt_len: int = in_meta()
+    topk_ids: np.ndarray = in_table()
+    topk_probs: np.ndarray = in_table()
+    topk_tokens: np.ndarray = in_table()
+    tracked: dict[str, np.ndarray] = in_table()
+    summaries: list[PositionSummary] = in_meta(decode=lambda rows: [PositionSummary(**s) for s in rows])
+    params: dict[str, Any] = in_meta()
+    generated: list[str] = in_meta(default_factory=list)
+    never_emitted: list[dict[str, Any]] = in_meta(default_factory=list, old=("hidden",))
+    notes: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
-    seconds: float = 0.0
+    seconds: float = in_meta(default=0.0)
 
     # ---- views ------------------------------------------------------------------------
     @property
@@ -218,22 +218,6 @@ class LensResult:
         out["deviations"] = dict(DEVIATIONS)
         return out
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "n_layers": self.n_layers,
-            "tokens": self.tokens,
-            "input_ids": self.input_ids,
-            "prompt_len": self.prompt_len,
-            "summaries": [s.__dict__ for s in self.summaries],
-            "params": self.params,
-            "generated": self.generated,
-            "never_emitted": self.never_emitted,
-            "notes": self.notes,
-            "seconds": self.seconds,
-            "top_k": int(self.topk_ids.shape[2]),
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         n_l, seq, k = self.topk_ids.shape
         layer, pos, rank = np.meshgrid(np.arange(n_l), np.arange(seq), np.arange(k), indexing="ij")
@@ -263,11 +247,11 @@ class LensResult:
         return {"topk": topk, "tracked": tracked}
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> LensResult:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         n_l = meta["n_layers"] + 1
         seq = len(meta["tokens"])
-        k = meta["top_k"]
         topk = tables["topk"].sort_by([("layer", "ascending"), ("position", "ascending"), ("k", "ascending")])
+        k = topk.num_rows // (n_l * seq)
         tr = tables["tracked"]
         tracked = {
             "role": np.asarray(tr["role"].to_pylist(), dtype=object),
@@ -279,24 +263,12 @@ class LensResult:
             "prob": tr["prob"].to_numpy().astype(np.float32),
             "logit": tr["logit"].to_numpy().astype(np.float32),
         }
-        return cls(
-            model=meta["model"],
-            n_layers=meta["n_layers"],
-            tokens=meta["tokens"],
-            input_ids=meta["input_ids"],
-            prompt_len=meta["prompt_len"],
-            topk_ids=topk["token_id"].to_numpy().astype(np.int64).reshape(n_l, seq, k),
-            topk_probs=topk["prob"].to_numpy().astype(np.float32).reshape(n_l, seq, k),
-            topk_tokens=np.asarray(topk["token"].to_pylist(), dtype=object).reshape(n_l, seq, k),
-            tracked=tracked,
-            summaries=[PositionSummary(**s) for s in meta["summaries"]],
-            params=meta["params"],
-            generated=meta["generated"],
-            never_emitted=meta.get("never_emitted", meta.get("hidden", [])),
-            notes=meta["notes"],
-            run_id=meta.get("run_id"),
-            seconds=meta.get("seconds", 0.0),
-        )
+        return {
+            "topk_ids": topk["token_id"].to_numpy().astype(np.int64).reshape(n_l, seq, k),
+            "topk_probs": topk["prob"].to_numpy().astype(np.float32).reshape(n_l, seq, k),
+            "topk_tokens": np.asarray(topk["token"].to_pylist(), dtype=object).reshape(n_l, seq, k),
+            "tracked": tracked,
+        }
 
 
 def resolve_targets(lm: LanguageModel, targets: tuple[str, ...]) -> tuple[list[int], list[str]]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,7 +40,16 @@ from explorer.backends.vision import VisionModel
 from explorer.config import Settings
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
-from explorer.results import register_result
+from explorer.results import (
+    StoredFields,
+    axis_size,
+    dense_from_table,
+    in_meta,
+    in_table,
+    int_tuple,
+    long_table,
+    register_result,
+)
 
 
 def image_sha256(image: Image.Image) -> str:
@@ -84,7 +93,7 @@ def cls_row_stats(attentions: torch.Tensor, n_prefix: int, has_cls: bool) -> tup
 
 @register_result
 @dataclass
-class VisionAttentionResult:
+class VisionAttentionResult(StoredFields):
     """[CLS] -> patch attention of one vision transformer over one image.
 
     model:        model id (embedded name, hub id or local dir)
@@ -96,26 +105,24 @@ class VisionAttentionResult:
     rollout:      (grid_h, grid_w) float32, rollout relevance of each patch for [CLS], sums to 1
     entropy:      (n_layers, n_heads) float32, entropy (bits) of the [CLS] query row over T keys
     prefix_share: (n_layers, n_heads) float32, share of the [CLS] row on the prefix tokens
-    view:         display choices (layer, head) used by the figures and their exports; not stored
     """
 
     kind: ClassVar[str] = "vision_attention"
 
-    model: str
-    image_sha256: str
-    image_png: bytes
-    grid: tuple[int, int]
-    n_prefix: int
-    has_cls: bool
-    cls_maps: np.ndarray
-    rollout: np.ndarray
-    entropy: np.ndarray
-    prefix_share: np.ndarray
-    params: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
+    model: str = in_meta()
+    image_sha256: str = in_meta()
+    image_png: bytes = in_table()
+    grid: tuple[int, int] = in_meta(decode=int_tuple)
+    n_prefix: int = in_meta()
+    has_cls: bool = in_meta()
+    cls_maps: np.ndarray = in_table()
+    rollout: np.ndarray = in_table()
+    entropy: np.ndarray = in_table()
+    prefix_share: np.ndarray = in_table()
+    params: dict[str, Any] = in_meta()
+    notes: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
-    seconds: float = 0.0
-    view: dict[str, Any] = field(default_factory=dict, compare=False)
+    seconds: float = in_meta(default=0.0)
 
     # ---- views ----------------------------------------------------------------------------
     @property
@@ -181,91 +188,33 @@ class VisionAttentionResult:
             out["notes"] = self.notes
         return out
 
-    def to_meta(self) -> dict[str, Any]:
+    def to_tables(self) -> dict[str, pa.Table]:
+        patch = {"patch_row": np.int16, "patch_col": np.int16}
         return {
-            "model": self.model,
-            "image_sha256": self.image_sha256,
-            "grid": list(self.grid),
-            "n_prefix": self.n_prefix,
-            "has_cls": self.has_cls,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "params": self.params,
-            "notes": self.notes,
-            "seconds": self.seconds,
+            "cls": long_table(
+                {"layer": np.int16, "head": np.int16, **patch}, {"attention": (self.cls_maps, np.float32)}
+            ),
+            "rollout": long_table(patch, {"relevance": (self.rollout, np.float32)}),
+            "heads": long_table(
+                {"layer": np.int16, "head": np.int16},
+                {"entropy": (self.entropy, np.float32), "prefix_share": (self.prefix_share, np.float32)},
+            ),
+            "image": pa.table({"png": pa.array([self.image_png], type=pa.binary())}),
         }
 
-    def to_tables(self) -> dict[str, pa.Table]:
-        n_l, n_h, gh, gw = self.cls_maps.shape
-        layer, head, row, col = np.meshgrid(
-            np.arange(n_l), np.arange(n_h), np.arange(gh), np.arange(gw), indexing="ij"
-        )
-        cls_table = pa.table(
-            {
-                "layer": layer.ravel().astype(np.int16),
-                "head": head.ravel().astype(np.int16),
-                "patch_row": row.ravel().astype(np.int16),
-                "patch_col": col.ravel().astype(np.int16),
-                "attention": self.cls_maps.ravel().astype(np.float32),
-            }
-        )
-        r_row, r_col = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
-        rollout_table = pa.table(
-            {
-                "patch_row": r_row.ravel().astype(np.int16),
-                "patch_col": r_col.ravel().astype(np.int16),
-                "relevance": self.rollout.ravel().astype(np.float32),
-            }
-        )
-        h_layer, h_head = np.meshgrid(np.arange(n_l), np.arange(n_h), indexing="ij")
-        heads_table = pa.table(
-            {
-                "layer": h_layer.ravel().astype(np.int16),
-                "head": h_head.ravel().astype(np.int16),
-                "entropy": self.entropy.ravel().astype(np.float32),
-                "prefix_share": self.prefix_share.ravel().astype(np.float32),
-            }
-        )
-        image_table = pa.table({"png": pa.array([self.image_png], type=pa.binary())})
-        return {"cls": cls_table, "rollout": rollout_table, "heads": heads_table, "image": image_table}
-
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VisionAttentionResult:
-        n_l, n_h = int(meta["n_layers"]), int(meta["n_heads"])
-        gh, gw = int(meta["grid"][0]), int(meta["grid"][1])
-
-        def ints(table: pa.Table, column: str) -> np.ndarray:
-            return table[column].to_numpy().astype(np.int64)  # type: ignore[no-any-return]
-
-        c = tables["cls"]
-        cls_maps = np.zeros((n_l, n_h, gh, gw), dtype=np.float32)
-        cls_maps[ints(c, "layer"), ints(c, "head"), ints(c, "patch_row"), ints(c, "patch_col")] = c[
-            "attention"
-        ].to_numpy()
-        r = tables["rollout"]
-        rollout = np.zeros((gh, gw), dtype=np.float32)
-        rollout[ints(r, "patch_row"), ints(r, "patch_col")] = r["relevance"].to_numpy()
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         h = tables["heads"]
-        entropy = np.zeros((n_l, n_h), dtype=np.float32)
-        prefix_share = np.zeros((n_l, n_h), dtype=np.float32)
-        entropy[ints(h, "layer"), ints(h, "head")] = h["entropy"].to_numpy()
-        prefix_share[ints(h, "layer"), ints(h, "head")] = h["prefix_share"].to_numpy()
-        return cls(
-            model=meta["model"],
-            image_sha256=meta["image_sha256"],
-            image_png=bytes(tables["image"].to_pylist()[0]["png"]),
-            grid=(gh, gw),
-            n_prefix=int(meta["n_prefix"]),
-            has_cls=bool(meta["has_cls"]),
-            cls_maps=cls_maps,
-            rollout=rollout,
-            entropy=entropy,
-            prefix_share=prefix_share,
-            params=dict(meta["params"]),
-            notes=list(meta.get("notes", [])),
-            run_id=meta.get("run_id"),
-            seconds=float(meta.get("seconds", 0.0)),
-        )
+        n_l, n_h = axis_size(h, "layer"), axis_size(h, "head")
+        gh, gw = meta["grid"]
+        cells = ("layer", "head", "patch_row", "patch_col")
+        return {
+            "image_png": bytes(tables["image"].to_pylist()[0]["png"]),
+            "cls_maps": dense_from_table(tables["cls"], cells, "attention", (n_l, n_h, gh, gw), np.float32),
+            "rollout": dense_from_table(tables["rollout"], cells[2:], "relevance", (gh, gw), np.float32),
+            "entropy": dense_from_table(h, cells[:2], "entropy", (n_l, n_h), np.float32),
+            "prefix_share": dense_from_table(h, cells[:2], "prefix_share", (n_l, n_h), np.float32),
+        }
 
 
 def run_params(vm: VisionModel, params: VisionAttentionParams) -> dict[str, Any]:

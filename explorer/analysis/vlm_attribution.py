@@ -36,7 +36,7 @@ import base64
 import io
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -50,7 +50,7 @@ from explorer.backends.vlm import VisionLanguageModel, VLMInputs, generate
 from explorer.errors import InputError
 from explorer.params import params_json
 from explorer.progress import ProgressFn
-from explorer.results import register_result
+from explorer.results import StoredFields, in_meta, in_table, register_result
 
 VLM_METHODS = ("occlusion", "reagent")
 BASELINES = ("mean", "blur")
@@ -307,7 +307,7 @@ def deletion(
 # ---------------------------------------------------------------------------------------------
 @register_result
 @dataclass
-class VLMAttributionResult:
+class VLMAttributionResult(StoredFields):
     """Importance of every image patch for the answer, with deletion faithfulness.
 
     scores:  (rows * cols,) row-major over the visual tokens; larger = more important
@@ -316,24 +316,24 @@ class VLMAttributionResult:
 
     kind: ClassVar[str] = "vlm_attribution"
 
-    model: str
-    prompt: str
-    method: str
-    baseline: str
-    answer: str
-    answer_tokens: list[str]
-    answer_ids: list[int]
-    target_given: bool
-    answer_logprob: float
-    scores: np.ndarray
-    grid: list[int]
-    image_png: str
-    faithfulness: dict[str, Any]
-    curve: dict[str, np.ndarray]
-    params: dict[str, Any]
-    extras: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    model: str = in_meta()
+    prompt: str = in_meta()
+    method: str = in_meta()
+    baseline: str = in_meta()
+    answer: str = in_meta()
+    answer_tokens: list[str] = in_meta()
+    answer_ids: list[int] = in_meta()
+    target_given: bool = in_meta(decode=bool)
+    answer_logprob: float = in_meta(decode=float)
+    scores: np.ndarray = in_table()
+    grid: list[int] = in_meta()
+    image_png: str = in_meta()
+    faithfulness: dict[str, Any] = in_meta()
+    curve: dict[str, np.ndarray] = in_table()
+    params: dict[str, Any] = in_meta()
+    extras: dict[str, Any] = in_meta(default_factory=dict)
+    notes: list[str] = in_meta(default_factory=list)
+    seconds: float = in_meta(default=0.0, decode=float)
     run_id: str | None = None
 
     def image(self) -> Image.Image:
@@ -373,27 +373,6 @@ class VLMAttributionResult:
             "seconds": self.seconds,
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "model": self.model,
-            "prompt": self.prompt,
-            "method": self.method,
-            "baseline": self.baseline,
-            "answer": self.answer,
-            "answer_tokens": self.answer_tokens,
-            "answer_ids": self.answer_ids,
-            "target_given": self.target_given,
-            "answer_logprob": self.answer_logprob,
-            "grid": self.grid,
-            "image_png": self.image_png,
-            "faithfulness": self.faithfulness,
-            "params": self.params,
-            "extras": self.extras,
-            "notes": self.notes,
-            "seconds": self.seconds,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         n = len(self.scores)
         cols = int(self.grid[1])
@@ -420,30 +399,14 @@ class VLMAttributionResult:
         }
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VLMAttributionResult:
-        patches = tables["patches"].sort_by("index")
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         curve = tables["curve"]
-        return cls(
-            model=meta["model"],
-            prompt=meta["prompt"],
-            method=meta["method"],
-            baseline=meta["baseline"],
-            answer=meta["answer"],
-            answer_tokens=list(meta["answer_tokens"]),
-            answer_ids=[int(i) for i in meta["answer_ids"]],
-            target_given=bool(meta["target_given"]),
-            answer_logprob=float(meta["answer_logprob"]),
-            scores=np.asarray(patches["score"].to_numpy(), dtype=np.float64),
-            grid=[int(g) for g in meta["grid"]],
-            image_png=meta["image_png"],
-            faithfulness=meta["faithfulness"],
-            curve={name: curve[name].to_numpy() for name in ("fraction", "patches", "importance", "random")},
-            params=meta["params"],
-            extras=meta.get("extras", {}),
-            notes=list(meta.get("notes", [])),
-            seconds=float(meta.get("seconds", 0.0)),
-            run_id=meta.get("run_id"),
-        )
+        return {
+            "scores": np.asarray(tables["patches"].sort_by("index")["score"].to_numpy(), dtype=np.float64),
+            "curve": {
+                name: curve[name].to_numpy() for name in ("fraction", "patches", "importance", "random")
+            },
+        }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
     vlm.py          visual_tokens, vlm_eval, vista_compare, latent_neighbours, text_bank
     atlas.py        token_map, map_scores, vocab_health, microscope, inspect_tokenizers
     export.py       export_figure, export_panel, list_figures
+    sweep.py        sweep, list_sweeps: one analysis over every row of a dataset (explorer.sweeps)
 
 Where the engine has a function of the same name (`analysis.logit_lens.logit_lens`,
 `analysis.pruning.text.prune_text`, ...), the API function is `run_<name>`. The public names are

@@ -307,6 +307,7 @@ def run_microscope(
     model: str | LanguageModel | None,
     prompt: str,
     *,
+    params: _micro.MicroscopeParams | None = None,
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
@@ -314,23 +315,22 @@ def run_microscope(
 ) -> _micro.MicroscopeResult:
     """LLM-Microscope measures of `prompt` per layer and token: token-level non-linearity, a
     contextualisation proxy, intrinsic dimension per layer, and the paper's logit lens next to ours.
-    Returns a `MicroscopeResult`; `.to_dict()` is the CLI's JSON."""
+    `params`: a `MicroscopeParams` (reference tokens, prefix window; validated before the model
+    loads). Returns a `MicroscopeResult`; `.to_dict()` is the CLI's JSON."""
     settings = settings or Settings.from_env()
+    params = params or _micro.MicroscopeParams()
     if prompt is None or not prompt.strip():
         raise InputError("the prompt is empty: type some text to analyse")
+    key = cache_params(params, max_tokens=settings.max_prompt_tokens)  # validates
     lm = get_model(model, settings, progress)
     return run_cached(
         _micro.MicroscopeResult.kind,
         model_id=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt=prompt,
-        params={
-            "reference_tokens": _micro.REFERENCE_TOKENS,
-            "prefix_window": _micro.PREFIX_WINDOW,
-            "max_tokens": settings.max_prompt_tokens,
-        },
+        params=key,
         compute=lambda: _micro.microscope(
-            lm, prompt, max_tokens=settings.max_prompt_tokens, progress=progress
+            lm, prompt, max_tokens=settings.max_prompt_tokens, params=params, progress=progress
         ),
         store=open_store(db, settings),
         use_cache=use_cache,
@@ -342,7 +342,7 @@ MicroscopeResult = _micro.MicroscopeResult
 
 def inspect_tokenizers(
     text: str,
-    tokenizers: Sequence[str] = _tok.EMBEDDED_TOKENIZERS,
+    tokenizers: Sequence[str] | _tok.TokenizerParams = _tok.EMBEDDED_TOKENIZERS,
     *,
     db: DbArg = None,
     use_cache: bool = True,
@@ -352,15 +352,19 @@ def inspect_tokenizers(
     side: ids, pieces, character spans, byte fallback, partial UTF-8 and special tokens, the chat
     template applied, token counts and the token premium relative to the first tokenizer."""
     settings = settings or Settings.from_env()
-    names = [n.strip() for n in tokenizers if n and n.strip()]
-    _tok.validate(text, names)
+    params = (
+        tokenizers if isinstance(tokenizers, _tok.TokenizerParams) else _tok.TokenizerParams.of(tokenizers)
+    )
+    _tok.validate_text(text)
+    key = cache_params(params)  # validates; the names are the run's "model", so the key part is {}
+    names = list(params.tokenizers)
     named = [(n, _tok.load_tokenizer(n, settings)) for n in names]
     return run_cached(
         _tok.TokenizerResult.kind,
         model_id=",".join(names),
         weight_hash=",".join(_tok.tokenizer_fingerprint(t) for _, t in named),
         prompt=text,
-        params={},
+        params=key,
         compute=lambda: _tok.inspect(text, named),
         store=open_store(db, settings),
         use_cache=use_cache,

@@ -14,19 +14,23 @@ is computed or stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from explorer.analysis.pruning import text as _text
 from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
-from explorer.api.runner import DbArg, ProgressFn, get_model, open_store, run_cached
+from explorer.analysis.pruning.params import PruneImageParams, PruneTextParams
+from explorer.api.runner import DbArg, ProgressFn, cache_params, get_model, open_store, run_cached
 from explorer.backends.images import ImageInput, load_image
 from explorer.backends.language import LanguageModel
 from explorer.backends.vision import VisionModel, load_vision_model
 from explorer.config import Settings
 from explorer.errors import InputError
+from explorer.results import StoredResult
 from explorer.text_input import check_prompt
 
+B = TypeVar("B")
+R = TypeVar("R", bound=StoredResult)
 SWEEP_RATIOS = DEFAULT_KEEP_RATIOS  # the one default list (analysis.pruning.common)
 TextPruningResult = _text.TextPruningResult
 
@@ -41,6 +45,7 @@ def run_prune_text(
     target: str | None = None,
     continuation_tokens: int = 8,
     seed: int = 0,
+    params: PruneTextParams | None = None,
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
@@ -54,44 +59,68 @@ def run_prune_text(
     (frugalprompt:<attribution method>, self_information, bottom_k:<method>, random, fastv).
     `layer`: FastV's K (blocks 0..K-1 see every token). `target`: the token whose probability and
     rank are tracked (default: the unpruned top-1 next token). `continuation_tokens`: N greedy
-    tokens compared. Returns a `TextPruningResult`; `.to_dict()` is the CLI's JSON.
+    tokens compared. `params`: a `PruneTextParams` instead of those keywords (it wins when given).
+    Returns a `TextPruningResult`; `.to_dict()` is the CLI's JSON.
     """
     settings = settings or Settings.from_env()
-    names = _text.resolve_strategies(strategies)
-    ratios = _text.resolve_keep_ratios(keep_ratios)
+    if params is None:
+        params = PruneTextParams.of(strategies, keep_ratios, layer, target, continuation_tokens, seed)
+    params.validate()  # before the model loads
     check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
-    if progress is not None:
-        progress(0.0, "Loading model")
-    lm = get_model(model, settings, progress, dtype)
-    has_fastv = any(_text.TEXT_STRATEGIES.parse(n)[0].inside_model for n in names)
-    layer = _text.validate_layer(lm, layer, needs_layer=has_fastv)
-    params: dict[str, Any] = {
-        "strategies": names,
-        "keep_ratios": ratios,
-        "layer": layer,
-        "target": target or None,
-        "continuation_tokens": int(continuation_tokens),
-        "seed": int(seed),
-        "max_tokens": settings.max_prompt_tokens,
-    }
-    return run_cached(
+    lm = _loaded(lambda: get_model(model, settings, progress, dtype), "Loading model", progress)
+    p = params.for_model(lm)
+    return _run_sweep(
         _text.TextPruningResult.kind,
-        model_id=lm.model_id,
-        weight_hash=lm.weight_hash,
-        prompt=prompt,
-        params=params,
-        compute=lambda: _text.prune_text(
+        lm,
+        prompt,
+        cache_params(p, max_tokens=settings.max_prompt_tokens),
+        lambda: _text.prune_text(
             lm,
             prompt,
-            strategies=names,
-            keep_ratios=ratios,
-            layer=layer,
-            target=target,
-            continuation_tokens=continuation_tokens,
-            seed=seed,
+            strategies=list(p.strategies),
+            keep_ratios=list(p.keep_ratios),
+            layer=p.layer,
+            target=p.target,
+            continuation_tokens=p.continuation_tokens,
+            seed=p.seed,
             max_tokens=settings.max_prompt_tokens,
+            batch_mb=settings.pruning_batch_mb,
             progress=progress,
         ),
+        db=db,
+        settings=settings,
+        use_cache=use_cache,
+    )
+
+
+def _loaded(load: Callable[[], B], message: str, progress: ProgressFn | None) -> B:
+    """Load a backend, telling the progress bar first."""
+    if progress is not None:
+        progress(0.0, message)
+    return load()
+
+
+def _run_sweep(
+    kind: str,
+    backend: Any,
+    prompt: str,
+    params: dict[str, Any],
+    compute: Callable[[], R],
+    *,
+    db: DbArg,
+    settings: Settings,
+    use_cache: bool,
+) -> R:
+    """Serve a text or image pruning sweep from the store, or compute and store it: keyed by the
+    backend's model and weights, the prompt (or image hash) and the validated `params`
+    (`cache_params` of the kind's Params plus its context)."""
+    return run_cached(
+        kind,
+        model_id=backend.model_id,
+        weight_hash=backend.weight_hash,
+        prompt=prompt,
+        params=params,
+        compute=compute,
         store=open_store(db, settings),
         use_cache=use_cache,
     )
@@ -111,6 +140,7 @@ def run_prune_image(
     keep_ratios: Sequence[float] | float = SWEEP_RATIOS,
     layer: int = 0,
     seed: int = 0,
+    params: PruneImageParams | None = None,
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
@@ -124,40 +154,39 @@ def run_prune_image(
     with a saliency decoder), hub id, local dir or a loaded `VisionModel`. `layer`: blocks
     0..layer-1 run on every patch, the rest on the kept ones. The run is keyed by the SHA-256 of
     the decoded pixels (the prompt column reads "image sha256:<hex>"). Returns an
-    `ImagePruningResult`; `.to_dict()` is the CLI's JSON.
+    `ImagePruningResult`; `.to_dict()` is the CLI's JSON. `params`: a `PruneImageParams` instead of
+    the strategy / ratio / layer / seed keywords (it wins when given).
     """
     from explorer.analysis.vision_attention_result import image_sha256
 
     engine = _image_engine()
     settings = settings or Settings.from_env()
-    names = engine.resolve_strategies(strategies)
-    ratios = engine.resolve_keep_ratios(keep_ratios, "patches")
+    if params is None:
+        params = PruneImageParams.of(strategies, keep_ratios, layer, seed)
+    params.validate()  # before the image is read or the model loads
     pil = load_image(image, settings)
-    if isinstance(model, VisionModel):
-        vm = model
-    else:
-        if progress is not None:
-            progress(0.0, "Loading vision model")
-        vm = load_vision_model(
-            model or settings.default_vision_model, settings=settings, progress=progress, dtype=dtype
+    vm = (
+        model
+        if isinstance(model, VisionModel)
+        else _loaded(
+            lambda: load_vision_model(
+                model or settings.default_vision_model, settings=settings, progress=progress, dtype=dtype
+            ),
+            "Loading vision model",
+            progress,
         )
-    layer = engine.validate_layer(vm, layer)
-    seed = engine.validate_seed(seed)
-    params: dict[str, Any] = {
-        "strategies": names,
-        "keep_ratios": ratios,
-        "layer": layer,
-        "seed": seed,
-        **vm.preprocessing.cache_key(),
-    }
-    return run_cached(
+    )
+    p = params.for_model(vm)
+    return _run_sweep(
         engine.ImagePruningResult.kind,
-        model_id=vm.model_id,
-        weight_hash=vm.weight_hash,
-        prompt=f"image sha256:{image_sha256(pil)}",
-        params=params,
-        compute=lambda: engine.prune_image(vm, pil, names, ratios, layer, seed, progress),
-        store=open_store(db, settings),
+        vm,
+        f"image sha256:{image_sha256(pil)}",
+        cache_params(p, **vm.preprocessing.cache_key()),
+        lambda: engine.prune_image(
+            vm, pil, list(p.strategies), list(p.keep_ratios), p.layer, p.seed, progress
+        ),
+        db=db,
+        settings=settings,
         use_cache=use_cache,
     )
 

@@ -103,6 +103,7 @@ for _entry in (
 ):  # fmt: skip
     register_analysis(_entry)
 
-# Stored kinds that are not analyses of an input: a comparison of stored attribution runs, and
-# LatentLens' text bank (a cache the `vlm_latent` analysis builds once per model).
-NOT_ANALYSES = frozenset({"attribution_comparison", "latent_bank"})
+# Stored kinds that are not analyses of an input: a comparison of stored attribution runs,
+# LatentLens' text bank (a cache the `vlm_latent` analysis builds once per model), and a dataset
+# sweep's aggregate (one of the analyses above over every row; explorer.api.sweep).
+NOT_ANALYSES = frozenset({"attribution_comparison", "latent_bank", "sweep"})

@@ -96,18 +96,22 @@ def run_vlm(
     settings: Settings,
     dtype: str | None,
     progress: ProgressFn | None,
+    **context: Any,
 ) -> R:
     """Load the VLM, then serve (kind, model, prompt, image, params) from the store or run
-    `compute(vlm, prompt, picture, params, max_tokens=..., progress=...)` and store it."""
+    `compute(vlm, prompt, picture, params, max_tokens=..., progress=..., **context)` and store
+    it; `context` (settings that change the result) is part of the cache key."""
     vlm = resolve_vlm(model, settings, progress, dtype)
     return run_cached(
         kind,
         model_id=vlm.model_id,
         weight_hash=vlm.weight_hash,
         prompt=prompt,
-        params=cache_params(params, image=image_digest(picture), max_tokens=settings.max_prompt_tokens),
+        params=cache_params(
+            params, image=image_digest(picture), max_tokens=settings.max_prompt_tokens, **context
+        ),
         compute=lambda: compute(
-            vlm, prompt, picture, params, max_tokens=settings.max_prompt_tokens, progress=progress
+            vlm, prompt, picture, params, max_tokens=settings.max_prompt_tokens, progress=progress, **context
         ),
         store=open_store(db, settings),
         use_cache=use_cache,
@@ -224,7 +228,53 @@ def run_vlm_attention(
         lambda vlm, p, pic, prm, **kw: compute_attention(vlm, p, pic, params=prm, **kw),
         model, prompt, picture, params,
         db=db, use_cache=use_cache, settings=settings, dtype=dtype, progress=progress,
+        full_tokens=settings.attention_full_tokens,
     )  # fmt: skip
+
+
+def run_on_eval_set(
+    kind: str,
+    compute: Callable[..., R],
+    model: str | VisionLanguageModel | None,
+    params: Any,
+    key: dict[str, Any],
+    *,
+    db: Any,
+    use_cache: bool,
+    settings: Settings,
+    dtype: str | None,
+    progress: ProgressFn | None,
+) -> R:
+    """The shared path of dataset-level VLM runs (`vlm_eval`, `vlm_prune`): load the evaluation
+    set `params.dataset` (bad input fails before the model loads), key a user file by its
+    content (SHA-256) instead of the scene count, then serve (kind, model, set, key) from the
+    store or run `compute(vlm, samples, params, max_tokens=..., progress=...)` and store it."""
+    from pathlib import Path
+
+    from explorer.table_files import file_digest
+    from explorer.vlm.eval_sets import BUILTIN_SETS, load_eval_set
+
+    samples = load_eval_set(params.dataset, params.n_scenes, params.seed)
+    prompt = params.dataset
+    if params.dataset not in BUILTIN_SETS:
+        path = Path(params.dataset).expanduser().resolve()
+        prompt = str(path)
+        key["file_sha256"] = file_digest(path)
+        key.pop("n_scenes")
+    vlm = resolve_vlm(model, settings, progress, dtype)
+    key["max_tokens"] = settings.max_prompt_tokens
+    return run_cached(
+        kind,
+        model_id=vlm.model_id,
+        weight_hash=vlm.weight_hash,
+        prompt=prompt,
+        params=key,
+        compute=lambda: compute(
+            vlm, samples, params, max_tokens=settings.max_prompt_tokens, progress=progress
+        ),
+        store=open_store(db, settings),
+        use_cache=use_cache,
+    )
 
 
 def vlm_eval(
@@ -248,10 +298,7 @@ def vlm_eval(
     with a seeded 95% bootstrap interval. `vista` (an `explorer.vlm.vista.VistaParams` or its
     JSON dict) with VSV and/or SLA switched on answers every prompt plainly and steered and
     reports both plus the latency ratio. Stored as kind "vlm_eval"."""
-    from pathlib import Path
-
     from explorer.text_input import check_text
-    from explorer.vlm.eval_sets import BUILTIN_SETS, load_eval_set
     from explorer.vlm.vista import VistaParams
     from explorer.vlm.vlm_eval import EvalParams, VLMEvalResult, evaluate_vlm
 
@@ -266,28 +313,10 @@ def vlm_eval(
         n_boot=int(n_boot),
         vista=steering,
     )
-    key = cache_params(params)
-    samples = load_eval_set(params.dataset, params.n_scenes, params.seed)  # bad input fails before loading
-    prompt = params.dataset
-    if params.dataset not in BUILTIN_SETS:
-        path = Path(params.dataset).expanduser().resolve()
-        prompt = str(path)
-        key["file_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        key.pop("n_scenes")
-    vlm = resolve_vlm(model, settings, progress, dtype)
-    key["max_tokens"] = settings.max_prompt_tokens
-    return run_cached(
-        VLMEvalResult.kind,
-        model_id=vlm.model_id,
-        weight_hash=vlm.weight_hash,
-        prompt=prompt,
-        params=key,
-        compute=lambda: evaluate_vlm(
-            vlm, samples, params, max_tokens=settings.max_prompt_tokens, progress=progress
-        ),
-        store=open_store(db, settings),
-        use_cache=use_cache,
-    )
+    return run_on_eval_set(
+        VLMEvalResult.kind, evaluate_vlm, model, params, cache_params(params),
+        db=db, use_cache=use_cache, settings=settings, dtype=dtype, progress=progress,
+    )  # fmt: skip
 
 
 def vlm_prune(
@@ -312,11 +341,7 @@ def vlm_prune(
     evaluation set or a file, and judge it by the answers: accuracy per question type, POPE,
     CHAIR, agreement with the unpruned answers (95% bootstrap intervals), prefill FLOPs and
     measured time with the scoring charged. Stored as kind "vlm_prune"."""
-    from pathlib import Path
-
-    from explorer.api import open_store, run_cached
     from explorer.text_input import check_text
-    from explorer.vlm.eval_sets import BUILTIN_SETS, load_eval_set
     from explorer.vlm.prune_eval import DEFAULT_RATIOS, PruneEvalParams, VLMPruneResult, prune_eval
 
     settings = settings or Settings.from_env()
@@ -333,28 +358,10 @@ def vlm_prune(
         batch_size=int(batch_size),
         n_boot=int(n_boot),
     ).validate()
-    samples = load_eval_set(params.dataset, params.n_scenes, params.seed)  # bad input fails before loading
-    key = params.to_json()
-    prompt = params.dataset
-    if params.dataset not in BUILTIN_SETS:
-        path = Path(params.dataset).expanduser().resolve()
-        prompt = str(path)
-        key["file_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        key.pop("n_scenes")
-    vlm = resolve_vlm(model, settings, progress, dtype)
-    key["max_tokens"] = settings.max_prompt_tokens
-    return run_cached(
-        VLMPruneResult.kind,
-        model_id=vlm.model_id,
-        weight_hash=vlm.weight_hash,
-        prompt=prompt,
-        params=key,
-        compute=lambda: prune_eval(
-            vlm, samples, params, max_tokens=settings.max_prompt_tokens, progress=progress
-        ),
-        store=open_store(db, settings),
-        use_cache=use_cache,
-    )
+    return run_on_eval_set(
+        VLMPruneResult.kind, prune_eval, model, params, params.to_json(),
+        db=db, use_cache=use_cache, settings=settings, dtype=dtype, progress=progress,
+    )  # fmt: skip
 
 
 def vista_compare(

@@ -43,6 +43,7 @@ from explorer.backends.loading import (
     dtype_name,
     get_submodule,
     hub_kwargs,
+    placement_kwargs,
     resolve_dtype,
     weight_fingerprint,
 )
@@ -94,6 +95,10 @@ class Generation:
 
     def ids(self, row: int = 0) -> list[int]:
         return [int(t) for t in self.tokens[row].tolist()]
+
+
+class _PassDone(Exception):
+    """Ends a pass early, after the last block an `attention_hooks(stop=True)` wants."""
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
@@ -496,14 +501,26 @@ class LanguageModel:
         Memory stays at one layer's matrices, where `capture(attentions=True)` holds every
         layer's at once (n_layers x n_heads x seq^2: 18 GB for SmolLM2 at 4,096 tokens).
         `layers`: only these blocks (the pass stops after the last one; default all)."""
+        with self.lock, self.attention_hooks(on_layer, layers, stop=True):
+            self.forward(input_ids.reshape(1, -1), logits_to_keep=1)
+
+    @contextmanager
+    def attention_hooks(
+        self,
+        on_layer: Callable[[int, torch.Tensor], None],
+        layers: Sequence[int] | None = None,
+        *,
+        stop: bool = False,
+    ) -> Iterator[None]:
+        """While inside, every pass hands each wanted block's attention weights (n_heads, seq,
+        seq) float32 of the first batch row to `on_layer(layer, weights)` as the block runs.
+        With `stop`, the pass ends right after the last wanted block (the with-block returns
+        normally). Needs eager attention. Call it holding the model's lock."""
         blocks = self.blocks()
         wanted = sorted({int(x) for x in layers}) if layers is not None else list(range(len(blocks)))
         if not wanted or wanted[0] < 0 or wanted[-1] >= len(blocks):
             raise ValueError(f"layers must lie in 0..{len(blocks) - 1} (got {layers})")
         last = wanted[-1]
-
-        class _Done(Exception):
-            pass
 
         def make_hook(i: int) -> Any:
             def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
@@ -513,23 +530,21 @@ class LanguageModel:
                         "the attention module returned no weights; load it with attn_implementation='eager'"
                     )
                 on_layer(i, weights[0].float())
-                if i == last:
-                    raise _Done
+                if stop and i == last:
+                    raise _PassDone
 
             return hook
 
-        with self.lock:
-            handles = [
-                get_submodule(blocks[i], self.spec.attention).register_forward_hook(make_hook(i))
-                for i in wanted
-            ]
-            try:
-                self.forward(input_ids.reshape(1, -1), logits_to_keep=1)
-            except _Done:
-                pass
-            finally:
-                for h in handles:
-                    h.remove()
+        handles = [
+            get_submodule(blocks[i], self.spec.attention).register_forward_hook(make_hook(i)) for i in wanted
+        ]
+        try:
+            yield
+        except _PassDone:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
 
     @contextmanager
     def residual_edits(self, edits: dict[int, ResidualEdit]) -> Iterator[None]:
@@ -700,9 +715,10 @@ def _load_language_model(
     progress(0.7, f"Loading {name_or_path}")
     try:
         extra = hub_kwargs(is_local)
+        placement = placement_kwargs(settings.device_map)
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, attn_implementation="eager", **extra
+            source, dtype=dtype, attn_implementation="eager", **extra, **placement
         )
     except (OSError, ValueError) as exc:
         offline = bool(extra)
@@ -717,7 +733,8 @@ def _load_language_model(
             f"model {name_or_path!r} is not available locally{hint}. Embedded models: {known}. "
             f"Details: {str(exc).splitlines()[0][:300]}"
         ) from exc
-    model.to(device)  # type: ignore[arg-type]
+    if not placement:  # with a device map, accelerate has placed every layer already
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     return wrap_model(model, tokenizer, model_id=name_or_path)
 
@@ -749,8 +766,9 @@ def load_model(
     with load_errors_hidden(name, settings):
         # the host's allow-list; one spelling per local dir
         name = admit_model(name, EMBEDDED_LMS, check_allowed=check_allowed)
+        placed = () if settings.device_map == "none" else (f"device_map={settings.device_map}",)
         model: LanguageModel = MODEL_CACHE.get(
-            ("lm:" + name, str(dev), dtype_name(torch_dtype)),
+            ("lm:" + name, str(dev), dtype_name(torch_dtype), *placed),
             lambda: _load_language_model(name, settings, dev, torch_dtype, prog),
         )
     return model

@@ -81,6 +81,19 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0, ttl: float
     return ok
 
 
+def placement_kwargs(device_map: str, cuda_devices: int | None = None) -> dict[str, Any]:
+    """`from_pretrained` kwargs that place a hub model: `device_map="auto"` (accelerate splits the
+    layers over every visible GPU, then CPU RAM) when the setting asks for it and CUDA devices
+    are present; otherwise none (the caller moves the model to its one device). `cuda_devices`:
+    the count (default: torch's)."""
+    if device_map == "none":
+        return {}
+    if device_map != "auto":
+        raise InputError(f"device_map must be 'none' or 'auto' (got {device_map!r})")
+    count = torch.cuda.device_count() if cuda_devices is None else int(cuda_devices)
+    return {"device_map": "auto"} if count > 0 else {}
+
+
 def hub_kwargs(is_local: bool) -> dict[str, Any]:
     """`from_pretrained` kwargs: local files only when offline (env) or the hub is unreachable."""
     if is_local:

@@ -119,16 +119,21 @@ class VisionLanguageModel:
         extra_ids: list[int] | None = None,
         output_attentions: bool = False,
         use_cache: bool = False,
+        logits_to_keep: int = 0,
     ) -> Any:
         """One forward pass of the whole sequence (plus `extra_ids` text tokens after it).
 
-        Returns an object with `.logits` (1, T, vocab), `.attentions` and the KV cache."""
+        Returns an object with `.logits` (1, T, vocab), `.attentions` and the KV cache.
+        `logits_to_keep` > 0: logits of the last k positions only, where the model allows it
+        (a 4,096-token pass needs no (T, vocab) logits)."""
         embeds, ids = _with_extra(self, inputs, extra_ids or [])
         if self.uses_model_forward:
             dev = self.lm.device
-            model_inputs = inputs.model_inputs
+            model_inputs = dict(inputs.model_inputs)
             if extra_ids and self.extend_model_inputs is not None:
                 model_inputs = self.extend_model_inputs(model_inputs, len(extra_ids))
+            if logits_to_keep > 0 and self.lm.supports_logits_to_keep:
+                model_inputs["logits_to_keep"] = logits_to_keep
             with self.lm.lock:
                 return self.lm.hf_model(
                     input_ids=ids.unsqueeze(0).to(dev),
@@ -138,7 +143,10 @@ class VisionLanguageModel:
                 )
         assert embeds is not None
         return self.lm.forward(
-            inputs_embeds=embeds.unsqueeze(0), output_attentions=output_attentions, use_cache=use_cache
+            inputs_embeds=embeds.unsqueeze(0),
+            output_attentions=output_attentions,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
         )
 
 
@@ -353,7 +361,7 @@ def projector_vlm(
                     projector.config.feature_layers,
                     colour=projector.config.colour_dim > 0,
                 )
-                hit = projector(feats.cpu())[0].float()
+                hit = projector(feats.cpu().float())[0].float()
             last.clear()
             last[key] = hit
         return hit.clone()
@@ -438,8 +446,10 @@ def _tiny_vlm(
         )
     # parts of the admitted demo VLM: loaded even when the allow-list names only "tiny-vlm"
     lm = load_model("smollm2-135m", settings=settings, progress=progress, dtype=dtype, check_allowed=False)
+    # the vision encoder and projector stay in float32 whatever the LM's dtype: the projector was
+    # trained on float32 features, and the visual tokens are cast as they enter the LM
     vision = load_vision_model(
-        "dinov2-small-focus", settings=settings, progress=progress, check_allowed=False
+        "dinov2-small-focus", settings=settings, progress=progress, dtype="float32", check_allowed=False
     )
     digest = hashlib.sha256(path.read_bytes())
     lora = weights / "lora.safetensors"
@@ -483,25 +493,27 @@ def load_vlm(
     weights: Path | None = None,
     dtype: str | None = None,
 ) -> VisionLanguageModel:
-    """Load (once per process) a VLM: "tiny-vlm" (embedded demo), or a hub id / local dir.
+    """Load (once per process and dtype) a VLM: "tiny-vlm" (embedded demo), or a hub id / local dir.
 
-    `dtype` ("auto", "float32", "float16", "bfloat16") applies to the demo VLM's language
-    model (the vision encoder and projector stay in float32); hub VLMs load in "auto"."""
+    `dtype` ("auto", "float32", "float16", "bfloat16"; default: settings.dtype) is the dtype of
+    the language model's weights. The demo VLM's vision encoder and projector stay in float32
+    (their visual tokens are cast when they enter the LM); a hub VLM loads whole in `dtype`."""
+    from explorer.backends.loading import default_device, dtype_name, resolve_dtype
+
     settings = settings or Settings.from_env()
     requested = (name_or_path or TINY_VLM).strip()
+    chosen = dtype_name(resolve_dtype(dtype if dtype is not None else settings.dtype, default_device()))
     with load_errors_hidden(requested, settings):
         name = admit_model(requested, EMBEDDED_VLMS)  # the host's allow-list; one spelling per dir
         if name == TINY_VLM:
             w = weights or WEIGHTS_DIR
-            key = ("vlm:" + name, str(w.resolve()), str(dtype or "auto"))
-            return MODEL_CACHE.get(key, lambda: _tiny_vlm(settings, w, progress, dtype))  # type: ignore[no-any-return]
-        if dtype not in (None, "auto"):
-            raise InputError(
-                f"dtype {dtype!r}: hub vision-language models load in 'auto' only (float16 on CUDA)"
-            )
+            key = ("vlm:" + name, str(w.resolve()), chosen)
+            return MODEL_CACHE.get(key, lambda: _tiny_vlm(settings, w, progress, chosen))  # type: ignore[no-any-return]
         from explorer.backends.vlm_hub import load_hub_vlm
 
-        return MODEL_CACHE.get(("vlm:" + name, "auto"), lambda: load_hub_vlm(name, settings, progress))  # type: ignore[no-any-return]
+        return MODEL_CACHE.get(  # type: ignore[no-any-return]
+            ("vlm:" + name, chosen), lambda: load_hub_vlm(name, settings, progress, dtype=chosen)
+        )
 
 
 def is_vlm_name(name: str | None) -> bool:
@@ -552,6 +564,45 @@ def capture_vlm(
         trace = _capture_model_forward(vlm, inputs, extra, ids, modality, attentions)
     trace.tokens = position_labels(vlm, ids.tolist(), modality, inputs.grid)
     return trace, modality
+
+
+@torch.no_grad()
+def vlm_attention_pass(
+    vlm: VisionLanguageModel,
+    inputs: VLMInputs,
+    extra_ids: list[int],
+    on_layer: Callable[[int, torch.Tensor], None],
+    on_residual: Callable[[int, torch.Tensor], None],
+) -> None:
+    """One pass of the LM over prompt (+ `extra_ids`) that hands every block's attention weights
+    (n_heads, T, T) float32 to `on_layer(block, weights)` and every residual (T, d_model)
+    float32 to `on_residual(layer, residual)` (layer 0 = the input embeddings, l + 1 = the
+    output of block l) as they are computed, and keeps none of them: memory is one layer's
+    matrices, where `capture_vlm(attentions=True)` holds n_layers x n_heads x T^2.
+
+    Order: on_residual(0), then per block on_layer(l), on_residual(l + 1). Projector VLMs and
+    hub VLMs (their own forward) alike; needs eager attention."""
+    lm = vlm.lm
+    blocks = lm.blocks()
+
+    def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        on_residual(0, _first_tensor(hidden)[0].float())
+
+    def make_hook(i: int) -> Any:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            on_residual(i + 1, _first_tensor(output)[0].float())
+
+        return hook
+
+    with vlm.lock, lm.lock, lm.attention_hooks(on_layer):
+        handles = [blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        handles += [block.register_forward_hook(make_hook(i)) for i, block in enumerate(blocks)]
+        try:
+            vlm.forward(inputs, extra_ids=extra_ids, logits_to_keep=1)
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def _capture_model_forward(

@@ -44,7 +44,13 @@ from PIL import Image
 
 from explorer.backends.architectures import ArchitectureSpec
 from explorer.backends.language import LanguageModel
-from explorer.backends.loading import default_device, hub_kwargs, weight_fingerprint
+from explorer.backends.loading import (
+    default_device,
+    hub_kwargs,
+    placement_kwargs,
+    resolve_dtype,
+    weight_fingerprint,
+)
 from explorer.backends.vlm import MODALITY_IMAGE, MODALITY_TEXT, VisionLanguageModel, VLMInputs
 from explorer.config import Settings
 from explorer.errors import InputError, ModelNotAvailableError, UnsupportedArchitectureError
@@ -322,10 +328,17 @@ def _clear_rope_state_on_prefill(model: torch.nn.Module, holder: torch.nn.Module
     model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def wrap_hub_vlm(model: Any, processor: Any, model_id: str = "in-memory") -> VisionLanguageModel:
-    """Wrap a loaded transformers VLM (`*ForConditionalGeneration`) and its processor."""
+def wrap_hub_vlm(
+    model: Any, processor: Any, model_id: str = "in-memory", dtype: str | torch.dtype | None = None
+) -> VisionLanguageModel:
+    """Wrap a loaded transformers VLM (`*ForConditionalGeneration`) and its processor.
+
+    `dtype` (optional): convert the weights first, in place (vision tower, projector and LM alike);
+    pixel values are cast to the model's dtype when a prompt is prepared."""
     model_type = str(getattr(model.config, "model_type", ""))
     arch = vlm_architecture_for(model_type)
+    if dtype is not None:
+        model.to(resolve_dtype(dtype, next(model.parameters()).device))
     model.eval()
     _mirror_softcap(model, arch)
     for path in (arch.vision_tower, arch.projector):
@@ -431,10 +444,13 @@ def _expected_visual_tokens(config: Any, arch: VLMArchitecture) -> int:
 # ---------------------------------------------------------------------------------------------
 # Loading by hub id or local directory
 # ---------------------------------------------------------------------------------------------
-def load_hub_vlm(name: str, settings: Settings, progress: ProgressFn | None = None) -> VisionLanguageModel:
-    """Load a hub VLM by id or local directory (processor + model; eager attention; float32 on CPU,
-    float16 on CUDA; never remote code). Offline, only local dirs and cached models load, and a
-    missing one fails fast with `ModelNotAvailableError`."""
+def load_hub_vlm(
+    name: str, settings: Settings, progress: ProgressFn | None = None, dtype: str | torch.dtype | None = None
+) -> VisionLanguageModel:
+    """Load a hub VLM by id or local directory (processor + model; eager attention; never remote
+    code) in `dtype` ("auto" = float32 on CPU, float16 on CUDA; default: settings.dtype). Offline,
+    only local dirs and cached models load, and a missing one fails fast with
+    `ModelNotAvailableError`."""
     import transformers
     from transformers import AutoConfig, AutoProcessor
 
@@ -466,12 +482,17 @@ def load_hub_vlm(name: str, settings: Settings, progress: ProgressFn | None = No
             f"the installed transformers {transformers.__version__} has no {arch.model_class}; upgrade it"
         )
     device = default_device()
-    dtype = torch.float32 if device.type == "cpu" else torch.float16
+    torch_dtype = resolve_dtype(dtype if dtype is not None else settings.dtype, device)
     prog(0.3, f"Loading {name}")
     try:
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=False, **extra)
         model = model_class.from_pretrained(
-            source, dtype=dtype, attn_implementation="eager", trust_remote_code=False, **extra
+            source,
+            dtype=torch_dtype,
+            attn_implementation="eager",
+            trust_remote_code=False,
+            **extra,
+            **placement_kwargs(settings.device_map),
         )
     except (OSError, ValueError, ImportError) as exc:
         # ImportError: e.g. Qwen2-VL's and SmolVLM's processors build a video processor, which
@@ -479,6 +500,7 @@ def load_hub_vlm(name: str, settings: Settings, progress: ProgressFn | None = No
         raise ModelNotAvailableError(
             f"vision-language model {name!r} could not be loaded: {str(exc).splitlines()[0][:300]}"
         ) from exc
-    model.to(device)
+    if getattr(model, "hf_device_map", None) is None:  # device_map="auto" placed it already
+        model.to(device)
     prog(0.9, "Fingerprinting the weights")
     return wrap_hub_vlm(model, processor, model_id=name)

@@ -31,7 +31,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "modality, answer, query_positions, query {position, token, generated}, layers: [{layer (LM block, "
         "1-based), shares {image, text, sink}, sink_patches, mean (grid), rollout (grid), heads: [{head, "
         "image_share, attention (grid)}]}], rollout (grid, after the last block)}: grids are the attention of "
-        "one text query (--query; default the last) to the image patches.",
+        "one text query (--query; default the last) to the image patches. Past EXPLORER_ATTENTION_FULL_TOKENS "
+        "positions with more than 128 text queries, earlier queries are kept as block means: query then also has "
+        "last_position, n_tokens and block_mean, and query_blocks lists every row's [first, last].",
     )
     p.add_argument("--prompt", help="text to analyse with a causal language model (with --image: a question)")
     p.add_argument(

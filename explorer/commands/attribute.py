@@ -61,6 +61,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--n-steps", type=int, default=None, help="integrated gradients steps (default 32)")
     p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="occlusion: zero spans of this many tokens (default 1: one token at a time); each token gets the "
+        "mean drop of the spans that cover it",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="occlusion: start a span every this many tokens (1..window; default 1)",
+    )
+    p.add_argument(
         "--image",
         default=None,
         metavar="PATH",
@@ -86,7 +99,10 @@ PARAM_FLAGS = (
     "keep_top_n",
     "max_keep_ratio",
     "n_steps",
+    "window",
+    "stride",
 )
+OCCLUSION_FLAGS = ("window", "stride")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | list[dict[str, Any]]:
@@ -94,6 +110,11 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | list[d
     from explorer.api.attribution import attribute
     from explorer.errors import InputError
 
+    for flag in OCCLUSION_FLAGS:
+        if getattr(args, flag) is not None and (
+            args.image is not None or args.method not in ("occlusion", "all")
+        ):
+            raise InputError(f"--{flag} applies to text occlusion (--method occlusion, without --image)")
     if args.image is not None:
         from explorer.api.attribution import attribute_image
 

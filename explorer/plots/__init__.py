@@ -1,14 +1,15 @@
 """Result -> Plotly figure, and export of figures (PNG/SVG/PDF) and their data (CSV/Parquet).
 
 Figures are registered per result kind: `register_figure(kind, name, title, build, data)`
-where `build(result, **options) -> go.Figure` and `data(result) -> pyarrow.Table` is the
-data behind that figure. The UI, the CLI's `export` and notebooks all use `figures_for`.
+where `build(result, **view) -> go.Figure` and `data(result, **view) -> pyarrow.Table` is the
+data behind that figure; view choices (layer, head, position...) are keyword arguments only. The UI, the CLI's `export` and notebooks all use `figures_for`.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,35 @@ FIGURE_FORMATS = ("png", "svg", "pdf")
 DATA_FORMATS = ("csv", "parquet")
 
 
+def accepted_options(fn: Callable[..., Any], view: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The display choices in `view` that `fn` takes as keyword arguments (all of them when it
+    takes **options): one view dict of a tab's controls can be passed to each of its figures."""
+    if not view:
+        return {}
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(view)
+    return {k: v for k, v in view.items() if k in params and k != next(iter(params))}
+
+
 @dataclass(frozen=True)
 class FigureSpec:
+    """A registered figure: `build(result, **view)` -> Figure and `data(result, **view)` -> its
+    table. View choices (layer, head, position, colour...) are keyword arguments, never part of
+    the result; `figure` / `table` pass each builder the choices it takes."""
+
     kind: str
     name: str
     title: str
     build: Callable[..., go.Figure]
-    data: Callable[[Any], pa.Table]
+    data: Callable[..., pa.Table]
     applies: Callable[[Any], bool] = lambda result: True
+
+    def figure(self, result: Any, view: Mapping[str, Any] | None = None) -> go.Figure:
+        return self.build(result, **accepted_options(self.build, view))
+
+    def table(self, result: Any, view: Mapping[str, Any] | None = None) -> pa.Table:
+        return self.data(result, **accepted_options(self.data, view))
 
 
 _FIGURES: dict[str, list[FigureSpec]] = {}
@@ -40,7 +62,7 @@ def register_figure(
     name: str,
     title: str,
     build: Callable[..., go.Figure],
-    data: Callable[[Any], pa.Table],
+    data: Callable[..., pa.Table],
     applies: Callable[[Any], bool] = lambda result: True,
 ) -> None:
     specs = _FIGURES.setdefault(kind, [])
@@ -89,6 +111,7 @@ def _load_builtin_figures() -> None:
         "vlm_prune",
         "vlm_latent",
         "vista_patterns",
+        "sweep",
     ):
         try:
             __import__(f"explorer.plots.{module}")
@@ -283,8 +306,10 @@ def export(
     stem: str | None = None,
     options: Any | None = None,
     run_info: Any | None = None,
+    view: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Export one figure of `result` (default: its first) or that figure's data.
+    """Export one figure of `result` (default: its first) or that figure's data, drawn with the
+    display choices in `view` (e.g. {"layer": 3, "head": "mean"}; each builder takes its own).
 
     Figures are laid out by `options` (an `ExportOptions`, default double column) and carry
     their provenance (run id, model, weight hash, parameters, version, the regenerating command)
@@ -300,7 +325,7 @@ def export(
     if fmt in FIGURE_FORMATS:
         meta = figure_provenance(result, spec.name, fmt, opts, run_info)
         meta["title"] = spec.title
-        return write_figure(spec.build(result), path, fmt, options=opts, provenance=meta)
+        return write_figure(spec.figure(result, view), path, fmt, options=opts, provenance=meta)
     if fmt in DATA_FORMATS:
-        return write_table(spec.data(result), path, fmt)
+        return write_table(spec.table(result, view), path, fmt)
     raise InputError(f"unknown export format {fmt!r}; choose from {FIGURE_FORMATS + DATA_FORMATS}")

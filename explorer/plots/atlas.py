@@ -70,28 +70,22 @@ def colour_values(r: TokenMapResult, colour: str, scores: dict[str, np.ndarray] 
     )
 
 
-_UNSET: Any = object()
-
-
 def token_map_figure(
     r: TokenMapResult,
     colour: str | None = None,
-    layer: int | None = _UNSET,
-    trajectory: int | None = _UNSET,
+    layer: int | None = None,
+    trajectory: int | None = None,
     prompt_index: int | None = None,
     scores: dict[str, np.ndarray] | None = None,
     height: int = 620,
 ) -> go.Figure:
     """Scatter of the map. `layer`: show only that layer's points in colour (the others as a grey
-    backdrop, so a slider moves through one aligned map). `trajectory`: a token position of
-    `prompt_index` whose path across the layers is drawn as a line. Unset options come from
-    `r.view` (the UI's current choices), so an export shows what the user sees."""
-    view = r.view
-    colour = colour or view.get("colour", "layer")
-    layer = view.get("layer") if layer is _UNSET else layer
-    trajectory = view.get("trajectory") if trajectory is _UNSET else trajectory
-    prompt_index = int(view.get("prompt_index", 0)) if prompt_index is None else prompt_index
-    scores = scores if scores is not None else view.get("scores")
+    backdrop, so a slider moves through one aligned map); None: every layer. `trajectory`: a token
+    position of `prompt_index` whose path across the layers is drawn as a line. `scores`: extra
+    colourings by name (the UI's score overlays). These are display choices: the UI passes its
+    controls' values (to its exports too), so an export shows what the user sees."""
+    colour = colour or "layer"
+    prompt_index = 0 if prompt_index is None else int(prompt_index)
     fig = go.Figure()
     n = r.n_points
     focus = np.ones(n, dtype=bool) if layer is None else (r.layer == int(layer))
@@ -209,13 +203,17 @@ def token_map_data(r: TokenMapResult) -> pa.Table:
 
 
 def trajectory_figure(
-    r: TokenMapResult, prompt_index: int | None = None, position: int | None = None
+    r: TokenMapResult,
+    prompt_index: int | None = None,
+    position: int | None = None,
+    trajectory: int | None = None,
 ) -> go.Figure:
-    """The map with one token's path across layers (default: the chosen token, else the last one)."""
-    pi = int(r.view.get("prompt_index", 0)) if prompt_index is None else prompt_index
+    """The map with one token's path across layers: `position` (or `trajectory`, the map's
+    display option of the same meaning) of `prompt_index`; default the prompt's last token."""
+    pi = 0 if prompt_index is None else int(prompt_index)
+    position = position if position is not None else trajectory
     if position is None:
-        chosen = r.view.get("trajectory")
-        position = len(r.tokens[pi]) - 1 if chosen is None else int(chosen)
+        position = len(r.tokens[pi]) - 1
     return token_map_figure(r, colour="layer", layer=None, trajectory=position, prompt_index=pi)
 
 
@@ -259,8 +257,8 @@ def vocab_atlas_figure(
 ) -> go.Figure:
     """UMAP of the unembedding (mapped rows only), coloured by an indicator, with verified suspects
     ringed and tokens matching `search` (substring) marked."""
-    colour = colour or r.view.get("colour", "indicator")
-    search = search if search is not None else r.view.get("search", "")
+    colour = colour or "indicator"
+    search = search or ""
     c = r.columns
     x = np.asarray(c["x"], dtype=float)
     idx = np.flatnonzero(~np.isnan(x))
@@ -369,7 +367,7 @@ MICROSCOPE_MEASURES = {
 
 def microscope_heatmap(r: MicroscopeResult, measure: str | None = None) -> go.Figure:
     """Token x layer heatmap of one measure (rows: layers, columns: tokens)."""
-    measure = measure or r.view.get("measure", "context")
+    measure = measure or "context"
     if measure not in MICROSCOPE_MEASURES:
         from explorer.errors import InputError
 

@@ -6,8 +6,9 @@ heatmap with the causal mask greyed, a thumbnail grid of all heads, the mean ove
 token-centred view (what a token attends to / what attends to it, per layer), rollout,
 attention flow, per-head entropy and sink shares (layers x heads).
 
-Display choices (layer, head, token, sink positions, rollout layer) come from keyword options,
-falling back to `result.view` (which the UI sets), so an export shows what the user sees.
+Display choices (layer, head, token, sink positions, rollout layer) are keyword options of the
+figure and data builders (the UI passes its controls' values, and so does its export, so an export
+shows what the user sees); they are never part of the result.
 Long prompts are aggregated for display (`block_aggregate`: mean over query blocks, total over
 key blocks, rows still sum to 1): at most `MAX_MATRIX_POSITIONS` per axis for one matrix and
 at most `MAX_THUMB_POSITIONS` per thumbnail, within a total cell budget, so the browser
@@ -56,15 +57,14 @@ def _span_hover(tokens: Sequence[str], spans: Sequence[tuple[int, int]]) -> list
     ]
 
 
-def _view(result: AttentionResult, options: dict[str, Any], key: str, default: Any) -> Any:
+def _view(options: dict[str, Any], key: str, default: Any) -> Any:
+    """A display option, or its default when not given (None)."""
     value = options.get(key)
-    if value is None:
-        value = result.view.get(key, default)
-    return value
+    return default if value is None else value
 
 
 def _layer(result: AttentionResult, options: dict[str, Any]) -> int:
-    layer = int(_view(result, options, "layer", 0))
+    layer = int(_view(options, "layer", 0))
     if not 0 <= layer < result.n_layers:
         raise InputError(f"layer {layer} does not exist (0..{result.n_layers - 1})")
     return layer
@@ -72,7 +72,7 @@ def _layer(result: AttentionResult, options: dict[str, Any]) -> int:
 
 def _head(result: AttentionResult, options: dict[str, Any]) -> int | None:
     """A head index, or None for the mean over heads ("mean" or -1)."""
-    head = _view(result, options, "head", 0)
+    head = _view(options, "head", 0)
     if head in ("mean", -1, None):
         return None
     head = int(head)
@@ -82,7 +82,7 @@ def _head(result: AttentionResult, options: dict[str, Any]) -> int | None:
 
 
 def _token(result: AttentionResult, options: dict[str, Any]) -> int:
-    pos = int(_view(result, options, "token", result.seq_len - 1))
+    pos = int(_view(options, "token", result.seq_len - 1))
     if pos < 0:
         pos += result.seq_len
     if not 0 <= pos < result.seq_len:
@@ -91,7 +91,7 @@ def _token(result: AttentionResult, options: dict[str, Any]) -> int:
 
 
 def _sinks(result: AttentionResult, options: dict[str, Any]) -> list[int]:
-    sinks = _view(result, options, "sinks", [0])
+    sinks = _view(options, "sinks", [0])
     positions = sorted({int(p) for p in sinks})
     bad = [p for p in positions if not 0 <= p < result.seq_len]
     if bad:
@@ -234,7 +234,7 @@ def mean_heatmap(result: AttentionResult, **options: Any) -> go.Figure:
 
 def rollout_heatmap(result: AttentionResult, **options: Any) -> go.Figure:
     """Attention rollout after a layer (default: the last): query x input token."""
-    layer = int(_view(result, options, "rollout_layer", result.n_layers - 1))
+    layer = int(_view(options, "rollout_layer", result.n_layers - 1))
     if not 0 <= layer < result.n_layers:
         raise InputError(f"rollout layer {layer} does not exist (0..{result.n_layers - 1})")
     fig = _matrix_figure(
@@ -579,20 +579,20 @@ def _matrix_table(result: AttentionResult, matrix: np.ndarray, **extra: Any) -> 
     return pa.table(cols)
 
 
-def head_data(result: AttentionResult) -> pa.Table:
-    layer, head = _layer(result, {}), _head(result, {})
+def head_data(result: AttentionResult, **options: Any) -> pa.Table:
+    layer, head = _layer(result, options), _head(result, options)
     return _matrix_table(
         result, result.head_matrix(layer, head), layer=layer, head=-1 if head is None else head
     )
 
 
-def mean_data(result: AttentionResult) -> pa.Table:
-    layer = _layer(result, {})
+def mean_data(result: AttentionResult, **options: Any) -> pa.Table:
+    layer = _layer(result, options)
     return _matrix_table(result, result.head_matrix(layer, None), layer=layer)
 
 
-def rollout_data(result: AttentionResult) -> pa.Table:
-    layer = int(result.view.get("rollout_layer", result.n_layers - 1))
+def rollout_data(result: AttentionResult, **options: Any) -> pa.Table:
+    layer = int(_view(options, "rollout_layer", result.n_layers - 1))
     return _matrix_table(result, result.rollout[layer], through_layer=layer)
 
 
@@ -605,8 +605,8 @@ def grid_data(result: AttentionResult) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def token_data(result: AttentionResult) -> pa.Table:
-    pos, head = _token(result, {}), _head(result, {})
+def token_data(result: AttentionResult, **options: Any) -> pa.Table:
+    pos, head = _token(result, options), _head(result, options)
     attends_to, attended_by = result.token_view(pos, head)
     n_l, seq = attends_to.shape
     layer, other = np.meshgrid(np.arange(n_l), np.arange(seq), indexing="ij")
@@ -642,8 +642,8 @@ def entropy_data(result: AttentionResult) -> pa.Table:
     return _layer_head_table(result, entropy_bits=result.entropy)
 
 
-def sink_data(result: AttentionResult) -> pa.Table:
-    sinks = _sinks(result, {})
+def sink_data(result: AttentionResult, **options: Any) -> pa.Table:
+    sinks = _sinks(result, options)
     table = _layer_head_table(
         result,
         sink_share=result.sink_share_for(sinks),
@@ -701,8 +701,7 @@ OVERLAY_SCALE = [
 
 
 def _vision_layer(result: VisionAttentionResult, options: dict[str, Any]) -> int:
-    value = options.get("layer")
-    layer = int(result.view.get("layer", result.n_layers - 1) if value is None else value)
+    layer = int(_view(options, "layer", result.n_layers - 1))
     if layer < 0:
         layer += result.n_layers
     if not 0 <= layer < result.n_layers:
@@ -712,9 +711,7 @@ def _vision_layer(result: VisionAttentionResult, options: dict[str, Any]) -> int
 
 def _vision_head(result: VisionAttentionResult, options: dict[str, Any]) -> int | None:
     """A head index, or None for the mean over heads ("mean" or -1; the default)."""
-    head = options.get("head")
-    if head is None:
-        head = result.view.get("head", "mean")
+    head = _view(options, "head", "mean")
     if head in ("mean", -1, None):
         return None
     head = int(head)
@@ -883,8 +880,8 @@ def _patch_table(
     return pa.table(cols)
 
 
-def cls_overlay_data(result: VisionAttentionResult) -> pa.Table:
-    layer, head = _vision_layer(result, {}), _vision_head(result, {})
+def cls_overlay_data(result: VisionAttentionResult, **options: Any) -> pa.Table:
+    layer, head = _vision_layer(result, options), _vision_head(result, options)
     return _patch_table(
         result, result.cls_map(layer, head), "cls_attention", layer=layer, head=-1 if head is None else head
     )

@@ -579,7 +579,7 @@ def _explicit_categories(fig: go.Figure) -> None:
                 values = getattr(trace, letter, None)
                 if values is None or not len(values) or not all(isinstance(v, str) for v in values):
                     continue
-                cats += [str(v) for v in values if str(v) not in cats]
+                cats += [c for c in dict.fromkeys(str(v) for v in values) if c not in cats]
             if axis.categoryorder == "array" and axis.categoryarray is not None:
                 order = [str(c) for c in axis.categoryarray]
                 cats = [c for c in order if c in set(cats)] + [c for c in cats if c not in set(order)]

@@ -72,7 +72,7 @@ def _cells(
             f"{j + 1}. {token_label(str(result.topk_tokens[layer, p, j]))}  {result.topk_probs[layer, p, j]:.3f}"
             for j in range(k)
         )
-        extra = f"<br>P({token_label(target)}) = {values[r, c]:.4f}" if target is not None else ""
+        extra = f'<br>P("{token_label(target)}") = {values[r, c]:.4f}' if target is not None else ""
         hover[r, c] = f"patch row {r}, col {c} · layer {layer}{extra}<br>{top}"
         text[r, c] = token_label(str(tokens[r, c]))[:7]
     return values, text, hover
@@ -93,7 +93,7 @@ def patch_lens_overlay(
     width, height = image.size
     dx, dy = width / cols, height / rows
     zmax = 1.0 if target is None else float(max(np.nanmax(result.patch_target(target)), 1e-6))
-    label = "top-1 probability" if target is None else f"P({token_label(target)})"
+    label = "top-1 probability" if target is None else f'P("{token_label(target)}")'
 
     def heat(layer_index: int) -> go.Heatmap:
         values, text, hover = _cells(result, layer_index, target)
@@ -154,7 +154,7 @@ def patch_lens_overlay(
         scaleanchor="x",
         constrain="domain",
     )
-    what = "top-1 token" if target is None else f"top-1 token, coloured by P({token_label(target)})"
+    what = "top-1 token" if target is None else f'top-1 token, coloured by P("{token_label(target)}")'
     return base_layout(fig, f"Logit lens on the image tokens: {what} (layer slider)", height=640)
 
 
@@ -213,9 +213,9 @@ def target_surfacing(result: VLMLensResult, target: str | None = None) -> go.Fig
             )
         )
     fig.update_xaxes(title="layer (0 = input embeddings)")
-    fig.update_yaxes(title=f"lens probability of {token_label(chosen)}", rangemode="tozero")
+    fig.update_yaxes(title=f'lens probability of "{token_label(chosen)}"', rangemode="tozero")
     fig.update_layout(legend={"orientation": "h", "y": -0.25})
-    return base_layout(fig, f"Where {token_label(chosen)} surfaces, layer by layer", height=420)
+    return base_layout(fig, f'Where "{token_label(chosen)}" surfaces, layer by layer', height=420)
 
 
 def surfacing_data(result: VLMLensResult) -> pa.Table:

@@ -238,21 +238,28 @@ def text_to_image_attention(
             **geo,
         )
 
-    q = result.query_positions[qi]
+    q, last = result.query_units[qi]
     what = {"mean": "mean over heads", "head": f"head {head}", "rollout": "rollout"}[view]
-    title = f"Attention from {token_label(result.tokens[q])} (position {q}) to the image: {what}"
+    source = (
+        f"{token_label(result.tokens[q])} (position {q})"
+        if last == q
+        else f"positions {q}–{last} (mean of {last - q + 1} text tokens)"
+    )
+    title = f"Attention from {source} to the image: {what}"
     return image_grid_slider(result, heat, start, title)
 
 
 def attention_data(result: TextImageResult) -> pa.Table:
     L, H, Q, n = result.attention.shape
     li, hi, qi, pi = np.meshgrid(np.arange(L), np.arange(H), np.arange(Q), np.arange(n), indexing="ij")
-    pos = np.asarray(result.query_positions)[qi.ravel()]
+    units = np.asarray(result.query_units)  # (Q, 2): one query, or a long run's block of them
+    pos, last = units[qi.ravel(), 0], units[qi.ravel(), 1]
     return pa.table(
         {
             "block": li.ravel() + 1,
             "head": hi.ravel(),
             "query_position": pos,
+            "query_last_position": last,
             "query_token": [result.tokens[p] for p in pos],
             "patch": pi.ravel(),
             "attention": result.attention.ravel(),

@@ -3,7 +3,6 @@ hover with context, lasso selection listing tokens, and one token's trajectory a
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import gradio as gr
@@ -57,8 +56,18 @@ def summary_markdown(r: TokenMapResult) -> str:
     return "\n".join(lines)
 
 
-def with_view(r: TokenMapResult, **view: Any) -> TokenMapResult:
-    return dataclasses.replace(r, view={**r.view, **view})
+def map_view(
+    colour: str | None, all_layers: bool, focus: float, trajectory: str | None, scores: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The map's display choices from its controls ("p:pos" picks a token's trajectory)."""
+    pi, pos = (int(v) for v in trajectory.split(":")) if trajectory else (0, None)
+    return {
+        "colour": colour or "layer",
+        "layer": None if all_layers else int(focus),
+        "trajectory": pos,
+        "prompt_index": pi,
+        "scores": scores or {},
+    }
 
 
 def trajectory_choices(r: TokenMapResult) -> list[tuple[str, str]]:
@@ -133,7 +142,8 @@ def build(ctx: UIContext) -> None:
         focus = gr.Slider(0, 1, value=0, step=1, label="Layer shown (uncheck 'Show all layers')")
         trajectory = gr.Dropdown(choices=[("none", "")], value="", label="Trajectory of token")
     plot = gr.Plot(label="Map", elem_id="atlas-map")
-    export_controls(state, "map", "Export map", ctx=ctx)
+    view_state = gr.State({})  # display choices (colour, layer, trajectory, score overlays)
+    export_controls(state, "map", "Export map", ctx=ctx, view=view_state)
     with gr.Row():
         list_selected = gr.Button("List selected (lasso) points", size="sm")
         search = gr.Textbox(label="Find tokens (substring)", scale=2)
@@ -192,12 +202,13 @@ def build(ctx: UIContext) -> None:
             progress=progress_fn(progress),
         )
         scores = atlas_api.map_scores(result, db=ctx.store())
-        result = with_view(result, colour="layer", layer=None, trajectory=None, scores=scores)
+        view = map_view("layer", True, 0, None, scores)
         layers = result.layers
         return (
             result,
+            view,
             summary_markdown(result),
-            atlas_plots.token_map_figure(result),
+            atlas_plots.token_map_figure(result, **view),
             gr.Dropdown(choices=BUILTIN_COLOURS + sorted(scores), value="layer"),
             gr.Checkbox(value=True),
             gr.Slider(minimum=layers[0], maximum=max(layers[-1], layers[0] + 1), value=layers[0], step=1),
@@ -207,27 +218,25 @@ def build(ctx: UIContext) -> None:
     run.click(
         on_run,
         inputs=[prompt, per_line, image, model, layer, method, n_neighbors, min_dist, pca_dims, dataset],
-        outputs=[state, summary, plot, colour, focus_all, focus, trajectory],
+        outputs=[state, view_state, summary, plot, colour, focus_all, focus, trajectory],
         api_name="token_map",
     )
 
     @user_errors
     def redraw(
-        r: TokenMapResult | None, colour_v: str, all_v: bool, focus_v: float, traj_v: str
+        r: TokenMapResult | None,
+        view: dict[str, Any],
+        colour_v: str,
+        all_v: bool,
+        focus_v: float,
+        traj_v: str,
     ) -> tuple[Any, ...]:
         if r is None:
             return gr.skip(), gr.skip()
-        pi, pos = (int(v) for v in traj_v.split(":")) if traj_v else (0, None)
-        r = with_view(
-            r,
-            colour=colour_v or "layer",
-            layer=None if all_v else int(focus_v),
-            trajectory=pos,
-            prompt_index=pi,
-        )
-        return r, atlas_plots.token_map_figure(r)
+        view = map_view(colour_v, all_v, focus_v, traj_v, (view or {}).get("scores"))
+        return view, atlas_plots.token_map_figure(r, **view)
 
-    io = ([state, colour, focus_all, focus, trajectory], [state, plot])
+    io = ([state, view_state, colour, focus_all, focus, trajectory], [view_state, plot])
     colour.input(redraw, *io, api_visibility="private")
     focus_all.input(redraw, *io, api_visibility="private")
     focus.release(redraw, *io, api_visibility="private")

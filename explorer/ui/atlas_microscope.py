@@ -3,7 +3,6 @@ and the two logit lenses, per-layer linearity and intrinsic dimension, and which
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import gradio as gr
@@ -62,7 +61,8 @@ def build(ctx: UIContext) -> None:
         [(v[0], k) for k, v in atlas_plots.MICROSCOPE_MEASURES.items()], value="context", label="Heatmap"
     )
     heatmap = gr.Plot(label="Token × layer", elem_id="atlas-microscope-heatmap", elem_classes=["scroll-plot"])
-    export_controls(state, "heatmap", "Export heatmap", ctx=ctx)
+    view_state = gr.State({})  # display choices (measure)
+    export_controls(state, "heatmap", "Export heatmap", ctx=ctx, view=view_state)
     ranking = gr.Plot(label="Which tokens carry context", elem_id="atlas-microscope-ranking")
     export_controls(state, "ranking", "Export ranking", ctx=ctx)
     layers = gr.Plot(label="Per layer", elem_id="atlas-microscope-layers")
@@ -75,11 +75,12 @@ def build(ctx: UIContext) -> None:
         result = atlas_api.run_microscope(
             model_v or None, text, settings=ctx.settings, progress=progress_fn(progress)
         )
-        result = dataclasses.replace(result, view={"measure": measure_v or "context"})
+        view: dict[str, Any] = {"measure": measure_v or "context"}
         return (
             result,
+            view,
             summary_markdown(result),
-            atlas_plots.microscope_heatmap(result),
+            atlas_plots.microscope_heatmap(result, **view),
             atlas_plots.microscope_ranking(result),
             atlas_plots.microscope_layers(result),
         )
@@ -87,7 +88,7 @@ def build(ctx: UIContext) -> None:
     run.click(
         on_run,
         inputs=[prompt, model, measure],
-        outputs=[state, summary, heatmap, ranking, layers],
+        outputs=[state, view_state, summary, heatmap, ranking, layers],
         api_name="microscope",
     )
 
@@ -95,7 +96,7 @@ def build(ctx: UIContext) -> None:
     def on_measure(r: MicroscopeResult | None, measure_v: str) -> tuple[Any, ...]:
         if r is None:
             return gr.skip(), gr.skip()
-        r = dataclasses.replace(r, view={"measure": measure_v})
-        return r, atlas_plots.microscope_heatmap(r)
+        view: dict[str, Any] = {"measure": measure_v}
+        return view, atlas_plots.microscope_heatmap(r, **view)
 
-    measure.input(on_measure, [state, measure], [state, heatmap], api_visibility="private")
+    measure.input(on_measure, [state, measure], [view_state, heatmap], api_visibility="private")

@@ -4,7 +4,6 @@ a searchable UMAP of the unembedding and the table of suspects."""
 
 from __future__ import annotations
 
-import dataclasses
 import html
 from typing import Any
 
@@ -128,7 +127,8 @@ def build(ctx: UIContext) -> None:
         colour = gr.Dropdown(choices=list(atlas_plots.VOCAB_COLOURS), value="indicator", label="Colour by")
         search = gr.Textbox(label="Search tokens (substring; marks them on the map and filters the table)")
     atlas_plot = gr.Plot(label="Vocabulary atlas", elem_id="atlas-vocab-map")
-    export_controls(state, "atlas", "Export vocabulary atlas", ctx=ctx)
+    view_state = gr.State({})  # display choices (colour, search)
+    export_controls(state, "atlas", "Export vocabulary atlas", ctx=ctx, view=view_state)
     suspects = gr.Dataframe(
         headers=SUSPECT_HEADERS,
         label="Top suspects (lowest indicator first)",
@@ -160,6 +160,7 @@ def build(ctx: UIContext) -> None:
         )
         return (
             result,
+            {},
             summary_markdown(result),
             atlas_plots.vocab_atlas_figure(result),
             suspects_rows(result),
@@ -169,7 +170,7 @@ def build(ctx: UIContext) -> None:
     run.click(
         on_run,
         inputs=[model, n_verify, map_points, gh_neighbors, gh_resolution, gh_sample],
-        outputs=[state, summary, atlas_plot, suspects, indicator_plot],
+        outputs=[state, view_state, summary, atlas_plot, suspects, indicator_plot],
         api_name="vocab_health",
     )
 
@@ -177,8 +178,9 @@ def build(ctx: UIContext) -> None:
     def redraw(r: VocabHealthResult | None, colour_v: str, query: str) -> tuple[Any, ...]:
         if r is None:
             return gr.skip(), gr.skip(), gr.skip()
-        r = dataclasses.replace(r, view={"colour": colour_v, "search": query or ""})
-        return r, atlas_plots.vocab_atlas_figure(r), suspects_rows(r, query or "")
+        view: dict[str, Any] = {"colour": colour_v, "search": query or ""}
+        return view, atlas_plots.vocab_atlas_figure(r, **view), suspects_rows(r, query or "")
 
-    colour.input(redraw, [state, colour, search], [state, atlas_plot, suspects], api_visibility="private")
-    search.submit(redraw, [state, colour, search], [state, atlas_plot, suspects], api_visibility="private")
+    io = ([state, colour, search], [view_state, atlas_plot, suspects])
+    colour.input(redraw, *io, api_visibility="private")
+    search.submit(redraw, *io, api_visibility="private")

@@ -8,14 +8,14 @@ An input-kind radio switches between two modes, each showing only the views that
   `explorer.api.attention.attention_image`: [CLS] -> patch attention per layer/head (or the mean
   over heads) and attention rollout overlaid on the image, entropy of each head's [CLS] row.
 
-The result is held in a `gr.State`. Moving a layer / head / token / sink / rollout control only
-rebuilds figures from that state (the display choices are written into `result.view`, so exports
-match what is on screen); no control other than a Run button reaches a model.
+The result is held in a `gr.State`, the display choices (layer, head, token, sinks, rollout layer)
+in a second one. Moving a control only rebuilds figures from the result with those choices (the
+exports get them too, so they match what is on screen); no control other than a Run button
+reaches a model. The choices are figure arguments, never part of the result.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import gradio as gr
@@ -114,11 +114,6 @@ def summary_markdown(r: AttentionResult) -> str:
     return "\n".join(lines)
 
 
-def with_view(result: AttentionResult, **changes: Any) -> AttentionResult:
-    """A shallow copy of `result` (arrays shared) with updated display choices."""
-    return dataclasses.replace(result, view={**result.view, **changes})
-
-
 def _head_value(head: float, mean: bool) -> int | str:
     return "mean" if mean else int(head)
 
@@ -166,10 +161,16 @@ def vlm_summary_markdown(r: VLMAttentionResult) -> str:
     return "\n".join(lines)
 
 
-def _vlm_query_choices(r: VLMAttentionResult) -> list[tuple[str, int]]:
+def vlm_query_choices(r: VLMAttentionResult) -> list[tuple[str, int]]:
+    """One choice per stored row: a query, or (a long run) a block of queries, by its first position."""
     return [
-        (f"{q} · {r.tokens[q]!r}" + (" (generated)" if q >= r.prompt_len else ""), q)
-        for q in r.query_positions
+        (
+            f"{a} · {r.tokens[a]!r}" + (" (generated)" if a >= r.prompt_len else "")
+            if a == b
+            else f"{a}–{b} · mean of {b - a + 1} tokens",
+            a,
+        )
+        for a, b in r.query_units
     ]
 
 
@@ -245,7 +246,7 @@ def _build_vlm_mode(ctx: UIContext) -> None:
         return (
             result,
             vlm_summary_markdown(result),
-            gr.Dropdown(choices=_vlm_query_choices(result), value=result.query_positions[-1]),
+            gr.Dropdown(choices=vlm_query_choices(result), value=result.query_units[-1][0]),
             gr.Radio(value="mean"),
             gr.Slider(0, max(1, result.n_heads - 1), value=0, step=1, interactive=result.n_heads > 1),
             ui_figure(
@@ -306,6 +307,7 @@ def vision_summary_markdown(r: VisionAttentionResult) -> str:
 
 def _build_image_mode(ctx: UIContext) -> None:
     state = gr.State(None)
+    view_state = gr.State({})  # display choices (layer, head)
     samples = sample_images()
     with gr.Row():
         with gr.Column(scale=3):
@@ -338,13 +340,13 @@ def _build_image_mode(ctx: UIContext) -> None:
         head = gr.Slider(0, 1, value=0, step=1, label="Head", interactive=False)
         mean_heads = gr.Checkbox(value=True, label="Mean over heads")
     overlay_plot = gr.Plot(label="[CLS] → patch attention on the image", elem_id="vision-attention-overlay")
-    export_controls(state, "cls_overlay", "Export [CLS] overlay", ctx=ctx)
+    export_controls(state, "cls_overlay", "Export [CLS] overlay", ctx=ctx, view=view_state)
     rollout_plot = gr.Plot(label="Attention rollout on the image", elem_id="vision-attention-rollout")
-    export_controls(state, "rollout_overlay", "Export rollout overlay", ctx=ctx)
+    export_controls(state, "rollout_overlay", "Export rollout overlay", ctx=ctx, view=view_state)
     entropy_plot = gr.Plot(
         label="Entropy of the [CLS] row: layers × heads", elem_id="vision-attention-entropy"
     )
-    export_controls(state, "entropy", "Export entropy", ctx=ctx)
+    export_controls(state, "entropy", "Export entropy", ctx=ctx, view=view_state)
 
     @user_errors
     def on_sample(name: str | None) -> Any:
@@ -372,19 +374,20 @@ def _build_image_mode(ctx: UIContext) -> None:
             progress=progress_fn(progress),
         )
         last = result.n_layers - 1
-        result = dataclasses.replace(result, view={"layer": last, "head": "mean"})
+        view: dict[str, Any] = {"layer": last, "head": "mean"}
         return (
             result,
+            view,
             vision_summary_markdown(result),
             gr.Slider(0, max(1, last), value=last, step=1, interactive=result.n_layers > 1),
             gr.Slider(0, max(1, result.n_heads - 1), value=0, step=1, interactive=result.n_heads > 1),
             gr.Checkbox(value=True),
-            ui_figure("cls_overlay", att_plots.cls_overlay, result),
+            ui_figure("cls_overlay", att_plots.cls_overlay, result, **view),
             ui_figure("rollout_overlay", att_plots.rollout_overlay, result),
             ui_figure("entropy", att_plots.vision_entropy_heatmap, result),
         )
 
-    outputs = [state, summary, layer, head, mean_heads, overlay_plot, rollout_plot, entropy_plot]
+    outputs = [state, view_state, summary, layer, head, mean_heads, overlay_plot, rollout_plot, entropy_plot]
     run.click(on_run, inputs=[image, vision_model], outputs=outputs, api_name="attention_image")
 
     @user_errors
@@ -393,26 +396,27 @@ def _build_image_mode(ctx: UIContext) -> None:
     ) -> tuple[Any, ...]:
         if result is None:
             return gr.skip(), gr.skip()
-        result = dataclasses.replace(
-            result, view={**result.view, "layer": int(layer_v), "head": _head_value(head_v, mean_v)}
-        )
-        return result, ui_figure("cls_overlay", att_plots.cls_overlay, result)
+        view: dict[str, Any] = {"layer": int(layer_v), "head": _head_value(head_v, mean_v)}
+        return view, ui_figure("cls_overlay", att_plots.cls_overlay, result, **view)
 
     @user_errors
     def on_head(result: VisionAttentionResult | None, layer_v: float, head_v: float) -> tuple[Any, ...]:
         """Choosing a head shows that head: the mean-over-heads box is unticked."""
-        state_v, figure = on_layer_head(result, layer_v, head_v, False)
-        return state_v, figure, gr.Checkbox(value=False)
+        view, figure = on_layer_head(result, layer_v, head_v, False)
+        return view, figure, gr.Checkbox(value=False)
 
-    io = ([state, layer, head, mean_heads], [state, overlay_plot])
+    io = ([state, layer, head, mean_heads], [view_state, overlay_plot])
     layer.release(on_layer_head, *io, api_visibility="private")
     mean_heads.input(on_layer_head, *io, api_visibility="private")
-    head.release(on_head, [state, layer, head], [state, overlay_plot, mean_heads], api_visibility="private")
+    head.release(
+        on_head, [state, layer, head], [view_state, overlay_plot, mean_heads], api_visibility="private"
+    )
 
 
 # ---- text mode -------------------------------------------------------------------------------
 def _build_text_mode(ctx: UIContext) -> None:
     state = gr.State(None)
+    view_state = gr.State({})  # display choices (layer, head, token, sinks, rollout layer)
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder=EXAMPLES[0][0])
@@ -443,9 +447,9 @@ def _build_text_mode(ctx: UIContext) -> None:
         head = gr.Slider(0, 1, value=0, step=1, label="Head", interactive=False)
         mean_heads = gr.Checkbox(value=False, label="Mean over heads (head view and token view)")
     head_plot = gr.Plot(label="One head: query × key", elem_id="attention-head")
-    export_controls(state, "head", "Export head heatmap", ctx=ctx)
+    export_controls(state, "head", "Export head heatmap", ctx=ctx, view=view_state)
     mean_plot = gr.Plot(label="Mean over heads: query × key", elem_id="attention-mean")
-    export_controls(state, "mean_heads", "Export mean heatmap", ctx=ctx)
+    export_controls(state, "mean_heads", "Export mean heatmap", ctx=ctx, view=view_state)
 
     with gr.Row():
         window_start = gr.Slider(
@@ -456,28 +460,28 @@ def _build_text_mode(ctx: UIContext) -> None:
 
     token = gr.Dropdown(choices=[], label="Token for the token-centred view", interactive=True)
     token_plot = gr.Plot(label="Token-centred view", elem_id="attention-token")
-    export_controls(state, "token", "Export token view", ctx=ctx)
+    export_controls(state, "token", "Export token view", ctx=ctx, view=view_state)
 
     grid_plot = gr.Plot(
         label="All heads (thumbnails)", elem_id="attention-grid", elem_classes=["scroll-plot"]
     )
-    export_controls(state, "heads_grid", "Export head grid", ctx=ctx)
+    export_controls(state, "heads_grid", "Export head grid", ctx=ctx, view=view_state)
 
     rollout_layer = gr.Slider(0, 1, value=0, step=1, label="Rollout through layer", interactive=False)
     rollout_plot = gr.Plot(label="Attention rollout", elem_id="attention-rollout")
-    export_controls(state, "rollout", "Export rollout", ctx=ctx)
+    export_controls(state, "rollout", "Export rollout", ctx=ctx, view=view_state)
 
     with gr.Column(visible=False) as flow_box:
         flow_plot = gr.Plot(label="Attention flow vs rollout", elem_id="attention-flow")
-        export_controls(state, "flow", "Export flow", ctx=ctx)
+        export_controls(state, "flow", "Export flow", ctx=ctx, view=view_state)
 
     sinks = gr.Dropdown(
         choices=[], value=[], multiselect=True, label="Sink tokens (default: the first token)"
     )
     sink_plot = gr.Plot(label="Sink share: layers × heads", elem_id="attention-sinks")
-    export_controls(state, "sinks", "Export sink shares", ctx=ctx)
+    export_controls(state, "sinks", "Export sink shares", ctx=ctx, view=view_state)
     entropy_plot = gr.Plot(label="Entropy: layers × heads", elem_id="attention-entropy")
-    export_controls(state, "entropy", "Export entropy", ctx=ctx)
+    export_controls(state, "entropy", "Export entropy", ctx=ctx, view=view_state)
 
     @user_errors
     def on_run(
@@ -506,19 +510,26 @@ def _build_text_mode(ctx: UIContext) -> None:
 
     def render(result: AttentionResult) -> tuple[Any, ...]:
         last = result.seq_len - 1
-        result = with_view(result, layer=0, head=0, token=last, sinks=[0], rollout_layer=result.n_layers - 1)
+        view: dict[str, Any] = {
+            "layer": 0,
+            "head": 0,
+            "token": last,
+            "sinks": [0],
+            "rollout_layer": result.n_layers - 1,
+        }
         choices = token_choices(result)
         return (
             result,
+            view,
             summary_markdown(result),
             gr.Slider(0, max(1, result.n_layers - 1), value=0, step=1, interactive=result.n_layers > 1),
             gr.Slider(0, max(1, result.n_heads - 1), value=0, step=1, interactive=result.n_heads > 1),
             gr.Checkbox(value=False),
-            ui_figure("head", att_plots.head_heatmap, result),
-            ui_figure("mean_heads", att_plots.mean_heatmap, result),
+            ui_figure("head", att_plots.head_heatmap, result, **view),
+            ui_figure("mean_heads", att_plots.mean_heatmap, result, **view),
             gr.Dropdown(choices=choices, value=last),
-            ui_figure("token", att_plots.token_view, result),
-            ui_figure("heads_grid", att_plots.heads_grid, result),
+            ui_figure("token", att_plots.token_view, result, **view),
+            ui_figure("heads_grid", att_plots.heads_grid, result, **view),
             gr.Slider(
                 0,
                 max(1, result.n_layers - 1),
@@ -526,16 +537,17 @@ def _build_text_mode(ctx: UIContext) -> None:
                 step=1,
                 interactive=result.n_layers > 1,
             ),
-            ui_figure("rollout", att_plots.rollout_heatmap, result),
+            ui_figure("rollout", att_plots.rollout_heatmap, result, **view),
             gr.Column(visible=result.flow is not None),
             ui_figure("flow", att_plots.flow_heatmap, result) if result.flow is not None else None,
             gr.Dropdown(choices=choices, value=[0], multiselect=True),
-            ui_figure("sinks", att_plots.sink_heatmap, result),
-            ui_figure("entropy", att_plots.entropy_heatmap, result),
+            ui_figure("sinks", att_plots.sink_heatmap, result, **view),
+            ui_figure("entropy", att_plots.entropy_heatmap, result, **view),
         )
 
     outputs = [
         state,
+        view_state,
         summary,
         layer,
         head,
@@ -568,30 +580,33 @@ def _build_text_mode(ctx: UIContext) -> None:
     # ---- re-render from the stored result only (no model call) --------------------------
     @user_errors
     def on_layer_head(
-        result: AttentionResult | None, layer_v: float, head_v: float, mean_v: bool
+        result: AttentionResult | None, view: dict[str, Any], layer_v: float, head_v: float, mean_v: bool
     ) -> tuple[Any, ...]:
         if result is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        result = with_view(result, layer=int(layer_v), head=_head_value(head_v, mean_v))
+        view = {**view, "layer": int(layer_v), "head": _head_value(head_v, mean_v)}
         return (
-            result,
-            ui_figure("head", att_plots.head_heatmap, result),
-            ui_figure("mean_heads", att_plots.mean_heatmap, result),
-            ui_figure("token", att_plots.token_view, result),
+            view,
+            ui_figure("head", att_plots.head_heatmap, result, **view),
+            ui_figure("mean_heads", att_plots.mean_heatmap, result, **view),
+            ui_figure("token", att_plots.token_view, result, **view),
         )
 
-    layer_head_io = ([state, layer, head, mean_heads], [state, head_plot, mean_plot, token_plot])
+    layer_head_io = (
+        [state, view_state, layer, head, mean_heads],
+        [view_state, head_plot, mean_plot, token_plot],
+    )
     layer.release(on_layer_head, *layer_head_io, api_visibility="private")
     head.release(on_layer_head, *layer_head_io, api_visibility="private")
     mean_heads.input(on_layer_head, *layer_head_io, api_visibility="private")
 
     @user_errors
-    def on_window(result: AttentionResult | None, start_v: float) -> Any:
+    def on_window(result: AttentionResult | None, view: dict[str, Any], start_v: float) -> Any:
         """A long prompt stores block-aggregated matrices: recompute one head's exact window (the model
         is loaded if available, else the stored aggregate is spread over the window's tokens)."""
         if result is None:
             raise gr.Error("Run attention (or open a stored run) first.")
-        layer_v, head_v = int(result.view.get("layer", 0)), result.view.get("head", 0)
+        layer_v, head_v = int(view.get("layer", 0)), view.get("head", 0)
         head_i = None if head_v in ("mean", -1, None) else int(head_v)
         matrix, source = attention_window(
             result, layer_v, head_i, int(start_v), size=WINDOW_POSITIONS, settings=ctx.settings
@@ -600,31 +615,37 @@ def _build_text_mode(ctx: UIContext) -> None:
             "window", att_plots.window_heatmap, result, matrix, int(start_v), layer_v, head_i, source
         )
 
-    window_btn.click(on_window, [state, window_start], window_plot, api_visibility="private")
+    window_btn.click(on_window, [state, view_state, window_start], window_plot, api_visibility="private")
 
     @user_errors
-    def on_token(result: AttentionResult | None, token_v: int | None) -> tuple[Any, ...]:
+    def on_token(
+        result: AttentionResult | None, view: dict[str, Any], token_v: int | None
+    ) -> tuple[Any, ...]:
         if result is None or token_v is None:
             return gr.skip(), gr.skip()
-        result = with_view(result, token=int(token_v))
-        return result, ui_figure("token", att_plots.token_view, result)
+        view = {**view, "token": int(token_v)}
+        return view, ui_figure("token", att_plots.token_view, result, **view)
 
-    token.input(on_token, [state, token], [state, token_plot], api_visibility="private")
-
-    @user_errors
-    def on_rollout(result: AttentionResult | None, layer_v: float) -> tuple[Any, ...]:
-        if result is None:
-            return gr.skip(), gr.skip()
-        result = with_view(result, rollout_layer=int(layer_v))
-        return result, ui_figure("rollout", att_plots.rollout_heatmap, result)
-
-    rollout_layer.release(on_rollout, [state, rollout_layer], [state, rollout_plot], api_visibility="private")
+    token.input(on_token, [state, view_state, token], [view_state, token_plot], api_visibility="private")
 
     @user_errors
-    def on_sinks(result: AttentionResult | None, sinks_v: list[int] | None) -> tuple[Any, ...]:
+    def on_rollout(result: AttentionResult | None, view: dict[str, Any], layer_v: float) -> tuple[Any, ...]:
         if result is None:
             return gr.skip(), gr.skip()
-        result = with_view(result, sinks=[int(p) for p in (sinks_v or [])])
-        return result, ui_figure("sinks", att_plots.sink_heatmap, result)
+        view = {**view, "rollout_layer": int(layer_v)}
+        return view, ui_figure("rollout", att_plots.rollout_heatmap, result, **view)
 
-    sinks.input(on_sinks, [state, sinks], [state, sink_plot], api_visibility="private")
+    rollout_layer.release(
+        on_rollout, [state, view_state, rollout_layer], [view_state, rollout_plot], api_visibility="private"
+    )
+
+    @user_errors
+    def on_sinks(
+        result: AttentionResult | None, view: dict[str, Any], sinks_v: list[int] | None
+    ) -> tuple[Any, ...]:
+        if result is None:
+            return gr.skip(), gr.skip()
+        view = {**view, "sinks": [int(p) for p in (sinks_v or [])]}
+        return view, ui_figure("sinks", att_plots.sink_heatmap, result, **view)
+
+    sinks.input(on_sinks, [state, view_state, sinks], [view_state, sink_plot], api_visibility="private")

@@ -133,6 +133,12 @@ def _reagent_params(
     return params
 
 
+def _occlusion_params(window: float, stride: float) -> dict[str, Any]:
+    """The occlusion span settings, left out when they are one token at a time (the default)."""
+    w, s = int(window or 1), int(stride or 1)
+    return {} if w == 1 and s == 1 else {"window": w, "stride": s}
+
+
 def run_attribution(
     model: str,
     prompt: str,
@@ -150,13 +156,19 @@ def run_attribution(
     ctx: UIContext,
     progress: gr.Progress,
     dtype: str | None = None,
+    window: float = 1,
+    stride: float = 1,
 ) -> tuple[AttributionComparison, str, go.Figure | None, go.Figure | None]:
-    """Handler: returns (state, summary, coloured-token heatmap, faithfulness table)."""
+    """Handler: returns (state, summary, coloured-token heatmap, faithfulness table).
+    `window` / `stride`: occlusion's spans (also for the occlusion reference beside another method)."""
     if not target:
         raise InputError("give a target: the text the model should produce next, e.g. ' Paris'")
     params = _reagent_params(replacement, mlm_model, ratio, top_k, keep_n, probes, steps)
     if method not in ("all", "reagent"):
         params = {}
+    occlusion = _occlusion_params(window, stride)
+    if method in ("all", REFERENCE_METHOD):
+        params.update(occlusion)
     result = attribute(
         model or ctx.settings.default_model,
         prompt,
@@ -184,6 +196,7 @@ def run_attribution(
             seed=int(seed or 0),
             settings=ctx.settings,
             dtype=dtype or None,
+            **occlusion,
         )
         if isinstance(reference, AttributionResult):
             references.append(reference)
@@ -363,6 +376,15 @@ def build(ctx: UIContext) -> None:
             )
             probes = gr.Slider(1, 64, value=reagent_defaults.num_probes, step=1, label="Probes")
             steps = gr.Slider(1, 1000, value=reagent_defaults.max_steps, step=1, label="Max steps")
+    with gr.Accordion("Occlusion: sliding window (long prompts)", open=False):
+        gr.Markdown(
+            "Occlusion zeroes spans of **window** tokens, one starting every **stride** tokens (Captum's Occlusion "
+            "`sliding_window_shapes` / `strides`); each token gets the mean drop of the spans that cover it. "
+            "1 / 1 is one token at a time (one pass per token); a 4,096-token prompt with 64 / 64 takes 64 passes."
+        )
+        with gr.Row():
+            occ_window = gr.Slider(1, 512, value=1, step=1, label="Window (tokens per span)")
+            occ_stride = gr.Slider(1, 512, value=1, step=1, label="Stride (1..window)")
     with gr.Accordion("With an image: patch baseline and answer", open=False):
         with gr.Row():
             baseline = gr.Radio(
@@ -417,9 +439,15 @@ def build(ctx: UIContext) -> None:
         probes: float,
         steps: float,
         dtype_v: str = "auto",
+        window_v: float = 1,
+        stride_v: float = 1,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Any:
         if image_v is not None:
+            if int(window_v or 1) != 1 or int(stride_v or 1) != 1:
+                raise InputError(
+                    "the occlusion window and stride apply to text prompts: set them to 1 with an image"
+                )
             if contrast:
                 raise InputError(
                     "contrastive attribution is not supported with an image: clear the contrast foil"
@@ -454,7 +482,7 @@ def build(ctx: UIContext) -> None:
             )
         text = run_attribution(
             model, prompt, target, method, contrast, seed, replacement, mlm_model, ratio, top_k, keep_n, probes, steps,
-            ctx=ctx, progress=progress, dtype=dtype_v,
+            ctx=ctx, progress=progress, dtype=dtype_v, window=window_v, stride=stride_v,
         )  # fmt: skip
         state_v, summary_v, tokens_v, table_v = text
         return (
@@ -501,6 +529,8 @@ def build(ctx: UIContext) -> None:
             probes,
             steps,
             dtype,
+            occ_window,
+            occ_stride,
         ],
         outputs=[
             state, summary, text_box, tokens_plot, table_plot, image_state, image_box, overlay_plot, curve_plot,

@@ -205,10 +205,16 @@ def client_gone() -> Callable[[], bool]:
 
 
 def export_file(
-    result: Any, figure: str, fmt: str, options: ExportOptions | None = None, settings: Settings | None = None
+    result: Any,
+    figure: str,
+    fmt: str,
+    options: ExportOptions | None = None,
+    settings: Settings | None = None,
+    view: dict[str, Any] | None = None,
 ) -> str:
-    """Export `figure` of `result` to a fresh temp dir and return the path for a gr.File. The file
-    carries its provenance (with the model's weight hash from the run store when it is there)."""
+    """Export `figure` of `result`, drawn with the tab's display choices `view`, to a fresh temp
+    dir and return the path for a gr.File. The file carries its provenance (with the model's
+    weight hash from the run store when it is there)."""
     if result is None:
         raise gr.Error("Run an analysis first: there is nothing to export yet.")
     out_dir = fresh_temp_dir("export-", max_age_s=Settings.from_env().temp_file_ttl_s)
@@ -221,7 +227,9 @@ def export_file(
             info = Store.open(settings.database).info(run_id)
         except Exception:  # the run is not stored (or the store is busy): export without its hash
             log.warning("no store entry for run %s; its export carries no weight hash", run_id)
-    return str(export(result, fmt, out_dir, figure=spec.name, stem=stem, options=options, run_info=info))
+    return str(
+        export(result, fmt, out_dir, figure=spec.name, stem=stem, options=options, run_info=info, view=view)
+    )
 
 
 def reproduce_snippet(result: Any, figure: str, options: ExportOptions) -> str:
@@ -246,9 +254,14 @@ def _options(size: str, title: bool, font_pt: float | None, background: str) -> 
 
 
 def export_controls(
-    result_state: gr.State, figure: str | gr.State, label: str = "Export", ctx: UIContext | None = None
+    result_state: gr.State,
+    figure: str | gr.State,
+    label: str = "Export",
+    ctx: UIContext | None = None,
+    view: gr.State | None = None,
 ) -> gr.File:
     """`figure`: a figure name, or a State holding the name (a view that switches figures).
+    `view`: a State holding the tab's display choices (layer, head...), passed to the figure.
 
     A figure's export row: journal size, title, font size and background; PNG/SVG/PDF/CSV/
     Parquet buttons; the download slot; and the CLI/Python snippet that reproduces the figure."""
@@ -279,11 +292,14 @@ def export_controls(
     settings = ctx.settings if ctx is not None else None
     figure_input = [figure] if isinstance(figure, gr.State) else []
     fixed: dict[str, str] = {} if isinstance(figure, gr.State) else {"figure": figure}
-    inputs = [result_state, *figure_input, size, title, font, background]
+    view_input = [view] if view is not None else []
+    inputs = [result_state, *figure_input, size, title, font, background, *view_input]
     for fmt, button in buttons.items():
-        handler = functools.partial(export_handler, fmt=fmt, settings=settings, **fixed)
+        handler = functools.partial(
+            export_handler, fmt=fmt, settings=settings, has_view=view is not None, **fixed
+        )
         button.click(user_errors(handler), inputs=inputs, outputs=[out], api_visibility="private")
-    show = functools.partial(snippet_handler, **fixed)
+    show = functools.partial(snippet_handler, has_view=view is not None, **fixed)
     for trigger in inputs:
         trigger.change(show, inputs=inputs, outputs=[snippet], api_visibility="private")  # type: ignore[attr-defined]
     return out
@@ -297,9 +313,9 @@ def _by_position(args: tuple[Any, ...], figure: str | None) -> tuple[Any, str, t
     return args[0], figure, args[1:]
 
 
-def snippet_handler(*args: Any, figure: str | None = None) -> str:
+def snippet_handler(*args: Any, figure: str | None = None, has_view: bool = False) -> str:
     """Export controls' handler: the Python snippet that reproduces the chosen figure."""
-    result, name, (size, title, font_pt, background) = _by_position(args, figure)
+    result, name, (size, title, font_pt, background) = _by_position(args[:-1] if has_view else args, figure)
     if not name:
         return reproduce_snippet(None, "", ExportOptions())
     try:
@@ -311,10 +327,14 @@ def snippet_handler(*args: Any, figure: str | None = None) -> str:
         return f"*{exc}*"
 
 
-def export_handler(*args: Any, fmt: str, settings: Settings | None, figure: str | None = None) -> Any:
-    """Export controls' handler: write the chosen figure in `fmt` and return the file."""
-    result, name, (size, title, font_pt, background) = _by_position(args, figure)
+def export_handler(
+    *args: Any, fmt: str, settings: Settings | None, figure: str | None = None, has_view: bool = False
+) -> Any:
+    """Export controls' handler: write the chosen figure in `fmt` (with the tab's display
+    choices, the last input when `has_view`) and return the file."""
+    view = args[-1] if has_view else None
+    result, name, (size, title, font_pt, background) = _by_position(args[:-1] if has_view else args, figure)
     if not name:
         raise gr.Error("Choose a figure first.")
     options = _options(size, title, font_pt, background)
-    return gr.File(value=export_file(result, name, fmt, options, settings), visible=True)
+    return gr.File(value=export_file(result, name, fmt, options, settings, view=view), visible=True)

@@ -74,16 +74,23 @@ def summary_markdown(r: LensResult) -> str:
             top = ", ".join(f"`{h['token']}` ({h['cells']} cells)" for h in r.never_emitted[:5])
             lines.append(f"\n**Never-emitted candidates** (top-10 at some layer, never emitted): {top}")
     for row in getattr(r, "surfacing", lambda: [])():
-        first = row["first_top1_layer"]
+        first, top10 = row["first_top1_layer"], row["first_top10_layer"]
+        r_, c_ = row.get("peak_patch", [None, None])
         lines.append(
-            f"\n**`{row['target']}` on the image tokens:** "
+            f"\n**Where `{row['target']}` surfaces on the image:** "
             + (
-                f"first top-1 at some patch at layer {first}; "
+                f"top-1 at some patch from layer {first}; "
                 if first is not None
                 else "never top-1 at a patch; "
             )
-            + f"best patch probability peaks at layer {row['peak_layer']} (p = {row['peak_prob']:.3f}, "
-            f"top-1 at {row['patches_top1_at_peak']} patches there)."
+            + (
+                f"in some patch's top-10 from layer {top10}; "
+                if top10 is not None
+                else "never in a patch's top-10; "
+            )
+            + f"its best patch (row {r_}, column {c_} of the grid, from the top left) peaks at layer "
+            f"{row['peak_layer']} (p = {row['peak_prob']:.3f}; top-1 at {row['patches_top1_at_peak']} patches there). "
+            "Move the figure's layer slider to see it patch by patch."
         )
     for note in r.notes:
         lines.append(f"\n> ⚠️ {note}")

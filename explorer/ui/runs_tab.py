@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from explorer.api import query_limits
 from explorer.plots import figure_spec, figures_for
+from explorer.ui import sweeps_panel
 from explorer.ui.common import UIContext, client_gone, export_controls, ui_figure, user_errors
 from explorer.ui.share import RUNS_TAB_ID, share_link
 
@@ -103,6 +104,9 @@ def build(ctx: UIContext) -> Callable[[gr.Tab], None]:
         )
         sql_btn = gr.Button("Run query", size="sm")
         sql_out = gr.Dataframe(interactive=False, wrap=True, elem_id="sql-result")
+
+    with gr.Accordion("Dataset sweeps", open=False):
+        sweeps_panel.build(ctx)
 
     @user_errors
     def on_sql(query: str) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
-from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, user_errors
 from explorer.vlm.latent import LatentParams
 
 TITLE = "Visual tokens"
@@ -78,6 +78,7 @@ def build(ctx: UIContext) -> None:
                 allow_custom_value=True,
                 label="Vision-language model",
             )
+            dtype = dtype_dropdown(ctx)
             with gr.Row():
                 norm_k = gr.Number(value=4.0, label="Sink: norm > K × median", minimum=1.01)
                 share_k = gr.Number(value=2.0, label="Sink: attention > K' × uniform", minimum=0.01)
@@ -131,6 +132,7 @@ def build(ctx: UIContext) -> None:
         elp: float,
         eout: float,
         n_ans: int,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
         from explorer.api.vlm import run_visual_tokens
@@ -155,6 +157,7 @@ def build(ctx: UIContext) -> None:
             image_v,
             params=params,
             settings=ctx.settings,
+            dtype=dtype_v or None,
             progress=progress_fn(progress),
         )
         choices = [(f"{q} · {r.tokens[q]!r}", q) for q in r.query_positions]
@@ -171,7 +174,7 @@ def build(ctx: UIContext) -> None:
 
     run.click(
         analyse,
-        inputs=[image, prompt, model, norm_k, share_k, eps_lp, eps_out, answer_tokens],
+        inputs=[image, prompt, model, norm_k, share_k, eps_lp, eps_out, answer_tokens, dtype],
         outputs=[state, summary, categories, counts, query, head, attention, shares],
     )
 
@@ -193,6 +196,7 @@ def build(ctx: UIContext) -> None:
         model_v: str,
         match_v: str,
         k_v: int,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
         from explorer.api.vlm import run_latent_neighbours
@@ -204,13 +208,14 @@ def build(ctx: UIContext) -> None:
             image_v,
             params=LatentParams(k=int(k_v), match=match_v or LatentParams().match),
             settings=ctx.settings,
+            dtype=dtype_v or None,
             progress=progress_fn(progress),
         )
         return r, _latent_summary(r), latent_neighbours_overlay(r)
 
     latent_run.click(
         find_neighbours,
-        inputs=[image, prompt, model, latent_match, latent_k],
+        inputs=[image, prompt, model, latent_match, latent_k, dtype],
         outputs=[latent_state, latent_summary, latent_plot],
         api_name="latent_neighbours",
     )

@@ -27,22 +27,35 @@ from __future__ import annotations
 import base64
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import torch
 from PIL import Image
 
-from explorer.analysis.attention import attention_rollout
+from explorer.analysis.attention import LONG_PROMPT_BLOCKS, attention_rollout, block_spans
+from explorer.analysis.attention_math import rollout_carry
 from explorer.backends.images import image_to_png
-from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm, generate
+from explorer.backends.vlm import (
+    MODALITY_IMAGE,
+    MODALITY_TEXT,
+    VisionLanguageModel,
+    VLMInputs,
+    capture_vlm,
+    generate,
+    position_labels,
+    vlm_attention_pass,
+)
 from explorer.errors import InputError
 from explorer.params import params_json
 from explorer.progress import ProgressFn
-from explorer.results import register_result
+from explorer.results import StoredFields, in_meta, in_table, register_result
 
 MAX_GENERATE = 64
+MAX_QUERY_ROWS = LONG_PROMPT_BLOCKS  # query rows kept per block and head past the full-token threshold
+EXACT_LAST_QUERIES = MAX_GENERATE  # of those, the last queries kept one row each (the answer fits)
 SHARE_NAMES = ("image", "text", "sink")
 
 
@@ -81,30 +94,62 @@ def attention_shares(att: np.ndarray, queries: list[int], img: list[int], sinks:
     """(L, 3): mean over heads and text queries of the attention on image / text / sink tokens.
 
     Sinks at block l: position 0 plus the visual tokens with sinks[l] True (L, n_img)."""
-    seq = att.shape[-1]
-    out = np.zeros((att.shape[0], 3))
+    rows = np.stack([att[layer][:, queries].mean(axis=(0, 1)) for layer in range(att.shape[0])])
+    return shares_from_rows(rows, img, sinks)
+
+
+def shares_from_rows(rows: np.ndarray, img: list[int], sinks: np.ndarray) -> np.ndarray:
+    """(L, T) each block's attention row averaged over heads and text queries -> (L, 3) its
+    mass on image / text / sink tokens (a sink is counted only as sink; see `attention_shares`)."""
+    seq = rows.shape[-1]
+    out = np.zeros((rows.shape[0], 3))
     is_img = np.zeros(seq, dtype=bool)
     is_img[img] = True
     img_arr = np.asarray(img, dtype=np.int64)
-    for layer in range(att.shape[0]):
+    for layer in range(rows.shape[0]):
         sink = np.zeros(seq, dtype=bool)
         sink[0] = True
         sink[img_arr[sinks[layer]]] = True
-        rows = att[layer][:, queries].mean(axis=(0, 1))  # (seq,)
-        out[layer] = [rows[is_img & ~sink].sum(), rows[~is_img & ~sink].sum(), rows[sink].sum()]
+        row = rows[layer]
+        out[layer] = [row[is_img & ~sink].sum(), row[~is_img & ~sink].sum(), row[sink].sum()]
     return out
+
+
+def query_blocks(queries: list[int], max_units: int, exact_last: int) -> list[tuple[int, int]] | None:
+    """How a long run keeps its text queries' rows: None (every query its own row) when there
+    are at most `max_units`; else the last `exact_last` queries (the end of the question and the
+    generated answer) one row each, and the earlier ones in contiguous (first, last) blocks, at
+    most `max_units - exact_last` of them, each row the mean over its block's queries.
+    `queries` are contiguous positions (all text after the last image position)."""
+    if len(queries) <= max_units:
+        return None
+    head, tail = queries[:-exact_last], queries[-exact_last:]
+    spans = [(head[a], head[b]) for a, b in block_spans(len(head), max_units - exact_last)]
+    return spans + [(q, q) for q in tail]
 
 
 # ---------------------------------------------------------------------------------------------
 # What both VLM attention results ("vlm_attention", "vlm_tokens") share
 # ---------------------------------------------------------------------------------------------
-class TextImageAttention:
-    """Mixin of the results that hold text -> image attention: the image, its positions and
-    the text queries. Subclasses are dataclasses with `modality`, `image_png`, `query_positions`."""
+@dataclass
+class TextImageAttention(StoredFields):
+    """Base of the results that hold text -> image attention ("vlm_attention", "vlm_tokens"):
+    the run's text, the image, its positions and the text queries (all stored in the meta).
 
-    modality: list[str]
-    image_png: str
-    query_positions: list[int]
+    tokens / modality: the sequence (prompt then answer), "text" / "image" per position
+    grid:  [rows, cols] of the image tokens; image_png: the image as the model saw it (base64 PNG)
+    query_positions: the text positions after the image whose attention is kept"""
+
+    model: str = in_meta()
+    prompt: str = in_meta()
+    n_layers: int = in_meta()
+    n_heads: int = in_meta()
+    tokens: list[str] = in_meta()
+    modality: list[str] = in_meta()
+    grid: list[int] = in_meta()
+    image_png: str = in_meta()
+    answer: list[str] = in_meta()
+    query_positions: list[int] = in_meta()
 
     @property
     def image_positions(self) -> list[int]:
@@ -117,15 +162,28 @@ class TextImageAttention:
     def image(self) -> Image.Image:
         return Image.open(io.BytesIO(base64.b64decode(self.image_png))).convert("RGB")
 
+    @property
+    def query_units(self) -> list[tuple[int, int]]:
+        """(first, last) text positions behind each query row of the per-patch arrays: one per
+        query, or blocks of queries in a long run (`query_spans`)."""
+        spans = getattr(self, "query_spans", None)
+        if spans:
+            return [(int(a), int(b)) for a, b in spans]
+        return [(q, q) for q in self.query_positions]
+
     def query_index(self, query: int | None) -> int:
-        """A text query position (default: the last one) -> its index in `query_positions`."""
+        """A text query position (default: the last one) -> the index of its row (the block
+        holding it, in a long run) in the per-patch arrays."""
+        units = self.query_units
         if query is None:
-            return len(self.query_positions) - 1
-        if query not in self.query_positions:
-            raise InputError(
-                f"position {query} is not a text query after the image; choose {self.query_positions}"
-            )
-        return self.query_positions.index(query)
+            return len(units) - 1
+        for i, (a, b) in enumerate(units):
+            if a <= query <= b:
+                return i
+        first, last = self.query_positions[0], self.query_positions[-1]
+        raise InputError(
+            f"position {query} is not a text query after the image; choose one of {first}..{last}"
+        )
 
 
 def attention_tables(attention: np.ndarray, rollout: np.ndarray) -> dict[str, pa.Table]:
@@ -208,30 +266,29 @@ class VLMAttentionResult(TextImageAttention):
     head_image:  (n_layers, n_heads) share of the queries' attention on image tokens (sinks included)
     sinks:       (n_layers, n) bool, visual sinks at each block
     norms:       (n_layers + 1, n) residual norm of each visual token (0 = input embeddings)
+
+    Long runs (more than `Settings.attention_full_tokens` positions) are computed block by block
+    without holding every layer's (T, T) matrices; with more than `MAX_QUERY_ROWS` text queries,
+    `query_spans` lists the (first, last) positions behind each row of `attention` and
+    `rollout` (n_queries there is the number of rows): the last `EXACT_LAST_QUERIES` queries
+    one row each, earlier ones block means. shares, head_image, sinks, norms stay exact.
     """
 
     kind: ClassVar[str] = "vlm_attention"
 
-    model: str
-    prompt: str
-    n_layers: int
-    n_heads: int
-    tokens: list[str]
-    modality: list[str]
-    grid: list[int]
-    image_png: str
-    answer: list[str]
-    query_positions: list[int]
-    attention: np.ndarray
-    rollout: np.ndarray
-    shares: np.ndarray
-    head_image: np.ndarray
-    sinks: np.ndarray
-    norms: np.ndarray
-    params: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    attention: np.ndarray = in_table()
+    rollout: np.ndarray = in_table()
+    shares: np.ndarray = in_table()
+    head_image: np.ndarray = in_table()
+    sinks: np.ndarray = in_table()
+    norms: np.ndarray = in_table()
+    params: dict[str, Any] = in_meta(default_factory=dict)
+    notes: list[str] = in_meta(default_factory=list)
+    seconds: float = in_meta(default=0.0, decode=float)
     run_id: str | None = None
+    query_spans: list[tuple[int, int]] | None = in_meta(
+        default=None, decode=lambda s: [tuple(u) for u in s] or None
+    )
 
     @property
     def prompt_len(self) -> int:
@@ -241,7 +298,6 @@ class VLMAttentionResult(TextImageAttention):
         """The CLI's JSON; per-head grids are for one query (default: the last text token)."""
         rows, cols = self.grid
         qi = self.query_index(query)
-        q = self.query_positions[qi]
 
         def grid(values: np.ndarray) -> list[list[float]]:
             return np.round(np.asarray(values, dtype=np.float64).reshape(rows, cols), 6).tolist()
@@ -258,7 +314,7 @@ class VLMAttentionResult(TextImageAttention):
             "modality": self.modality,
             "answer": self.answer,
             "query_positions": self.query_positions,
-            "query": {"position": q, "token": self.tokens[q], "generated": q >= self.prompt_len},
+            "query": self._query_json(qi),
             "layers": [
                 {
                     "layer": layer + 1,
@@ -281,24 +337,16 @@ class VLMAttentionResult(TextImageAttention):
             "params": self.params,
             "notes": self.notes,
             "seconds": self.seconds,
+            **({"query_blocks": [list(u) for u in self.query_units]} if self.query_spans else {}),
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "prompt": self.prompt,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "tokens": self.tokens,
-            "modality": self.modality,
-            "grid": self.grid,
-            "image_png": self.image_png,
-            "answer": self.answer,
-            "query_positions": self.query_positions,
-            "params": self.params,
-            "notes": self.notes,
-            "seconds": self.seconds,
-        }
+    def _query_json(self, row: int) -> dict[str, Any]:
+        """The query behind row `row`: its position and token, or (a long run's block) its span."""
+        a, b = self.query_units[row]
+        out: dict[str, Any] = {"position": a, "token": self.tokens[a], "generated": a >= self.prompt_len}
+        if b > a:
+            out.update(last_position=b, n_tokens=b - a + 1, block_mean=True)
+        return out
 
     def to_tables(self) -> dict[str, pa.Table]:
         L, H = self.head_image.shape
@@ -332,36 +380,26 @@ class VLMAttentionResult(TextImageAttention):
         }
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VLMAttentionResult:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         L, H = int(meta["n_layers"]), int(meta["n_heads"])
         n = int(meta["grid"][0]) * int(meta["grid"][1])
-        attention, rollout = attention_from_tables(tables, (L, H, len(meta["query_positions"]), n))
+        spans = [(int(a), int(b)) for a, b in meta["query_spans"]] if meta.get("query_spans") else None
+        n_rows = len(spans) if spans else len(meta["query_positions"])
+        attention, rollout = attention_from_tables(tables, (L, H, n_rows, n))
 
         def column(table: str, name: str, order: list[str]) -> np.ndarray:
             return table_column(tables, table, name, order)
 
-        return cls(
-            model=meta["model"],
-            prompt=meta["prompt"],
-            n_layers=L,
-            n_heads=H,
-            tokens=list(meta["tokens"]),
-            modality=list(meta["modality"]),
-            grid=[int(g) for g in meta["grid"]],
-            image_png=meta["image_png"],
-            answer=list(meta["answer"]),
-            query_positions=[int(q) for q in meta["query_positions"]],
-            attention=attention,
-            rollout=rollout,
-            shares=np.stack([column("layers", k, ["layer"]) for k in SHARE_NAMES], axis=1).astype(np.float64),
-            head_image=column("heads", "image_share", ["layer", "head"]).reshape(L, H).astype(np.float64),
-            sinks=column("patches", "sink", ["layer", "patch"]).reshape(L + 1, n)[1:].astype(bool),
-            norms=column("patches", "norm", ["layer", "patch"]).reshape(L + 1, n).astype(np.float64),
-            params=dict(meta["params"]),
-            notes=list(meta.get("notes", [])),
-            seconds=float(meta.get("seconds", 0.0)),
-            run_id=meta.get("run_id"),
-        )
+        return {
+            "attention": attention,
+            "rollout": rollout,
+            "shares": np.stack([column("layers", k, ["layer"]) for k in SHARE_NAMES], axis=1).astype(
+                np.float64
+            ),
+            "head_image": column("heads", "image_share", ["layer", "head"]).reshape(L, H).astype(np.float64),
+            "sinks": column("patches", "sink", ["layer", "patch"]).reshape(L + 1, n)[1:].astype(bool),
+            "norms": column("patches", "norm", ["layer", "patch"]).reshape(L + 1, n).astype(np.float64),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,10 +412,15 @@ def vlm_attention(
     *,
     params: VLMAttentionParams | None = None,
     max_tokens: int = 512,
+    full_tokens: int = 256,
     progress: ProgressFn | None = None,
 ) -> VLMAttentionResult:
     """Text -> image attention for (image, prompt) on `vlm`, with the greedy answer's tokens as
-    further queries: one generation, then one traced forward pass with attentions."""
+    further queries: one generation, then one traced forward pass with attentions.
+
+    `max_tokens` is the prompt limit (visual tokens included); sequences (answer included) of
+    more than `full_tokens` positions run block by block (`streamed_text_image`), keeping only
+    what is stored; both come from `Settings`."""
     params = params or VLMAttentionParams()
     params.validate()
     prog = progress or (lambda f, m: None)
@@ -392,25 +435,35 @@ def vlm_attention(
     answer: list[int] = []
     if params.generate:
         answer = generate(vlm, inputs, params.generate, progress=lambda f, m: prog(0.1 + 0.4 * f, m))
-    prog(0.55, "Tracing one forward pass with attentions")
-    trace, modality = capture_vlm(vlm, inputs, answer, attentions=True)
-    assert trace.attentions is not None
-    att = trace.attentions.numpy().astype(np.float64)  # (L, H, T, T)
+    modality = inputs.modality + [MODALITY_TEXT] * len(answer)
     queries = text_queries(modality)
     if not queries:
         raise InputError("no text follows the image, so no text token attends to it")
-    prog(0.8, "Rollout and attention shares")
-    to_img, received = image_attention(att, queries, img)
-    norms = trace.residual[:, img].norm(dim=-1).numpy().astype(np.float64)  # (L + 1, n_img)
-    sinks = visual_sinks(norms, received, params.sink_norm_k, params.sink_share_k)
-    shares = attention_shares(att, queries, img, sinks)
-    head_image = to_img.sum(axis=-1).mean(axis=-1)  # (L, H), every image token
     # per-patch views keep the grid's positions: models that add tiles after a base view
     # (LLaVA-NeXT) have more image tokens than grid cells, and the grid is the base view
     cells = int(inputs.grid[0]) * int(inputs.grid[1])
-    grid_pos = img[:cells]
-    rolled = attention_rollout(att)[:, queries][:, :, grid_pos]  # (L, Q, cells)
     notes = []
+    if len(modality) > full_tokens:
+        prog(0.55, "One forward pass, reduced block by block")
+        views = streamed_text_image(vlm, inputs, answer, img, queries, cells, params, progress=prog)
+        notes.append(views.note(len(modality), len(queries)))
+    else:
+        prog(0.55, "Tracing one forward pass with attentions")
+        trace, _ = capture_vlm(vlm, inputs, answer, attentions=True)
+        assert trace.attentions is not None
+        att = trace.attentions.numpy().astype(np.float64)  # (L, H, T, T)
+        prog(0.8, "Rollout and attention shares")
+        to_img, received = image_attention(att, queries, img)
+        norms = trace.residual[:, img].norm(dim=-1).numpy().astype(np.float64)  # (L + 1, n_img)
+        sinks = visual_sinks(norms, received, params.sink_norm_k, params.sink_share_k)
+        views = TextImageViews(
+            attention=to_img[..., :cells],
+            rollout=attention_rollout(att)[:, queries][:, :, img[:cells]],  # (L, Q, cells)
+            shares=attention_shares(att, queries, img, sinks),
+            head_image=to_img.sum(axis=-1).mean(axis=-1),  # (L, H), every image token
+            sinks=sinks,
+            norms=norms,
+        )
     if vlm.uses_model_forward:
         notes.append(
             "this hub VLM runs its own forward: attention masks (e.g. bidirectional image attention) are the "
@@ -420,21 +473,132 @@ def vlm_attention(
     return VLMAttentionResult(
         model=vlm.model_id,
         prompt=prompt,
-        n_layers=trace.n_layers,
-        n_heads=int(att.shape[1]),
-        tokens=trace.tokens,
+        n_layers=vlm.n_layers,
+        n_heads=int(views.head_image.shape[1]),
+        tokens=position_labels(vlm, inputs.input_ids.tolist() + answer, modality, inputs.grid),
         modality=modality,
         grid=[int(inputs.grid[0]), int(inputs.grid[1])],
         image_png=base64.b64encode(image_to_png(inputs.image)).decode(),
         answer=[vlm.lm.token_str(i) for i in answer],
         query_positions=queries,
-        attention=to_img[..., :cells],
-        rollout=rolled,
-        shares=shares,
-        head_image=head_image,
-        sinks=sinks[:, :cells],
-        norms=norms[:, :cells],
+        attention=views.attention,
+        rollout=views.rollout,
+        shares=views.shares,
+        head_image=views.head_image,
+        sinks=views.sinks[:, :cells],
+        norms=views.norms[:, :cells],
         params=params.to_json(),
         notes=notes,
         seconds=time.perf_counter() - t0,
+        query_spans=views.query_spans,
+    )
+
+
+@dataclass
+class TextImageViews:
+    """What a run keeps, however it was computed (shapes as in `VLMAttentionResult`; sinks and
+    norms cover every image token, the result keeps the grid's)."""
+
+    attention: np.ndarray
+    rollout: np.ndarray
+    shares: np.ndarray
+    head_image: np.ndarray
+    sinks: np.ndarray
+    norms: np.ndarray
+    query_spans: list[tuple[int, int]] | None = None
+
+    def note(self, n_positions: int, n_queries: int) -> str:
+        text = (
+            f"long sequence ({n_positions} positions): computed block by block without keeping every block's "
+            "full attention matrices; shares, sinks, norms and the image share per head are exact"
+        )
+        if self.query_spans is None:
+            return text
+        blocks = sum(1 for a, b in self.query_spans if b > a)
+        return (
+            f"{text}. Of the {n_queries} text queries, the last {len(self.query_spans) - blocks} keep their own "
+            f"per-head attention and rollout rows; the earlier ones are kept as {blocks} block means (pick a "
+            "block by any of its positions)"
+        )
+
+
+@torch.no_grad()
+def streamed_text_image(
+    vlm: VisionLanguageModel,
+    inputs: VLMInputs,
+    answer: list[int],
+    img: list[int],
+    queries: list[int],
+    cells: int,
+    params: VLMAttentionParams,
+    *,
+    max_rows: int | None = None,
+    exact_last: int | None = None,
+    progress: ProgressFn | None = None,
+) -> TextImageViews:
+    """The views of `vlm_attention` from ONE pass that reduces each block's (H, T, T) weights as
+    soon as the block has run (`vlm_attention_pass`) and drops them: memory is one layer's
+    matrices plus what is kept, never n_layers x n_heads x T^2.
+
+    Every number equals the full path's (`image_attention`, `attention_rollout`,
+    `attention_shares`); with more than `max_rows` queries, the per-patch rows are kept per
+    `query_blocks` (defaults: `MAX_QUERY_ROWS`, `EXACT_LAST_QUERIES`). The rollout is carried at the grid's columns only: X_l = A'_l @ X_{l-1},
+    X_-1 the (T, cells) indicator of the grid positions, so X_l = rollout_l[:, grid] exactly."""
+    prog = progress or (lambda f, m: None)
+    n_l = vlm.n_layers
+    q0 = queries[0]
+    if queries != list(range(q0, q0 + len(queries))):
+        raise ValueError("text queries must be contiguous positions after the image")
+    spans = query_blocks(
+        queries, max_rows or MAX_QUERY_ROWS, EXACT_LAST_QUERIES if exact_last is None else exact_last
+    )
+    img_idx = torch.tensor(img, dtype=torch.long)
+    grid_idx = img_idx[:cells]
+    kept: dict[str, list[torch.Tensor]] = {
+        name: [] for name in ("attention", "rollout", "head_image", "received", "rows", "norms")
+    }
+    carried: list[torch.Tensor] = []
+
+    def rows_of(x: torch.Tensor) -> torch.Tensor:
+        """(..., Q, m) per-query rows -> (..., rows, m): as they are, or `spans` block means."""
+        if spans is None:
+            return x
+        return torch.stack([x[..., a - q0 : b - q0 + 1, :].mean(dim=-2) for a, b in spans], dim=-2)
+
+    def on_layer(layer: int, w: torch.Tensor) -> None:  # w: (H, T, T) float32
+        rows = w[:, q0:, :]  # (H, Q, T): a view, the queries are contiguous
+        to_img = rows[:, :, img_idx.to(w.device)]  # (H, Q, n_img)
+        mass = to_img.sum(dim=-1, keepdim=True)
+        share = to_img / mass.clamp_min(1e-12)
+        kept["received"].append(share.mean(dim=(0, 1), dtype=torch.float64).cpu())
+        kept["head_image"].append(mass[..., 0].mean(dim=-1, dtype=torch.float64).cpu())
+        kept["attention"].append(rows_of(to_img[..., :cells].double()).cpu())
+        kept["rows"].append(
+            torch.sum(rows, dim=(0, 1), dtype=torch.float64).cpu() / (rows.shape[0] * rows.shape[1])
+        )
+        if not carried:
+            carried.append(torch.zeros(w.shape[-1], cells, dtype=torch.float64, device=w.device))
+            carried[0][grid_idx.to(w.device), torch.arange(cells, device=w.device)] = 1.0
+        carried[0] = rollout_carry(w.mean(dim=0), carried[0])
+        kept["rollout"].append(rows_of(carried[0][q0:]).cpu())
+        prog(0.55 + 0.4 * (layer + 1) / n_l, f"Attention of block {layer + 1}/{n_l}")
+
+    def on_residual(layer: int, h: torch.Tensor) -> None:  # h: (T, d_model) float32
+        kept["norms"].append(h[img_idx.to(h.device)].norm(dim=-1).double().cpu())
+
+    vlm_attention_pass(vlm, inputs, answer, on_layer, on_residual)
+
+    def stacked(name: str) -> np.ndarray:
+        return torch.stack(kept[name]).numpy().astype(np.float64)
+
+    norms = stacked("norms")  # (L + 1, n_img)
+    sinks = visual_sinks(norms, stacked("received"), params.sink_norm_k, params.sink_share_k)
+    return TextImageViews(
+        attention=stacked("attention"),
+        rollout=stacked("rollout"),
+        shares=shares_from_rows(stacked("rows"), img, sinks),
+        head_image=stacked("head_image"),
+        sinks=sinks,
+        norms=norms,
+        query_spans=spans,
     )

@@ -32,7 +32,7 @@ import io
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,7 +46,7 @@ from explorer.backends.language import LanguageModel
 from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
-from explorer.results import register_result
+from explorer.results import StoredFields, in_meta, in_table, register_result
 from explorer.vlm.latent_corpus import Corpus
 
 MATCH_SAME = "same"
@@ -76,7 +76,7 @@ def searched_layers(n_layers: int, match: str) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 @register_result
 @dataclass
-class TextBank:
+class TextBank(StoredFields):
     """Contextual text-token representations of one model over one corpus.
 
     layers:    the residual layers stored (0 = input embeddings, i = output of block i-1)
@@ -89,23 +89,23 @@ class TextBank:
 
     kind: ClassVar[str] = "latent_bank"
 
-    model: str
-    weight_hash: str
-    corpus_digest: str
-    layers: list[int]
-    token_ids: np.ndarray
-    sentence: np.ndarray
-    position: np.ndarray
-    tokens: list[str]
-    contexts: list[str]
-    sources: list[str]
-    d_model: int
-    n_sentences: int
-    n_tokens_encoded: int
-    max_contexts: int
-    seconds: float
-    path: str = ""
-    vectors: np.ndarray | None = None
+    model: str = in_meta()
+    weight_hash: str = in_meta()
+    corpus_digest: str = in_meta(old=("corpus",))  # runs stored before: the JSON's "corpus"
+    layers: list[int] = in_meta()
+    token_ids: np.ndarray = in_table()
+    sentence: np.ndarray = in_table()
+    position: np.ndarray = in_table()
+    tokens: list[str] = in_table()
+    contexts: list[str] = in_table()
+    sources: list[str] = in_table()
+    d_model: int = in_meta()
+    n_sentences: int = in_meta()
+    n_tokens_encoded: int = in_meta()
+    max_contexts: int = in_meta()
+    seconds: float = in_meta(decode=float)
+    path: str = in_meta(default="")
+    vectors: np.ndarray | None = None  # loaded from `path` on first use, never stored
     run_id: str | None = None
 
     @property
@@ -141,9 +141,6 @@ class TextBank:
             "seconds": self.seconds,
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return self.to_dict()
-
     def to_tables(self) -> dict[str, pa.Table]:
         return {
             "entries": pa.table(
@@ -160,27 +157,16 @@ class TextBank:
         }
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> TextBank:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         t = tables["entries"].sort_by("entry")
-        return cls(
-            model=meta["model"],
-            weight_hash=meta["weight_hash"],
-            corpus_digest=meta["corpus"],
-            layers=[int(x) for x in meta["layers"]],
-            token_ids=t.column("token_id").to_numpy().astype(np.int64),
-            sentence=t.column("sentence").to_numpy().astype(np.int32),
-            position=t.column("position").to_numpy().astype(np.int32),
-            tokens=[str(x) for x in t.column("token").to_pylist()],
-            contexts=[str(x) for x in t.column("context").to_pylist()],
-            sources=[str(x) for x in t.column("source").to_pylist()],
-            d_model=int(meta["d_model"]),
-            n_sentences=int(meta["n_sentences"]),
-            n_tokens_encoded=int(meta["n_tokens_encoded"]),
-            max_contexts=int(meta["max_contexts"]),
-            seconds=float(meta["seconds"]),
-            path=str(meta["path"]),
-            run_id=meta.get("run_id"),
-        )
+        return {
+            "token_ids": t.column("token_id").to_numpy().astype(np.int64),
+            "sentence": t.column("sentence").to_numpy().astype(np.int32),
+            "position": t.column("position").to_numpy().astype(np.int32),
+            "tokens": [str(x) for x in t.column("token").to_pylist()],
+            "contexts": [str(x) for x in t.column("context").to_pylist()],
+            "sources": [str(x) for x in t.column("source").to_pylist()],
+        }
 
 
 def bank_file(
@@ -406,7 +392,7 @@ DEVIATIONS = (
 
 @register_result
 @dataclass
-class LatentNeighboursResult:
+class LatentNeighboursResult(StoredFields):
     """Top-k contextual text neighbours of every visual token at each layer searched.
 
     layers:     the visual-token layers searched (0 = projected patches as the LM receives them)
@@ -419,24 +405,24 @@ class LatentNeighboursResult:
 
     kind: ClassVar[str] = "vlm_latent"
 
-    model: str
-    prompt: str
-    n_layers: int
-    tokens: list[str]
-    modality: list[str]
-    grid: list[int]
-    image_png: str
-    layers: list[int]
-    similarity: np.ndarray
-    token_ids: np.ndarray
-    bank_layer: np.ndarray
-    neighbours: list[list[list[str]]]
-    contexts: list[list[list[str]]]
-    sources: list[list[list[str]]]
-    bank: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    deviations: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    model: str = in_meta()
+    prompt: str = in_meta()
+    n_layers: int = in_meta()
+    tokens: list[str] = in_meta()
+    modality: list[str] = in_meta()
+    grid: list[int] = in_meta()
+    image_png: str = in_meta()
+    layers: list[int] = in_meta()
+    similarity: np.ndarray = in_table()
+    token_ids: np.ndarray = in_table()
+    bank_layer: np.ndarray = in_table()
+    neighbours: list[list[list[str]]] = in_table()
+    contexts: list[list[list[str]]] = in_table()
+    sources: list[list[list[str]]] = in_table()
+    bank: dict[str, Any] = in_meta(default_factory=dict)
+    params: dict[str, Any] = in_meta(default_factory=dict)
+    deviations: list[str] = in_meta(default_factory=list)
+    seconds: float = in_meta(default=0.0, decode=float)
     run_id: str | None = None
 
     @property
@@ -508,22 +494,6 @@ class LatentNeighboursResult:
             "seconds": self.seconds,
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "prompt": self.prompt,
-            "n_layers": self.n_layers,
-            "tokens": self.tokens,
-            "modality": self.modality,
-            "grid": self.grid,
-            "image_png": self.image_png,
-            "layers": self.layers,
-            "bank": self.bank,
-            "params": self.params,
-            "deviations": self.deviations,
-            "seconds": self.seconds,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         n_l, n_img, k = self.similarity.shape
         li, pi, ri = np.meshgrid(np.arange(n_l), np.arange(n_img), np.arange(k), indexing="ij")
@@ -548,7 +518,7 @@ class LatentNeighboursResult:
         }
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> LatentNeighboursResult:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         t = tables["neighbours"].sort_by(
             [("layer", "ascending"), ("patch", "ascending"), ("rank", "ascending")]
         )
@@ -561,27 +531,14 @@ class LatentNeighboursResult:
             arr = np.asarray(t.column(name).to_pylist(), dtype=object).reshape(shape)
             return [[[str(x) for x in patch] for patch in layer] for layer in arr]
 
-        return cls(
-            model=meta["model"],
-            prompt=meta["prompt"],
-            n_layers=int(meta["n_layers"]),
-            tokens=meta["tokens"],
-            modality=meta["modality"],
-            grid=meta["grid"],
-            image_png=meta["image_png"],
-            layers=layers,
-            similarity=t.column("similarity").to_numpy().reshape(shape).astype(np.float64),
-            token_ids=t.column("token_id").to_numpy().reshape(shape).astype(np.int64),
-            bank_layer=t.column("text_layer").to_numpy().reshape(shape).astype(np.int64),
-            neighbours=nested("token"),
-            contexts=nested("context"),
-            sources=nested("source"),
-            bank=meta["bank"],
-            params=meta["params"],
-            deviations=meta["deviations"],
-            seconds=float(meta["seconds"]),
-            run_id=meta.get("run_id"),
-        )
+        return {
+            "similarity": t.column("similarity").to_numpy().reshape(shape).astype(np.float64),
+            "token_ids": t.column("token_id").to_numpy().reshape(shape).astype(np.int64),
+            "bank_layer": t.column("text_layer").to_numpy().reshape(shape).astype(np.int64),
+            "neighbours": nested("token"),
+            "contexts": nested("context"),
+            "sources": nested("source"),
+        }
 
 
 def latent_neighbours(

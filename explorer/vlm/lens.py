@@ -11,13 +11,11 @@ so image positions can be drawn as a grid on the picture with each patch's top t
 from __future__ import annotations
 
 import base64
-import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import pyarrow as pa
 from PIL import Image
 
 from explorer.analysis.logit_lens import (
@@ -32,7 +30,7 @@ from explorer.backends.images import image_to_png
 from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm, generate
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
-from explorer.results import register_result
+from explorer.results import in_meta, register_result
 
 
 @register_result
@@ -47,10 +45,10 @@ class VLMLensResult(LensResult):
 
     kind: ClassVar[str] = "vlm_lens"
 
-    modality: list[str] = field(default_factory=list)
-    grid: list[int] | None = None
-    image_png: str | None = None
-    prompt: str = ""
+    modality: list[str] = in_meta(default_factory=list)
+    grid: list[int] | None = in_meta(default=None)
+    image_png: str | None = in_meta(default=None)
+    prompt: str = in_meta(default="")
 
     @property
     def image_positions(self) -> list[int]:
@@ -107,7 +105,8 @@ class VLMLensResult(LensResult):
     def surfacing(self) -> list[dict[str, Any]]:
         """Per tracked target, over the image tokens: the first layer where it is top-1 (and
         top-10) at any patch, the layer where its best patch probability peaks, and how many
-        patches have it as top-1 at that layer."""
+        patches have it as top-1 at that layer, and where that best patch is (`peak_patch`: row,
+        column of the grid, 0-based from the top left)."""
         if self.grid is None:
             return []
         out = []
@@ -119,6 +118,7 @@ class VLMLensResult(LensResult):
             top1 = np.nonzero((ranks == 1).any(axis=1))[0]
             top10 = np.nonzero((ranks <= 10).any(axis=1))[0]
             peak = int(np.nanargmax(best))
+            row, col = divmod(int(np.nanargmax(probs[peak])), int(self.grid[1]))
             out.append(
                 {
                     "target": target,
@@ -127,6 +127,7 @@ class VLMLensResult(LensResult):
                     "peak_layer": peak,
                     "peak_prob": float(best[peak]),
                     "patches_top1_at_peak": int((ranks[peak] == 1).sum()),
+                    "peak_patch": [row, col],
                 }
             )
         return out
@@ -148,26 +149,6 @@ class VLMLensResult(LensResult):
                 for layer in range(self.n_layers + 1)
             ]
         return out
-
-    def to_meta(self) -> dict[str, Any]:
-        meta = super().to_meta()
-        meta.update(modality=self.modality, grid=self.grid, image_png=self.image_png, prompt=self.prompt)
-        return meta
-
-    def to_tables(self) -> dict[str, pa.Table]:
-        return super().to_tables()
-
-    @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VLMLensResult:
-        base = LensResult.from_store(meta, tables)
-        values = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-        return cls(
-            **values,
-            modality=meta["modality"],
-            grid=meta["grid"],
-            image_png=meta["image_png"],
-            prompt=meta.get("prompt", ""),
-        )
 
 
 def vlm_logit_lens(

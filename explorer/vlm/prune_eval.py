@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -53,11 +53,11 @@ from explorer.backends.language import LanguageModel
 from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, VLMInputs, capture_vlm, trim_at_stop
 from explorer.errors import InputError
 from explorer.progress import ProgressFn, or_silent
-from explorer.results import register_result
+from explorer.results import StoredFields, in_meta, in_table, register_result
 from explorer.vlm import eval_sets
 from explorer.vlm import metrics as m
 from explorer.vlm.eval_sets import EvalSample
-from explorer.vlm.vlm_eval import MAX_BATCH, aggregate, score
+from explorer.vlm.vlm_eval import ANSWER_FIELDS, ESTIMATE_FIELDS, MAX_BATCH, aggregate, rows_table, score
 
 REFERENCE = "unpruned"
 # the default sweep: the shared ratio list (analysis.pruning.common), from 100% down to 5%
@@ -268,7 +268,7 @@ def answer_batch(
 # ---------------------------------------------------------------------------------------------
 @register_result
 @dataclass
-class VLMPruneResult:
+class VLMPruneResult(StoredFields):
     """samples: per sample, strategy and keep ratio (sample_id, strategy, keep_ratio, qtype,
     question, expected, said, correct, said_yes, truth_yes, mentioned, hallucinated, agree);
     metrics: per strategy, keep ratio, group (question type, POPE split, "caption", "all",
@@ -279,17 +279,17 @@ class VLMPruneResult:
 
     kind: ClassVar[str] = "vlm_prune"
 
-    model: str
-    dataset: str
-    params: dict[str, Any]
-    samples: list[dict[str, Any]]
-    metrics: list[dict[str, Any]]
-    costs: list[dict[str, Any]]
-    strategies: dict[str, dict[str, Any]]
-    n_prompts: int
-    n_visual: int
-    reference_seconds: float
-    deviations: list[str] = field(default_factory=list)
+    model: str = in_meta()
+    dataset: str = in_meta()
+    params: dict[str, Any] = in_meta()
+    samples: list[dict[str, Any]] = in_table()
+    metrics: list[dict[str, Any]] = in_table()
+    costs: list[dict[str, Any]] = in_table()
+    strategies: dict[str, dict[str, Any]] = in_meta()
+    n_prompts: int = in_meta()
+    n_visual: int = in_meta()
+    reference_seconds: float = in_meta(decode=float)
+    deviations: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
 
     def metric(self, strategy: str, keep_ratio: float, group: str, name: str) -> dict[str, Any] | None:
@@ -342,41 +342,16 @@ class VLMPruneResult:
             "examples": self.samples[:12],
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "dataset": self.dataset,
-            "params": self.params,
-            "strategies": self.strategies,
-            "n_prompts": self.n_prompts,
-            "n_visual": self.n_visual,
-            "reference_seconds": self.reference_seconds,
-            "deviations": self.deviations,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         return {
-            "samples": _table(self.samples, SAMPLE_SCHEMA),
-            "metrics": _table(self.metrics, METRIC_SCHEMA),
-            "costs": _table(self.costs, COST_SCHEMA),
+            "samples": rows_table(self.samples, SAMPLE_SCHEMA),
+            "metrics": rows_table(self.metrics, METRIC_SCHEMA),
+            "costs": rows_table(self.costs, COST_SCHEMA),
         }
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VLMPruneResult:
-        return cls(
-            model=meta["model"],
-            dataset=meta["dataset"],
-            params=meta["params"],
-            samples=tables["samples"].to_pylist(),
-            metrics=tables["metrics"].to_pylist(),
-            costs=tables["costs"].to_pylist(),
-            strategies=meta["strategies"],
-            n_prompts=int(meta["n_prompts"]),
-            n_visual=int(meta["n_visual"]),
-            reference_seconds=float(meta["reference_seconds"]),
-            deviations=list(meta.get("deviations", [])),
-            run_id=meta.get("run_id"),
-        )
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
+        return {name: tables[name].to_pylist() for name in ("samples", "metrics", "costs")}
 
 
 SAMPLE_SCHEMA = pa.schema(
@@ -385,29 +360,11 @@ SAMPLE_SCHEMA = pa.schema(
         ("strategy", pa.string()),
         ("keep_ratio", pa.float64()),
         ("qtype", pa.string()),
-        ("question", pa.string()),
-        ("expected", pa.string()),
-        ("said", pa.string()),
-        ("correct", pa.bool_()),
-        ("said_yes", pa.bool_()),
-        ("truth_yes", pa.bool_()),
-        ("mentioned", pa.int32()),
-        ("hallucinated", pa.int32()),
+        *ANSWER_FIELDS,
         ("agree", pa.bool_()),
     ]
 )
-METRIC_SCHEMA = pa.schema(
-    [
-        ("strategy", pa.string()),
-        ("keep_ratio", pa.float64()),
-        ("group", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("low", pa.float64()),
-        ("high", pa.float64()),
-        ("n", pa.int64()),
-    ]
-)
+METRIC_SCHEMA = pa.schema([("strategy", pa.string()), ("keep_ratio", pa.float64()), *ESTIMATE_FIELDS])
 COST_SCHEMA = pa.schema(
     [
         ("strategy", pa.string()),
@@ -420,10 +377,6 @@ COST_SCHEMA = pa.schema(
         ("scoring", pa.string()),
     ]
 )
-
-
-def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,7 +39,7 @@ from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_v
 from explorer.errors import InputError
 from explorer.params import params_json
 from explorer.progress import ProgressFn
-from explorer.results import register_result
+from explorer.results import in_meta, in_table, register_result
 from explorer.vlm.attention import (
     TextImageAttention,
     attention_from_tables,
@@ -98,27 +98,17 @@ class VisualTokensResult(TextImageAttention):
 
     kind: ClassVar[str] = "vlm_tokens"
 
-    model: str
-    prompt: str
-    n_layers: int
-    n_heads: int
-    tokens: list[str]
-    modality: list[str]
-    grid: list[int]
-    image_png: str
-    answer: list[str]
-    query_positions: list[int]
-    norms: np.ndarray
-    received: np.ndarray
-    categories: np.ndarray
-    delta_logprob: np.ndarray
-    delta_hidden: np.ndarray
-    attention: np.ndarray
-    rollout: np.ndarray
-    shares: np.ndarray
-    params: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    norms: np.ndarray = in_table()
+    received: np.ndarray = in_table()
+    categories: np.ndarray = in_table()
+    delta_logprob: np.ndarray = in_table()
+    delta_hidden: np.ndarray = in_table()
+    attention: np.ndarray = in_table()
+    rollout: np.ndarray = in_table()
+    shares: np.ndarray = in_table()
+    params: dict[str, Any] = in_meta(default_factory=dict)
+    notes: list[str] = in_meta(default_factory=list)
+    seconds: float = in_meta(default=0.0, decode=float)
     run_id: str | None = None
 
     def counts(self) -> list[dict[str, int]]:
@@ -169,23 +159,6 @@ class VisualTokensResult(TextImageAttention):
             "seconds": self.seconds,
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "prompt": self.prompt,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "tokens": self.tokens,
-            "modality": self.modality,
-            "grid": self.grid,
-            "image_png": self.image_png,
-            "answer": self.answer,
-            "query_positions": self.query_positions,
-            "params": self.params,
-            "notes": self.notes,
-            "seconds": self.seconds,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         n_layers1, n_img = self.norms.shape
         lay, patch = np.meshgrid(np.arange(n_layers1), np.arange(n_img), indexing="ij")
@@ -224,7 +197,7 @@ class VisualTokensResult(TextImageAttention):
         }
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VisualTokensResult:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         n_layers, n_heads = int(meta["n_layers"]), int(meta["n_heads"])
         n_img = sum(1 for m in meta["modality"] if m == MODALITY_IMAGE)
         n_q = len(meta["query_positions"])
@@ -233,34 +206,22 @@ class VisualTokensResult(TextImageAttention):
             return table_column(tables, table, name, order)
 
         tok_order = ["layer", "patch"]
-        norms = column("tokens", "norm", tok_order).reshape(n_layers + 1, n_img).astype(np.float64)
-        received = column("tokens", "received", tok_order).reshape(n_layers + 1, n_img)[1:].astype(np.float64)
-        cats = column("tokens", "category", tok_order).reshape(n_layers + 1, n_img)[1:].astype(np.int64)
         attention, rollout = attention_from_tables(tables, (n_layers, n_heads, n_q, n_img))
         shares = np.stack([column("shares", k, ["layer"]) for k in ("image", "text", "sink")], axis=1)
-        return cls(
-            model=meta["model"],
-            prompt=meta["prompt"],
-            n_layers=n_layers,
-            n_heads=n_heads,
-            tokens=meta["tokens"],
-            modality=meta["modality"],
-            grid=meta["grid"],
-            image_png=meta["image_png"],
-            answer=meta["answer"],
-            query_positions=meta["query_positions"],
-            norms=norms,
-            received=received,
-            categories=cats,
-            delta_logprob=column("ablation", "delta_logprob", ["patch"]).astype(np.float64),
-            delta_hidden=column("ablation", "delta_hidden", ["patch"]).astype(np.float64),
-            attention=attention.astype(np.float64),
-            rollout=rollout.astype(np.float64),
-            shares=shares.astype(np.float64),
-            params=meta["params"],
-            notes=meta["notes"],
-            seconds=float(meta["seconds"]),
-        )
+        return {
+            "norms": column("tokens", "norm", tok_order).reshape(n_layers + 1, n_img).astype(np.float64),
+            "received": column("tokens", "received", tok_order)
+            .reshape(n_layers + 1, n_img)[1:]
+            .astype(np.float64),
+            "categories": column("tokens", "category", tok_order)
+            .reshape(n_layers + 1, n_img)[1:]
+            .astype(np.int64),
+            "delta_logprob": column("ablation", "delta_logprob", ["patch"]).astype(np.float64),
+            "delta_hidden": column("ablation", "delta_hidden", ["patch"]).astype(np.float64),
+            "attention": attention.astype(np.float64),
+            "rollout": rollout.astype(np.float64),
+            "shares": shares.astype(np.float64),
+        }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ import torch
 from explorer.backends.vlm import VisionLanguageModel, capture_vlm, generate_batch
 from explorer.errors import InputError
 from explorer.progress import ProgressFn, or_silent
-from explorer.results import register_result
+from explorer.results import StoredFields, derived, in_meta, in_table, register_result
 from explorer.vlm import metrics as m
 from explorer.vlm.eval_sets import MAX_EVAL_SCENES, EvalSample, builtin_set
 from explorer.vlm.scenes import COLOURS, SHAPES
@@ -209,7 +209,7 @@ def word_token_ids(vlm: VisionLanguageModel) -> dict[str, int]:
 # ---- the result ---------------------------------------------------------------------------------
 @register_result
 @dataclass
-class VistaPatternsResult:
+class VistaPatternsResult(StoredFields):
     """ranks: per (sample, word, category, stage, layer) the mean lens rank over the stage's steps;
     words: per (sample, word, category) final-layer rank summaries over the steps;
     emitted: per (sample, step) the emitted token, its type, peak layer (>= 1) and probabilities;
@@ -217,16 +217,16 @@ class VistaPatternsResult:
 
     kind: ClassVar[str] = "vista_patterns"
 
-    model: str
-    params: dict[str, Any]
-    n_layers: int
-    ranks: list[dict[str, Any]]
-    words: list[dict[str, Any]]
-    emitted: list[dict[str, Any]]
-    captions: list[dict[str, Any]]
-    summary: dict[str, Any]
-    seconds: float
-    deviations: list[str]
+    model: str = in_meta()
+    params: dict[str, Any] = in_meta()
+    n_layers: int = in_meta()
+    ranks: list[dict[str, Any]] = in_table()
+    words: list[dict[str, Any]] = in_table()
+    emitted: list[dict[str, Any]] = in_table()
+    captions: list[dict[str, Any]] = in_table()
+    summary: dict[str, Any] = derived()
+    seconds: float = in_meta(decode=float)
+    deviations: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,15 +242,6 @@ class VistaPatternsResult:
             "examples": self.captions[:6],
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "params": self.params,
-            "n_layers": self.n_layers,
-            "seconds": self.seconds,
-            "deviations": self.deviations,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         return {
             "ranks": pa.Table.from_pylist(self.ranks, schema=RANK_SCHEMA),
@@ -260,26 +251,21 @@ class VistaPatternsResult:
         }
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VistaPatternsResult:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         """The summary is recomputed from the stored rows (seeded, so identical)."""
         params, n_layers = meta["params"], int(meta["n_layers"])
         ranks, words = tables["ranks"].to_pylist(), tables["words"].to_pylist()
         emitted = tables["emitted"].to_pylist()
-        return cls(
-            model=meta["model"],
-            params=params,
-            n_layers=n_layers,
-            ranks=ranks,
-            words=words,
-            emitted=emitted,
-            captions=tables["captions"].to_pylist(),
-            summary=summarise(
-                ranks, words, emitted, n_layers, params["top_k"], params["n_boot"], params["seed"]
-            ),
-            seconds=float(meta["seconds"]),
-            deviations=list(meta.get("deviations", [])),
-            run_id=meta.get("run_id"),
+        summary = summarise(
+            ranks, words, emitted, n_layers, params["top_k"], params["n_boot"], params["seed"]
         )
+        return {
+            "ranks": ranks,
+            "words": words,
+            "emitted": emitted,
+            "captions": tables["captions"].to_pylist(),
+            "summary": summary,
+        }
 
 
 RANK_SCHEMA = pa.schema(

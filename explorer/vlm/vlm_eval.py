@@ -23,7 +23,7 @@ import pyarrow as pa
 from explorer.backends.vlm import VisionLanguageModel, generate_batch
 from explorer.errors import InputError
 from explorer.progress import ProgressFn, or_silent
-from explorer.results import register_result
+from explorer.results import StoredFields, float_values, in_meta, in_table, register_result
 from explorer.vlm import eval_sets
 from explorer.vlm import metrics as m
 from explorer.vlm.eval_sets import EvalSample
@@ -97,21 +97,21 @@ def score(sample: EvalSample, said: str) -> dict[str, Any]:
 # ---- the result ---------------------------------------------------------------------------------
 @register_result
 @dataclass
-class VLMEvalResult:
+class VLMEvalResult(StoredFields):
     """samples: per sample and condition (sample_id, condition, qtype, question, expected, said,
     correct, said_yes, truth_yes, mentioned, hallucinated, image_ref);
     metrics: per condition, group (question type, POPE split, "chair") and metric: value, low, high, n."""
 
     kind: ClassVar[str] = "vlm_eval"
 
-    model: str
-    dataset: str
-    params: dict[str, Any]
-    samples: list[dict[str, Any]]
-    metrics: list[dict[str, Any]]
-    seconds: dict[str, float]
-    n_prompts: int
-    deviations: list[str] = field(default_factory=list)
+    model: str = in_meta()
+    dataset: str = in_meta()
+    params: dict[str, Any] = in_meta()
+    samples: list[dict[str, Any]] = in_table()
+    metrics: list[dict[str, Any]] = in_table()
+    seconds: dict[str, float] = in_meta(decode=float_values)
+    n_prompts: int = in_meta()
+    deviations: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
 
     @property
@@ -154,73 +154,57 @@ class VLMEvalResult:
             "examples": self.samples[:12],
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "dataset": self.dataset,
-            "params": self.params,
-            "seconds": self.seconds,
-            "n_prompts": self.n_prompts,
-            "deviations": self.deviations,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         return {"samples": samples_table(self.samples), "metrics": metrics_table(self.metrics)}
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VLMEvalResult:
-        return cls(
-            model=meta["model"],
-            dataset=meta["dataset"],
-            params=meta["params"],
-            samples=tables["samples"].to_pylist(),
-            metrics=tables["metrics"].to_pylist(),
-            seconds={k: float(v) for k, v in meta["seconds"].items()},
-            n_prompts=int(meta["n_prompts"]),
-            deviations=list(meta.get("deviations", [])),
-            run_id=meta.get("run_id"),
-        )
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
+        return {"samples": tables["samples"].to_pylist(), "metrics": tables["metrics"].to_pylist()}
 
 
+# Columns shared by every table of scored answers (here and in explorer.vlm.prune_eval): the
+# question and the answer with its scores, and a metric with its bootstrap interval.
+ANSWER_FIELDS = [
+    ("question", pa.string()),
+    ("expected", pa.string()),
+    ("said", pa.string()),
+    ("correct", pa.bool_()),
+    ("said_yes", pa.bool_()),
+    ("truth_yes", pa.bool_()),
+    ("mentioned", pa.int32()),
+    ("hallucinated", pa.int32()),
+]
+ESTIMATE_FIELDS = [
+    ("group", pa.string()),
+    ("metric", pa.string()),
+    ("value", pa.float64()),
+    ("low", pa.float64()),
+    ("high", pa.float64()),
+    ("n", pa.int64()),
+]
 SAMPLE_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
         ("condition", pa.string()),
         ("qtype", pa.string()),
         ("image_ref", pa.string()),
-        ("question", pa.string()),
-        ("expected", pa.string()),
-        ("said", pa.string()),
-        ("correct", pa.bool_()),
-        ("said_yes", pa.bool_()),
-        ("truth_yes", pa.bool_()),
-        ("mentioned", pa.int32()),
-        ("hallucinated", pa.int32()),
+        *ANSWER_FIELDS,
     ]
 )
-METRIC_SCHEMA = pa.schema(
-    [
-        ("condition", pa.string()),
-        ("group", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("low", pa.float64()),
-        ("high", pa.float64()),
-        ("n", pa.int64()),
-    ]
-)
+METRIC_SCHEMA = pa.schema([("condition", pa.string()), *ESTIMATE_FIELDS])
+
+
+def rows_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) as an Arrow table of exactly `schema`'s columns (missing keys are null)."""
+    return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
 
 
 def samples_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(
-        [{k: r.get(k) for k in SAMPLE_SCHEMA.names} for r in rows], schema=SAMPLE_SCHEMA
-    )
+    return rows_table(rows, SAMPLE_SCHEMA)
 
 
 def metrics_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(
-        [{k: r.get(k) for k in METRIC_SCHEMA.names} for r in rows], schema=METRIC_SCHEMA
-    )
+    return rows_table(rows, METRIC_SCHEMA)
 
 
 # ---- aggregation --------------------------------------------------------------------------------

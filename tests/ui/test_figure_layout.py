@@ -25,26 +25,8 @@ ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
 ]  # fmt: skip
-# Figures whose exported layout still fails this check (issue 12 is open), or whose kind has no
-# fixed input in the gallery yet (not strict: some show measured times, whose width varies).
-KNOWN_LAYOUT_FAILURES = {
-    "tokenizer_inspect-boundaries",
-    "vlm_eval-eval_hallucination",
-    "vlm_eval-eval_metrics",
-    "vlm_prune-agreement",  # double column clean; single column: 7-entry legend overlaps the ticks
-    "vlm_prune-prefill_cost",
-    "vlm_prune-retention",
-    "vocab_health-indicators",
-}
 MATRIX = [
-    pytest.param(
-        kind,
-        name,
-        id=f"{kind}-{name}",
-        marks=pytest.mark.xfail(strict=False, reason="known layout failure (issue 12)")
-        if f"{kind}-{name}" in KNOWN_LAYOUT_FAILURES
-        else (),
-    )
+    pytest.param(kind, name, id=f"{kind}-{name}")
     for kind, names in registered_figures().items()
     for name in names
 ]

@@ -26,21 +26,24 @@ def test_tab_builds_with_sections(settings) -> None:
 
 def test_map_helpers(tiny_llama) -> None:
     from explorer.plots import atlas as plots
+    from explorer.plots import figure_spec
     from explorer.ui import atlas_map
 
     r = atlas_api.run_token_map(tiny_llama, ["a cat sat", "the dog ran"], method="pca", db=False)
     choices = atlas_map.trajectory_choices(r)
     assert choices[0] == ("none", "") and len(choices) == 1 + sum(len(t) for t in r.tokens)
     assert "PCA" in atlas_map.summary_markdown(r)
-    viewed = atlas_map.with_view(r, colour="prompt", layer=2, trajectory=1, prompt_index=1)
-    fig = plots.token_map_figure(viewed)  # the export path: view choices come from the result
+    view = atlas_map.map_view("prompt", False, 2, "1:1", None)
+    assert view == {"colour": "prompt", "layer": 2, "trajectory": 1, "prompt_index": 1, "scores": {}}
+    fig = figure_spec(r, "map").figure(r, view)  # the export path: the UI passes its view
     assert any(t.name == "prompt 1" for t in fig.data) and any(
         (t.name or "").startswith("path of") for t in fig.data
     )
+    assert not hasattr(r, "view")  # display choices are figure arguments, never on the result
     rows = atlas_map.rows_table(r.select([0, 1]))
     assert len(rows) == 2 and rows[0][3] == r.token[0]
-    scored = atlas_map.with_view(r, colour="s", scores={"s": np.arange(r.n_points, dtype=float)})
-    assert plots.token_map_figure(scored).data[-1].marker.showscale
+    scored = atlas_map.map_view("s", True, 0, "", {"s": np.arange(r.n_points, dtype=float)})
+    assert plots.token_map_figure(r, **scored).data[-1].marker.showscale
 
 
 def test_vocab_summary_escapes_token_names() -> None:

@@ -230,6 +230,12 @@ def _check_figure(fig: Any) -> None:
     assert has_bar, "no colour bar title"
 
 
+def spec_named(res: AttentionResult, name: str) -> Any:
+    from explorer.plots import figure_spec
+
+    return figure_spec(res, name)
+
+
 def test_every_figure_builds(arch_result: tuple[Any, AttentionResult]) -> None:
     from explorer.plots import figures_for
 
@@ -240,13 +246,17 @@ def test_every_figure_builds(arch_result: tuple[Any, AttentionResult]) -> None:
         _check_figure(spec.build(res))
         table = spec.data(res)
         assert table.num_rows > 0
-    res.view = {"layer": res.n_layers - 1, "head": "mean", "token": 2, "sinks": [0, 1]}
+    # display choices are figure (and data) arguments: the UI passes one view dict to each
+    view = {"layer": res.n_layers - 1, "head": "mean", "token": 2, "sinks": [0, 1], "rollout_layer": 0}
     for spec in figures_for(res):
-        _check_figure(spec.build(res))
+        _check_figure(spec.figure(res, view))
+        assert spec.table(res, view).num_rows > 0
+    assert spec_named(res, "sinks").table(res, view)["sink_positions"][0].as_py() == "0,1"
+    assert spec_named(res, "head").table(res, view)["head"][0].as_py() == -1  # the mean over heads
     # the head figure masks future keys with a grey trace
     fig = figures_for(res)[0].build(res, head=1)
     assert any(t.name == "causal mask" for t in fig.data)
-    res.view = {}
+    assert not hasattr(res, "view")  # never part of the result
 
 
 def test_long_prompt_figures_are_downsampled() -> None:

@@ -281,3 +281,114 @@ def test_reagent_replaces_by_the_argmax_by_default_and_lists_its_deviations(tiny
     assert any("argmax" in d and "candidates" in d for d in out["deviations"])
     other = run_attribution(tiny_llama, PROMPT, TARGET, method="occlusion").to_dict()
     assert "deviations" not in other
+
+
+def _span_drops(lm: Any, task: Any, spans: list[tuple[int, int]]) -> np.ndarray:
+    """f(E) - f(E with tokens a..b-1 zeroed) for each (a, b), computed directly."""
+    emb = context_embeddings(lm, task)
+    batch = [emb]
+    for a, b in spans:
+        occluded = emb.clone()
+        occluded[a:b] = 0.0
+        batch.append(occluded)
+    with torch.no_grad():
+        f = objective_embeds(lm, task, torch.stack(batch)).double().numpy()
+    return f[0] - f[1:]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("window", "stride"), [(1, 1), (2, 2), (3, 2), (4, 1)])
+def test_occlusion_sliding_window_is_the_mean_drop_of_the_covering_spans(
+    tiny_llama: Any, window: int, stride: int
+) -> None:
+    from explorer.analysis.attribution.gradients import OcclusionParams, occlusion, occlusion_windows
+
+    task = build_task(tiny_llama, PROMPT, TARGET, None, 512)[0]
+    p = task.n_context
+    scores, extras, notes = occlusion(tiny_llama, task, OcclusionParams(window=window, stride=stride))
+    starts = list(range(0, occlusion_windows(p, window, stride) * stride, stride))
+    spans = [(a, min(a + window, p)) for a in starts]  # Captum cuts the last span at the end
+    assert spans[-1][1] == p and len(spans) == occlusion_windows(p, window, stride)
+    drops = _span_drops(tiny_llama, task, spans)
+    expected = np.array(
+        [np.mean([d for (a, b), d in zip(spans, drops, strict=True) if a <= i < b]) for i in range(p)]
+    )
+    np.testing.assert_allclose(scores.numpy(), expected, atol=1e-4)
+    if window == 1:  # the default: one token at a time, exactly the former feature ablation
+        default, _, default_notes = occlusion(tiny_llama, task, OcclusionParams())
+        assert torch.equal(scores, default) and extras == {} and notes == default_notes == []
+        assert OcclusionParams(window=1, stride=1).to_json() == {"perturbations_per_eval": 8}
+    else:
+        assert extras["passes"] == len(spans) < p and f"spans of {window} tokens" in notes[0]
+
+
+def test_occlusion_window_is_validated_with_its_name(
+    tiny_llama: Any, tmp_store: Any, settings: Any, tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    for kwargs, message in [
+        ({"window": 0}, "occlusion window must be between 1 and 4096"),
+        ({"window": 2, "stride": 3}, "occlusion stride must be between 1 and the window"),
+        ({"stride": 0}, "occlusion stride must be between 1 and the window"),
+        ({"window": 2.5}, "occlusion window must be a whole number"),
+        ({"window": 50}, r"occlusion window \(50 tokens\) is longer than the context"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            attribute(
+                tiny_llama, PROMPT, TARGET, method="occlusion", db=tmp_store, settings=settings, **kwargs
+            )
+    with pytest.raises(InputError, match="unknown parameter"):
+        attribute(tiny_llama, PROMPT, TARGET, method="saliency", db=tmp_store, settings=settings, window=2)
+    assert tmp_store.list_runs() == []
+    r = attribute(
+        tiny_llama, PROMPT, TARGET, method="occlusion", db=tmp_store, settings=settings, window=2, stride=2
+    )
+    assert r.params["window"] == 2 and any("spans of 2 tokens" in n for n in r.notes)
+    back = tmp_store.load(str(r.run_id))
+    np.testing.assert_allclose(back.scores, r.scores)
+    default = attribute(tiny_llama, PROMPT, TARGET, method="occlusion", db=tmp_store, settings=settings)
+    assert default.run_id != r.run_id and "window" not in default.params
+
+    from explorer.api import attribution as attribution_api
+    from explorer.cli import main
+
+    real = attribution_api.attribute
+    monkeypatch.setattr(attribution_api, "attribute", lambda model, *a, **k: real(tiny_llama, *a, **k))
+    db = str(tmp_path / "cli.duckdb")
+    base = ["attribute", "--db", db, "--prompt", PROMPT, "--target", TARGET]
+    for argv, message in [
+        (["--method", "occlusion", "--window", "0"], "window"),
+        (["--method", "occlusion", "--window", "2", "--stride", "3"], "stride"),
+        (["--method", "reagent", "--window", "2"], "--window applies to text occlusion"),
+        (["--window", "2"], "--window applies to text occlusion"),
+        (
+            ["--method", "occlusion", "--stride", "2", "--image", "x.png"],
+            "--stride applies to text occlusion",
+        ),
+    ]:
+        assert main(base + argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err, (argv, err)
+    assert main([*base, "--method", "occlusion", "--window", "3", "--stride", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["params"]["window"] == 3 and out["params"]["stride"] == 2
+
+
+def test_ui_handler_passes_the_occlusion_window(tiny_llama: Any, tmp_path: Path) -> None:
+    """The Attribution tab's window / stride sliders reach occlusion (and its reference run)."""
+    import gradio as gr
+
+    from explorer.config import Settings
+    from explorer.ui.attribution_tab import run_attribution as ui_run
+    from explorer.ui.common import UIContext
+
+    ctx = UIContext(Settings.from_env(db_path=str(tmp_path / "db.duckdb"), cache_dir=str(tmp_path)))
+    reagent = ("causal", "", 0.3, 3, 5, 2, 2)
+    comp, summary, *_ = ui_run(
+        tiny_llama, PROMPT, TARGET, "occlusion", "", 0, *reagent, ctx=ctx, progress=gr.Progress(), window=2, stride=2
+    )  # fmt: skip
+    assert [r.params.get("window") for r in comp.results] == [2]
+    comp, *_ = ui_run(
+        tiny_llama, PROMPT, TARGET, "saliency", "", 0, *reagent, ctx=ctx, progress=gr.Progress(), window=3, stride=1
+    )  # fmt: skip
+    assert {r.method: r.params.get("window") for r in [*comp.results, *comp.references]} == {
+        "saliency": None, "occlusion": 3,
+    }  # fmt: skip

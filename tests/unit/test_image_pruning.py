@@ -306,3 +306,27 @@ def test_strategy_all_works_as_a_list_entry_as_the_cli_passes_it() -> None:
     ]
     with pytest.raises(InputError, match="unknown pruning strategy"):
         resolve_strategies(["nope"])
+
+
+def test_api_sweep_is_keyed_and_served_from_the_store(vm: VisionModel, tmp_store: Any) -> None:
+    """Text and image sweeps share one store preamble (`api.pruning._run_sweep`): the key holds
+    strategies, keep ratios, layer and seed plus the kind's own parameters; a repeat is a hit."""
+    from explorer.api.pruning import run_prune_image
+
+    kwargs: dict[str, Any] = dict(
+        model=vm, strategies=["random"], keep_ratios=[0.5], layer=1, seed=2, db=tmp_store
+    )
+    first = run_prune_image(_image(), **kwargs)
+    again = run_prune_image(_image(), **kwargs)
+    assert first.run_id and again.run_id == first.run_id
+    assert run_prune_image(_image(), **{**kwargs, "seed": 3}).run_id != first.run_id
+    runs = {r.run_id: r for r in tmp_store.list_runs()}
+    assert len(runs) == 2
+    params = runs[str(first.run_id)].params
+    assert params["strategies"] == ["random"] and params["keep_ratios"] == [0.5]
+    assert (
+        params["layer"] == 1
+        and params["seed"] == 2
+        and runs[str(first.run_id)].prompt.startswith("image sha256:")
+    )
+    assert set(vm.preprocessing.cache_key()) <= set(params)

@@ -68,14 +68,14 @@ def test_attention_4096_tokens_is_bounded_and_reopens(tiny_long_lm: Any, tmp_sto
     # every figure and data export builds from the reopened run
     from explorer.plots import figures_for
 
-    loaded.view = {"layer": 1, "head": 1, "token": LONG_TOKENS - 1, "sinks": [0, 5]}
+    view = {"layer": 1, "head": 1, "token": LONG_TOKENS - 1, "sinks": [0, 5]}
     for spec in figures_for(loaded):
-        fig = spec.build(loaded)
+        fig = spec.figure(loaded, view)
         assert (
             fig.data
             and sum(np.asarray(t.z).size for t in fig.data if getattr(t, "z", None) is not None) < 200_000
         )
-        assert spec.data(loaded).num_rows > 0
+        assert spec.table(loaded, view).num_rows > 0
     # one head's exact matrix on demand (the model is available): a window of the full matrix
     window = attention_head_window(
         tiny_long_lm, res.input_ids, layer=1, head=0, start=LONG_TOKENS - 64, size=64
@@ -171,7 +171,7 @@ def test_compare_two_long_attention_runs(tiny_long_lm: Any, tmp_store: Any) -> N
     ("method", "params"),
     [
         ("reagent", {"num_probes": 2, "max_steps": 2}),
-        ("occlusion", {"perturbations_per_eval": 8}),
+        ("occlusion", {"perturbations_per_eval": 8, "window": 256, "stride": 256}),
         ("integrated_gradients", {"n_steps": 2, "internal_batch_size": 2}),
     ],
 )
@@ -180,14 +180,10 @@ def test_costly_attribution_methods_4096_tokens(
 ) -> None:
     """ReAGent (causal-LM replacements without the whole-sequence re-ranking, noted), occlusion and
     integrated gradients at 4,096 tokens, with faithfulness; few steps so the test stays fast.
-    Occlusion's 4,096 passes make it the slowest (about a pass per token, as the method is)."""
+    Occlusion occludes spans of 256 tokens (16 passes; one token at a time would be 4,095)."""
     from explorer.analysis.attribution import FaithfulnessParams
     from explorer.analysis.attribution import run_attribution as attribute_engine
 
-    if method == "occlusion":
-        pytest.skip(
-            "occlusion runs one pass per context token: 4,096 passes are minutes even on a tiny model"
-        )
     prompt = long_prompt(LONG_TOKENS - 1)
     res = attribute_engine(
         tiny_long_lm, prompt, " cat", method=method, params=params, faith=FaithfulnessParams(n_samples=2),
@@ -196,6 +192,8 @@ def test_costly_attribution_methods_4096_tokens(
     assert len(res.tokens) == LONG_TOKENS - 1 and np.isfinite(np.asarray(res.scores)).all()
     if method == "reagent":
         assert any("too long to re-rank" in note for note in res.notes), res.notes
+    if method == "occlusion":  # 16 spans: every token of a span shares its drop
+        assert res.extras["passes"] == 16 and len(np.unique(np.asarray(res.scores)[:256])) == 1
     run_id = tmp_store.save(
         res, model_id="tiny", weight_hash="w", prompt=prompt, params=params, duration_s=1.0
     )
@@ -209,13 +207,31 @@ def test_generation_attribution_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -
     assert tmp_store.load(str(res.run_id)).kind == res.kind
 
 
-def test_text_pruning_4096_tokens(tiny_long_lm: Any, tmp_store: Any) -> None:
+def test_text_pruning_4096_tokens(tiny_long_lm: Any, tmp_store: Any, monkeypatch: Any) -> None:
+    """The sweep's pruned rows run in batches sized by the memory budget: at 4,096 tokens one
+    row's eager attention alone is 2 heads x 4,096^2 floats, so a small budget runs one at a time."""
+    from explorer.analysis.pruning.text import sweep
+    from explorer.analysis.pruning.text.cost import row_bytes
     from explorer.api.pruning import run_prune_text as prune_text
 
+    shapes: list[tuple[int, int]] = []
+    real = sweep.run_batch
+
+    def recording(lm: Any, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        shapes.append((int(input_ids.shape[0]), int(input_ids.shape[1])))
+        return real(lm, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "run_batch", recording)
+    n = LONG_TOKENS - 8
+    budget_mb = 1.5 * row_bytes(tiny_long_lm, n) / 2**20  # room for one padded row, not two
     res = prune_text(
-        tiny_long_lm, long_prompt(LONG_TOKENS - 8), strategies=["random", "fastv"], keep_ratios=[0.5],
-        layer=1, continuation_tokens=2, db=tmp_store,
+        tiny_long_lm, long_prompt(n), strategies=["random", "fastv", "self_information"], keep_ratios=[0.5],
+        layer=1, continuation_tokens=2, db=tmp_store, settings=Settings.from_env(pruning_batch_mb=budget_mb),
     )  # fmt: skip
+    # three distinct rows, one per batch: the two pruned prompts at their kept length, FastV's whole prompt
+    assert shapes == [(1, n // 2), (1, n // 2), (1, n)]
+    assert all(rows * row_bytes(tiny_long_lm, tokens) <= budget_mb * 2**20 for rows, tokens in shapes)
+    assert any("3 batches of at most 1 row," in note for note in res.notes)
     assert tmp_store.load(str(res.run_id)).kind == res.kind
 
 

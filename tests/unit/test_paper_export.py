@@ -190,6 +190,18 @@ def test_long_token_axes_are_thinned_and_invisible_characters_show() -> None:
     assert visible_label("a\nb") == "a↵b" and visible_label("x\\n") == "x↵" and visible_label("") == "∅"
 
 
+def test_categories_repeated_within_a_trace_get_a_margin_for_their_labels() -> None:
+    """A bar trace that repeats its category (one bar per token, all on the tokenizer's row) still
+    gets explicit tick labels, so the left margin is measured from them (they used to leave the canvas)."""
+    fig = go.Figure()
+    for row in ("all-minilm-l6-v2 (71)", "smollm2-135m (69)"):
+        fig.add_bar(y=[row] * 5, x=[1] * 5, base=list(range(5)), orientation="h")
+    out = paper_figure(fig, ExportOptions(size="single"))
+    labels = list(out.layout.yaxis.ticktext)  # clipped to ~38% of a single column
+    assert len(labels) == 2 and labels[0].startswith("all-minilm") and labels[1] == "smollm2-135m (69)"
+    assert out.layout.margin.l > max(len(t) for t in labels) * 0.5 * ExportOptions(size="single").font_px
+
+
 def test_export_command_round_trips_through_the_cli_parser() -> None:
     from explorer.cli import build_parser
 

@@ -358,3 +358,52 @@ def test_every_text_strategy_is_charged_exactly_what_it_runs() -> None:
     for row in result.rows:
         assert row.seconds >= row.scoring_seconds and row.flops_ratio > row.scoring_flops_ratio
         assert {"scoring_seconds", "scoring_flops_ratio"} <= set(row.to_dict())
+
+
+def _recorded_batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Record the (rows, tokens) of every pruned-row prefill of the sweep."""
+    from explorer.analysis.pruning.text import sweep
+
+    shapes: list[tuple[int, int]] = []
+
+    def recording(lm: Any, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        shapes.append((int(input_ids.shape[0]), int(input_ids.shape[1])))
+        return run_batch(lm, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "run_batch", recording)
+    return shapes
+
+
+def test_batches_within_the_memory_budget_equal_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from explorer.analysis.pruning.text.cost import row_bytes
+
+    lm = lm_of("llama")
+    n = int(_ids(lm).shape[0])
+    kwargs: dict[str, Any] = dict(
+        strategies=["random", "self_information", "fastv", "bottom_k:saliency"],
+        keep_ratios=(0.5, 0.3),
+        layer=1,
+        continuation_tokens=3,
+    )
+    shapes = _recorded_batches(monkeypatch)
+    one = prune_text(lm, PROMPT, **kwargs)
+    assert len(shapes) == 2 and shapes[0][0] == 4  # one batch per ratio: every distinct row
+    two_rows_mb = 2.5 * row_bytes(lm, n) / 2**20  # room for 2 rows of the padded (n-token) batch
+    shapes.clear()
+    split = prune_text(lm, PROMPT, batch_mb=two_rows_mb, **kwargs)
+    assert [s[0] for s in shapes] == [2, 2, 2, 2] and any(
+        "4 batches of at most 2 rows" in t for t in split.notes
+    )
+    shapes.clear()
+    single = prune_text(lm, PROMPT, batch_mb=1e-9, **kwargs)  # below one row: one row at a time
+    assert [s[0] for s in shapes] == [1] * 8
+    for other in (split, single):
+        for a, b in zip(_stable(one), _stable(other), strict=True):
+            assert a[:5] == b[:5]  # strategy, ratio, kept, continuation ids, top token
+            np.testing.assert_allclose(
+                [x if x is not None else np.nan for x in a[5:]],
+                [x if x is not None else np.nan for x in b[5:]],
+                atol=1e-5,
+            )
+    with pytest.raises(InputError, match="batch memory budget"):
+        prune_text(lm, PROMPT, batch_mb=0, **kwargs)

@@ -191,13 +191,10 @@ def test_every_figure_builds_with_titles_colour_bar_and_hover(
     assert np.asarray(overlay.data[1].z).shape == (IMAGE_SIZE, IMAGE_SIZE)  # upsampled to the image
     data = specs[0].data(result)
     assert data.num_rows == GRID * GRID and "cls_attention" in data.column_names
-    # the export follows the view the UI chose
-    chosen = VisionAttentionResult(**{**result.__dict__, "view": {"layer": 1, "head": 0}})
-    values = np.asarray(specs[0].data(chosen)["cls_attention"].to_pylist())
+    # the export follows the view the UI chose (passed as figure arguments, never on the result)
+    values = np.asarray(specs[0].table(result, {"layer": 1, "head": 0})["cls_attention"].to_pylist())
     np.testing.assert_allclose(values, result.cls_maps[1, 0].ravel(), atol=1e-7)
-    mean = np.asarray(
-        specs[0].data(VisionAttentionResult(**{**result.__dict__, "view": {"layer": 1}}))["cls_attention"]
-    )
+    mean = np.asarray(specs[0].table(result, {"layer": 1})["cls_attention"])
     np.testing.assert_allclose(mean, result.cls_maps[1].mean(0).ravel(), atol=1e-7)
     from explorer.plots import export
 

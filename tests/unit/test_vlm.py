@@ -249,6 +249,20 @@ def test_patch_figures_build_with_a_layer_slider(tiny_vlm: Any) -> None:
         patch_lens_overlay(r, target=" never-tracked")
 
 
+def test_surfacing_names_the_layer_and_the_patch_where_a_target_peaks(tiny_vlm: Any) -> None:
+    r = vlm_logit_lens(tiny_vlm, "Describe it.", _image(), params=LensParams(targets=(" the",), top_k=3))
+    (row,) = r.surfacing()
+    probs = r.patch_target(" the")  # (layers, rows, cols)
+    best = probs.reshape(probs.shape[0], -1).max(axis=1)
+    assert row["peak_layer"] == int(best.argmax()) and np.isclose(row["peak_prob"], best.max())
+    pr, pc = row["peak_patch"]
+    assert probs[row["peak_layer"], pr, pc] == probs[row["peak_layer"]].max()
+    ranks = r.patch_target(" the", "rank")
+    top10 = [layer for layer in range(ranks.shape[0]) if (ranks[layer] <= 10).any()]
+    assert row["first_top10_layer"] == (top10[0] if top10 else None)
+    assert r.to_dict()["surfacing"][0]["peak_patch"] == [pr, pc]
+
+
 def test_merged_lora_equals_the_adapted_model() -> None:
     import copy
 

@@ -25,7 +25,7 @@ Secretly Linear" and "LLM-Microscope").
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,14 +34,39 @@ import torch
 
 from explorer.analysis.atlas.token_types import special_ids, token_type, word_class
 from explorer.errors import InputError
+from explorer.params import params_json
 from explorer.progress import ProgressFn
-from explorer.results import register_result
+from explorer.results import StoredFields, in_meta, in_table, register_result
 
 REFERENCE_TOKENS = 1536
 REFERENCE_CHUNK = 256
 PREFIX_WINDOW = 8
 RIDGE = 1e-2
 MIN_ID_POINTS = 12
+MAX_REFERENCE_TOKENS = 8192
+
+
+@dataclass(frozen=True)
+class MicroscopeParams:
+    """Everything besides model and prompt that determines the LLM-Microscope measures.
+
+    reference_tokens: tokens of the reference text the layer maps and context probes are fitted on
+    prefix_window:    preceding tokens whose mean input embedding the context probe recovers
+    """
+
+    reference_tokens: int = REFERENCE_TOKENS
+    prefix_window: int = PREFIX_WINDOW
+
+    def validate(self) -> None:
+        if not 2 * REFERENCE_CHUNK <= self.reference_tokens <= MAX_REFERENCE_TOKENS:
+            raise InputError(
+                f"reference_tokens must be in {2 * REFERENCE_CHUNK}..{MAX_REFERENCE_TOKENS}, got {self.reference_tokens}"
+            )
+        if not 1 <= self.prefix_window <= REFERENCE_CHUNK // 2:
+            raise InputError(f"prefix_window must be in 1..{REFERENCE_CHUNK // 2}, got {self.prefix_window}")
+
+    def to_json(self) -> dict[str, Any]:
+        return params_json(self)
 
 
 def reference_text() -> str:
@@ -126,7 +151,9 @@ def _capture_reference(lm: Any, n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(chunks, axis=1), np.concatenate(id_chunks)
 
 
-def fit_reference(lm: Any, embed: np.ndarray, n_tokens: int = REFERENCE_TOKENS) -> ReferenceFit:
+def fit_reference(
+    lm: Any, embed: np.ndarray, n_tokens: int = REFERENCE_TOKENS, window: int = PREFIX_WINDOW
+) -> ReferenceFit:
     res, ids = _capture_reference(lm, n_tokens)
     n_layers = res.shape[0] - 1
     mean, scale = [], []
@@ -147,7 +174,7 @@ def fit_reference(lm: Any, embed: np.ndarray, n_tokens: int = REFERENCE_TOKENS) 
     targets = np.zeros((ids.size, embed.shape[1]))
     has = np.zeros(ids.size, dtype=bool)
     for start in range(0, ids.size, REFERENCE_CHUNK):
-        t, h = prefix_targets(embed, ids[start : start + REFERENCE_CHUNK])
+        t, h = prefix_targets(embed, ids[start : start + REFERENCE_CHUNK], window)
         targets[start : start + t.shape[0]] = t
         has[start : start + t.shape[0]] = h
     probes, r2 = [], []
@@ -165,7 +192,7 @@ def fit_reference(lm: Any, embed: np.ndarray, n_tokens: int = REFERENCE_TOKENS) 
 
 @register_result
 @dataclass
-class MicroscopeResult:
+class MicroscopeResult(StoredFields):
     """LLM-Microscope measures of one prompt.
 
     nonlinearity:   (L, seq) E_i^l for the step l -> l+1 (l = 0..L-1)
@@ -177,22 +204,21 @@ class MicroscopeResult:
 
     kind: ClassVar[str] = "microscope"
 
-    model: str
-    prompt: str
-    tokens: list[str]
-    word_classes: list[str]
-    nonlinearity: np.ndarray
-    context: np.ndarray
-    paper_lens_token: list[list[str]]
-    paper_lens_nll: np.ndarray
-    our_lens_token: list[list[str]]
-    our_lens_prob: np.ndarray
-    layers: dict[str, list[float]]
-    params: dict[str, Any]
-    seconds: float
-    notes: list[str] = field(default_factory=list)
+    model: str = in_meta()
+    prompt: str = in_meta()
+    tokens: list[str] = in_meta()
+    word_classes: list[str] = in_meta()
+    nonlinearity: np.ndarray = in_table()
+    context: np.ndarray = in_table()
+    paper_lens_token: list[list[str]] = in_table()
+    paper_lens_nll: np.ndarray = in_table()
+    our_lens_token: list[list[str]] = in_table()
+    our_lens_prob: np.ndarray = in_table()
+    layers: dict[str, list[float]] = in_table()
+    params: dict[str, Any] = in_meta()
+    seconds: float = in_meta(decode=float)
+    notes: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
-    view: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -269,22 +295,11 @@ class MicroscopeResult:
             "notes": self.notes,
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "prompt": self.prompt,
-            "tokens": self.tokens,
-            "word_classes": self.word_classes,
-            "params": self.params,
-            "seconds": self.seconds,
-            "notes": self.notes,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         return {"cells": self.cells_table(), "layers": self.layers_table()}
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> MicroscopeResult:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         cells = tables["cells"].sort_by([("layer", "ascending"), ("position", "ascending")])
         layers = tables["layers"].sort_by("layer")
         seq = len(meta["tokens"])
@@ -297,25 +312,17 @@ class MicroscopeResult:
             flat = cells[name].to_pylist()
             return [flat[i * seq : (i + 1) * seq] for i in range(n_l)]
 
-        return cls(
-            model=meta["model"],
-            prompt=meta["prompt"],
-            tokens=meta["tokens"],
-            word_classes=meta["word_classes"],
-            nonlinearity=grid("nonlinearity")[:-1],
-            context=grid("context"),
-            paper_lens_token=words("paper_lens_token"),
-            paper_lens_nll=grid("paper_lens_nll"),
-            our_lens_token=words("our_lens_token"),
-            our_lens_prob=grid("our_lens_prob"),
-            layers={
+        return {
+            "nonlinearity": grid("nonlinearity")[:-1],
+            "context": grid("context"),
+            "paper_lens_token": words("paper_lens_token"),
+            "paper_lens_nll": grid("paper_lens_nll"),
+            "our_lens_token": words("our_lens_token"),
+            "our_lens_prob": grid("our_lens_prob"),
+            "layers": {
                 k: [float(v) for v in layers[k].to_pylist()] for k in layers.column_names if k != "layer"
             },
-            params=meta["params"],
-            seconds=float(meta["seconds"]),
-            notes=list(meta.get("notes", [])),
-            run_id=meta.get("run_id"),
-        )
+        }
 
 
 def _no_nan(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -327,18 +334,25 @@ def _no_nan(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @torch.inference_mode()
 def microscope(
-    lm: Any, prompt: str, *, max_tokens: int, progress: ProgressFn | None = None
+    lm: Any,
+    prompt: str,
+    *,
+    max_tokens: int,
+    params: MicroscopeParams | None = None,
+    progress: ProgressFn | None = None,
 ) -> MicroscopeResult:
     from explorer.trace import capture, encode
 
+    params = params or MicroscopeParams()
+    params.validate()
     t0 = time.perf_counter()
     say = progress or (lambda f, m: None)
     ids = encode(lm, prompt, max_tokens)
     if ids.numel() < 2:
         raise InputError("the LLM-Microscope measures need a prompt of at least 2 tokens")
     embed = lm.embed_module().weight.detach().float().cpu().numpy()
-    say(0.05, f"Fitting the layer maps on {REFERENCE_TOKENS} reference tokens")
-    ref = fit_reference(lm, embed)
+    say(0.05, f"Fitting the layer maps on {params.reference_tokens} reference tokens")
+    ref = fit_reference(lm, embed, params.reference_tokens, params.prefix_window)
     say(0.7, "Measuring the prompt")
     trace = capture(lm, ids, attentions=False)
     res = trace.residual.cpu().numpy().astype(np.float64)  # (L+1, seq, d)
@@ -351,7 +365,7 @@ def microscope(
             for layer in range(n_layers)
         ]
     )
-    targets, has = prefix_targets(embed, ids.numpy())
+    targets, has = prefix_targets(embed, ids.numpy(), params.prefix_window)
     context = np.full((n_layers + 1, seq), np.nan)
     for layer in range(n_layers + 1):
         x = np.concatenate([normed[layer], np.ones((seq, 1))], axis=1)
@@ -390,7 +404,7 @@ def microscope(
         f"Layer maps A_l and context probes are fitted on {ref.n_tokens} reference tokens (CPython's pydoc "
         "topics; the paper uses enwik8) and applied to the prompt.",
         "Contextualisation is a linear proxy (ridge probe from the residual to the mean input embedding of the "
-        f"{PREFIX_WINDOW} preceding tokens, cosine), not the paper's trained prefix decoder.",
+        f"{params.prefix_window} preceding tokens, cosine), not the paper's trained prefix decoder.",
         "The paper's lens: LM head without the final norm (except at the last layer); ours: final norm + LM head "
         "at every layer.",
         "Residuals are the raw block outputs (hooks), as in the other tabs; the paper uses HF's hidden_states, "
@@ -417,7 +431,7 @@ def microscope(
             "id_reference": ref.intrinsic_dim,
             "probe_r2": ref.probe_r2,
         },
-        params={"reference_tokens": REFERENCE_TOKENS, "prefix_window": PREFIX_WINDOW, "ridge": RIDGE},
+        params={**params.to_json(), "ridge": RIDGE},
         seconds=time.perf_counter() - t0,
         notes=notes,
     )

@@ -25,7 +25,7 @@ from explorer.analysis.atlas.projection import ProjectionParams, project
 from explorer.analysis.atlas.token_types import special_ids, token_type
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
-from explorer.results import register_result
+from explorer.results import StoredFields, in_meta, in_table, register_result
 
 MAX_POINTS = 20_000
 MAX_PROMPTS = 200
@@ -59,7 +59,7 @@ def context_string(tokens: list[str], position: int) -> str:
 
 @register_result
 @dataclass
-class TokenMapResult:
+class TokenMapResult(StoredFields):
     """A 2-D map of token states.
 
     coords:       (n_points, 2) float32 map coordinates
@@ -71,31 +71,30 @@ class TokenMapResult:
 
     kind: ClassVar[str] = "token_map"
 
-    model: str
-    prompts: list[str]
-    tokens: list[list[str]]
-    n_layers: int
-    layer_mode: str  # "all" or the layer index as a string
-    method: str
-    coords: np.ndarray
-    prompt_index: np.ndarray
-    position: np.ndarray
-    layer: np.ndarray
-    token_id: np.ndarray
-    token: list[str]
-    token_type: list[str]
-    modality: list[str]
-    context: list[str]
-    norm: np.ndarray
-    params: dict[str, Any]
-    fit: dict[str, Any]
-    seconds: float
-    notes: list[str] = field(default_factory=list)
+    model: str = in_meta()
+    prompts: list[str] = in_meta()
+    tokens: list[list[str]] = in_meta()
+    n_layers: int = in_meta()
+    layer_mode: str = in_meta(decode=str)  # "all" or the layer index as a string
+    method: str = in_meta()
+    coords: np.ndarray = in_table()
+    prompt_index: np.ndarray = in_table()
+    position: np.ndarray = in_table()
+    layer: np.ndarray = in_table()
+    token_id: np.ndarray = in_table()
+    token: list[str] = in_table()
+    token_type: list[str] = in_table()
+    modality: list[str] = in_table()
+    context: list[str] = in_table()
+    norm: np.ndarray = in_table()
+    params: dict[str, Any] = in_meta()
+    fit: dict[str, Any] = in_meta()
+    seconds: float = in_meta(decode=float)
+    notes: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
-    image: str | None = None  # digest of the image (a VLM map over image + prompt), else None
-    # display choices (colour, focused layer, trajectory, score overlays): not stored; the figure
-    # builders read them so an export shows what the user sees
-    view: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    image: str | None = in_meta(
+        default=None
+    )  # digest of the image (a VLM map over image + prompt), else None
 
     @property
     def n_points(self) -> int:
@@ -163,51 +162,24 @@ class TokenMapResult:
             "points": self.points_table().to_pylist(),
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "prompts": self.prompts,
-            "tokens": self.tokens,
-            "n_layers": self.n_layers,
-            "layer_mode": self.layer_mode,
-            "method": self.method,
-            "params": self.params,
-            "fit": self.fit,
-            "seconds": self.seconds,
-            "notes": self.notes,
-            "image": self.image,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         return {"points": self.points_table()}
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> TokenMapResult:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         t = tables["points"].sort_by("point")
-        return cls(
-            model=meta["model"],
-            prompts=meta["prompts"],
-            tokens=meta["tokens"],
-            n_layers=int(meta["n_layers"]),
-            layer_mode=str(meta["layer_mode"]),
-            method=meta["method"],
-            coords=np.stack([t["x"].to_numpy(), t["y"].to_numpy()], axis=1).astype(np.float32),
-            prompt_index=t["prompt_index"].to_numpy().astype(np.int64),
-            position=t["position"].to_numpy().astype(np.int64),
-            layer=t["layer"].to_numpy().astype(np.int64),
-            token_id=t["token_id"].to_numpy().astype(np.int64),
-            token=t["token"].to_pylist(),
-            token_type=t["token_type"].to_pylist(),
-            modality=t["modality"].to_pylist(),
-            context=t["context"].to_pylist(),
-            norm=t["norm"].to_numpy().astype(np.float32),
-            params=meta["params"],
-            fit=meta["fit"],
-            seconds=float(meta["seconds"]),
-            notes=list(meta.get("notes", [])),
-            run_id=meta.get("run_id"),
-            image=meta.get("image"),
-        )
+        return {
+            "coords": np.stack([t["x"].to_numpy(), t["y"].to_numpy()], axis=1).astype(np.float32),
+            "prompt_index": t["prompt_index"].to_numpy().astype(np.int64),
+            "position": t["position"].to_numpy().astype(np.int64),
+            "layer": t["layer"].to_numpy().astype(np.int64),
+            "token_id": t["token_id"].to_numpy().astype(np.int64),
+            "token": t["token"].to_pylist(),
+            "token_type": t["token_type"].to_pylist(),
+            "modality": t["modality"].to_pylist(),
+            "context": t["context"].to_pylist(),
+            "norm": t["norm"].to_numpy().astype(np.float32),
+        }
 
 
 def resolve_layer(layer: int | None, n_layers: int) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,7 +20,8 @@ import pyarrow as pa
 from explorer.analysis.atlas.token_types import special_ids
 from explorer.analysis.atlas.vocab_tokens import is_byte_level, is_partial_utf8, token_bytes
 from explorer.errors import InputError
-from explorer.results import register_result
+from explorer.params import params_json
+from explorer.results import StoredFields, in_meta, in_table, register_result
 
 EMBEDDED_TOKENIZERS = ("smollm2-135m", "all-minilm-l6-v2")
 MAX_TEXT_CHARS = 20_000
@@ -127,15 +129,14 @@ def tokenize(name: str, tokenizer: Any, text: str) -> TokenizedText:
 
 @register_result
 @dataclass
-class TokenizerResult:
+class TokenizerResult(StoredFields):
     kind: ClassVar[str] = "tokenizer_inspect"
 
-    text: str
-    tokenizers: list[TokenizedText]
-    seconds: float
-    notes: list[str] = field(default_factory=list)
+    text: str = in_meta()
+    tokenizers: list[TokenizedText] = in_table()
+    seconds: float = in_meta(decode=float)
+    notes: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
-    view: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def counts(self) -> list[dict[str, Any]]:
         base = self.tokenizers[0].n_tokens or 1
@@ -205,25 +206,29 @@ class TokenizerResult:
             "notes": self.notes,
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "tokenizers": [
-                {"name": t.name, "kind": t.kind, "chat_text": t.chat_text, "chat_tokens": t.chat_tokens}
-                for t in self.tokenizers
-            ],
-            "seconds": self.seconds,
-            "notes": self.notes,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
-        return {"tokens": self.tokens_table()}
+        infos = pa.table(
+            {
+                "order": pa.array(range(len(self.tokenizers)), pa.int32()),
+                "name": pa.array([t.name for t in self.tokenizers], pa.string()),
+                "kind": pa.array([t.kind for t in self.tokenizers], pa.string()),
+                "chat_text": pa.array([t.chat_text for t in self.tokenizers], pa.string()),
+                "chat_tokens": pa.array([t.chat_tokens for t in self.tokenizers], pa.int64()),
+            }
+        )
+        return {"tokens": self.tokens_table(), "tokenizers": infos}
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> TokenizerResult:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         rows = tables["tokens"].sort_by([("tokenizer", "ascending"), ("index", "ascending")]).to_pylist()
+        # runs stored before the "tokenizers" table kept the per-tokenizer facts in the meta
+        infos = (
+            tables["tokenizers"].sort_by("order").to_pylist()
+            if "tokenizers" in tables
+            else meta["tokenizers"]
+        )
         out = []
-        for info in meta["tokenizers"]:
+        for info in infos:
             mine = [r for r in rows if r["tokenizer"] == info["name"]]
             out.append(
                 TokenizedText(
@@ -241,21 +246,41 @@ class TokenizerResult:
                     chat_tokens=info["chat_tokens"],
                 )
             )
-        return cls(text=meta["text"], tokenizers=out, seconds=float(meta["seconds"]),
-                   notes=list(meta.get("notes", [])), run_id=meta.get("run_id"))  # fmt: skip
+        return {"tokenizers": out}
 
 
-def validate(text: str, names: list[str]) -> None:
+@dataclass(frozen=True)
+class TokenizerParams:
+    """Which tokenizers to compare (embedded names, hub ids or local dirs), in order; the first is
+    the baseline of the token premium. The names are the run's "model", so they are not part of
+    the parameter key."""
+
+    tokenizers: tuple[str, ...] = field(default=EMBEDDED_TOKENIZERS, metadata={"key": False})
+
+    @classmethod
+    def of(cls, names: Sequence[str]) -> TokenizerParams:
+        """From user input: blank names dropped, the others stripped."""
+        return cls(tuple(n.strip() for n in names if n and n.strip()))
+
+    def validate(self) -> None:
+        names = self.tokenizers
+        if not names:
+            raise InputError("tokenizers: choose at least one tokenizer")
+        if len(names) > MAX_TOKENIZERS:
+            raise InputError(f"tokenizers: at most {MAX_TOKENIZERS} side by side, got {len(names)}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InputError(f"tokenizers: {', '.join(map(repr, twice))} listed twice")
+
+    def to_json(self) -> dict[str, Any]:
+        return params_json(self)
+
+
+def validate_text(text: str) -> None:
     if text is None or not text.strip():
         raise InputError("the text is empty: type some text to tokenize")
     if len(text) > MAX_TEXT_CHARS:
         raise InputError(f"the text is {len(text)} characters long; the maximum is {MAX_TEXT_CHARS}")
-    if not names:
-        raise InputError("choose at least one tokenizer")
-    if len(names) > MAX_TOKENIZERS:
-        raise InputError(f"at most {MAX_TOKENIZERS} tokenizers side by side, got {len(names)}")
-    if len(set(names)) != len(names):
-        raise InputError("a tokenizer is listed twice")
 
 
 def inspect(text: str, named: list[tuple[str, Any]]) -> TokenizerResult:

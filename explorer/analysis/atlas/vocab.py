@@ -17,7 +17,7 @@ suspects, references and flagged tokens, plus a random sample of the rest) is th
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +30,7 @@ from explorer.analysis.atlas.projection import ProjectionParams, fit_umap
 from explorer.analysis.atlas.vocab_tokens import analyse_tokenizer, unused_added_tokens
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
-from explorer.results import register_result
+from explorer.results import StoredFields, in_meta, in_table, register_result
 
 FALLBACK_REFERENCE = 20
 MAX_ADDED_REFERENCE = 256  # unused added tokens confirmed by prompting (at most this many)
@@ -86,20 +86,19 @@ TOKEN_COLUMNS = (
 
 @register_result
 @dataclass
-class VocabHealthResult:
+class VocabHealthResult(StoredFields):
     """Per vocabulary row (n = model vocab): every column of TOKEN_COLUMNS in `columns` (numpy arrays
     or lists of n). `summary`: counts, agreement, timings; `notes`: deviations and caveats."""
 
     kind: ClassVar[str] = "vocab_health"
 
-    model: str
-    columns: dict[str, Any]
-    summary: dict[str, Any]
-    params: dict[str, Any]
-    seconds: float
-    notes: list[str] = field(default_factory=list)
+    model: str = in_meta()
+    columns: dict[str, Any] = in_table()
+    summary: dict[str, Any] = in_meta()
+    params: dict[str, Any] = in_meta()
+    seconds: float = in_meta(decode=float)
+    notes: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
-    view: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # UI choices, not stored
 
     @property
     def n_tokens(self) -> int:
@@ -130,20 +129,11 @@ class VocabHealthResult:
             "suspects": self.suspects(),
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "summary": self.summary,
-            "params": self.params,
-            "seconds": self.seconds,
-            "notes": self.notes,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         return {"tokens": self.table()}
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> VocabHealthResult:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         t = tables["tokens"].sort_by("token_id")
         columns: dict[str, Any] = {}
         for name in TOKEN_COLUMNS:
@@ -152,15 +142,7 @@ class VocabHealthResult:
                 columns[name] = col.to_pylist()
             else:
                 columns[name] = col.to_numpy(zero_copy_only=False)
-        return cls(
-            model=meta["model"],
-            columns=columns,
-            summary=meta["summary"],
-            params=meta["params"],
-            seconds=float(meta["seconds"]),
-            notes=list(meta.get("notes", [])),
-            run_id=meta.get("run_id"),
-        )
+        return {"columns": columns}
 
 
 def _py(value: Any) -> Any:

@@ -1,5 +1,5 @@
 """Captum baselines on the input embeddings: saliency, input x gradient, integrated gradients,
-and feature ablation (occlusion of one token at a time).
+and feature ablation (occlusion of one token at a time, or of sliding spans of tokens).
 
 All explain the objective of `task` (log p(target), or log p(target) - log p(foil)) as a
 function of the context's input embeddings E (P, d); per-token scores reduce over d:
@@ -9,7 +9,9 @@ function of the context's input embeddings E (P, d); per-token scores reduce ove
 - integrated_gradients:  sum_j (E_ij - 0) * mean_alpha df/dE_ij(alpha E) (signed); the
                          attributions sum to f(E) - f(0) (completeness); Gauss-Legendre steps,
                          evaluated `internal_batch_size` at a time so memory stays bounded
-- occlusion:             f(E) - f(E with token i's embedding zeroed) (Captum FeatureAblation)
+- occlusion:             f(E) - f(E with token i's embedding zeroed) (Captum FeatureAblation);
+                         with window w > 1: spans of w tokens zeroed every `stride` tokens,
+                         each token scored by the mean drop of its spans (Captum Occlusion)
 
 The model's parameters are frozen (requires_grad off, restored afterwards) and the model lock
 is held for the duration, so nothing else runs a forward pass on it meanwhile.
@@ -53,20 +55,48 @@ class IGParams:
         return asdict(self)
 
 
+MAX_OCCLUSION_WINDOW = 4096
+
+
 @dataclass(frozen=True)
 class OcclusionParams:
-    """perturbations_per_eval: occluded copies evaluated per forward pass."""
+    """perturbations_per_eval: occluded copies evaluated per forward pass.
+
+    window / stride: occlude spans of `window` consecutive tokens, starting every `stride`
+    tokens (Captum's Occlusion `sliding_window_shapes` / `strides` along the tokens); a token's
+    score is the mean drop over the windows that cover it. window = stride = 1 (the default)
+    is one token at a time, exactly the feature ablation it always was; a span cuts the passes
+    from one per token to about (P - window) / stride + 1 (a 4,096-token prompt with window =
+    stride = 64 takes 64 passes instead of 4,096)."""
 
     perturbations_per_eval: int = 8
+    window: int = 1
+    stride: int = 1
 
     def validate(self) -> None:
         if not 1 <= self.perturbations_per_eval <= 256:
             raise InputError(
                 f"perturbations_per_eval must be between 1 and 256, got {self.perturbations_per_eval}"
             )
+        for name in ("window", "stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"occlusion {name} must be a whole number of tokens, got {value!r}")
+        if not 1 <= self.window <= MAX_OCCLUSION_WINDOW:
+            raise InputError(
+                f"occlusion window must be between 1 and {MAX_OCCLUSION_WINDOW} tokens, got {self.window}"
+            )
+        if not 1 <= self.stride <= self.window:
+            raise InputError(
+                f"occlusion stride must be between 1 and the window ({self.window}), got {self.stride}: "
+                "a stride past the window would leave tokens never occluded"
+            )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.window == 1 and self.stride == 1:  # one token at a time: the key it always had
+            del out["window"], out["stride"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -157,18 +187,41 @@ def integrated_gradients(
 def occlusion(
     lm: LanguageModel, task: AttributionTask, params: OcclusionParams, seed: int = 0
 ) -> tuple[torch.Tensor, dict[str, Any], list[str]]:
-    """Drop in the objective when one token's embedding is zeroed: (P,), signed."""
-    from captum.attr import FeatureAblation
+    """Drop in the objective when one token's embedding is zeroed: (P,), signed. With a
+    window > 1, spans of `window` tokens are zeroed every `stride` tokens (Captum Occlusion; the
+    last span is cut at the end of the context) and each token gets the mean drop of its spans."""
+    from captum.attr import FeatureAblation, Occlusion
 
     params.validate()
     emb = context_embeddings(lm, task).unsqueeze(0)
     p, d = emb.shape[1], emb.shape[2]
-    feature_mask = torch.arange(p, device=emb.device).view(1, p, 1).expand(1, p, d)
-    with torch.no_grad(), lm.lock, lm.memory_efficient_attention():
-        attr = FeatureAblation(_forward(lm, task)).attribute(
-            emb,
-            baselines=0.0,
-            feature_mask=feature_mask,
-            perturbations_per_eval=_rows_per_pass(task, params.perturbations_per_eval),
+    per_pass = _rows_per_pass(task, params.perturbations_per_eval)
+    if params.window > p:
+        raise InputError(
+            f"occlusion window ({params.window} tokens) is longer than the context ({p} tokens): "
+            f"choose a window of at most {p}"
         )
-    return attr[0, :, 0].float().detach().cpu(), {}, []
+    if params.window == 1:
+        feature_mask = torch.arange(p, device=emb.device).view(1, p, 1).expand(1, p, d)
+        with torch.no_grad(), lm.lock, lm.memory_efficient_attention():
+            attr = FeatureAblation(_forward(lm, task)).attribute(
+                emb, baselines=0.0, feature_mask=feature_mask, perturbations_per_eval=per_pass
+            )
+        return attr[0, :, 0].float().detach().cpu(), {}, []
+    w, s = params.window, params.stride
+    with torch.no_grad(), lm.lock, lm.memory_efficient_attention():
+        attr = Occlusion(_forward(lm, task)).attribute(
+            emb, sliding_window_shapes=(w, d), strides=(s, d), baselines=0.0, perturbations_per_eval=per_pass
+        )
+    n_windows = occlusion_windows(p, w, s)
+    note = (
+        f"occlusion over spans of {w} tokens every {s} tokens: {n_windows} passes instead of {p}; each token's "
+        "score is the mean drop of the spans that cover it, so tokens in a span share its effect"
+    )
+    return attr[0, :, 0].float().detach().cpu(), {"window": w, "stride": s, "passes": n_windows}, [note]
+
+
+def occlusion_windows(n_tokens: int, window: int, stride: int) -> int:
+    """Spans Captum's Occlusion zeroes over `n_tokens` tokens: starts 0, stride, ... up to the
+    first start at or past n_tokens - window (the last span may be cut at the end)."""
+    return -(-(n_tokens - window) // stride) + 1

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from explorer.results import in_meta, in_table, meta_kwargs, meta_of, register_result
+from explorer.results import StoredFields, dense_from_table, in_meta, in_table, register_result
 
 METRIC_LABELS = {
     "soft_nc": "Soft-NC",
@@ -39,7 +39,7 @@ def method_deviations(method: str) -> list[str]:
 
 @register_result
 @dataclass
-class AttributionResult:
+class AttributionResult(StoredFields):
     """One attribution method's scores for one (prompt, target).
 
     tokens:        P context tokens (strings), in order
@@ -95,8 +95,6 @@ class AttributionResult:
             out["deviations"] = deviations
         return out
 
-    to_meta = meta_of
-
     def to_tables(self) -> dict[str, pa.Table]:
         p = len(self.tokens)
         scores = pa.table(
@@ -117,21 +115,19 @@ class AttributionResult:
         return {"scores": scores, "faithfulness": faith}
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> AttributionResult:
-        sc = tables["scores"].sort_by("position")
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         fa = tables["faithfulness"]
         faith = {
             str(m): (None if v is None else float(v))
             for m, v in zip(fa["metric"].to_pylist(), fa["value"].to_pylist(), strict=True)
         }
-        return cls(
-            **meta_kwargs(cls, meta), scores=sc["score"].to_numpy().astype(np.float64), faithfulness=faith
-        )
+        scores = tables["scores"].sort_by("position")["score"].to_numpy().astype(np.float64)
+        return {"scores": scores, "faithfulness": faith}
 
 
 @register_result
 @dataclass
-class GenerationAttributionResult:
+class GenerationAttributionResult(StoredFields):
     """Each generated token attributed to every token before it.
 
     prompt_tokens:  P prompt tokens
@@ -175,8 +171,6 @@ class GenerationAttributionResult:
             **({"notes": self.notes} if self.notes else {}),
         }
 
-    to_meta = meta_of
-
     def to_tables(self) -> dict[str, pa.Table]:
         s, t = self.matrix.shape
         step, source = np.meshgrid(np.arange(s), np.arange(t), indexing="ij")
@@ -192,13 +186,14 @@ class GenerationAttributionResult:
         }
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> GenerationAttributionResult:
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         s = len(meta["generated"])
-        t = len(meta["prompt_tokens"]) + s - 1
-        matrix = np.full((s, t), np.nan)
-        cells = tables["cells"]
-        matrix[cells["step"].to_numpy(), cells["source"].to_numpy()] = cells["score"].to_numpy()
-        return cls(**meta_kwargs(cls, meta), matrix=matrix)
+        shape = (s, len(meta["prompt_tokens"]) + s - 1)
+        return {
+            "matrix": dense_from_table(
+                tables["cells"], ("step", "source"), "score", shape, np.float64, np.nan
+            )
+        }
 
 
 @dataclass

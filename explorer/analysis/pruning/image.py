@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -58,7 +58,7 @@ from explorer.backends.images import ImageInput, image_to_png, load_image, model
 from explorer.backends.vision import VisionModel
 from explorer.errors import InputError
 from explorer.progress import ProgressFn, or_silent
-from explorer.results import register_result
+from explorer.results import StoredFields, in_meta, in_table, int_tuple, register_result
 
 SALIENCY_TOP_FRACTION = 0.2  # IoU mask: the top 20% pixels of each saliency map
 MMR_LAMBDA = 0.5  # IDPruner trade-off: lambda * importance - (1 - lambda) * max similarity
@@ -454,7 +454,7 @@ def _quantize(saliency: np.ndarray) -> bytes:
 
 @register_result
 @dataclass
-class ImagePruningResult:
+class ImagePruningResult(StoredFields):
     """A pruning sweep over strategies x keep ratios on one image.
 
     rows:               one PruningRow per (strategy, ratio), strategies outer, ratios inner
@@ -467,18 +467,18 @@ class ImagePruningResult:
 
     kind: ClassVar[str] = "prune_image"
 
-    model: str
-    layer: int
-    seed: int
-    grid: tuple[int, int]
-    n_prefix: int
-    image_png: bytes
-    rows: list[PruningRow]
-    reference_saliency: np.ndarray | None
-    saliency_maps: dict[tuple[str, float], np.ndarray]
-    unpruned_seconds: float
-    deviations: dict[str, str]
-    skipped: dict[str, str] = field(default_factory=dict)
+    model: str = in_meta(old=("model_id",))  # runs stored before the rename: "model_id"
+    layer: int = in_meta()
+    seed: int = in_meta()
+    grid: tuple[int, int] = in_meta(decode=int_tuple)
+    n_prefix: int = in_meta()
+    image_png: bytes = in_table()
+    rows: list[PruningRow] = in_table()
+    reference_saliency: np.ndarray | None = in_table()
+    saliency_maps: dict[tuple[str, float], np.ndarray] = in_table()
+    unpruned_seconds: float = in_meta(decode=float)
+    deviations: dict[str, str] = in_meta(default_factory=dict)
+    skipped: dict[str, str] = in_meta(default_factory=dict)
     run_id: str | None = None
 
     @property
@@ -517,18 +517,6 @@ class ImagePruningResult:
             "skipped": self.skipped,
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "layer": self.layer,
-            "seed": self.seed,
-            "grid": list(self.grid),
-            "n_prefix": self.n_prefix,
-            "unpruned_seconds": self.unpruned_seconds,
-            "deviations": self.deviations,
-            "skipped": self.skipped,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         rows = rows_table(self.rows, FIDELITY_KEYS, ROW_EXTRAS)
         maps: list[tuple[str, float, np.ndarray]] = []
@@ -548,8 +536,7 @@ class ImagePruningResult:
         return {"rows": rows, "saliency": saliency_table, "image": image_table}
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> ImagePruningResult:
-        rows = rows_from_table(tables["rows"], FIDELITY_KEYS, ROW_EXTRAS)
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         reference: np.ndarray | None = None
         maps: dict[tuple[str, float], np.ndarray] = {}
         saliency = tables.get("saliency")
@@ -560,22 +547,12 @@ class ImagePruningResult:
                 reference = values
             else:
                 maps[(r["strategy"], r["keep_ratio"])] = values
-        image = tables["image"].to_pylist()[0]["png"]
-        return cls(
-            model=str(meta.get("model", meta.get("model_id"))),  # runs stored before the rename: "model_id"
-            layer=int(meta["layer"]),
-            seed=int(meta["seed"]),
-            grid=(int(meta["grid"][0]), int(meta["grid"][1])),
-            n_prefix=int(meta["n_prefix"]),
-            image_png=bytes(image),
-            rows=rows,
-            reference_saliency=reference,
-            saliency_maps=maps,
-            unpruned_seconds=float(meta["unpruned_seconds"]),
-            deviations=dict(meta.get("deviations", {})),
-            skipped=dict(meta.get("skipped", {})),
-            run_id=meta.get("run_id"),
-        )
+        return {
+            "image_png": bytes(tables["image"].to_pylist()[0]["png"]),
+            "rows": rows_from_table(tables["rows"], FIDELITY_KEYS, ROW_EXTRAS),
+            "reference_saliency": reference,
+            "saliency_maps": maps,
+        }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""What a text-pruning row costs: analytic FLOPs of the blocks, and attribution scores with the
-passes they ran (counted as they run; backward = 2x forward)."""
+"""What a text-pruning row costs: analytic FLOPs of the blocks, attribution scores with the
+passes they ran (counted as they run; backward = 2x forward), and the memory of a batched row
+(which sizes the sweep's batches)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,26 @@ def prefill_flops(lm: LanguageModel, tokens: int) -> float:
         getattr(lm.config, "head_dim", None) or lm.config.hidden_size // lm.config.num_attention_heads
     )
     return 2.0 * tokens * block_weight_count(lm) + 4.0 * tokens * tokens * d_attn
+
+
+def row_bytes(lm: LanguageModel, tokens: int) -> int:
+    """Peak bytes one row of a batched eager prefill of `tokens` tokens adds (+ its decoding):
+    one block's attention scores and probabilities (2 x heads x T^2, the T^2 term that dominates
+    long prompts), the block's activations (residual, q/k/v, MLP: about 8 x d_model + 3 x d_ff per
+    token), the KV cache of every block (2 x layers x kv heads x head dim x T) and the last
+    position's logits and log-probabilities (2 x vocab), in the model's element size."""
+    config = lm.config
+    heads = int(getattr(config, "num_attention_heads", 1))
+    d_model = int(config.hidden_size)
+    head_dim = int(getattr(config, "head_dim", None) or d_model // heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    d_ff = int(getattr(config, "intermediate_size", None) or 4 * d_model)
+    vocab = int(getattr(config, "vocab_size", 0))
+    t = int(tokens)
+    elements = 2 * heads * t * t + (8 * d_model + 3 * d_ff) * t + 2 * lm.n_layers * kv_heads * head_dim * t
+    return (elements + 2 * vocab) * torch.tensor([], dtype=lm.dtype).element_size()
+
+
+def rows_per_batch(lm: LanguageModel, tokens: int, budget_bytes: float) -> int:
+    """How many rows of `tokens` tokens one prefill batch may hold within `budget_bytes` (at least 1)."""
+    return max(1, int(budget_bytes // row_bytes(lm, tokens)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from explorer.analysis.pruning.common import PruningRow, retention_curve, rows_from_table, rows_table
 from explorer.errors import InputError
-from explorer.results import register_result
+from explorer.results import StoredFields, float_values, in_meta, in_table, register_result
 
 FIDELITY_KEYS = (
     "kl",
@@ -27,7 +27,7 @@ ROW_EXTRAS = ("continuation", "continuation_ids", "top_token")  # PruningRow's t
 
 @register_result
 @dataclass
-class TextPruningResult:
+class TextPruningResult(StoredFields):
     """A pruning sweep over strategies x keep ratios on one prompt.
 
     tokens / input_ids: the n prompt tokens; rows: one per (strategy, ratio), strategies outer,
@@ -42,20 +42,20 @@ class TextPruningResult:
 
     kind: ClassVar[str] = "prune_text"
 
-    model: str
-    tokens: list[str]
-    input_ids: list[int]
-    layer: int
-    seed: int
-    continuation_tokens: int
-    target: dict[str, Any]
-    reference: dict[str, Any]
-    rows: list[PruningRow]
-    scores: dict[str, np.ndarray]
-    deviations: dict[str, str]
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
+    model: str = in_meta(old=("model_id",))  # runs stored before the rename: "model_id"
+    tokens: list[str] = in_meta()
+    input_ids: list[int] = in_meta()
+    layer: int = in_meta()
+    seed: int = in_meta()
+    continuation_tokens: int = in_meta()
+    target: dict[str, Any] = in_meta()
+    reference: dict[str, Any] = in_meta()
+    rows: list[PruningRow] = in_table()
+    scores: dict[str, np.ndarray] = in_table()
+    deviations: dict[str, str] = in_meta(default_factory=dict)
+    notes: list[str] = in_meta(default_factory=list)
+    seconds: float = in_meta(default=0.0, decode=float)
+    timings: dict[str, float] = in_meta(default_factory=dict, decode=float_values)
     run_id: str | None = None
 
     @property
@@ -99,22 +99,6 @@ class TextPruningResult:
             "timings": self.timings,
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "tokens": self.tokens,
-            "input_ids": self.input_ids,
-            "layer": self.layer,
-            "seed": self.seed,
-            "continuation_tokens": self.continuation_tokens,
-            "target": self.target,
-            "reference": self.reference,
-            "deviations": self.deviations,
-            "notes": self.notes,
-            "seconds": self.seconds,
-            "timings": self.timings,
-        }
-
     def to_tables(self) -> dict[str, pa.Table]:
         rows = rows_table(self.rows, FIDELITY_KEYS, ROW_EXTRAS)
         names, positions, tokens, values = [], [], [], []
@@ -135,27 +119,10 @@ class TextPruningResult:
         return {"rows": rows, "scores": scores_table}
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> TextPruningResult:
-        rows = rows_from_table(tables["rows"], FIDELITY_KEYS, ROW_EXTRAS)
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         n = len(meta["tokens"])
         scores: dict[str, np.ndarray] = {}
         scores_table = tables.get("scores")
         for r in scores_table.to_pylist() if scores_table is not None else []:
             scores.setdefault(r["signal"], np.zeros(n))[r["position"]] = r["score"]
-        return cls(
-            model=str(meta.get("model", meta.get("model_id"))),  # runs stored before the rename: "model_id"
-            tokens=list(meta["tokens"]),
-            input_ids=list(meta["input_ids"]),
-            layer=int(meta["layer"]),
-            seed=int(meta["seed"]),
-            continuation_tokens=int(meta["continuation_tokens"]),
-            target=dict(meta["target"]),
-            reference=dict(meta["reference"]),
-            rows=rows,
-            scores=scores,
-            deviations=dict(meta.get("deviations", {})),
-            notes=list(meta.get("notes", [])),
-            seconds=float(meta.get("seconds", 0.0)),
-            timings={k: float(v) for k, v in meta.get("timings", {}).items()},
-            run_id=meta.get("run_id"),
-        )
+        return {"rows": rows_from_table(tables["rows"], FIDELITY_KEYS, ROW_EXTRAS), "scores": scores}

@@ -16,7 +16,7 @@ from explorer.analysis.pruning.common import (
     resolve_keep_ratios,
     validate_seed,
 )
-from explorer.analysis.pruning.text.cost import attribution_scores, prefill_flops
+from explorer.analysis.pruning.text.cost import attribution_scores, prefill_flops, rows_per_batch
 from explorer.analysis.pruning.text.fastv import padded_fastv_batch
 from explorer.analysis.pruning.text.result import TextPruningResult
 from explorer.analysis.pruning.text.runs import BatchRun, reference_run, run_batch
@@ -34,6 +34,7 @@ from explorer.errors import InputError
 from explorer.progress import ProgressFn, or_silent
 
 MAX_CONTINUATION = 64
+DEFAULT_BATCH_MB = 1024.0  # memory budget of one batched prefill (Settings.pruning_batch_mb)
 
 
 def _decode(lm: LanguageModel, ids: list[int]) -> str:
@@ -60,6 +61,23 @@ def _rank_and_prob(logp: torch.Tensor, token: int) -> tuple[int, float]:
     return int((logp > value).sum()) + 1, float(value.exp())
 
 
+def _run_rows(
+    lm: LanguageModel,
+    ids: torch.Tensor,
+    rows: list[tuple[tuple[int, ...], list[str], bool]],
+    n_cont: int,
+    layer: int,
+) -> BatchRun:
+    """One batch of distinct kept sets (kept, strategies, is FastV), pruned prompts first: a
+    plain batch of pruned prompts, or with FastV rows the padded batch (`padded_fastv_batch`)."""
+    prompt_kept = [np.asarray(k) for k, _, fastv in rows if not fastv]
+    fastv_kept = [np.asarray(k) for k, _, fastv in rows if fastv]
+    if fastv_kept:
+        batch, mask, positions, cut = padded_fastv_batch(ids, prompt_kept, fastv_kept, layer)
+        return run_batch(lm, batch, n_cont, cut, attention_mask=mask, position_ids=positions)[0]
+    return run_batch(lm, torch.stack([ids[torch.as_tensor(k)] for k in prompt_kept]), n_cont)[0]  # (U, keep)
+
+
 def prune_text(
     lm: LanguageModel,
     prompt: str,
@@ -71,6 +89,7 @@ def prune_text(
     continuation_tokens: int = 8,
     seed: int = 0,
     max_tokens: int = 512,
+    batch_mb: float = DEFAULT_BATCH_MB,
     progress: ProgressFn | None = None,
 ) -> TextPruningResult:
     """Prune `prompt` with each strategy at each keep ratio and measure the effects (see module doc).
@@ -79,7 +98,9 @@ def prune_text(
     or "all"; keep_ratios: fractions in (0, 1]; layer: FastV's K; target: the token whose
     probability/rank is tracked (default: the unpruned top-1 next token; a multi-token target
     uses its first token for probability and rank, and all its tokens for attribution);
-    continuation_tokens: N greedy tokens compared (0 skips the continuation measures).
+    continuation_tokens: N greedy tokens compared (0 skips the continuation measures);
+    batch_mb: memory budget of one batched prefill: a keep ratio's distinct rows run in batches
+    of at most `rows_per_batch` rows (at least one; the results equal one batch's).
     Raises InputError for bad inputs before any forward pass.
     """
     report = or_silent(progress)
@@ -94,6 +115,8 @@ def prune_text(
             f"continuation tokens must be between 0 and {MAX_CONTINUATION}, got {continuation_tokens}"
         )
     n_cont = int(continuation_tokens)
+    if not batch_mb > 0:
+        raise InputError(f"the pruning batch memory budget must be > 0 MB, got {batch_mb}")
     ids = encode(lm, prompt, max_tokens).cpu()
     n = int(ids.shape[0])
     if target is not None and target != "":
@@ -135,6 +158,8 @@ def prune_text(
     full_flops = lm.n_layers * prefill_flops(lm, n)
 
     outputs: dict[tuple[str, float], tuple[BatchRun, int, float]] = {}  # (name, ratio) -> (run, row, seconds)
+    n_batches = largest = 0
+    was_split = False  # did a keep ratio's rows need more than one batch?
     kept_of: dict[tuple[str, float], np.ndarray] = {}
     with lm.lock:
         for r_i, ratio in enumerate(ratios):
@@ -154,23 +179,29 @@ def prune_text(
                 # construction), is the unpruned run itself
                 for name in sets.pop(full, []):
                     outputs[(name, ratio)] = (ref_run, 0, ref.prefill_seconds)
-            if not prompt_sets and not fastv_sets:
-                continue
-            t_batch = time.perf_counter()
-            if fastv_sets:
-                batch, mask, positions, cut = padded_fastv_batch(
-                    ids, [np.asarray(k) for k in prompt_sets], [np.asarray(k) for k in fastv_sets], layer
-                )
-                run, _ = run_batch(lm, batch, n_cont, cut, attention_mask=mask, position_ids=positions)
-            else:
-                run, _ = run_batch(lm, torch.stack([ids[list(k)] for k in prompt_sets]), n_cont)  # (U, keep)
-            timings["forward"] += time.perf_counter() - t_batch
-            groups = [*prompt_sets.values(), *fastv_sets.values()]
-            share = run.prefill_seconds / len(groups)
-            for u, group in enumerate(groups):
-                for name in group:
-                    outputs[(name, ratio)] = (run, u, share)
+            # distinct rows (pruned prompts first, then FastV), in batches within the memory budget
+            rows_all = [(k, group, False) for k, group in prompt_sets.items()]
+            rows_all += [(k, group, True) for k, group in fastv_sets.items()]
+            per_batch = rows_per_batch(lm, n if fastv_sets else keep, batch_mb * 2**20)
+            was_split = was_split or len(rows_all) > per_batch
+            for start in range(0, len(rows_all), per_batch):
+                chunk = rows_all[start : start + per_batch]
+                t_batch = time.perf_counter()
+                run = _run_rows(lm, ids, chunk, n_cont, layer)
+                timings["forward"] += time.perf_counter() - t_batch
+                n_batches += 1
+                share = run.prefill_seconds / len(chunk)
+                for u, (_, group, _) in enumerate(chunk):
+                    for name in group:
+                        outputs[(name, ratio)] = (run, u, share)
+                largest = max(largest, len(chunk))
 
+    if was_split:
+        notes.append(
+            f"the pruned rows ran in {n_batches} batches of at most {largest} row{'s' if largest > 1 else ''}, "
+            "to stay within the "
+            f"{batch_mb:g} MB batch memory budget (EXPLORER_PRUNING_BATCH_MB); results equal one batch's"
+        )
     report(0.92, "Measuring continuations")
     texts: dict[tuple[str, float], str] = {}
     for key, (run, u, _) in outputs.items():
