@@ -251,12 +251,15 @@ def _answer_logprob_and_hidden(
 ) -> tuple[np.ndarray, np.ndarray]:
     """embeds (B, T, d) = prompt (prompt_len positions) + answer; -> (B,) sum log p(answer),
     (B, vocab) final output (logits) of the last prompt position, which predicts the answer."""
-    out = vlm.lm.forward(inputs_embeds=embeds, output_attentions=False)
-    idx = torch.arange(prompt_len - 1, prompt_len - 1 + len(answer))
-    logp = torch.log_softmax(out.logits[:, idx].float(), dim=-1)  # only the answer's rows: bounded
+    # logits of positions prompt_len - 1 .. T - 1 only (row 0 predicts the answer's first token):
+    # bounded at any length, where every position's logits would be T x vocab per sequence
+    keep = embeds.shape[1] - (prompt_len - 1)
+    out = vlm.lm.forward(inputs_embeds=embeds, output_attentions=False, logits_to_keep=keep)
+    idx = torch.arange(len(answer))
+    logp = torch.log_softmax(out.logits[:, idx].float(), dim=-1)
     target = torch.tensor(answer, dtype=torch.long)
-    score = logp[:, torch.arange(len(answer)), target].sum(dim=1)
-    hidden = out.logits[:, prompt_len - 1].float()
+    score = logp[:, idx, target].sum(dim=1)
+    hidden = out.logits[:, 0].float()
     return score.cpu().numpy().astype(np.float64), hidden.cpu().numpy().astype(np.float64)
 
 
