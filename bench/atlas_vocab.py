@@ -4,7 +4,8 @@ run, verifying the top 300 suspects, in at most 3 minutes on 2 cores).
 Runs `explorer.api.atlas.vocab_health` once (the model is loaded first and not timed; nothing is
 served from a store) and prints the timings, the summary (tokenizer categories, Magikarp and
 GlitchHunter counts, their agreement) and examples of the verified under-trained tokens of each
-detector as JSON. With `--db PATH` the run is also stored there (for `explorer runs` / the UI).
+detector as JSON, with the wall time and the process's CPU seconds (all threads; under load the CPU
+seconds are the comparable number). With `--db PATH` the run is also stored there (for `explorer runs` / the UI).
 
 Run: `.venv/bin/python bench/atlas_vocab.py [N_VERIFY] [--db PATH]`.
 """
@@ -17,6 +18,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -48,8 +50,10 @@ def main() -> None:
     lm = load_model("smollm2-135m")
     load = os.getloadavg()
     t0 = time.perf_counter()
+    c0 = time.process_time()
     r = atlas_api.run_vocab_health(lm, n_verify=n_verify, db=db, use_cache=False)  # type: ignore[arg-type]
     total = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     verified = [s for s in r.suspects() if s["max_prob"] is not None and verify.is_verified(s["max_prob"])]
     print(
         json.dumps(
@@ -58,6 +62,8 @@ def main() -> None:
                 "n_tokens": r.n_tokens,
                 "n_verify": n_verify,
                 "total_s": round(total, 1),
+                "cpu_s": round(cpu, 1),
+                "torch_threads": torch.get_num_threads(),
                 "target_s": 180,
                 "summary": r.summary,
                 "run_id": r.run_id,

@@ -260,7 +260,8 @@ def run_vocab_health(
     *,
     n_verify: int = 300,
     map_points: int = 4000,
-    gh_cluster_size: int = 600,
+    gh_neighbors: int = 10,
+    gh_resolution: float = 20.0,
     gh_sample: int = 3,
     steps: int = 3,
     seed: int = 0,
@@ -271,13 +272,14 @@ def run_vocab_health(
 ) -> _vocab.VocabHealthResult:
     """Under-trained and glitch tokens over the whole vocabulary of `model`: the Magikarp tokenizer
     analysis and indicators, verification of the `n_verify` top suspects by prompting, a
-    GlitchHunter-style clustering detector, their agreement, and a UMAP of the unembedding.
+    GlitchHunter detector (Leiden communities of a k-NN token embedding graph), their precision and agreement, and a UMAP of the unembedding.
     Returns a `VocabHealthResult`; `.to_dict()` is the CLI's JSON (summary + verified suspects)."""
     settings = settings or Settings.from_env()
     params = _vocab.VocabParams(
         n_verify=int(n_verify),
         map_points=int(map_points),
-        gh_cluster_size=int(gh_cluster_size),
+        gh_neighbors=int(gh_neighbors),
+        gh_resolution=float(gh_resolution),
         gh_sample=int(gh_sample),
         steps=int(steps),
         seed=int(seed),

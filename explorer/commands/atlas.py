@@ -80,8 +80,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="under-trained and glitch tokens of the whole vocabulary (Magikarp + GlitchHunter-style)",
         description="Prints {run_id, model, n_tokens, summary: {tokenizer: {ok, special, partial_utf8, "
         "not_round_trip, no_string, unreachable}, reference, magikarp: {candidates, verified, strong_verified, "
-        "weak_verified}, glitchhunter: {flagged, checked, verified, rounds}, agreement: {both, magikarp_only, "
-        "glitchhunter_only, jaccard}, timings}, notes, suspects: [{token_id, token, indicator, embed_norm, "
+        "weak_verified, precision}, glitchhunter: {flagged, checked, verified, precision, rounds, params}, agreement: "
+        "{both, magikarp_only, glitchhunter_only, jaccard, overlap, flagged_both, jaccard_flagged}, timings}, notes, suspects: [{token_id, token, indicator, embed_norm, "
         "max_prob, status, output, gh_flag}]}. Every token's row: `explorer export RUN --format parquet`.",
     )
     v.add_argument("--model", default=None, help="embedded name (smollm2-135m), hub id or local dir")
@@ -90,9 +90,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     v.add_argument("--map-points", type=int, default=4000, help="points in the vocabulary UMAP (0 = none)")
     v.add_argument(
-        "--gh-cluster-size", type=int, default=600, help="GlitchHunter: tokens per first-round cluster"
+        "--gh-neighbors",
+        type=int,
+        default=10,
+        help="GlitchHunter: neighbours per token in the embedding graph",
     )
-    v.add_argument("--gh-sample", type=int, default=3, help="GlitchHunter: tokens verified per cluster")
+    v.add_argument(
+        "--gh-resolution",
+        type=float,
+        default=20.0,
+        help="GlitchHunter: Leiden resolution (higher = smaller communities)",
+    )
+    v.add_argument("--gh-sample", type=int, default=3, help="GlitchHunter: tokens verified per community")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--no-cache", action="store_true", help="recompute even if the run is stored")
     mi = inner.add_parser(
@@ -168,7 +177,8 @@ def run(args: argparse.Namespace, settings: Settings) -> Any:
             model,
             n_verify=args.n_verify,
             map_points=args.map_points,
-            gh_cluster_size=args.gh_cluster_size,
+            gh_neighbors=args.gh_neighbors,
+            gh_resolution=args.gh_resolution,
             gh_sample=args.gh_sample,
             seed=args.seed,
             use_cache=not args.no_cache,

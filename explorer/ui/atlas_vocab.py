@@ -1,5 +1,5 @@
 """Token atlas, section "Vocabulary health": under-trained and glitch tokens of the whole vocabulary
-(Magikarp indicators + tokenizer analysis, verification by prompting, GlitchHunter-style clustering),
+(Magikarp indicators + tokenizer analysis, verification by prompting, GlitchHunter's Leiden clustering),
 a searchable UMAP of the unembedding and the table of suspects."""
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ EXPLAIN = """**Two detectors, both checked by prompting.** *Magikarp* (Land & Ba
 unembedding row points the same way as known-unused tokens' (cosine distance after removing the first principal
 component; low = suspicious), next to the input-embedding norm; the top suspects that round-trip through the
 tokenizer are **verified** by asking the model to repeat them with the paper's three prompts (verified = its
-highest probability of reproducing the token stays below 0.01). *GlitchHunter-style* (Li et al. 2024): cluster the embeddings, screen each
-cluster by verifying a few of its tokens, keep significantly glitchy clusters, refine. The tokenizer analysis
+highest probability of reproducing the token stays below 0.01). *GlitchHunter* (Li et al. 2024): Leiden communities of a graph linking each
+token to its nearest neighbours in embedding space; a few tokens of each community are verified, communities
+significantly glitchy by a binomial test are kept and clustered again until nothing changes; the flagged tokens
+are verified too. Each detector's precision (verified / checked) and their agreement are shown; deviations from
+the papers are listed below. The tokenizer analysis
 lists partial UTF-8 byte tokens, tokens that do not round-trip, and unreachable ids. The first run on a model
 takes minutes (it prompts the model hundreds of times); it is stored and reopens instantly."""
 
@@ -39,7 +42,15 @@ SUSPECT_HEADERS = [
 def summary_markdown(r: VocabHealthResult) -> str:
     s = r.summary
     tk, mk, gh, ag = s["tokenizer"], s["magikarp"], s["glitchhunter"], s["agreement"]
-    jac = "–" if ag["jaccard"] is None else f"{ag['jaccard']:.2f}"
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.0f}%"
+
+    def num(v: float | None) -> str:
+        return "–" if v is None else f"{v:.2f}"
+
+    last = gh["rounds"][-1] if gh["rounds"] else {}
+    kept = last.get("kept_communities", last.get("kept_clusters", 0))
     lines = [
         f"**Run** `{r.run_id}` · model `{r.model}` · {s['n_tokens']} tokens · {r.seconds:.0f} s",
         "",
@@ -48,12 +59,14 @@ def summary_markdown(r: VocabHealthResult) -> str:
         f"{tk['no_string']} rows with no token string.",
         f"**Reference (known unused):** {s['reference']['n']} tokens — {html.escape(str(s['reference']['source']))}.",
         f"**Magikarp:** {mk['verified']} of {mk['candidates']} candidates verified under-trained "
-        f"({mk['strong_verified']} strongly, p < 0.001; {mk['weak_verified']} more between 0.01 and 0.1, not counted).",
-        f"**GlitchHunter-style:** {gh['flagged']} tokens flagged in "
-        f"{sum(r_['kept_clusters'] for r_ in gh['rounds'][-1:])} clusters; {gh['verified']} of {gh['checked']} "
-        "checked verify.",
-        f"**Agreement:** both {ag['both']} · Magikarp only {ag['magikarp_only']} · GlitchHunter only "
-        f"{ag['glitchhunter_only']} · Jaccard {jac}.",
+        f"(precision {pct(mk.get('precision'))}; {mk['strong_verified']} strongly, p < 0.001; "
+        f"{mk['weak_verified']} more between 0.01 and 0.1, not counted).",
+        f"**GlitchHunter:** {gh['flagged']} tokens flagged in {kept} communities after {len(gh['rounds'])} "
+        f"rounds; {gh['verified']} of {gh['checked']} checked verify (precision {pct(gh.get('precision'))}).",
+        f"**Agreement (verified tokens):** both {ag['both']} · Magikarp only {ag['magikarp_only']} · GlitchHunter "
+        f"only {ag['glitchhunter_only']} · Jaccard {num(ag['jaccard'])} · overlap {num(ag.get('overlap'))}. "
+        f"Flagged by both detectors (before verification): {ag.get('flagged_both', '–')} · Jaccard "
+        f"{num(ag.get('jaccard_flagged'))}.",
     ]
     lines += [f"\n> ℹ️ {html.escape(note)}" for note in r.notes]
     return "\n".join(lines)
@@ -97,14 +110,17 @@ def build(ctx: UIContext) -> None:
         run = gr.Button("Check the vocabulary", variant="primary")
     with gr.Accordion("GlitchHunter-style detector settings", open=False):
         with gr.Row():
-            gh_cluster_size = gr.Slider(
-                8,
-                5000,
-                value=600,
-                step=8,
-                label="Tokens per first-round cluster (larger = fewer screens, faster)",
+            gh_neighbors = gr.Slider(
+                2, 100, value=10, step=1, label="Neighbours per token in the embedding graph"
             )
-            gh_sample = gr.Slider(2, 20, value=3, step=1, label="Tokens verified per cluster")
+            gh_resolution = gr.Slider(
+                0.5,
+                100,
+                value=20,
+                step=0.5,
+                label="Leiden resolution (higher = smaller communities, more screens)",
+            )
+            gh_sample = gr.Slider(2, 20, value=3, step=1, label="Tokens verified per community")
     gr.Markdown(EXPLAIN)
     summary = gr.Markdown(elem_id="atlas-vocab-summary")
     with gr.Row():
@@ -127,7 +143,8 @@ def build(ctx: UIContext) -> None:
         model_v: str,
         n_v: float,
         points_v: float,
-        size_v: float,
+        neighbors_v: float,
+        resolution_v: float,
         sample_v: float,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
@@ -135,7 +152,8 @@ def build(ctx: UIContext) -> None:
             model_v or None,
             n_verify=int(n_v),
             map_points=int(points_v),
-            gh_cluster_size=int(size_v),
+            gh_neighbors=int(neighbors_v),
+            gh_resolution=float(resolution_v),
             gh_sample=int(sample_v),
             settings=ctx.settings,
             progress=progress_fn(progress),
@@ -151,7 +169,7 @@ def build(ctx: UIContext) -> None:
 
     run.click(
         on_run,
-        inputs=[model, n_verify, map_points, gh_cluster_size, gh_sample],
+        inputs=[model, n_verify, map_points, gh_neighbors, gh_resolution, gh_sample],
         outputs=[state, view_state, summary, atlas_plot, suspects, indicator_plot],
         api_name="vocab_health",
     )

@@ -23,7 +23,7 @@ def vocab_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
     lm = make_tiny_lm("llama")
     store = Store.open(tmp_path_factory.mktemp("vocab") / "runs.duckdb")
     result = atlas_api.run_vocab_health(
-        lm, n_verify=12, map_points=0, gh_cluster_size=3000, gh_sample=3, db=store
+        lm, n_verify=12, map_points=0, gh_resolution=1.0, gh_sample=3, db=store
     )
     yield lm, store, result
     store.close()
@@ -186,7 +186,7 @@ def test_planted_untrained_rows_are_found_and_verified(tmp_path) -> None:
     lm, planted = planted_lm()
     n_verify = len(planted) + 8
     r = atlas_api.run_vocab_health(
-        lm, n_verify=n_verify, map_points=0, gh_cluster_size=5000, gh_sample=3, db=False
+        lm, n_verify=n_verify, map_points=0, gh_resolution=1.0, gh_sample=3, db=False
     )
     c = r.columns
     assert "named unused/reserved" in r.summary["reference"]["source"]
@@ -247,3 +247,34 @@ def test_encode_many_equals_the_tokenizer() -> None:
     tok = bert_tokenizer()
     texts = [tok.decode([i]) for i in range(1990, 2400, 7)] + ["naïve café", "x##ing", ""]
     assert encode_many(tok, texts) == [list(ids) for ids in tok(texts, add_special_tokens=False).input_ids]
+
+
+def test_glitchhunter_keeps_the_planted_group() -> None:
+    """GlitchHunter on planted embeddings: eight rows sit together far from 400 random ones; a community
+    whose sampled tokens are glitchy passes the binomial test and becomes the next graph, which then no
+    longer changes; the ordinary communities are dropped."""
+    from explorer.analysis.atlas.glitchhunter import HunterParams, hunt, knn_graph
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(408, 16))
+    emb[:, 0] = 0.0  # ordinary rows orthogonal to the planted direction
+    planted = np.arange(400, 408)
+    emb[planted] = 0.1 * rng.normal(size=(8, 16))
+    emb[planted, 0] = 10.0
+    edges, weights = knn_graph(emb, 4)
+    assert np.all(edges[:, 0] < edges[:, 1]) and np.all(weights >= 0)
+    assert len({tuple(e) for e in edges.tolist()}) == len(edges)  # each undirected edge once
+    screened: list[int] = []
+
+    def screen(ids: list[int]) -> np.ndarray:
+        screened.extend(ids)
+        return np.where(np.isin(ids, planted), 0.001, 0.9)
+
+    flagged, community, probs, rounds = hunt(
+        emb, np.arange(408), screen, verify.is_verified, HunterParams(neighbors=4, resolution=1.0, sample=3)
+    )
+    assert set(flagged.tolist()) == set(planted.tolist())
+    assert np.all(community[planted] >= 0) and np.all(community[:400] == -1)
+    assert rounds[-1]["kept_tokens"] == rounds[-1]["tokens"] == 8  # the graph stopped changing
+    assert len(screened) == len(set(screened))  # each token screened once
+    assert np.isnan(probs).sum() == 408 - len(screened)

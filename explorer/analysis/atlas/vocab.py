@@ -6,20 +6,18 @@ Two detectors, each verified by prompting (`verify.py`):
    then the indicator "cosine distance of the unembedding row from the mean of known-unused rows,
    after removing the first principal component" (low = looks unused) next to the input-embedding
    L2 norm; the `n_verify` lowest-indicator tokens that round-trip are verified.
-2. GlitchHunter-style (Li et al. 2024): cluster the (unit-normalised) input embeddings, screen each
-   cluster by verifying a few sampled tokens, keep clusters whose glitch rate is significantly
-   above `GH_P0` (one-sided binomial test), re-cluster the kept tokens more finely and repeat until
-   the set stops changing. Deviation: k-means (scikit-learn) instead of Leiden communities of a
-   k-NN token-embedding graph, and the repetition probe of (1) instead of the paper's tasks.
+2. GlitchHunter (Li et al. 2024, `glitchhunter.py`): Leiden communities of a k-NN token embedding
+   graph, a binomial test on a verified sample of each, the kept communities' tokens form the next
+   graph, until it stops changing; its flagged tokens are verified like Magikarp's candidates.
 
-The agreement of the two is reported. A UMAP (cosine) of up to `map_points` unembedding rows (all
+The precision of each detector (verified / checked) and their agreement are reported. A UMAP (cosine) of up to `map_points` unembedding rows (all
 suspects, references and flagged tokens, plus a random sample of the rest) is the vocabulary atlas.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,15 +25,13 @@ import numpy as np
 import pyarrow as pa
 
 from explorer.analysis.atlas import verify as _verify
-from explorer.analysis.atlas.projection import ProjectionParams, fit_umap, unit_rows
+from explorer.analysis.atlas.glitchhunter import PCA_DIMS, HunterParams, hunt
+from explorer.analysis.atlas.projection import ProjectionParams, fit_umap
 from explorer.analysis.atlas.vocab_tokens import analyse_tokenizer, unused_added_tokens
 from explorer.errors import InputError
 from explorer.progress import ProgressFn
 from explorer.results import StoredFields, in_meta, in_table, register_result
 
-GH_P0 = 0.25  # null hypothesis: at most a quarter of a cluster is glitchy
-GH_ALPHA = 0.1
-GH_MAX_ROUNDS = 3
 FALLBACK_REFERENCE = 20
 MAX_ADDED_REFERENCE = 256  # unused added tokens confirmed by prompting (at most this many)
 
@@ -44,7 +40,8 @@ MAX_ADDED_REFERENCE = 256  # unused added tokens confirmed by prompting (at most
 class VocabParams:
     n_verify: int = 300
     map_points: int = 4000  # up to 4,096 points UMAP finds neighbours exactly, without the descent kernels
-    gh_cluster_size: int = 600
+    gh_neighbors: int = 10
+    gh_resolution: float = 20.0
     gh_sample: int = 3
     steps: int = 3
     seed: int = 0
@@ -54,18 +51,26 @@ class VocabParams:
             raise InputError(f"n_verify must be between 1 and 5000, got {self.n_verify}")
         if not 0 <= self.map_points <= 60_000:
             raise InputError(f"map_points must be between 0 (no map) and 60000, got {self.map_points}")
-        if not 8 <= self.gh_cluster_size <= 5000:
-            raise InputError(f"gh_cluster_size must be between 8 and 5000, got {self.gh_cluster_size}")
+        if not 2 <= self.gh_neighbors <= 100:
+            raise InputError(f"gh_neighbors must be between 2 and 100, got {self.gh_neighbors}")
+        if not 0.01 <= self.gh_resolution <= 1000:
+            raise InputError(f"gh_resolution must be between 0.01 and 1000, got {self.gh_resolution}")
         if not 2 <= self.gh_sample <= 20:
             raise InputError(f"gh_sample must be between 2 and 20, got {self.gh_sample}")
         if not 1 <= self.steps <= 10:
             raise InputError(f"steps must be between 1 and 10, got {self.steps}")
 
+    def hunter(self) -> HunterParams:
+        return HunterParams(
+            neighbors=self.gh_neighbors, resolution=self.gh_resolution, sample=self.gh_sample, seed=self.seed
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "n_verify": self.n_verify,
             "map_points": self.map_points,
-            "gh_cluster_size": self.gh_cluster_size,
+            "gh_neighbors": self.gh_neighbors,
+            "gh_resolution": self.gh_resolution,
             "gh_sample": self.gh_sample,
             "steps": self.steps,
             "seed": self.seed,
@@ -162,58 +167,6 @@ def cosine_distance(mat: np.ndarray, v: np.ndarray) -> np.ndarray:
     return 1.0 - (mat @ v) / np.clip(np.linalg.norm(mat, axis=1) * np.linalg.norm(v), 1e-6, None)
 
 
-def glitchhunter(
-    emb_unit: np.ndarray,
-    pool: np.ndarray,
-    screen: Any,
-    params: VocabParams,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """Iterative cluster screening. Returns (flagged ids, cluster label per row (-1 = none), the
-    screening probability per row (NaN = not sampled), a log of rounds)."""
-    from scipy.stats import binomtest
-    from sklearn.cluster import MiniBatchKMeans
-
-    n_rows = emb_unit.shape[0]
-    cluster = np.full(n_rows, -1, dtype=np.int64)
-    screened = np.full(n_rows, np.nan)
-    size = params.gh_cluster_size
-    rounds: list[dict[str, Any]] = []
-    current = np.asarray(pool)
-    for r in range(GH_MAX_ROUNDS):
-        if current.size < 2 * params.gh_sample:
-            break
-        k = max(2, current.size // size)
-        km = MiniBatchKMeans(n_clusters=k, random_state=params.seed, n_init=1, batch_size=4096)
-        labels = km.fit_predict(emb_unit[current])
-        samples: dict[int, np.ndarray] = {}
-        for c in range(k):
-            members = current[labels == c]
-            if members.size:
-                samples[c] = rng.choice(members, size=min(params.gh_sample, members.size), replace=False)
-        todo = np.concatenate(list(samples.values()))
-        need = todo[np.isnan(screened[todo])]
-        if need.size:
-            screened[need] = screen(need)
-        kept = []
-        for c, sample in samples.items():
-            glitchy = int(sum(_verify.is_verified(p) for p in screened[sample]))
-            p_value = binomtest(glitchy, sample.size, GH_P0, alternative="greater").pvalue
-            if p_value <= GH_ALPHA:
-                kept.append(c)
-        nxt = current[np.isin(labels, kept)]
-        cluster[current] = -1
-        cluster[nxt] = labels[np.isin(labels, kept)] + 100_000 * r
-        rounds.append({"round": r, "tokens": int(current.size), "clusters": k, "kept_clusters": len(kept),
-                       "kept_tokens": int(nxt.size), "screened": int(need.size)})  # fmt: skip
-        if nxt.size == current.size:
-            current = nxt
-            break
-        current = nxt
-        size = max(8, size // 4)
-    return current, cluster, screened, rounds
-
-
 Check = dict[int, tuple[float, list[int], str]]
 
 
@@ -286,8 +239,9 @@ def vocab_health(
     progress: ProgressFn | None = None,
 ) -> VocabHealthResult:
     """Run both detectors over the whole vocabulary of `lm` and verify their suspects."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # CPU seconds of this process (all threads) per stage
     say = progress or (lambda f, m: None)
     notes: list[str] = []
     unembed = lm.unembed_module().weight.detach().float().cpu().numpy()  # (V, d)
@@ -296,8 +250,9 @@ def vocab_health(
     say(0.02, f"Tokenizer analysis of {n_rows} tokens")
     tok = analyse_tokenizer(lm.tokenizer, n_rows)
     timings["tokenizer_s"] = time.perf_counter() - t0
+    cpu["tokenizer_s"] = time.process_time() - c0
 
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     embed_norm = np.linalg.norm(embed, axis=1)
     ok = np.array([c == "ok" for c in tok.category])
     placeholder = _verify.choose_placeholder(lm.tokenizer, tok.decoded, ok)
@@ -307,11 +262,13 @@ def vocab_health(
     verifier = _verify.Verifier(lm, templates, steps=params.steps)
     reference, reference_source, reference_check = _reference(lm, tok, embed_norm, verifier, notes)
     timings["reference_s"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
+    cpu["reference_s"] = time.process_time() - c1
+    t1, c1 = time.perf_counter(), time.process_time()
     no_pc = remove_first_pc(unembed.astype(np.float64))
     indicator = cosine_distance(no_pc, no_pc[reference].mean(axis=0))
     plain = cosine_distance(unembed.astype(np.float64), unembed[reference].mean(axis=0).astype(np.float64))
     timings["indicators_s"] = time.perf_counter() - t1
+    cpu["indicators_s"] = time.process_time() - c1
 
     # Magikarp candidates: round-tripping, non-special, not in the reference set; lowest indicator first
     eligible = ok.copy()
@@ -321,7 +278,7 @@ def vocab_health(
     candidate_rank = np.full(n_rows, -1, dtype=np.int64)
     candidate_rank[candidates] = np.arange(candidates.size)
 
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     max_prob = np.full(n_rows, np.nan)
     output = [""] * n_rows
     best_template = [""] * n_rows
@@ -343,22 +300,30 @@ def vocab_health(
         max_prob[tid], output[tid], best_template[tid] = p, str(lm.tokenizer.decode(out)), name
     verify_full(candidates, 0.1, 0.5, f"Verifying {candidates.size} Magikarp candidates")
     timings["verify_magikarp_s"] = time.perf_counter() - t1
+    cpu["verify_magikarp_s"] = time.process_time() - c1
 
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     say(0.5, "GlitchHunter-style clustering")
     rng = np.random.default_rng(params.seed)
-    flagged, gh_cluster, gh_screen, rounds = glitchhunter(
-        unit_rows(embed), pool, verifier.screen, params, rng
+    flagged, gh_cluster, gh_screen, rounds = hunt(
+        embed,
+        pool,
+        verifier.screen,
+        _verify.is_verified,
+        params.hunter(),
+        progress=lambda m: say(0.6, f"GlitchHunter: {m}"),
     )
     gh_flag = np.zeros(n_rows, dtype=bool)
     gh_flag[flagged] = True
     timings["glitchhunter_s"] = time.perf_counter() - t1
+    cpu["glitchhunter_s"] = time.process_time() - c1
 
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     unverified = flagged[np.isnan(max_prob[flagged])]
     check = unverified[: params.n_verify]
     verify_full(check, 0.7, 0.85, f"Verifying {check.size} GlitchHunter tokens")
     timings["verify_glitchhunter_s"] = time.perf_counter() - t1
+    cpu["verify_glitchhunter_s"] = time.process_time() - c1
 
     verified = np.flatnonzero(~np.isnan(max_prob) & (max_prob < _verify.VERIFIED))
     mk_verified = set(verified[candidate_rank[verified] >= 0].tolist())
@@ -366,12 +331,13 @@ def vocab_health(
     gh_checked = [i for i in flagged.tolist() if not np.isnan(max_prob[i])]
     gh_verified = {i for i in gh_checked if _verify.is_verified(max_prob[i])}
     union = mk_verified | gh_verified
+    mk_set = set(candidates.tolist())
     statuses = ["" if np.isnan(p) else _verify.status(float(p)) for p in max_prob]
 
     xs = np.full(n_rows, np.nan, dtype=np.float32)
     ys = np.full(n_rows, np.nan, dtype=np.float32)
     if params.map_points > 0:
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         say(0.85, "Vocabulary atlas (UMAP)")
         must = np.unique(np.concatenate([candidates, reference, flagged[: params.map_points // 2]]))
         rest = np.setdiff1d(np.arange(n_rows), must)
@@ -380,6 +346,7 @@ def vocab_health(
         coords, _ = fit_umap(no_pc[chosen].astype(np.float32), ProjectionParams(seed=params.seed), cache_dir)
         xs[chosen], ys[chosen] = coords[:, 0], coords[:, 1]
         timings["map_s"] = time.perf_counter() - t1
+        cpu["map_s"] = time.process_time() - c1
 
     counts = {
         c: int(sum(1 for x in tok.category if x == c))
@@ -403,6 +370,7 @@ def vocab_health(
         "magikarp": {
             "candidates": int(candidates.size),
             "verified": len(mk_verified),
+            "precision": (len(mk_verified) / candidates.size) if candidates.size else None,
             "strong_verified": int(sum(1 for i in candidates if statuses[i] == "strong_verified")),
             "weak_verified": int(sum(1 for i in candidates if statuses[i] == "weak_verified")),
             "indicator_threshold": float(indicator[candidates[-1]]) if candidates.size else None,
@@ -411,6 +379,8 @@ def vocab_health(
             "flagged": len(gh_set),
             "checked": len(gh_checked),
             "verified": len(gh_verified),
+            "precision": (len(gh_verified) / len(gh_checked)) if gh_checked else None,
+            "params": {**asdict(params.hunter()), "pca_dims": PCA_DIMS},
             "rounds": rounds,
         },  # fmt: skip
         "agreement": {
@@ -419,8 +389,14 @@ def vocab_health(
             "glitchhunter_only": len(gh_verified - mk_verified),
             "jaccard": (len(mk_verified & gh_verified) / len(union)) if union else None,
             "magikarp_verified_flagged_by_glitchhunter": len(mk_verified & gh_set),
+            "overlap": (len(mk_verified & gh_verified) / min(len(mk_verified), len(gh_verified)))
+            if mk_verified and gh_verified
+            else None,
+            "flagged_both": len(mk_set & gh_set),
+            "jaccard_flagged": (len(mk_set & gh_set) / len(mk_set | gh_set)) if mk_set | gh_set else None,
         },
         "timings": {k: round(v, 2) for k, v in timings.items()},
+        "cpu_seconds": {k: round(v, 2) for k, v in cpu.items()},
         "prompts_run": verifier.probed,
     }
     notes.append(
@@ -433,10 +409,15 @@ def vocab_health(
         "verdict is then final; the recorded maximum is a lower bound)."
     )
     notes.append(
-        "GlitchHunter-style: k-means on unit-normalised input embeddings instead of Leiden communities of a "
-        f"k-NN graph; clusters kept when a one-sided binomial test rejects 'glitch rate ≤ {GH_P0}' at "
-        f"α = {GH_ALPHA} on {params.gh_sample} sampled tokens (screened by the same verification as Magikarp's "
-        "instead of the paper's repetition tasks)."
+        "GlitchHunter (Li et al. 2024): Leiden communities (leidenalg, resolution "
+        f"{params.gh_resolution:g}) of the token embedding graph (each token linked to its {params.gh_neighbors} "
+        "nearest neighbours by cosine similarity of the input embeddings), a one-sided binomial test per "
+        f"community on {params.gh_sample} verified tokens (kept when 'glitch rate ≤ {params.hunter().p0:g}' is "
+        f"rejected at α = {params.hunter().alpha:g}), the kept tokens form the next graph until it stops changing. "
+        f"Deviations: the first, whole-vocabulary graph finds neighbours in a {PCA_DIMS}-dimensional PCA of the "
+        "unit embeddings (smaller graphs use every dimension); the glitch check is the Magikarp repetition probe "
+        "above instead of the paper's repetition/spelling/length tasks; k, the resolution, the sample size, p0 "
+        "and α are our choices."
     )
     if params.map_points:
         notes.append(
