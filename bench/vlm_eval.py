@@ -14,7 +14,7 @@
    worker (this process) and with 2 (a spawned pool, each loading the model once): rows per second,
    start-up included.
 
-Run: `.venv/bin/python bench/vlm_eval.py [--scenes 5] [--batch-size 8] [--prune-scenes 3]`.
+Run: `.venv/bin/python bench/vlm_eval.py [--scenes 5] [--prune-scenes 3] [--sweep-scenes 4] [--parts evaluation,pruning,sweep]`.
 """
 
 from __future__ import annotations
@@ -153,18 +153,25 @@ def sweep_throughput(scenes: int, batch_size: int) -> dict[str, object]:
 
 
 def main(
-    scenes: int, batch_size: int, dataset: str, prune_scenes: int, sweep_scenes: int
+    scenes: int, batch_size: int, dataset: str, prune_scenes: int, sweep_scenes: int, parts: list[str]
 ) -> dict[str, object]:
+    """Each part's result is also printed to stderr as soon as it is measured (a long run under
+    load still leaves the parts it finished)."""
+    import sys
+
     vlm = load_vlm("tiny-vlm")
-    load = os.getloadavg()
-    return {
-        "evaluation": evaluation_vs_generation(vlm, scenes, batch_size, dataset),
-        "pruning": pruning_vs_floor(vlm, prune_scenes, 16),
-        "sweep": sweep_throughput(sweep_scenes, batch_size),
-        "load_average_at_start": load,
-        "load_average_at_end": os.getloadavg(),
-        "note": "measured on a shared, loaded machine",
+    out: dict[str, object] = {"load_average_at_start": os.getloadavg()}
+    runs = {
+        "evaluation": lambda: evaluation_vs_generation(vlm, scenes, batch_size, dataset),
+        "pruning": lambda: pruning_vs_floor(vlm, prune_scenes, 16),
+        "sweep": lambda: sweep_throughput(sweep_scenes, batch_size),
     }
+    for part in parts:
+        out[part] = runs[part]()
+        print(json.dumps({part: out[part], "load_average": os.getloadavg()}), file=sys.stderr, flush=True)
+    out["load_average_at_end"] = os.getloadavg()
+    out["note"] = "measured on a shared, loaded machine"
+    return out
 
 
 if __name__ == "__main__":
@@ -174,9 +181,8 @@ if __name__ == "__main__":
     parser.add_argument("--dataset", default="all")
     parser.add_argument("--prune-scenes", type=int, default=3)
     parser.add_argument("--sweep-scenes", type=int, default=4)
+    parser.add_argument("--parts", default="evaluation,pruning,sweep", help="comma-separated parts to run")
     args = parser.parse_args()
-    print(
-        json.dumps(
-            main(args.scenes, args.batch_size, args.dataset, args.prune_scenes, args.sweep_scenes), indent=2
-        )
-    )
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    result = main(args.scenes, args.batch_size, args.dataset, args.prune_scenes, args.sweep_scenes, parts)
+    print(json.dumps(result, indent=2))

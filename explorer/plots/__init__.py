@@ -287,7 +287,7 @@ def figure_provenance(
         "run_id": run_id,
         "kind": result.kind,
         "figure": figure,
-        "model": info.get("model") or getattr(result, "model", None) or getattr(result, "model_id", None),
+        "model": info.get("model") or getattr(result, "model", None),
         "weight_hash": info.get("weight_hash") or getattr(result, "weight_hash", None),
         "params": info.get("params") if info else getattr(result, "params", None),
         "prompt": info.get("prompt"),

@@ -1,8 +1,10 @@
-"""Figures of "sweep" runs: the aggregate over a dataset, one panel per measure.
+"""Figures of "sweep" runs: the aggregate over a dataset.
 
-- `aggregate`: measures with an axis (the layer for lens and attention, the % kept for prune)
-  are lines, one per group (and condition), with the 95% bootstrap interval as a band; measures
-  without one (attribution faithfulness, vlm-eval metrics) are bars with interval whiskers.
+- `aggregate`: one measure (the analysis's headline, or `measure=`) over its axis — the layer for
+  lens and attention, the % kept for prune — one line per group (and condition) with the 95%
+  bootstrap interval as a band. Measures without an axis (attribution faithfulness, vlm-eval's
+  metrics) are bars with interval whiskers, one per (group, measure). The data behind it is the
+  whole aggregate (every measure), as is the run's `aggregate` table.
 """
 
 from __future__ import annotations
@@ -11,15 +13,20 @@ from typing import Any
 
 import plotly.graph_objects as go
 import pyarrow as pa
-from plotly.subplots import make_subplots
 
 from explorer.plots import base_layout, register_figure
 from explorer.plots.paper import DASHES, OKABE_ITO
 from explorer.sweeps.result import SweepResult
 
 KIND = SweepResult.kind
-MAX_PANELS = 12
 X_TITLES = {"lens": "layer", "attention": "layer", "prune": "% of the input kept"}
+# the measure drawn by default, in order of preference (text pruning, image pruning, ...)
+HEADLINE = {
+    "lens": ("is top-1",),
+    "attention": ("entropy", "image share"),
+    "prune": ("kl", "cls_cosine"),
+}
+MAX_BARS = 40
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
@@ -31,69 +38,66 @@ def _series_name(row: dict[str, Any]) -> str:
     return " · ".join(p for p in (row.get("condition") or "", row["group"]) if p)
 
 
-def aggregate_figure(result: SweepResult, **_: Any) -> go.Figure:
+def headline_measure(result: SweepResult) -> str | None:
+    """The measure the figure draws by default: the analysis's headline if present, else the
+    first measure with an axis, else None (only bars)."""
+    with_x = [r["measure"] for r in result.aggregate if r["x"] is not None]
+    for name in HEADLINE.get(result.analysis, ()):
+        if name in with_x:
+            return name
+    return with_x[0] if with_x else None
+
+
+def aggregate_figure(result: SweepResult, measure: str | None = None, **_: Any) -> go.Figure:
     rows = result.aggregate
-    measures = list(dict.fromkeys(r["measure"] for r in rows))[:MAX_PANELS]
-    title = (
-        f"{result.analysis} over {result.n_done}/{result.n_rows} rows of {result.dataset.split('/')[-1]}"
-        f" · {result.model} (mean, 95% bootstrap interval)"
-    )
-    if not measures:
-        fig = go.Figure()
-        fig.add_annotation(text="no rows done yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-        return base_layout(fig, title)
-    with_x = [m for m in measures if any(r["x"] is not None for r in rows if r["measure"] == m)]
-    shared = len(with_x) == len(measures)
-    fig = make_subplots(
-        rows=len(measures),
-        cols=1,
-        subplot_titles=[m.replace("_", " ") for m in measures],
-        vertical_spacing=min(0.12, 0.5 / len(measures)),
-        shared_xaxes=shared,
-    )
+    chosen = measure or headline_measure(result)
+    where = f"{result.n_done}/{result.n_rows} rows of {result.dataset.split('/')[-1]}"
+    if chosen is None:
+        return _bars(result, rows, f"{result.analysis} over {where} (95% interval)")
+    fig = go.Figure()
+    mine = [r for r in rows if r["measure"] == chosen and r["x"] is not None]
     scale = 100.0 if result.analysis == "prune" else 1.0
-    colours: dict[str, str] = {}
-    for panel, measure in enumerate(measures, start=1):
-        mine = [r for r in rows if r["measure"] == measure]
-        series = list(dict.fromkeys(_series_name(r) for r in mine))
-        for name in series:
-            colour = colours.setdefault(name, OKABE_ITO[len(colours) % len(OKABE_ITO)])
-            points = [r for r in mine if _series_name(r) == name]
-            first = panel == min(
-                i
-                for i, m in enumerate(measures, 1)
-                if any(_series_name(r) == name for r in rows if r["measure"] == m)
-            )
-            if all(p["x"] is None for p in points):
-                fig.add_bar(
-                    x=[name], y=[points[0]["value"]], name=name, marker_color=colour, legendgroup=name,
-                    showlegend=first,
-                    error_y={"type": "data", "symmetric": False,
-                             "array": [points[0]["high"] - points[0]["value"]],
-                             "arrayminus": [points[0]["value"] - points[0]["low"]]},
-                    hovertemplate=f"{name}: %{{y:.3f}} (n = {points[0]['n']})<extra>{measure}</extra>",
-                    row=panel, col=1,
-                )  # fmt: skip
-                continue
-            points = sorted((p for p in points if p["x"] is not None), key=lambda p: p["x"])
-            xs = [scale * p["x"] for p in points]
-            fig.add_scatter(
-                x=xs + xs[::-1], y=[p["high"] for p in points] + [p["low"] for p in points][::-1],
-                fill="toself", fillcolor=_rgba(colour, 0.15), mode="none", hoverinfo="skip",
-                showlegend=False, legendgroup=name, name=f"{name} 95% interval", row=panel, col=1,
-            )  # fmt: skip
-            fig.add_scatter(
-                x=xs, y=[p["value"] for p in points], mode="lines+markers", name=name,
-                legendgroup=name, showlegend=first,
-                line={"color": colour, "dash": DASHES[len(colours) % len(DASHES)], "width": 2},
-                customdata=[[p["low"], p["high"], p["n"]] for p in points],
-                hovertemplate="x = %{x:.3g}: %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
-                "<br>n = %{customdata[2]}<extra>%{fullData.name}</extra>",
-                row=panel, col=1,
-            )  # fmt: skip
-        if measure in with_x and (not shared or panel == len(measures)):
-            fig.update_xaxes(title_text=X_TITLES.get(result.analysis, "x"), row=panel, col=1)
-    return base_layout(fig, title, height=max(360, 260 * len(measures)))
+    for i, name in enumerate(dict.fromkeys(_series_name(r) for r in mine)):
+        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        points = sorted((p for p in mine if _series_name(p) == name), key=lambda p: p["x"])
+        xs = [scale * p["x"] for p in points]
+        fig.add_scatter(
+            x=xs + xs[::-1], y=[p["high"] for p in points] + [p["low"] for p in points][::-1],
+            fill="toself", fillcolor=_rgba(colour, 0.15), mode="none", hoverinfo="skip",
+            showlegend=False, name=f"{name} 95% interval",
+        )  # fmt: skip
+        fig.add_scatter(
+            x=xs, y=[p["value"] for p in points], mode="lines+markers", name=name,
+            line={"color": colour, "dash": DASHES[i % len(DASHES)], "width": 2},
+            customdata=[[p["low"], p["high"], p["n"]] for p in points],
+            hovertemplate="x = %{x:.3g}: %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+            "<br>n = %{customdata[2]}<extra>%{fullData.name}</extra>",
+        )  # fmt: skip
+    fig.update_xaxes(title_text=X_TITLES.get(result.analysis, "x"))
+    fig.update_yaxes(title_text=chosen.replace("_", " "))
+    return base_layout(fig, f"{result.analysis}: {chosen.replace('_', ' ')} over {where} (95% interval)")
+
+
+def _bars(result: SweepResult, rows: list[dict[str, Any]], title: str) -> go.Figure:
+    fig = go.Figure()
+    bars = [r for r in rows if r["x"] is None][:MAX_BARS]
+    conditions = list(dict.fromkeys(r.get("condition") or "" for r in bars))
+    for i, condition in enumerate(conditions):
+        mine = [r for r in bars if (r.get("condition") or "") == condition]
+        fig.add_bar(
+            x=[f"{r['group']} {r['measure']}".replace("_", " ") if r["group"] != "faithfulness"
+               else r["measure"].replace("_", " ") for r in mine],
+            y=[r["value"] for r in mine],
+            name=condition or result.analysis,
+            marker_color=OKABE_ITO[i % len(OKABE_ITO)],
+            error_y={"type": "data", "symmetric": False,
+                     "array": [r["high"] - r["value"] for r in mine],
+                     "arrayminus": [r["value"] - r["low"] for r in mine]},
+            customdata=[[r["n"]] for r in mine],
+            hovertemplate="%{x}: %{y:.3f} (n = %{customdata[0]})<extra>%{fullData.name}</extra>",
+        )  # fmt: skip
+    fig.update_layout(barmode="group", showlegend=len(conditions) > 1)
+    return base_layout(fig, title)
 
 
 def aggregate_data(result: SweepResult) -> pa.Table:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -48,6 +49,25 @@ def _interval(e: dict[str, Any]) -> tuple[float, float, float] | None:
     return float(e["value"]), float(e["low"]), float(e["high"])
 
 
+def rank_ticks(values: list[float | None]) -> dict[str, Any]:
+    """Tick settings of a log rank axis: decades when the ranks span at least 1.5 of them, else
+    explicit 1-2-5 (or finer) ticks inside the data's range, so the axis never shows a lone label."""
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x)) and float(x) > 0]
+    if not v or math.log10(max(v)) - math.log10(min(v)) >= 1.5:
+        return {"dtick": 1}
+    lo, hi = min(v) / 1.15, max(v) * 1.15  # about plotly's autorange padding
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    ticks: list[float] = []
+    for steps in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [m * 10**e for e in decades for m in steps if lo <= m * 10**e <= hi]
+        if len(ticks) >= 3:
+            break
+    if len(ticks) < 2:
+        return {"dtick": 1}
+    text = [f"{t / 1000:g}k" if t >= 10_000 else f"{t:g}" for t in ticks]
+    return {"tickmode": "array", "tickvals": ticks, "ticktext": text}
+
+
 def _present(
     points: list[tuple[str, tuple[float, float, float] | None]],
 ) -> list[tuple[str, tuple[float, float, float]]]:
@@ -76,11 +96,17 @@ def information_loss(result: VistaPatternsResult) -> go.Figure:
             },
             hovertemplate="%{x}: mean rank %{y:.0f}<extra>%{fullData.name}</extra>",
         )
-    fig.update_yaxes(title="mean final-layer rank (1 = top)", type="log", autorange="reversed", dtick=1)
+    ranks = [v for t in fig.data for v, up, down in zip(t.y, t.error_y.array, t.error_y.arrayminus, strict=True)
+             for v in (v, v + up, v - down)]  # fmt: skip
+    fig.update_yaxes(
+        title="mean final-layer rank (1 = top)", type="log", autorange="reversed", **rank_ticks(ranks)
+    )
     fig.update_xaxes(title="caption third")
     fig.update_layout(legend=LEGEND)
     n = len(result.captions)
-    return base_layout(fig, f"Visual information loss over generation ({n} scenes)", height=460)
+    return base_layout(
+        fig, f"Visual information loss over generation ({n} scene{'' if n == 1 else 's'})", height=460
+    )
 
 
 def layer_ranks(result: VistaPatternsResult) -> go.Figure:
@@ -104,7 +130,10 @@ def layer_ranks(result: VistaPatternsResult) -> go.Figure:
             line=_style(i),
             hovertemplate="layer %{x}: mean rank %{y:.0f}<extra>%{fullData.name}</extra>",
         )
-    fig.update_yaxes(title="mean rank over steps (1 = top)", type="log", autorange="reversed", dtick=1)
+    ranks = [v for t in fig.data for v in t.y]
+    fig.update_yaxes(
+        title="mean rank over steps (1 = top)", type="log", autorange="reversed", **rank_ticks(ranks)
+    )
     fig.update_xaxes(title="layer (logit lens)")
     fig.update_layout(legend=LEGEND)
     return base_layout(fig, "Token ranks across layers (averaged over steps)", height=460)

@@ -229,7 +229,8 @@ def pattern_verdicts(r: Any) -> str:
     s = r.summary
     return "\n".join(
         [
-            f"**Run {r.run_id}** · {r.model} · {len(r.captions)} scenes · {r.seconds:.0f} s",
+            f"**Run {r.run_id}** · {r.model} · {len(r.captions)} scene{'' if len(r.captions) == 1 else 's'} · "
+            f"{r.seconds:.0f} s",
             f"1. **Visual information loss** {s['information_loss']['verdict']}",
             f"2. **Early excitation** {s['early_excitation']['verdict']}",
             f"3. **Hidden genuine information** {s['hidden_genuine']['verdict']}",

@@ -570,11 +570,11 @@ def streamed_text_image(
         to_img = rows[:, :, img_idx.to(w.device)]  # (H, Q, n_img)
         mass = to_img.sum(dim=-1, keepdim=True)
         share = to_img / mass.clamp_min(1e-12)
-        kept["received"].append(share.mean(dim=(0, 1), dtype=torch.float64).cpu())
+        kept["received"].append(share.sum(dim=0).double().mean(dim=0).cpu() / share.shape[0])
         kept["head_image"].append(mass[..., 0].mean(dim=-1, dtype=torch.float64).cpu())
         kept["attention"].append(rows_of(to_img[..., :cells].double()).cpu())
-        kept["rows"].append(
-            torch.sum(rows, dim=(0, 1), dtype=torch.float64).cpu() / (rows.shape[0] * rows.shape[1])
+        kept["rows"].append(  # heads summed in float32, queries in float64 (no float64 copy of rows)
+            rows.sum(dim=0).double().sum(dim=0).cpu() / (rows.shape[0] * rows.shape[1])
         )
         if not carried:
             carried.append(torch.zeros(w.shape[-1], cells, dtype=torch.float64, device=w.device))

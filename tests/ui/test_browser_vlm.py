@@ -205,3 +205,106 @@ def test_vlm_attribution_tab_draws_patch_attribution(vlm_app_url, tmp_path) -> N
         app.screenshot(tmp_path, "vlm-attribution")
         assert not app.errors, app.errors
         browser.close()
+
+
+# ---- VLM eval tab: VISTA's three patterns and visual-token pruning, on tiny inputs -------------
+def _set_number(page: Any, label: str, value: float) -> None:
+    """A slider's number box, found by its exact label (the tab has several "Scenes" sliders)."""
+    box = page.get_by_label(f"number input for {label}", exact=True).filter(visible=True)
+    for _ in range(3):  # on a loaded machine Gradio sometimes misses the first commit
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()
+        page.wait_for_timeout(800)
+        if float(box.input_value() or "nan") == float(value):
+            return
+    pytest.fail(f"the slider {label!r} did not take {value}")
+
+
+def _section_shot(page: Any, first_id: str, last_id: str, path: Path) -> None:
+    """A screenshot of the page from element `first_id` down to element `last_id`."""
+    box = page.evaluate(
+        "([a, b]) => { const r1 = document.getElementById(a).getBoundingClientRect();"
+        " const r2 = document.getElementById(b).getBoundingClientRect();"
+        " return {x: 0, y: r1.top + window.scrollY - 160, width: document.documentElement.clientWidth,"
+        " height: r2.bottom - r1.top + 200}; }",
+        [first_id, last_id],
+    )
+    page.screenshot(path=str(path), full_page=True, clip=box)
+
+
+def _plot_titles(page: Any, ids: list[str]) -> dict[str, str]:
+    return page.evaluate(
+        "(ids) => Object.fromEntries(ids.map(id => { const el = document.querySelector('#' + id + ' .js-plotly-plot');"
+        " return [id, el && el._fullLayout ? (el._fullLayout.title.text || '') : null]; }))",
+        ids,
+    )
+
+
+def test_vista_patterns_section_measures_one_scene(vlm_app_url, tmp_path) -> None:
+    """ "VISTA's three patterns" on one caption scene: three verdicts and four drawn figures."""
+    from playwright.sync_api import sync_playwright
+    from test_browser import screenshot_dir
+
+    with sync_playwright() as p:
+        browser, app = _vlm_page(p, vlm_app_url)
+        page = app.page
+        app.tab("VLM eval")
+        _set_number(page, "Caption scenes", 1)
+        page.get_by_role("button", name="Measure the patterns").click()
+        figures = {
+            name: f"vista-{name}"
+            for name in ("information-loss", "early-excitation", "layer-ranks", "hidden-genuine")
+        }
+        app.assert_visible(figures, timeout=VLM_TIMEOUT_MS)
+        verdicts = page.locator("#vista-patterns-verdicts").inner_text()
+        for pattern in ("Visual information loss", "Early excitation", "Hidden genuine information"):
+            assert pattern in verdicts, verdicts
+        assert "· 1 scene ·" in verdicts, verdicts
+        page.wait_for_timeout(500)
+        _section_shot(
+            page,
+            "vista-patterns-verdicts",
+            "vista-hidden-genuine",
+            screenshot_dir(tmp_path) / "vlm-eval-vista-patterns.png",
+        )
+        assert not app.errors, app.errors
+        browser.close()
+
+
+def test_visual_token_pruning_section_evaluates_one_scene(vlm_app_url, tmp_path) -> None:
+    """ "Visual-token pruning" on one POPE scene, three strategies at 100% and 25%: the cost table has a
+    row per strategy and keep ratio, and the three figures draw one curve per strategy."""
+    from playwright.sync_api import sync_playwright
+    from test_browser import screenshot_dir
+
+    with sync_playwright() as p:
+        browser, app = _vlm_page(p, vlm_app_url)
+        page = app.page
+        app.tab("VLM eval")
+        _set_number(page, "Scenes", 1)
+        for name in ("transprune", "todre", "idpruner", "uniform"):
+            page.get_by_label(name, exact=True).uncheck()
+        page.get_by_label("Keep ratios (share of visual tokens)").fill("1,0.25")
+        page.get_by_role("button", name="Prune and evaluate").click()
+        figures = {
+            "retention": "prune-retention-plot",
+            "agreement": "prune-agreement-plot",
+            "cost": "prune-cost-plot",
+        }
+        app.assert_visible(figures, timeout=VLM_TIMEOUT_MS)
+        curves = page.evaluate(
+            "() => document.querySelector('#prune-retention-plot .js-plotly-plot')._fullData"
+            ".filter(d => d.mode && d.mode.includes('lines')).map(d => d.name)"
+        )
+        assert sorted(curves) == ["FastV", "VTC-CLS", "random"], curves
+        page.wait_for_timeout(500)
+        _section_shot(
+            page, "prune-summary", "prune-cost-plot", screenshot_dir(tmp_path) / "vlm-eval-pruning.png"
+        )
+        table = page.locator("#prune-costs").inner_text()
+        for name in ("fastv", "vtc_cls", "random"):
+            assert table.count(name) == 2, table  # one row per keep ratio
+        assert "Run " in page.locator("#prune-summary").inner_text()
+        assert not app.errors, app.errors
+        browser.close()

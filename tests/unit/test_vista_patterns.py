@@ -179,3 +179,14 @@ def test_cli_bad_input_exits_2(tmp_path: Any, capsys: Any) -> None:
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "n_scenes" in err[0]
+
+
+def test_rank_axes_never_show_a_lone_label() -> None:
+    """Ranks within a decade (one scene: 40-300) get 1-2-5 ticks inside the range; a range of
+    more than 1.5 decades keeps one tick per decade."""
+    from explorer.plots.vista_patterns import rank_ticks
+
+    narrow = rank_ticks([40.0, 95.0, 300.0, None])
+    assert narrow["tickvals"] == [50, 100, 200] and narrow["ticktext"] == ["50", "100", "200"]
+    assert len(rank_ticks([90.0, 110.0])["tickvals"]) >= 3
+    assert rank_ticks([3.0, 20_000.0]) == {"dtick": 1}

@@ -12,7 +12,7 @@ same keys and values as before these dataclasses existed, so stored runs keep ma
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +28,23 @@ from explorer.errors import InputError
 from explorer.params import params_json
 
 
-def _check_layer_type(layer: Any) -> None:
+def _check_sweep(
+    strategies: tuple[str, ...],
+    keep_ratios: tuple[float, ...],
+    layer: Any,
+    seed: Any,
+    resolve: Callable[[list[str]], list[str]],
+    unit: str,
+) -> None:
+    """What both modalities check: canonical strategies (each once), keep ratios as `.of` makes
+    them, a non-negative integer layer (its upper bound needs the model) and an integer seed."""
+    if resolve(list(strategies)) != list(strategies):
+        raise InputError(f"strategies must be canonical and listed once, got {list(strategies)}")
+    if resolve_keep_ratios(list(keep_ratios), unit) != list(keep_ratios):
+        raise InputError(f"keep_ratios must be distinct and sorted from 1.0 down, got {list(keep_ratios)}")
     if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
         raise InputError(f"layer must be a non-negative integer; got {layer!r}")
+    validate_seed(seed)
 
 
 @dataclass(frozen=True)
@@ -77,19 +91,12 @@ class PruneTextParams:
         return any(TEXT_STRATEGIES.parse(name)[0].inside_model for name in self.strategies)
 
     def validate(self) -> None:
-        if resolve_strategies(list(self.strategies)) != list(self.strategies):
-            raise InputError(f"strategies must be canonical and listed once, got {list(self.strategies)}")
-        if resolve_keep_ratios(list(self.keep_ratios)) != list(self.keep_ratios):
-            raise InputError(
-                f"keep_ratios must be distinct and sorted from 1.0 down, got {list(self.keep_ratios)}"
-            )
-        _check_layer_type(self.layer)
+        _check_sweep(self.strategies, self.keep_ratios, self.layer, self.seed, resolve_strategies, "tokens")
         c = self.continuation_tokens
         if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_CONTINUATION:
             raise InputError(
                 f"continuation_tokens must be an integer between 0 and {MAX_CONTINUATION}, got {c!r}"
             )
-        validate_seed(self.seed)
 
     def for_model(self, lm: Any) -> PruneTextParams:
         """The parameters with `layer` checked against `lm`'s depth (InputError naming the range)."""
@@ -133,16 +140,9 @@ class PruneImageParams:
         )
 
     def validate(self) -> None:
-        from explorer.analysis.pruning.image import resolve_strategies
+        from explorer.analysis.pruning.image import resolve_strategies as resolve
 
-        if resolve_strategies(list(self.strategies)) != list(self.strategies):
-            raise InputError(f"strategies must be listed once each, got {list(self.strategies)}")
-        if resolve_keep_ratios(list(self.keep_ratios), "patches") != list(self.keep_ratios):
-            raise InputError(
-                f"keep_ratios must be distinct and sorted from 1.0 down, got {list(self.keep_ratios)}"
-            )
-        _check_layer_type(self.layer)
-        validate_seed(self.seed)
+        _check_sweep(self.strategies, self.keep_ratios, self.layer, self.seed, resolve, "patches")
 
     def for_model(self, vm: Any) -> PruneImageParams:
         """The parameters with `layer` checked against `vm`'s depth (0..n_layers)."""
