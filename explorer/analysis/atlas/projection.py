@@ -116,7 +116,7 @@ def cache_umap_kernels() -> int:
         if not name.startswith(("umap", "pynndescent")):
             continue
         for value in list(vars(module).values()):
-            if isinstance(value, CPUDispatcher) and isinstance(value._cache, NullCache):
+            if isinstance(value, CPUDispatcher) and isinstance(getattr(value, "_cache", None), NullCache):
                 try:
                     value.enable_caching()
                 except Exception:  # noqa: BLE001 - e.g. a kernel whose source file cannot be located
