@@ -170,6 +170,7 @@ def run_visual_tokens(
         lambda vlm, p, pic, prm, **kw: compute_tokens(vlm, p, pic, params=prm, **kw),
         model, prompt, picture, params,
         db=db, use_cache=use_cache, settings=settings, dtype=dtype, progress=progress,
+        full_tokens=settings.attention_full_tokens,
     )  # fmt: skip
 
 

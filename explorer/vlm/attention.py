@@ -186,6 +186,11 @@ class TextImageAttention(StoredFields):
         )
 
 
+def decode_spans(stored: Any) -> list[tuple[int, int]] | None:
+    """The stored `query_spans` meta -> [(first, last), ...], or None (one row per query)."""
+    return [(int(a), int(b)) for a, b in stored] if stored else None
+
+
 def attention_tables(attention: np.ndarray, rollout: np.ndarray) -> dict[str, pa.Table]:
     """(L, H, Q, n) attention and (L, Q, n) rollout -> long-form tables (layers 1-based)."""
     L, H, Q, n = attention.shape
@@ -286,9 +291,7 @@ class VLMAttentionResult(TextImageAttention):
     notes: list[str] = in_meta(default_factory=list)
     seconds: float = in_meta(default=0.0, decode=float)
     run_id: str | None = None
-    query_spans: list[tuple[int, int]] | None = in_meta(
-        default=None, decode=lambda s: [tuple(u) for u in s] or None
-    )
+    query_spans: list[tuple[int, int]] | None = in_meta(default=None, decode=decode_spans)
 
     @property
     def prompt_len(self) -> int:
@@ -383,7 +386,7 @@ class VLMAttentionResult(TextImageAttention):
     def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         L, H = int(meta["n_layers"]), int(meta["n_heads"])
         n = int(meta["grid"][0]) * int(meta["grid"][1])
-        spans = [(int(a), int(b)) for a, b in meta["query_spans"]] if meta.get("query_spans") else None
+        spans = decode_spans(meta.get("query_spans"))
         n_rows = len(spans) if spans else len(meta["query_positions"])
         attention, rollout = attention_from_tables(tables, (L, H, n_rows, n))
 
@@ -463,6 +466,7 @@ def vlm_attention(
             head_image=to_img.sum(axis=-1).mean(axis=-1),  # (L, H), every image token
             sinks=sinks,
             norms=norms,
+            received=received,
         )
     if vlm.uses_model_forward:
         notes.append(
@@ -505,6 +509,7 @@ class TextImageViews:
     head_image: np.ndarray
     sinks: np.ndarray
     norms: np.ndarray
+    received: np.ndarray  # (L, n_img): each image token's share of the queries' image attention
     query_spans: list[tuple[int, int]] | None = None
 
     def note(self, n_positions: int, n_queries: int) -> str:
@@ -592,7 +597,8 @@ def streamed_text_image(
         return torch.stack(kept[name]).numpy().astype(np.float64)
 
     norms = stacked("norms")  # (L + 1, n_img)
-    sinks = visual_sinks(norms, stacked("received"), params.sink_norm_k, params.sink_share_k)
+    received = stacked("received")  # (L, n_img)
+    sinks = visual_sinks(norms, received, params.sink_norm_k, params.sink_share_k)
     return TextImageViews(
         attention=stacked("attention"),
         rollout=stacked("rollout"),
@@ -600,5 +606,6 @@ def streamed_text_image(
         head_image=stacked("head_image"),
         sinks=sinks,
         norms=norms,
+        received=received,
         query_spans=spans,
     )

@@ -35,17 +35,27 @@ from PIL import Image
 
 from explorer.analysis.attention_math import attention_rollout
 from explorer.backends.images import image_to_png
-from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, capture_vlm, generate
+from explorer.backends.vlm import (
+    MODALITY_IMAGE,
+    MODALITY_TEXT,
+    VisionLanguageModel,
+    capture_vlm,
+    generate,
+    position_labels,
+)
 from explorer.errors import InputError
 from explorer.params import params_json
 from explorer.progress import ProgressFn
 from explorer.results import in_meta, in_table, register_result
 from explorer.vlm.attention import (
     TextImageAttention,
+    VLMAttentionParams,
     attention_from_tables,
     attention_shares,
     attention_tables,
+    decode_spans,
     image_attention,
+    streamed_text_image,
     table_column,
     text_queries,
     visual_sinks,
@@ -94,6 +104,12 @@ class VisualTokensResult(TextImageAttention):
     attention:  (n_layers, n_heads, n_queries, n_img) text query -> image patch attention
     rollout:    (n_layers, n_queries, n_img) rolled-out attention after each block
     shares:     (n_layers, 3) mean share of text queries' attention on image / text / sink
+
+    Long runs (more than `Settings.attention_full_tokens` positions) are computed block by block
+    (`streamed_text_image`, as "vlm_attention") without holding every layer's (T, T) matrices;
+    with more than `MAX_QUERY_ROWS` text queries, `query_spans` lists the (first, last) positions
+    behind each row of `attention` and `rollout` (block means but for the last queries). norms,
+    received, categories and shares stay exact.
     """
 
     kind: ClassVar[str] = "vlm_tokens"
@@ -110,6 +126,7 @@ class VisualTokensResult(TextImageAttention):
     notes: list[str] = in_meta(default_factory=list)
     seconds: float = in_meta(default=0.0, decode=float)
     run_id: str | None = None
+    query_spans: list[tuple[int, int]] | None = in_meta(default=None, decode=decode_spans)
 
     def counts(self) -> list[dict[str, int]]:
         """Per block: how many visual tokens are alive / dead / sink."""
@@ -157,6 +174,7 @@ class VisualTokensResult(TextImageAttention):
             "rollout_last_query": np.round(self.rollout[-1, -1].reshape(rows, cols), 6).tolist(),
             "notes": self.notes,
             "seconds": self.seconds,
+            **({"query_blocks": [list(u) for u in self.query_units]} if self.query_spans else {}),
         }
 
     def to_tables(self) -> dict[str, pa.Table]:
@@ -200,7 +218,8 @@ class VisualTokensResult(TextImageAttention):
     def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
         n_layers, n_heads = int(meta["n_layers"]), int(meta["n_heads"])
         n_img = sum(1 for m in meta["modality"] if m == MODALITY_IMAGE)
-        n_q = len(meta["query_positions"])
+        spans = decode_spans(meta.get("query_spans"))
+        n_q = len(spans) if spans else len(meta["query_positions"])
 
         def column(table: str, name: str, order: list[str]) -> np.ndarray:
             return table_column(tables, table, name, order)
@@ -233,10 +252,10 @@ def _answer_logprob_and_hidden(
     """embeds (B, T, d) = prompt (prompt_len positions) + answer; -> (B,) sum log p(answer),
     (B, vocab) final output (logits) of the last prompt position, which predicts the answer."""
     out = vlm.lm.forward(inputs_embeds=embeds, output_attentions=False)
-    logp = torch.log_softmax(out.logits.float(), dim=-1)
     idx = torch.arange(prompt_len - 1, prompt_len - 1 + len(answer))
+    logp = torch.log_softmax(out.logits[:, idx].float(), dim=-1)  # only the answer's rows: bounded
     target = torch.tensor(answer, dtype=torch.long)
-    score = logp[:, idx, target].sum(dim=1)
+    score = logp[:, torch.arange(len(answer)), target].sum(dim=1)
     hidden = out.logits[:, prompt_len - 1].float()
     return score.cpu().numpy().astype(np.float64), hidden.cpu().numpy().astype(np.float64)
 
@@ -299,9 +318,13 @@ def visual_tokens(
     *,
     params: TokenParams | None = None,
     max_tokens: int = 512,
+    full_tokens: int = 256,
     progress: ProgressFn | None = None,
 ) -> VisualTokensResult:
-    """Categories of the visual tokens and text->image attention for (image, prompt) on a VLM."""
+    """Categories of the visual tokens and text->image attention for (image, prompt) on a VLM.
+
+    Sequences (answer included) of more than `full_tokens` positions (`Settings`) run the
+    attention block by block (`streamed_text_image`); the ablations behind "dead" keep no attention."""
     params = params or TokenParams()
     params.validate()
     prog = progress or (lambda f, m: None)
@@ -313,17 +336,44 @@ def visual_tokens(
     prog(0.02, "Encoding the image and the prompt")
     inputs = vlm.prepare(prompt, image, max_tokens)
     answer = generate(vlm, inputs, params.answer_tokens, progress=lambda f, m: prog(0.05 + 0.15 * f, m))
-    prog(0.2, "Tracing one forward pass with attentions")
-    trace, modality = capture_vlm(vlm, inputs, answer, attentions=True)
-    assert trace.attentions is not None
-    att = trace.attentions.numpy().astype(np.float64)  # (L, H, T, T)
     img = inputs.image_positions
     prompt_len = inputs.seq_len
+    modality = inputs.modality + [MODALITY_TEXT] * len(answer)
     queries = text_queries(modality)
     if not queries:
         raise InputError("no text follows the image, so no text token attends to it")
-    norms = trace.residual[:, img].norm(dim=-1).numpy().astype(np.float64)  # (L+1, n_img)
-    text_to_img, received = image_attention(att, queries, img)  # (L, H, Q, n_img), (L, n_img)
+    long_note: list[str] = []
+    if len(modality) > full_tokens:
+        prog(0.2, "One forward pass, reduced block by block")
+        sink_params = VLMAttentionParams(
+            generate=0, sink_norm_k=params.sink_norm_k, sink_share_k=params.sink_share_k
+        )
+        views = streamed_text_image(
+            vlm,
+            inputs,
+            answer,
+            img,
+            queries,
+            len(img),
+            sink_params,
+            progress=lambda f, m: prog(0.2 + 0.15 * f, m),
+        )
+        tokens = position_labels(vlm, inputs.input_ids.tolist() + answer, modality, inputs.grid)
+        norms, received, n_heads = views.norms, views.received, int(views.head_image.shape[1])
+        text_to_img, rolled, shares, spans = views.attention, views.rollout, views.shares, views.query_spans
+        long_note.append(views.note(len(modality), len(queries)))
+    else:
+        prog(0.2, "Tracing one forward pass with attentions")
+        trace, _ = capture_vlm(vlm, inputs, answer, attentions=True)
+        assert trace.attentions is not None
+        att = trace.attentions.numpy().astype(np.float64)  # (L, H, T, T)
+        tokens, n_heads, spans = trace.tokens, int(att.shape[1]), None
+        norms = trace.residual[:, img].norm(dim=-1).numpy().astype(np.float64)  # (L+1, n_img)
+        text_to_img, received = image_attention(att, queries, img)  # (L, H, Q, n_img), (L, n_img)
+        rolled = attention_rollout(att)[:, queries][:, :, img]  # (L, Q, n_img)
+        sinks = visual_sinks(norms, received, params.sink_norm_k, params.sink_share_k)  # = categories == SINK
+        shares = attention_shares(att, queries, img, sinks)
+        del att, trace
     prog(0.35, "Ablating each visual token")
     assert inputs.inputs_embeds is not None
     embeds, _ = _full_embeds(vlm, inputs, answer)
@@ -331,21 +381,20 @@ def visual_tokens(
         vlm, embeds, img, answer, prompt_len, params.batch_size, lambda f, m: prog(0.35 + 0.55 * f, m)
     )
     cats = classify(norms, received, d_lp, d_h, params)
-    rolled = attention_rollout(att)[:, queries][:, :, img]  # (L, Q, n_img)
-    shares = attention_shares(att, queries, img, cats == SINK)
     notes = [
         "EmbedLens categories use operational definitions (see thresholds); the paper's clustering was not reproduced",
         "dead is input-level: one ablation per visual token, the same at every layer",
     ]
     if not answer:
         raise InputError("the model generated no answer tokens to score")
+    notes += long_note
     prog(1.0, "Done")
     return VisualTokensResult(
         model=vlm.model_id,
         prompt=prompt,
-        n_layers=trace.n_layers,
-        n_heads=int(att.shape[1]),
-        tokens=trace.tokens,
+        n_layers=vlm.n_layers,
+        n_heads=n_heads,
+        tokens=tokens,
         modality=modality,
         grid=list(inputs.grid or (1, len(img))),
         image_png=base64.b64encode(image_to_png(inputs.image)).decode() if inputs.image else "",
@@ -362,6 +411,7 @@ def visual_tokens(
         params=params.to_json(),
         notes=notes,
         seconds=time.perf_counter() - t0,
+        query_spans=spans,
     )
 
 
