@@ -225,11 +225,12 @@ def _decade_ticks(fig: go.Figure) -> None:
 
 
 def _style_traces(fig: go.Figure, font_px: float) -> None:
-    line_index = bar_index = 0
+    bar_index = 0
+    series: dict[str, int] = {}  # a series drawn in several panels (same legend group) keeps one style
     for trace in fig.data:
         if trace.type == "scatter" and trace.mode and "lines" in trace.mode:
-            i = line_index
-            line_index += 1
+            key = str(trace.legendgroup or trace.name or f"#{len(series)}")
+            i = series.setdefault(key, len(series))
             trace.update(
                 line={"color": OKABE_ITO[i % len(OKABE_ITO)], "dash": DASHES[i % len(DASHES)], "width": 1.5},
                 marker={
@@ -452,6 +453,7 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
         if ax.title and ax.title.text:
             _two_line_title(ax, area_h / grid_r, f)
         _thin_ticks(ax, area_h / grid_r, f * 1.25)
+        _fewer_numeric_ticks(ax, area_h, f)
 
     def bar(colorbar: Any) -> dict[str, Any]:
         title = colorbar.title.text if colorbar and colorbar.title else None
@@ -513,6 +515,20 @@ def paper_figure(fig: go.Figure, options: ExportOptions | None = None) -> go.Fig
     for ann in layout.annotations or ():
         ann.update(font={"size": max(f, (ann.font.size or f) if ann.font else f)})
     return _background(out, opts)
+
+
+def _fewer_numeric_ticks(axis: Any, plot_h: float, font_px: float) -> None:
+    """A short numeric y axis (a panel of a tall stack) gets at most as many ticks as fit its
+    height. Plotly picks at least ~4 ticks however short the axis, so their labels would overlap;
+    `nticks` caps them (plotly still chooses round values)."""
+    if axis.tickvals is not None or axis.dtick is not None or axis.type in ("category", "multicategory"):
+        return
+    if axis.visible is False or axis.showticklabels is False:
+        return
+    domain = axis.domain if axis.domain is not None else (0.0, 1.0)
+    fit = int((domain[1] - domain[0]) * plot_h // (font_px * 1.5))
+    if fit < 6:
+        axis.update(nticks=max(2, fit))
 
 
 def _used_coloraxes(fig: go.Figure) -> list[str]:

@@ -12,13 +12,13 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from explorer.results import in_meta, in_table, meta_kwargs, meta_of, register_result
+from explorer.results import StoredFields, in_meta, in_table, meta_of, register_result
 from explorer.sweeps.shards import AGGREGATE_SCHEMA
 
 
 @register_result
 @dataclass
-class SweepResult:
+class SweepResult(StoredFields):
     """aggregate: rows {condition, group, measure, x, value, low, high, n}: the mean (or, for
     vlm-eval, the metric) over the done rows with its 95% bootstrap interval; `x` is the layer
     (lens, attention) or keep ratio (prune), None where a measure has no axis."""
@@ -60,16 +60,13 @@ class SweepResult:
             "aggregate": self.aggregate,
         }
 
-    def to_meta(self) -> dict[str, Any]:
-        return meta_of(self)
-
     def to_tables(self) -> dict[str, pa.Table]:
         rows = [{k: r.get(k) for k in AGGREGATE_SCHEMA.names} for r in self.aggregate]
         return {"aggregate": pa.Table.from_pylist(rows, schema=AGGREGATE_SCHEMA)}
 
     @classmethod
-    def from_store(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> SweepResult:
-        return cls(**meta_kwargs(cls, meta), aggregate=tables["aggregate"].to_pylist())
+    def fields_from_tables(cls, meta: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, Any]:
+        return {"aggregate": tables["aggregate"].to_pylist()}
 
 
 def view_name(run_id: str, table: str) -> str:

@@ -312,8 +312,8 @@ def test_attention_image_mode_renders_every_view(app_url, browser, tmp_path) -> 
 ATTRIBUTION_FIGURES = {"coloured tokens": "attribution-tokens", "faithfulness table": "attribution-table"}
 
 
-def set_slider(page: Any, label: str, value: float) -> None:
-    box = page.get_by_label(f"number input for {label}").filter(visible=True)
+def set_slider(page: Any, label: str, value: float, exact: bool = False) -> None:
+    box = page.get_by_label(f"number input for {label}", exact=exact).filter(visible=True)
     for _ in range(3):  # on a loaded machine Gradio sometimes misses the first commit
         box.fill(str(value))
         box.press("Enter")

@@ -208,19 +208,6 @@ def test_vlm_attribution_tab_draws_patch_attribution(vlm_app_url, tmp_path) -> N
 
 
 # ---- VLM eval tab: VISTA's three patterns and visual-token pruning, on tiny inputs -------------
-def _set_number(page: Any, label: str, value: float) -> None:
-    """A slider's number box, found by its exact label (the tab has several "Scenes" sliders)."""
-    box = page.get_by_label(f"number input for {label}", exact=True).filter(visible=True)
-    for _ in range(3):  # on a loaded machine Gradio sometimes misses the first commit
-        box.fill(str(value))
-        box.press("Enter")
-        box.blur()
-        page.wait_for_timeout(800)
-        if float(box.input_value() or "nan") == float(value):
-            return
-    pytest.fail(f"the slider {label!r} did not take {value}")
-
-
 def _section_shot(page: Any, first_id: str, last_id: str, path: Path) -> None:
     """A screenshot of the page from element `first_id` down to element `last_id`."""
     box = page.evaluate(
@@ -244,13 +231,13 @@ def _plot_titles(page: Any, ids: list[str]) -> dict[str, str]:
 def test_vista_patterns_section_measures_one_scene(vlm_app_url, tmp_path) -> None:
     """ "VISTA's three patterns" on one caption scene: three verdicts and four drawn figures."""
     from playwright.sync_api import sync_playwright
-    from test_browser import screenshot_dir
+    from test_browser import screenshot_dir, set_slider
 
     with sync_playwright() as p:
         browser, app = _vlm_page(p, vlm_app_url)
         page = app.page
         app.tab("VLM eval")
-        _set_number(page, "Caption scenes", 1)
+        set_slider(page, "Caption scenes", 1, exact=True)
         page.get_by_role("button", name="Measure the patterns").click()
         figures = {
             name: f"vista-{name}"
@@ -276,13 +263,13 @@ def test_visual_token_pruning_section_evaluates_one_scene(vlm_app_url, tmp_path)
     """ "Visual-token pruning" on one POPE scene, three strategies at 100% and 25%: the cost table has a
     row per strategy and keep ratio, and the three figures draw one curve per strategy."""
     from playwright.sync_api import sync_playwright
-    from test_browser import screenshot_dir
+    from test_browser import screenshot_dir, set_slider
 
     with sync_playwright() as p:
         browser, app = _vlm_page(p, vlm_app_url)
         page = app.page
         app.tab("VLM eval")
-        _set_number(page, "Scenes", 1)
+        set_slider(page, "Scenes", 1, exact=True)  # not "Scenes (built-in sets)"
         for name in ("transprune", "todre", "idpruner", "uniform"):
             page.get_by_label(name, exact=True).uncheck()
         page.get_by_label("Keep ratios (share of visual tokens)").fill("1,0.25")

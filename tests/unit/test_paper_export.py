@@ -202,6 +202,23 @@ def test_categories_repeated_within_a_trace_get_a_margin_for_their_labels() -> N
     assert out.layout.margin.l > max(len(t) for t in labels) * 0.5 * ExportOptions(size="single").font_px
 
 
+def test_a_tall_stack_of_panels_keeps_series_styles_and_few_ticks() -> None:
+    """Six stacked panels with the same two series (a sweep's aggregate): each series keeps one colour
+    and dash in every panel, and each short panel gets at most the ticks its height holds."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=6, cols=1)
+    for row in range(1, 7):
+        for name in ("random", "self_information"):
+            fig.add_scatter(x=[25, 50, 100], y=[0.1, 0.5, 0.9], mode="lines", name=name, legendgroup=name,
+                            row=row, col=1)  # fmt: skip
+    out = paper_figure(fig, ExportOptions(size="single"))
+    styles = {(t.name, t.line.color, t.line.dash) for t in out.data}
+    assert len(styles) == 2
+    y_axes = [out.layout[k] for k in out.layout if k.startswith("yaxis")]
+    assert len(y_axes) == 6 and all(2 <= (ax.nticks or 0) < 6 for ax in y_axes)
+
+
 def test_export_command_round_trips_through_the_cli_parser() -> None:
     from explorer.cli import build_parser
 

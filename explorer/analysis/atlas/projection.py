@@ -22,6 +22,7 @@ it once to fill the disk cache, and `bench/atlas_umap.py` measures a 10,000-poin
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -98,6 +99,32 @@ def ensure_numba_cache(cache_dir: Path | None = None) -> None:
         os.environ["NUMBA_CACHE_DIR"] = str(target)
 
 
+@functools.lru_cache(maxsize=1)
+def cache_umap_kernels() -> int:
+    """Turn on numba's on-disk cache for every kernel of umap-learn and pynndescent that does not
+    declare `cache=True` (most of their layout, graph and descent kernels): without it a fresh process
+    recompiles them at its first fit (measured: 15.9 CPU-s for a first 2,000-point fit against 4.6 s
+    for the next one, with NUMBA_CACHE_DIR filled). Runs once per process, after `import umap` and
+    before the first fit; returns how many kernels it switched on."""
+    import sys
+
+    from numba.core.caching import NullCache
+    from numba.core.registry import CPUDispatcher
+
+    switched = 0
+    for name, module in list(sys.modules.items()):
+        if not name.startswith(("umap", "pynndescent")):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, CPUDispatcher) and isinstance(getattr(value, "_cache", None), NullCache):
+                try:
+                    value.enable_caching()
+                except Exception:  # noqa: BLE001 - e.g. a kernel whose source file cannot be located
+                    continue
+                switched += 1
+    return switched
+
+
 def reduce_unit_rows(x: np.ndarray, dims: int) -> tuple[np.ndarray, float]:
     """(n, d) -> (n, k) PCA coordinates of the unit-normalised rows, k = min(dims, d, n), and the share
     of their variance kept. Euclidean distances between these coordinates approximate those between
@@ -136,6 +163,7 @@ def _umap_fit(
 
     import umap
 
+    cache_umap_kernels()
     n = data.shape[0]
     reducer = umap.UMAP(
         n_components=2,
