@@ -101,7 +101,7 @@ def test_token_atlas_newcomer(app_url, browser, tmp_path) -> None:  # noqa: F811
     set_slider(page, "Suspects to verify", 10)
     set_slider(page, "Points in the vocabulary map (0 = none)", 500)
     page.get_by_text("GlitchHunter-style detector settings").click()
-    set_slider(page, "Tokens per first-round cluster (larger = fewer screens, faster)", 4096)
+    set_slider(page, "Leiden resolution (higher = smaller communities, more screens)", 1)
     page.get_by_role("button", name="Check the vocabulary").click()
     app.assert_visible({"vocabulary atlas": "atlas-vocab-map", "indicators": "atlas-vocab-indicators"})
     summary = page.locator("#atlas-vocab-summary").inner_text()
@@ -109,7 +109,7 @@ def test_token_atlas_newcomer(app_url, browser, tmp_path) -> None:  # noqa: F811
     expect(page.locator("#atlas-vocab-suspects")).to_contain_text(
         "strong_verified", timeout=COMPUTE_TIMEOUT_MS
     )
-    assert "GlitchHunter-style:" in summary and "Agreement:" in summary, summary
+    assert "GlitchHunter:" in summary and "Agreement (verified tokens):" in summary, summary
     _settled(page, "atlas-vocab-map")
     app.screenshot(tmp_path, "atlas_vocab")
 
