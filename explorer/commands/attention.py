@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             settings=settings,
         )
         assert isinstance(result, VLMAttentionResult)
-        return result.to_dict(query=args.query)
+        return result.to_dict_at(args.query)
     if args.image is not None:
         from explorer.backends.vlm import EMBEDDED_VLMS
 
