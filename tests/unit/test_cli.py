@@ -111,3 +111,18 @@ def test_unknown_flag_exits_2() -> None:
         text=True,
     )
     assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+
+
+def test_progress_bar_on_stderr_only_when_asked(tiny_dir, tmp_path, capsys) -> None:
+    """Off a terminal (a pipe, a nohup log), `--progress` draws one line per 10% on stderr; without
+    it stderr stays empty, so bad input keeps its one-line message. stdout is the JSON either way."""
+    db = str(tmp_path / "p.duckdb")
+    base = ["lens", "--prompt", "the cat sat", "--model", str(tiny_dir), "--db", db, "--no-cache"]
+    code, out, err = run_cli(base, capsys)
+    assert code == 0 and isinstance(out, dict) and err == ""
+    code, out2, err = run_cli([*base, "--progress"], capsys)
+    assert code == 0 and isinstance(out2, dict) and out2["tokens"] == out["tokens"]
+    lines = err.splitlines()
+    assert lines and all(line.startswith("lens [") and "%" in line for line in lines), err
+    percents = [float(line.split("]")[1].split("%")[0]) for line in lines]
+    assert percents == sorted(percents) and len(set(int(p // 10) for p in percents)) == len(percents)
