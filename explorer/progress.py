@@ -25,8 +25,8 @@ def or_silent(progress: ProgressFn | None) -> ProgressFn:
 
 
 class StderrBar:
-    """A one-line progress bar on stderr: redrawn in place on a terminal, else one line per 10%
-    (so a `nohup` log shows how far a long run got)."""
+    """A one-line progress bar on stderr: redrawn in place on a terminal, else one line per 10% of each
+    stage (so a `nohup` log shows how far a long run got)."""
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -41,7 +41,7 @@ class StderrBar:
         line = f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:5.1f}% {message} ({elapsed:.0f} s)"
         if self.tty:
             sys.stderr.write("\r" + line[:160].ljust(100) + ("\n" if fraction >= 1.0 else ""))
-        elif int(10 * fraction) > self.last_decile:
+        elif int(10 * fraction) != self.last_decile:  # a new tenth, or a new stage starting again lower
             self.last_decile = int(10 * fraction)
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
