@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS, resolve_keep_ratios, validate_seed
@@ -73,7 +73,7 @@ class _SweepParams:
 class PruneTextParams(_SweepParams):
     """A text-pruning sweep.
 
-    strategies:          canonical strategy names (see `analysis.pruning.text.TEXT_STRATEGIES`)
+    strategies:          canonical strategy names (see `analysis.pruning.text.TEXT_STRATEGIES`; default all)
     keep_ratios:         fractions of the prompt's tokens to keep, in (0, 1], from 1.0 down
     layer:               FastV's K (blocks 0..K-1 see every token); must exist in the model
     target:              the token whose probability and rank are tracked (None: the unpruned top-1)
@@ -84,7 +84,7 @@ class PruneTextParams(_SweepParams):
     unit: ClassVar[str] = "tokens"
     resolve = staticmethod(resolve_strategies)
 
-    strategies: tuple[str, ...]
+    strategies: tuple[str, ...] = field(default_factory=lambda: tuple(resolve_strategies("all")))
     keep_ratios: tuple[float, ...] = tuple(DEFAULT_KEEP_RATIOS)
     layer: int = DEFAULT_LAYER
     target: str | None = None
@@ -116,28 +116,29 @@ class PruneTextParams(_SweepParams):
         return params_json(self)
 
 
+def _image_strategies(names: Sequence[str] | str) -> list[str]:
+    from explorer.analysis.pruning.image import resolve_strategies
+
+    return resolve_strategies(names)
+
+
 @dataclass(frozen=True)
 class PruneImageParams(_SweepParams):
     """An image-pruning sweep inside a vision transformer.
 
-    strategies:  strategy names (see `analysis.pruning.image.IMAGE_STRATEGIES`)
+    strategies:  strategy names (see `analysis.pruning.image.IMAGE_STRATEGIES`; default all)
     keep_ratios: fractions of the patches to keep, in (0, 1], from 1.0 down
     layer:       blocks 0..layer-1 run on every patch, the rest on the kept ones (0..n_layers)
     seed:        seed of the random strategies
     """
 
     unit: ClassVar[str] = "patches"
+    resolve = staticmethod(_image_strategies)
 
-    strategies: tuple[str, ...]
+    strategies: tuple[str, ...] = field(default_factory=lambda: tuple(_image_strategies("all")))
     keep_ratios: tuple[float, ...] = tuple(DEFAULT_KEEP_RATIOS)
     layer: int = 0
     seed: int = 0
-
-    @staticmethod
-    def resolve(strategies: Sequence[str] | str) -> list[str]:
-        from explorer.analysis.pruning.image import resolve_strategies as resolve_image
-
-        return resolve_image(strategies)
 
     def validate(self) -> None:
         self.check_sweep()
