@@ -116,10 +116,10 @@ class PruneTextParams(_SweepParams):
         return params_json(self)
 
 
-def _image_strategies(names: Sequence[str] | str) -> list[str]:
+def _image_strategies(strategies: Sequence[str] | str) -> list[str]:
     from explorer.analysis.pruning.image import resolve_strategies
 
-    return resolve_strategies(names)
+    return resolve_strategies(strategies)
 
 
 @dataclass(frozen=True)
