@@ -55,6 +55,7 @@ def run_token_map(
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
 ) -> _map.TokenMapResult:
     """Map the token states of `prompts` (one string or several) to 2-D.
@@ -66,6 +67,7 @@ def run_token_map(
     its visual tokens are mapped too. `dataset`: instead of `prompts`, a sweep's dataset file (JSONL /
     CSV / Parquet with a `prompt` or `question` column and an optional `image` column, at most
     `MAX_PROMPTS` rows): the token states of all its rows in one fit, each row with its own image.
+    `dtype`: the weights' dtype ("auto", "float32", "float16", "bfloat16"; default `settings.dtype`).
     Returns a `TokenMapResult`; `.to_dict()` is the CLI's JSON.
     """
     from explorer.api import vlm as vlm_api
@@ -107,9 +109,9 @@ def run_token_map(
     elif picture is not None or vlm_api.is_vlm(model):
         if isinstance(model, LanguageModel):
             raise InputError(f"{model.model_id!r} is a text-only language model and cannot take an image")
-        backend = vlm_api.resolve_vlm(model, settings, progress)
+        backend = vlm_api.resolve_vlm(model, settings, progress, dtype)
     else:
-        backend = get_model(model, settings, progress)
+        backend = get_model(model, settings, progress, dtype)
     _map.resolve_layer(params.layer, backend.n_layers)
     return run_cached(
         _map.TokenMapResult.kind,
@@ -268,11 +270,13 @@ def run_vocab_health(
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
 ) -> _vocab.VocabHealthResult:
     """Under-trained and glitch tokens over the whole vocabulary of `model`: the Magikarp tokenizer
     analysis and indicators, verification of the `n_verify` top suspects by prompting, a
     GlitchHunter detector (Leiden communities of a k-NN token embedding graph), their precision and agreement, and a UMAP of the unembedding.
+    `dtype`: the weights' dtype (default `settings.dtype`).
     Returns a `VocabHealthResult`; `.to_dict()` is the CLI's JSON (summary + verified suspects)."""
     settings = settings or Settings.from_env()
     params = _vocab.VocabParams(
@@ -285,7 +289,7 @@ def run_vocab_health(
         seed=int(seed),
     )
     params.validate()
-    lm = get_model(model, settings, progress)
+    lm = get_model(model, settings, progress, dtype)
     return run_cached(
         _vocab.VocabHealthResult.kind,
         model_id=lm.model_id,
@@ -311,18 +315,20 @@ def run_microscope(
     db: DbArg = None,
     use_cache: bool = True,
     settings: Settings | None = None,
+    dtype: str | None = None,
     progress: ProgressFn | None = None,
 ) -> _micro.MicroscopeResult:
     """LLM-Microscope measures of `prompt` per layer and token: token-level non-linearity, a
     contextualisation proxy, intrinsic dimension per layer, and the paper's logit lens next to ours.
     `params`: a `MicroscopeParams` (reference tokens, prefix window; validated before the model
-    loads). Returns a `MicroscopeResult`; `.to_dict()` is the CLI's JSON."""
+    loads). `dtype`: the weights' dtype (default `settings.dtype`). Returns a `MicroscopeResult`;
+    `.to_dict()` is the CLI's JSON."""
     settings = settings or Settings.from_env()
     params = params or _micro.MicroscopeParams()
     if prompt is None or not prompt.strip():
         raise InputError("the prompt is empty: type some text to analyse")
     key = cache_params(params, max_tokens=settings.max_prompt_tokens)  # validates
-    lm = get_model(model, settings, progress)
+    lm = get_model(model, settings, progress, dtype)
     return run_cached(
         _micro.MicroscopeResult.kind,
         model_id=lm.model_id,
