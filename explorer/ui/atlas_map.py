@@ -14,7 +14,7 @@ from explorer.backends.sentence import SENTENCE_MODEL
 from explorer.backends.vlm import EMBEDDED_VLMS
 from explorer.models.loading import EMBEDDED_LMS
 from explorer.plots import atlas as atlas_plots
-from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, user_errors
 
 BUILTIN_COLOURS = ["layer", "position", "token_type", "modality", "norm", "prompt"]
 EXAMPLE = "The quick brown fox jumps over the lazy dog. Then, the dog sleeps; the fox runs away."
@@ -126,6 +126,7 @@ def build(ctx: UIContext) -> None:
                 pca_dims = gr.Number(
                     value=PCA_DIMS, precision=0, minimum=0, label="PCA dims before UMAP (0 = exact cosine)"
                 )
+            dtype = dtype_dropdown(ctx)
             run = gr.Button("Map token states", variant="primary")
     from explorer.ui.lens_tab import vlm_examples
 
@@ -178,6 +179,7 @@ def build(ctx: UIContext) -> None:
         md_v: float,
         pca_v: float | None,
         dataset_v: str | None = None,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
         model_name = model_v or None
@@ -199,6 +201,7 @@ def build(ctx: UIContext) -> None:
             min_dist=float(md_v),
             pca_dims=int(pca_v or 0),
             settings=ctx.settings,
+            dtype=dtype_v or None,
             progress=progress_fn(progress),
         )
         scores = atlas_api.map_scores(result, db=ctx.store())
@@ -217,7 +220,19 @@ def build(ctx: UIContext) -> None:
 
     run.click(
         on_run,
-        inputs=[prompt, per_line, image, model, layer, method, n_neighbors, min_dist, pca_dims, dataset],
+        inputs=[
+            prompt,
+            per_line,
+            image,
+            model,
+            layer,
+            method,
+            n_neighbors,
+            min_dist,
+            pca_dims,
+            dataset,
+            dtype,
+        ],
         outputs=[state, view_state, summary, plot, colour, focus_all, focus, trajectory],
         api_name="token_map",
     )

@@ -11,7 +11,7 @@ from explorer.analysis.atlas.microscope import MicroscopeResult
 from explorer.api import atlas as atlas_api
 from explorer.models.loading import EMBEDDED_LMS
 from explorer.plots import atlas as atlas_plots
-from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, user_errors
 
 EXAMPLE = (
     "The committee met on Tuesday, and after a long debate, the members agreed that the old bridge, "
@@ -54,6 +54,7 @@ def build(ctx: UIContext) -> None:
                 allow_custom_value=True,
                 label="Model (embedded name, hub id or local dir)",
             )
+            dtype = dtype_dropdown(ctx)
             run = gr.Button("Measure", variant="primary")
     gr.Markdown(EXPLAIN)
     summary = gr.Markdown(elem_id="atlas-microscope-summary")
@@ -70,10 +71,18 @@ def build(ctx: UIContext) -> None:
 
     @user_errors
     def on_run(
-        text: str, model_v: str, measure_v: str, progress: gr.Progress = gr.Progress()
+        text: str,
+        model_v: str,
+        measure_v: str,
+        dtype_v: str = "auto",
+        progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
         result = atlas_api.run_microscope(
-            model_v or None, text, settings=ctx.settings, progress=progress_fn(progress)
+            model_v or None,
+            text,
+            settings=ctx.settings,
+            dtype=dtype_v or None,
+            progress=progress_fn(progress),
         )
         view: dict[str, Any] = {"measure": measure_v or "context"}
         return (
@@ -87,7 +96,7 @@ def build(ctx: UIContext) -> None:
 
     run.click(
         on_run,
-        inputs=[prompt, model, measure],
+        inputs=[prompt, model, measure, dtype],
         outputs=[state, view_state, summary, heatmap, ranking, layers],
         api_name="microscope",
     )

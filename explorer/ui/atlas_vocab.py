@@ -13,7 +13,7 @@ from explorer.analysis.atlas.vocab import VocabHealthResult
 from explorer.api import atlas as atlas_api
 from explorer.models.loading import EMBEDDED_LMS
 from explorer.plots import atlas as atlas_plots
-from explorer.ui.common import UIContext, export_controls, progress_fn, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, user_errors
 
 EXPLAIN = """**Two detectors, both checked by prompting.** *Magikarp* (Land & Bartolo 2024): tokens whose
 unembedding row points the same way as known-unused tokens' (cosine distance after removing the first principal
@@ -107,6 +107,7 @@ def build(ctx: UIContext) -> None:
         map_points = gr.Slider(
             0, 20000, value=4000, step=500, label="Points in the vocabulary map (0 = none)"
         )
+        dtype = dtype_dropdown(ctx)
         run = gr.Button("Check the vocabulary", variant="primary")
     with gr.Accordion("GlitchHunter-style detector settings", open=False):
         with gr.Row():
@@ -146,6 +147,7 @@ def build(ctx: UIContext) -> None:
         neighbors_v: float,
         resolution_v: float,
         sample_v: float,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
         result = atlas_api.run_vocab_health(
@@ -156,6 +158,7 @@ def build(ctx: UIContext) -> None:
             gh_resolution=float(resolution_v),
             gh_sample=int(sample_v),
             settings=ctx.settings,
+            dtype=dtype_v or None,
             progress=progress_fn(progress),
         )
         return (
@@ -169,7 +172,7 @@ def build(ctx: UIContext) -> None:
 
     run.click(
         on_run,
-        inputs=[model, n_verify, map_points, gh_neighbors, gh_resolution, gh_sample],
+        inputs=[model, n_verify, map_points, gh_neighbors, gh_resolution, gh_sample, dtype],
         outputs=[state, view_state, summary, atlas_plot, suspects, indicator_plot],
         api_name="vocab_health",
     )

@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
-from explorer.ui.common import UIContext, export_controls, progress_fn, ui_figure, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, ui_figure, user_errors
 
 TITLE = "VLM eval"
 MAX_UI_SCENES = 500
@@ -110,6 +110,7 @@ def build(ctx: UIContext) -> None:
         model = gr.Dropdown(choices=list(EMBEDDED_VLMS), value=TINY_VLM, allow_custom_value=True, label="VLM")
         batch = gr.Slider(1, 32, value=8, step=1, label="Batch size")
         seed = gr.Number(value=0, precision=0, label="Seed (POPE random split, bootstrap)")
+        dtype = dtype_dropdown(ctx)  # for every section of this tab
     gr.Markdown(VISTA_EXPLAIN)
     controls = _vista_controls()
     run = gr.Button("Evaluate", variant="primary")
@@ -132,6 +133,7 @@ def build(ctx: UIContext) -> None:
         model_v: str,
         batch_v: int,
         seed_v: float,
+        dtype_v: str,
         *vista_v: Any,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
@@ -147,6 +149,7 @@ def build(ctx: UIContext) -> None:
             batch_size=int(batch_v),
             vista=vista_from_controls(*vista_v),
             settings=ctx.settings,
+            dtype=dtype_v or None,
             progress=progress_fn(progress),
         )
         return (
@@ -159,7 +162,7 @@ def build(ctx: UIContext) -> None:
 
     run.click(
         evaluate,
-        inputs=[dataset, upload, n_scenes, model, batch, seed, *controls],
+        inputs=[dataset, upload, n_scenes, model, batch, seed, dtype, *controls],
         outputs=[state, summary, table, metrics_plot, hallucination_plot],
         api_name="vlm_eval",
     )
@@ -178,7 +181,9 @@ def build(ctx: UIContext) -> None:
     timing = gr.Markdown(elem_id="vista-timing")
 
     @user_errors
-    def compare(image_v: Any, question_v: str, n_v: int, model_v: str, *vista_v: Any) -> tuple[str, str, str]:
+    def compare(
+        image_v: Any, question_v: str, n_v: int, model_v: str, dtype_v: str, *vista_v: Any
+    ) -> tuple[str, str, str]:
         from explorer.api.vlm import vista_compare
         from explorer.errors import InputError
 
@@ -192,6 +197,7 @@ def build(ctx: UIContext) -> None:
             vista=params,
             max_new_tokens=int(n_v),
             settings=ctx.settings,
+            dtype=dtype_v or None,
         )
         return (
             out["plain"]["text"],
@@ -202,12 +208,12 @@ def build(ctx: UIContext) -> None:
 
     compare_btn.click(
         compare,
-        inputs=[image, question, max_new, model, *controls],
+        inputs=[image, question, max_new, model, dtype, *controls],
         outputs=[plain_out, steered_out, timing],
         api_name="vista_compare",
     )
 
-    _patterns_section(ctx, model)
+    _patterns_section(ctx, model, dtype)
     from explorer.ui import vlm_prune_section
 
     vlm_prune_section.build(ctx)
@@ -238,7 +244,7 @@ def pattern_verdicts(r: Any) -> str:
     )
 
 
-def _patterns_section(ctx: UIContext, model: Any) -> None:
+def _patterns_section(ctx: UIContext, model: Any, dtype: Any) -> None:
     state = gr.State(None)
     gr.Markdown(PATTERNS_EXPLAIN)
     with gr.Row():
@@ -261,6 +267,7 @@ def _patterns_section(ctx: UIContext, model: Any) -> None:
         n_v: int,
         k_v: int,
         model_v: str,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
         from explorer.api.vlm import vista_patterns
@@ -271,6 +278,7 @@ def _patterns_section(ctx: UIContext, model: Any) -> None:
             n_scenes=int(n_v),
             top_k=int(k_v),
             settings=ctx.settings,
+            dtype=dtype_v or None,
             progress=progress_fn(progress),
         )
         figures = [
@@ -281,7 +289,7 @@ def _patterns_section(ctx: UIContext, model: Any) -> None:
 
     run.click(
         measure,
-        inputs=[n_scenes, top_k, model],
+        inputs=[n_scenes, top_k, model, dtype],
         outputs=[state, verdicts, *plots],
         api_name="vista_patterns",
     )

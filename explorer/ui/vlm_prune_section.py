@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from explorer.backends.vlm import EMBEDDED_VLMS, TINY_VLM
-from explorer.ui.common import UIContext, export_controls, progress_fn, ui_figure, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, export_controls, progress_fn, ui_figure, user_errors
 
 MAX_UI_SCENES = 200
 
@@ -65,6 +65,7 @@ def build(ctx: UIContext) -> None:
         dataset = gr.Dropdown(list(BUILTIN_SETS), value="pope", label="Evaluation set")
         n_scenes = gr.Slider(1, MAX_UI_SCENES, value=10, step=1, label="Scenes")
         model = gr.Dropdown(choices=list(EMBEDDED_VLMS), value=TINY_VLM, allow_custom_value=True, label="VLM")
+        dtype = dtype_dropdown(ctx)
     with gr.Row():
         strategies = gr.CheckboxGroup(
             list(VISUAL_STRATEGIES), value=list(VISUAL_STRATEGIES), label="Strategies"
@@ -100,6 +101,7 @@ def build(ctx: UIContext) -> None:
         strategies_v: list[str],
         keep_v: str,
         seed_v: float,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> tuple[Any, ...]:
         from explorer.analysis.pruning.common import parse_keep_ratios
@@ -117,6 +119,7 @@ def build(ctx: UIContext) -> None:
             keep_ratios=parse_keep_ratios(keep_v),
             seed=int(seed_v or 0),
             settings=ctx.settings,
+            dtype=dtype_v or None,
             progress=progress_fn(progress),
         )
         head = (
@@ -134,7 +137,7 @@ def build(ctx: UIContext) -> None:
 
     run.click(
         evaluate,
-        inputs=[dataset, n_scenes, model, strategies, keep, seed],
+        inputs=[dataset, n_scenes, model, strategies, keep, seed, dtype],
         outputs=[state, summary, table, retention_plot, agreement_plot, cost_plot],
         api_name="vlm_prune",
     )

@@ -91,3 +91,24 @@ def test_progress_fn_is_defined_once() -> None:
     definition = re.compile(r"^ProgressFn\s*[:=]", re.MULTILINE)
     where = [str(p.relative_to(EXPLORER)) for p in EXPLORER.rglob("*.py") if definition.search(p.read_text())]
     assert where == ["progress.py"]
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["atlas_map", "atlas_vocab", "atlas_microscope", "vlm_eval_tab", "vlm_prune_section"],
+)
+def test_model_running_tabs_offer_the_dtype_and_pass_it_on(module: str) -> None:
+    """Each model-running tab shows the weights' dtype and feeds it to the analysis it runs."""
+    import importlib
+
+    import gradio as gr
+
+    from explorer.config import Settings
+    from explorer.ui.common import UIContext
+
+    with gr.Blocks() as demo:
+        importlib.import_module(f"explorer.ui.{module}").build(UIContext(settings=Settings.from_env()))
+    dtypes = [c for c in demo.blocks.values() if isinstance(c, gr.Dropdown) and "dtype" in str(c.label)]
+    assert dtypes
+    fed = {id(c) for fn in demo.fns.values() for c in fn.inputs}
+    assert all(id(c) in fed for c in dtypes)
