@@ -166,7 +166,9 @@ def _main(argv: list[str] | None) -> int:
         # the engine names the parameter (top_k); the CLI adds the flag it came from (--top-k)
         named = re.match(r"([a-z][a-z0-9_]*)\b", message)
         if named and named.group(1) in vars(args) and named.group(1) not in ("command", "db", "dtype"):
-            message = f"--{named.group(1).replace('_', '-')}: {message}"
+            flag = "--" + named.group(1).replace("_", "-")
+            rest = message[len(named.group(1)) :]
+            message = f"{flag}{rest}" if rest.startswith(":") else f"{flag}: {message}"
         print(f"explorer {args.command}: error: {message}", file=sys.stderr)
         return 2
     if out is not None:

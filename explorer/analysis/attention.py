@@ -85,12 +85,12 @@ class AttentionParams:
         if self.flow:
             if not self.flow_positions:
                 raise InputError(
-                    "attention flow needs at least one output position (e.g. -1 = the last token)"
+                    "flow_positions: attention flow needs at least one output position (e.g. -1 = the last token)"
                 )
             if len(self.flow_positions) > MAX_FLOW_POSITIONS:
                 raise InputError(
-                    f"attention flow is expensive: choose at most {MAX_FLOW_POSITIONS} output positions, "
-                    f"got {len(self.flow_positions)}"
+                    f"flow_positions: at most {MAX_FLOW_POSITIONS} output positions (attention flow is "
+                    f"expensive), got {len(self.flow_positions)}"
                 )
 
     def to_json(self) -> dict[str, Any]:

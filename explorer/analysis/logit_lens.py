@@ -80,7 +80,7 @@ class LensParams:
             raise InputError(f"temperature must be > 0 for sampling, got {self.temperature}")
         for t in self.targets:
             if not t:
-                raise InputError("a target is empty: give the token text, e.g. ' Paris'")
+                raise InputError("targets: a target is empty: give the token text, e.g. ' Paris'")
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"top_k": self.top_k, "targets": list(self.targets), "generate": self.generate}

@@ -91,26 +91,31 @@ class VLMAttributionParams:
     def validate(self) -> None:
         if self.method not in VLM_METHODS:
             raise InputError(
-                f"unknown image attribution method {self.method!r}; choose from {list(VLM_METHODS)}"
+                f"method: unknown image attribution method {self.method!r}; choose from {list(VLM_METHODS)}"
             )
         if self.baseline not in BASELINES:
-            raise InputError(f"unknown baseline {self.baseline!r}; choose from {list(BASELINES)}")
+            raise InputError(f"baseline: unknown baseline {self.baseline!r}; choose from {list(BASELINES)}")
         if self.target is None and not 1 <= self.answer_tokens <= 64:
             raise InputError(f"answer_tokens must be between 1 and 64, got {self.answer_tokens}")
         if self.target is not None and not self.target.strip():
-            raise InputError("the target text is empty")
+            raise InputError("target is empty: give the answer text to explain, or none")
         if not 0.0 < self.blur_radius <= 256:
             raise InputError(f"blur_radius must be in (0, 256], got {self.blur_radius}")
         if not 0.0 < self.replacing_ratio < 1.0:
             raise InputError(f"replacing_ratio must be in (0, 1), got {self.replacing_ratio}")
-        if self.stop_top_k < 1 or self.keep_top_n < 1:
-            raise InputError("stop_top_k and keep_top_n must be >= 1")
+        for name in ("stop_top_k", "keep_top_n"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.max_keep_ratio <= 1.0:
             raise InputError(f"max_keep_ratio must be in (0, 1], got {self.max_keep_ratio}")
-        if not 1 <= self.num_probes <= 256 or not 1 <= self.max_steps <= 10_000:
-            raise InputError("num_probes must be in 1..256 and max_steps in 1..10000")
-        if not 1 <= self.random_trials <= 64 or not 1 <= self.batch_size <= 512:
-            raise InputError("random_trials must be in 1..64 and batch_size in 1..512")
+        for name, high in (
+            ("num_probes", 256),
+            ("max_steps", 10_000),
+            ("random_trials", 64),
+            ("batch_size", 512),
+        ):
+            if not 1 <= getattr(self, name) <= high:
+                raise InputError(f"{name} must be in 1..{high}, got {getattr(self, name)}")
 
     def to_json(self) -> dict[str, Any]:
         return params_json(self)

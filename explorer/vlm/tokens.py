@@ -81,12 +81,13 @@ class TokenParams:
             raise InputError(f"sink_norm_k must be > 1 (got {self.sink_norm_k})")
         if self.sink_share_k <= 0:
             raise InputError(f"sink_share_k must be > 0 (got {self.sink_share_k})")
-        if self.dead_logprob_eps < 0 or self.dead_hidden_eps < 0:
-            raise InputError("the dead-token epsilons must be >= 0")
+        for name in ("dead_logprob_eps", "dead_hidden_eps"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be >= 0 (got {getattr(self, name)})")
         if not 1 <= self.answer_tokens <= 32:
             raise InputError(f"answer_tokens must be in 1..32 (got {self.answer_tokens})")
         if self.batch_size < 1:
-            raise InputError("batch_size must be >= 1")
+            raise InputError(f"batch_size must be >= 1 (got {self.batch_size})")
 
     def to_json(self) -> dict[str, Any]:
         return params_json(self)

@@ -80,20 +80,22 @@ class VistaParams:
         if self.vsv_form not in VSV_FORMS:
             raise InputError(f"vsv_form must be one of {VSV_FORMS} (got {self.vsv_form!r})")
         if not -100.0 <= self.lam <= 100.0:
-            raise InputError(f"the steering strength lambda must be in [-100, 100] (got {self.lam})")
+            raise InputError(f"lam (the steering strength lambda) must be in [-100, 100] (got {self.lam})")
         if not 0.0 <= self.sla_alpha <= 1.0:
-            raise InputError(f"the SLA mixing weight alpha must be in [0, 1] (got {self.sla_alpha})")
+            raise InputError(
+                f"sla_alpha (the SLA mixing weight alpha) must be in [0, 1] (got {self.sla_alpha})"
+            )
         if self.sla_window is not None:
             first, last = self.sla_window
             if first > last:
-                raise InputError(f"the SLA window {first}..{last} is empty: give first <= last")
+                raise InputError(f"sla_window {first}..{last} is empty: give first <= last")
         if n_layers is not None:
             for layer in self.layers_for(n_layers)[0]:
                 if not 1 <= layer <= n_layers:
-                    raise InputError(f"VSV layer {layer} is outside 1..{n_layers}")
+                    raise InputError(f"vsv_layers: layer {layer} is outside 1..{n_layers}")
             first, last = self.window_for(n_layers)
             if not 1 <= first <= last <= n_layers:
-                raise InputError(f"the SLA window {first}..{last} must lie within 1..{n_layers}")
+                raise InputError(f"sla_window {first}..{last} must lie within 1..{n_layers}")
 
     def layers_for(self, n_layers: int) -> tuple[tuple[int, ...], int]:
         layers = self.vsv_layers if self.vsv_layers is not None else tuple(range(1, n_layers + 1))

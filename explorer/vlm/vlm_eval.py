@@ -48,7 +48,9 @@ class EvalParams:
 
     def validate(self) -> None:
         if not (self.dataset or "").strip():
-            raise InputError("choose an evaluation set: " + ", ".join(eval_sets.BUILTIN_SETS) + " or a file")
+            raise InputError(
+                "dataset: choose an evaluation set: " + ", ".join(eval_sets.BUILTIN_SETS) + " or a file"
+            )
         if not 1 <= self.n_scenes <= eval_sets.MAX_EVAL_SCENES:
             raise InputError(f"n_scenes must be in 1..{eval_sets.MAX_EVAL_SCENES} (got {self.n_scenes})")
         if not 1 <= self.batch_size <= MAX_BATCH:

@@ -112,3 +112,52 @@ def test_model_running_tabs_offer_the_dtype_and_pass_it_on(module: str) -> None:
     assert dtypes
     fed = {id(c) for fn in demo.fns.values() for c in fn.inputs}
     assert all(id(c) in fed for c in dtypes)
+
+
+def _bad_params() -> list[tuple[Any, str]]:
+    from explorer.analysis.atlas.projection import ProjectionParams
+    from explorer.analysis.attention import MAX_FLOW_POSITIONS, AttentionParams
+    from explorer.analysis.attribution.faithfulness import FaithfulnessParams
+    from explorer.analysis.attribution.gradients import OcclusionParams
+    from explorer.analysis.logit_lens import LensParams
+    from explorer.analysis.pruning.params import PruneTextParams
+    from explorer.analysis.vlm_attribution import VLMAttributionParams
+    from explorer.vlm.prune_eval import PruneEvalParams
+    from explorer.vlm.tokens import TokenParams
+    from explorer.vlm.vista import VistaParams
+    from explorer.vlm.vlm_eval import EvalParams
+
+    return [
+        (AttentionParams(flow=True, flow_positions=()), "flow_positions"),
+        (AttentionParams(flow=True, flow_positions=tuple(range(MAX_FLOW_POSITIONS + 1))), "flow_positions"),
+        (FaithfulnessParams(n_samples=0), "n_samples"),
+        (FaithfulnessParams(fraction=1.0), "fraction"),
+        (OcclusionParams(window=0), "window"),
+        (OcclusionParams(window=2.5), "window"),  # type: ignore[arg-type]
+        (OcclusionParams(window=2, stride=3), "stride"),
+        (LensParams(targets=("",)), "targets"),
+        (VLMAttributionParams(target=" "), "target"),
+        (VLMAttributionParams(keep_top_n=0), "keep_top_n"),
+        (VLMAttributionParams(max_steps=0), "max_steps"),
+        (VLMAttributionParams(batch_size=0), "batch_size"),
+        (VLMAttributionParams(method="nope"), "method"),
+        (TokenParams(dead_hidden_eps=-1.0), "dead_hidden_eps"),
+        (VistaParams(lam=1000.0), "lam"),
+        (VistaParams(sla_alpha=2.0), "sla_alpha"),
+        (VistaParams(sla_window=(3, 2)), "sla_window"),
+        (EvalParams(dataset=""), "dataset"),
+        (PruneEvalParams(dataset=""), "dataset"),
+        (ProjectionParams(method="tsne"), "method"),
+        (PruneTextParams(keep_ratios=(0.0,)), "keep_ratios"),
+    ]
+
+
+def test_params_messages_start_with_the_parameter_name() -> None:
+    """A Params' validation message names the parameter at fault first (the CLI turns it into the
+    flag), never a CLI flag or a UI control."""
+    for params, name in _bad_params():
+        with pytest.raises(InputError) as err:
+            params.validate()
+        message = str(err.value)
+        assert re.match(rf"{name}\b", message), (type(params).__name__, message)
+        assert "--" not in message, message

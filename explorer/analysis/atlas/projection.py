@@ -51,7 +51,7 @@ class ProjectionParams:
 
     def validate(self) -> None:
         if self.method not in METHODS:
-            raise InputError(f"unknown projection {self.method!r}; choose from {list(METHODS)}")
+            raise InputError(f"method: unknown projection {self.method!r}; choose from {list(METHODS)}")
         if not 2 <= self.n_neighbors <= 200:
             raise InputError(f"n_neighbors must be between 2 and 200, got {self.n_neighbors}")
         if not 0.0 <= self.min_dist <= 1.0:

@@ -176,7 +176,7 @@ def run_method(
     """Run one method; checks one finite score per context token."""
     if task.foil_ids is not None and not method.contrastive:
         raise InputError(
-            f"{method.name} does not support contrastive attribution; drop --contrast or choose a gradient method or occlusion"
+            f"contrast: {method.name} does not support contrastive attribution; give no contrast, or choose a gradient method or occlusion"
         )
     scores, extras, notes = method.fn(lm, task, method.params(**params), seed)
     arr = scores.detach().double().cpu().numpy().reshape(-1)

@@ -67,9 +67,9 @@ class FaithfulnessParams:
 
     def validate(self) -> None:
         if not 1 <= self.n_samples <= 200:
-            raise InputError(f"faithfulness samples must be between 1 and 200, got {self.n_samples}")
+            raise InputError(f"n_samples must be between 1 and 200, got {self.n_samples}")
         if not 0.0 < self.fraction < 1.0:
-            raise InputError(f"the hard-deletion fraction must be in (0, 1), got {self.fraction}")
+            raise InputError(f"fraction (of tokens hard-deleted) must be in (0, 1), got {self.fraction}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

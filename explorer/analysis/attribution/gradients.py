@@ -81,14 +81,12 @@ class OcclusionParams:
         for name in ("window", "stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise InputError(f"occlusion {name} must be a whole number of tokens, got {value!r}")
+                raise InputError(f"{name} must be a whole number of tokens, got {value!r}")
         if not 1 <= self.window <= MAX_OCCLUSION_WINDOW:
-            raise InputError(
-                f"occlusion window must be between 1 and {MAX_OCCLUSION_WINDOW} tokens, got {self.window}"
-            )
+            raise InputError(f"window must be between 1 and {MAX_OCCLUSION_WINDOW} tokens, got {self.window}")
         if not 1 <= self.stride <= self.window:
             raise InputError(
-                f"occlusion stride must be between 1 and the window ({self.window}), got {self.stride}: "
+                f"stride must be between 1 and the window ({self.window}), got {self.stride}: "
                 "a stride past the window would leave tokens never occluded"
             )
 

@@ -120,7 +120,9 @@ class ReagentParams:
         if not 1 <= self.max_steps <= MAX_STEPS:
             raise InputError(f"max_steps must be between 1 and {MAX_STEPS}, got {self.max_steps}")
         if self.replacement not in REPLACEMENTS:
-            raise InputError(f"unknown replacement {self.replacement!r}; choose from {list(REPLACEMENTS)}")
+            raise InputError(
+                f"replacement: unknown replacement {self.replacement!r}; choose from {list(REPLACEMENTS)}"
+            )
         if not 1 <= self.candidates <= 64:
             raise InputError(f"candidates must be between 1 and 64, got {self.candidates}")
 
@@ -157,7 +159,7 @@ def reagent(
     params.validate()
     if task.foil_ids is not None:
         raise InputError(
-            "ReAGent does not support contrastive attribution (--contrast); use a gradient method or occlusion"
+            "contrast: ReAGent does not support contrastive attribution; use a gradient method or occlusion"
         )
     ctx = task.context_ids.cpu()
     p = int(ctx.shape[0])

@@ -37,14 +37,16 @@ def resolve_keep_ratios(keep_ratios: Sequence[float] | float, unit: str = "token
     ratios: list[float] = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise InputError(f"keep ratio {value!r} is not a number")
+            raise InputError(f"keep_ratios: keep ratio {value!r} is not a number")
         ratio = float(value)
         if math.isnan(ratio) or not 0.0 < ratio <= 1.0:
-            raise InputError(f"keep ratio {ratio} is outside (0, 1]: give the fraction of {unit} to keep")
+            raise InputError(
+                f"keep_ratios: keep ratio {ratio} is outside (0, 1]: give the fraction of {unit} to keep"
+            )
         if ratio not in ratios:
             ratios.append(ratio)
     if not ratios:
-        raise InputError("give at least one keep ratio in (0, 1]")
+        raise InputError("keep_ratios: give at least one keep ratio in (0, 1]")
     return sorted(ratios, reverse=True)
 
 
@@ -63,9 +65,9 @@ def parse_keep_ratios(text: str, flag: str = "keep ratios") -> list[float]:
 def validate_layer(layer: Any, low: int, high: int, meaning: str) -> int:
     """The pruning layer as an int in low..high; InputError naming the range and its `meaning`."""
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-        raise InputError(f"the pruning layer must be an integer; got {layer!r}")
+        raise InputError(f"layer: the pruning layer must be an integer; got {layer!r}")
     if not low <= int(layer) <= high:
-        raise InputError(f"pruning layer {layer} is out of range: {meaning}")
+        raise InputError(f"layer: pruning layer {layer} is out of range: {meaning}")
     return int(layer)
 
 
@@ -207,7 +209,9 @@ class StrategyRegistry(Mapping[str, PruningStrategy[SignalsT]]):
             if canonical not in names:
                 names.append(canonical)
         if not names:
-            raise InputError(f"choose at least one pruning strategy; known: {', '.join(self._strategies)}")
+            raise InputError(
+                f"strategies: choose at least one pruning strategy; known: {', '.join(self._strategies)}"
+            )
         return names
 
     def select(self, name: str, signals: SignalsT, keep: int, seed: int, n: int) -> np.ndarray:
