@@ -493,7 +493,7 @@ class AttentionResult(StoredFields):
 def attention_from_trace(
     trace: Trace,
     *,
-    model_id: str,
+    model: str,
     special_ids: Sequence[int] = (),
     params: AttentionParams | None = None,
     progress: ProgressFn | None = None,
@@ -525,7 +525,7 @@ def attention_from_trace(
         flow64, raw64 = attention_flow(attentions, flow_positions, progress)
         flow, flow_raw = flow64.astype(np.float32), raw64.astype(np.float32)
     return AttentionResult(
-        model=model_id,
+        model=model,
         tokens=list(trace.tokens),
         input_ids=[int(i) for i in ids],
         attentions=attentions,
@@ -714,7 +714,7 @@ def analyze_attention(
         prog(0.5 + 0.45 * fraction, message)
 
     result = attention_from_trace(
-        trace, model_id=lm.model_id, special_ids=special, params=params, progress=flow_progress
+        trace, model=lm.model_id, special_ids=special, params=params, progress=flow_progress
     )
     result.seconds = time.perf_counter() - t0
     prog(1.0, "Done")

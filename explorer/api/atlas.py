@@ -115,7 +115,7 @@ def run_token_map(
     _map.resolve_layer(params.layer, backend.n_layers)
     return run_cached(
         _map.TokenMapResult.kind,
-        model_id=backend.model_id,
+        model=backend.model_id,
         weight_hash=backend.weight_hash,
         prompt=prompt_key(items),
         params=cache_params(
@@ -292,7 +292,7 @@ def run_vocab_health(
     lm = get_model(model, settings, progress, dtype)
     return run_cached(
         _vocab.VocabHealthResult.kind,
-        model_id=lm.model_id,
+        model=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt="",
         params=cache_params(params),
@@ -331,7 +331,7 @@ def run_microscope(
     lm = get_model(model, settings, progress, dtype)
     return run_cached(
         _micro.MicroscopeResult.kind,
-        model_id=lm.model_id,
+        model=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt=prompt,
         params=key,
@@ -367,7 +367,7 @@ def inspect_tokenizers(
     named = [(n, _tok.load_tokenizer(n, settings)) for n in names]
     return run_cached(
         _tok.TokenizerResult.kind,
-        model_id=",".join(names),
+        model=",".join(names),
         weight_hash=",".join(_tok.tokenizer_fingerprint(t) for _, t in named),
         prompt=text,
         params=key,

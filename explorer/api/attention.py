@@ -75,7 +75,7 @@ def attention(
     lm = get_model(model, settings, progress, dtype)
     return run_cached(
         _att.AttentionResult.kind,
-        model_id=lm.model_id,
+        model=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt=prompt,
         params=cache_params(
@@ -170,7 +170,7 @@ def attention_image(
         )
     return run_cached(
         _vatt.VisionAttentionResult.kind,
-        model_id=vm.model_id,
+        model=vm.model_id,
         weight_hash=vm.weight_hash,
         prompt=sha,
         params=cache_params(params, **vm.preprocessing.cache_key()),

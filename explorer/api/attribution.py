@@ -211,7 +211,7 @@ def attribute(
         requests.append(
             CachedRequest(
                 AttributionResult.kind,
-                model_id=lm.model_id,
+                model=lm.model_id,
                 weight_hash=lm.weight_hash,
                 prompt=prompt,
                 params=key,
@@ -268,7 +268,7 @@ def attribute_generation(
     )
     return run_cached(
         GenerationAttributionResult.kind,
-        model_id=lm.model_id,
+        model=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt=prompt,
         params=key,

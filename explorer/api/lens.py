@@ -68,7 +68,7 @@ def run_logit_lens(
     lm = get_model(model, settings, progress, dtype)
     return run_cached(
         _lens.LensResult.kind,
-        model_id=lm.model_id,
+        model=lm.model_id,
         weight_hash=lm.weight_hash,
         prompt=prompt,
         params=cache_params(params, max_tokens=settings.max_prompt_tokens),

@@ -123,7 +123,7 @@ def _run_sweep(
     (`cache_params` of the kind's Params plus its context)."""
     return run_cached(
         kind,
-        model_id=backend.model_id,
+        model=backend.model_id,
         weight_hash=backend.weight_hash,
         prompt=prompt,
         params=params,

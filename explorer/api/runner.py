@@ -75,7 +75,7 @@ class CachedRequest(Generic[R]):
     """One analysis request: what identifies it in the store, and how to compute it on a miss."""
 
     kind: str
-    model_id: str
+    model: str  # the model's id (stored in the runs table's model_id column)
     weight_hash: str
     prompt: str
     params: dict[str, Any]
@@ -126,12 +126,12 @@ def run_cached_many(
     for req in requests:
         check_text(req.prompt, "the prompt")
         check_text(json.dumps(req.params, ensure_ascii=False, default=str), "a parameter")
-    keys = [cache_key(r.kind, r.model_id, r.weight_hash, r.prompt, r.params) for r in requests]
+    keys = [cache_key(r.kind, r.model, r.weight_hash, r.prompt, r.params) for r in requests]
     with _IN_FLIGHT.hold(keys if store is not None and use_cache else []):
         results: list[R | None] = [None] * len(requests)
         if store is not None and use_cache:
             for i, req in enumerate(requests):
-                run_id = store.find(req.kind, req.model_id, req.weight_hash, req.prompt, req.params)
+                run_id = store.find(req.kind, req.model, req.weight_hash, req.prompt, req.params)
                 if run_id is not None:
                     results[i] = store.load(run_id)  # type: ignore[assignment]
         pending: list[tuple[int, PendingRun]] = []
@@ -143,7 +143,7 @@ def run_cached_many(
             duration = time.perf_counter() - t0
             results[i] = result
             pending.append(
-                (i, PendingRun(result, req.model_id, req.weight_hash, req.prompt, req.params, duration))
+                (i, PendingRun(result, req.model, req.weight_hash, req.prompt, req.params, duration))
             )
         if store is not None and pending:
             run_ids = store.save_many([p for _, p in pending])
@@ -155,7 +155,7 @@ def run_cached_many(
 def run_cached(
     kind: str,
     *,
-    model_id: str,
+    model: str,
     weight_hash: str,
     prompt: str,
     params: dict[str, Any],
@@ -168,7 +168,7 @@ def run_cached(
     `compute` runs before anything is written, so a failure (bad input, out of memory)
     leaves the store untouched. Identical requests in flight share one computation.
     """
-    request = CachedRequest(kind, model_id, weight_hash, prompt, params, compute)
+    request = CachedRequest(kind, model, weight_hash, prompt, params, compute)
     return run_cached_many([request], store, use_cache)[0]
 
 

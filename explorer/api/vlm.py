@@ -104,7 +104,7 @@ def run_vlm(
     vlm = resolve_vlm(model, settings, progress, dtype)
     return run_cached(
         kind,
-        model_id=vlm.model_id,
+        model=vlm.model_id,
         weight_hash=vlm.weight_hash,
         prompt=prompt,
         params=cache_params(
@@ -266,7 +266,7 @@ def run_on_eval_set(
     key["max_tokens"] = settings.max_prompt_tokens
     return run_cached(
         kind,
-        model_id=vlm.model_id,
+        model=vlm.model_id,
         weight_hash=vlm.weight_hash,
         prompt=prompt,
         params=key,
@@ -463,7 +463,7 @@ def text_bank(
         def cached(reuse: bool) -> TextBank:
             return run_cached(
                 TextBank.kind,
-                model_id=lm.model_id,
+                model=lm.model_id,
                 weight_hash=lm.weight_hash,
                 prompt="",
                 params=params,
@@ -516,7 +516,7 @@ def run_latent_neighbours(
     bank = text_bank(vlm, db=db, settings=settings, corpus=corpus, progress=progress)
     return run_cached(
         LatentNeighboursResult.kind,
-        model_id=vlm.model_id,
+        model=vlm.model_id,
         weight_hash=vlm.weight_hash,
         prompt=prompt,
         params=cache_params(
@@ -576,7 +576,7 @@ def vista_patterns(
     vlm = resolve_vlm(model, settings, progress, dtype)
     return run_cached(
         VistaPatternsResult.kind,
-        model_id=vlm.model_id,
+        model=vlm.model_id,
         weight_hash=vlm.weight_hash,
         prompt="caption scenes",
         params=key,

@@ -101,3 +101,20 @@ def test_only_attribution_lacks_one_params_type() -> None:
         "attribution",
         "attribution_generation",
     ]
+
+
+def test_the_model_is_named_model() -> None:
+    """The same thing has the same name: the runner's request and `attention_from_trace` take
+    `model`; only the store keeps its `model_id` column (stored data and `explorer runs` JSON)."""
+    import inspect
+
+    from explorer.analysis.attention import attention_from_trace
+    from explorer.api.runner import CachedRequest, run_cached
+    from explorer.store import RunInfo
+
+    assert "model" in {f.name for f in fields(CachedRequest)}
+    assert "model_id" not in {f.name for f in fields(CachedRequest)}
+    for fn in (run_cached, attention_from_trace):
+        names = set(inspect.signature(fn).parameters)
+        assert "model" in names and "model_id" not in names, fn.__name__
+    assert "model_id" in {f.name for f in fields(RunInfo)}

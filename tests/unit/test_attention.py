@@ -213,7 +213,7 @@ def test_single_token_trace_is_rejected(tiny_llama: Any) -> None:
 
     trace = capture(tiny_llama, torch.tensor([5]), attentions=True)
     with pytest.raises(InputError, match="at least 2 tokens"):
-        attention_from_trace(trace, model_id="tiny")
+        attention_from_trace(trace, model="tiny")
 
 
 # ---- figures -------------------------------------------------------------------------------

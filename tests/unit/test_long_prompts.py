@@ -88,9 +88,7 @@ def test_streamed_attention_equals_full_matrices_on_a_short_prompt(tiny_llama: A
     ids = encode(tiny_llama, "The cat sat on the mat, and the dog ran to the park.", 512)
     n = int(ids.numel())
     special = list(tiny_llama.tokenizer.all_special_ids)
-    full = attention_from_trace(
-        capture(tiny_llama, ids, attentions=True), model_id="tiny", special_ids=special
-    )
+    full = attention_from_trace(capture(tiny_llama, ids, attentions=True), model="tiny", special_ids=special)
     blocked = streamed_attention(tiny_llama, ids, max_blocks=n, top_k=n)  # one block per token, every key
     np.testing.assert_allclose(blocked.attentions, full.attentions, atol=1e-6)
     np.testing.assert_allclose(blocked.rollout, full.rollout, atol=1e-5)
@@ -120,7 +118,7 @@ def test_streamed_attention_equals_full_matrices_on_a_short_prompt(tiny_llama: A
 
 def test_head_window_matches_the_full_matrix(tiny_llama: Any) -> None:
     ids = encode(tiny_llama, "The cat sat on the mat, and the dog ran to the park.", 512)
-    full = attention_from_trace(capture(tiny_llama, ids, attentions=True), model_id="tiny")
+    full = attention_from_trace(capture(tiny_llama, ids, attentions=True), model="tiny")
     window = attention_head_window(tiny_llama, ids.tolist(), layer=2, head=1, start=3, size=5)
     np.testing.assert_allclose(window, full.attentions[2, 1, 3:8, 3:8], atol=1e-6)
     mean = attention_head_window(tiny_llama, ids.tolist(), layer=0, head=None, start=0, size=4)
@@ -252,7 +250,7 @@ def test_attention_window_recomputed_or_from_the_aggregate(tiny_llama: Any) -> N
 
     ids = encode(tiny_llama, "The cat sat on the mat, and the dog ran to the park.", 512)
     blocked = streamed_attention(tiny_llama, ids, max_blocks=4)
-    full = attention_from_trace(capture(tiny_llama, ids, attentions=True), model_id="tiny")
+    full = attention_from_trace(capture(tiny_llama, ids, attentions=True), model="tiny")
     exact, source = attention_window(blocked, 1, 2, 2, size=6, model=tiny_llama)
     assert source == "recomputed"
     np.testing.assert_allclose(exact, full.attentions[1, 2, 2:8, 2:8], atol=1e-6)
