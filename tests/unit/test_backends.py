@@ -158,6 +158,20 @@ def test_no_module_outside_the_backends_calls_the_hf_model() -> None:
     assert not offenders, offenders
 
 
+def test_only_the_backends_import_transformers() -> None:
+    """The backend package is the one door to transformers."""
+    root = Path(__file__).resolve().parents[2] / "explorer"
+    pattern = re.compile(r"^\s*(from transformers\b|import transformers\b)")
+    offenders = [
+        f"{path.relative_to(root)}:{i}"
+        for path in root.rglob("*.py")
+        if "backends" not in path.parts
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not offenders, offenders
+
+
 def test_forward_and_generate_print_no_deprecation_warning() -> None:
     """The backend reads the KV cache under the name this transformers version uses: reading the
     other one (`past_key_values` on transformers 5) prints a deprecation warning on stderr, which
