@@ -77,11 +77,9 @@ def attribute_image(
     if isinstance(model, LanguageModel):  # names of text-only models are refused by resolve_vlm
         raise InputError(f"{model.model_id!r} is a text-only language model and cannot take an image")
     if contrast:
-        raise InputError("contrastive attribution is not supported with an image")
+        raise InputError("contrast: contrastive attribution is not supported with an image")
     if generate:
-        raise InputError(
-            "with an image, set the answer length with answer_tokens (--answer-tokens), not generate"
-        )
+        raise InputError("generate: with an image, set the answer length with answer_tokens, not generate")
     known = {f.name for f in dataclasses.fields(VLMAttributionParams)}
     unknown = sorted(set(params) - known)
     if unknown:
@@ -183,7 +181,7 @@ def attribute(
         skipped = [m.name for m in methods if not m.contrastive]
         if method != "all" and skipped:
             raise InputError(
-                f"{method} does not support contrastive attribution; use one of "
+                f"contrast: {method} does not support contrastive attribution; give no contrast or use one of "
                 f"{[m.name for m in ATTRIBUTION_METHODS.values() if m.contrastive]}"
             )
         methods = [m for m in methods if m.contrastive]

@@ -260,6 +260,12 @@ def test_cli_attribute(tiny_llama: Any, tmp_path: Path, capsys: Any, monkeypatch
     assert set(out["faithfulness"]) == {"soft_nc", "soft_ns", "comprehensiveness", "sufficiency"}
     assert out["target"]["token"] == TARGET and isinstance(out["target"]["id"], int)
     assert main(["attribute", "--db", db, "--prompt", PROMPT, "--target", TARGET, "--method", "bogus"]) == 2
+    capsys.readouterr()
+    # the engine names the parameter (contrast: ...); the CLI shows its flag in its place, once
+    args = ["attribute", "--db", db, "--prompt", PROMPT, "--target", TARGET, "--method", "reagent"]
+    assert main([*args, "--contrast", "cat"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("explorer attribute: error: --contrast: ") and err.count("contrast:") == 1, err
 
 
 def test_reagent_rational_size_never_keeps_a_short_prompt_whole() -> None:

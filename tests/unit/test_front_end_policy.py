@@ -161,3 +161,12 @@ def test_params_messages_start_with_the_parameter_name() -> None:
         message = str(err.value)
         assert re.match(rf"{name}\b", message), (type(params).__name__, message)
         assert "--" not in message, message
+
+
+def test_image_attribution_refusals_name_the_parameter() -> None:
+    from explorer.api.attribution import attribute_image
+
+    for kwargs, name in (({"contrast": "cat"}, "contrast"), ({"generate": 3}, "generate")):
+        with pytest.raises(InputError) as err:
+            attribute_image("tiny-vlm", "What is it?", None, **kwargs)
+        assert str(err.value).startswith(f"{name}: ") and "--" not in str(err.value), str(err.value)
