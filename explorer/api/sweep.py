@@ -116,6 +116,9 @@ def sweep(
         if vista is not None and not isinstance(vista, VistaParams):
             VistaParams.from_json(vista).validate()
     name = model_name(model, analysis, any(r.image for r in data.rows), settings)
+    from explorer.backends.loading import default_device, dtype_name, resolve_dtype
+
+    weights = dtype_name(resolve_dtype(dtype if dtype is not None else settings.dtype, default_device()))
     if hasattr(model, "model_id") and (n_workers > 1 or ray_address):
         raise InputError(
             "a loaded model runs in this process only: give its name or a picklable factory for "
@@ -127,6 +130,7 @@ def sweep(
         "dataset": data.name,
         "digest": data.digest,
         "model": name,
+        "dtype": weights,  # shards of another dtype are not mixed in on resume
         "params": json.loads(json.dumps(args, default=str)),
         "n_rows": len(data.rows),
     }

@@ -28,7 +28,7 @@ from explorer.errors import InputError
 MANIFEST = "sweep.json"
 SHARDS = "shards"
 # what must match for a directory to be resumed (the rest of the manifest is informational)
-IDENTITY = ("analysis", "dataset", "digest", "model", "params")
+IDENTITY = ("analysis", "dataset", "digest", "model", "dtype", "params")
 AGGREGATE_SCHEMA = pa.schema(
     [
         ("condition", pa.string()),
@@ -51,7 +51,10 @@ def prepare(out: Path, manifest: dict[str, Any]) -> None:
             old = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"--out {out}: unreadable {MANIFEST} ({exc}); choose another directory") from exc
-        changed = [k for k in IDENTITY if old.get(k) != manifest.get(k)]
+        # a manifest written before the dtype was recorded matches any dtype
+        changed = [
+            k for k in IDENTITY if old.get(k, manifest.get(k) if k == "dtype" else None) != manifest.get(k)
+        ]
         if changed:
             raise InputError(
                 f"--out {out} holds another sweep (its {', '.join(changed)} differ); "

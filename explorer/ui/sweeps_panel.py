@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from explorer.ui.common import UIContext, progress_fn, ui_figure, user_errors
+from explorer.ui.common import UIContext, dtype_dropdown, progress_fn, ui_figure, user_errors
 
 SWEEP_COLUMNS = ["run_id", "created", "analysis", "model", "dataset"]
 BUILTIN = ("", "pope", "qa", "caption", "all")
@@ -46,6 +46,7 @@ def build(ctx: UIContext) -> None:
         )
         model = gr.Textbox(label="Model (empty: the analysis's default)", value="")
         params = gr.Textbox(label="Parameters (JSON)", value="{}", lines=1)
+        dtype = dtype_dropdown(ctx)
     run = gr.Button("Run the sweep", variant="primary")
     summary = gr.Markdown(elem_id="sweep-summary")
     plot = gr.Plot(label="Aggregate", elem_id="sweep-plot")
@@ -57,6 +58,7 @@ def build(ctx: UIContext) -> None:
         analysis_v: str,
         model_v: str,
         params_v: str,
+        dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
         from pathlib import Path
@@ -71,9 +73,9 @@ def build(ctx: UIContext) -> None:
         if not dataset:
             raise InputError("upload a dataset or choose a built-in set")
         contents = file_digest(Path(dataset)) if path else dataset
-        tag = hashlib.sha256(json.dumps([contents, model_v.strip(), params_v.strip()]).encode()).hexdigest()[
-            :12
-        ]
+        tag = hashlib.sha256(
+            json.dumps([contents, model_v.strip(), params_v.strip(), dtype_v or "auto"]).encode()
+        ).hexdigest()[:12]
         result = sweep(
             dataset,
             analysis_v,
@@ -82,6 +84,7 @@ def build(ctx: UIContext) -> None:
             params=params_v,
             db=ctx.store(),
             settings=ctx.settings,
+            dtype=dtype_v or None,
             progress=progress_fn(progress),
         )
         text = (
@@ -92,5 +95,8 @@ def build(ctx: UIContext) -> None:
         return text, figure, sweeps_table(ctx)
 
     run.click(
-        on_run, [upload, builtin, analysis, model, params], [summary, plot, table], api_name="run_sweep"
+        on_run,
+        [upload, builtin, analysis, model, params, dtype],
+        [summary, plot, table],
+        api_name="run_sweep",
     )

@@ -95,7 +95,7 @@ def test_progress_fn_is_defined_once() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["atlas_map", "atlas_vocab", "atlas_microscope", "vlm_eval_tab", "vlm_prune_section"],
+    ["atlas_map", "atlas_vocab", "atlas_microscope", "vlm_eval_tab", "vlm_prune_section", "sweeps_panel"],
 )
 def test_model_running_tabs_offer_the_dtype_and_pass_it_on(module: str) -> None:
     """Each model-running tab shows the weights' dtype and feeds it to the analysis it runs."""

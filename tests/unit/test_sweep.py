@@ -260,6 +260,8 @@ def test_out_dir_of_another_sweep_is_refused(tmp_path: Path) -> None:
     _sweep(data, out, False)
     with pytest.raises(InputError, match="holds another sweep"):
         _sweep(data, out, False, params={"flow": True})
+    with pytest.raises(InputError, match="its dtype differ"):  # no float32 shards in a bfloat16 sweep
+        _sweep(data, out, False, dtype="bfloat16")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("mine")
     with pytest.raises(InputError, match="not a sweep directory"):
