@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from explorer.analysis.atlas.projection import (  # noqa: E402
     PCA_DIMS,
     ProjectionParams,
+    ensure_numba_cache,
     project,
     reduce_unit_rows,
     unit_rows,
@@ -91,14 +92,40 @@ def knn_recall(x: np.ndarray) -> float:
 
 def fresh_fit(path: str) -> None:
     """In a new process: import umap and fit the saved points once, without the warm-up (what a fresh
-    process pays for its first map with NUMBA_CACHE_DIR already filled). Prints wall and CPU seconds."""
+    process pays for its first map with NUMBA_CACHE_DIR already filled). Prints wall and CPU seconds,
+    and every numba kernel the fit still had to compile (a cache miss: numba only compiles what it
+    cannot load from NUMBA_CACHE_DIR), outermost first, with its CPU seconds (nested compiles included)."""
+    from numba.core import event
+
+    compiled: list[tuple[str, float]] = []
+
+    class Compiles(event.Listener):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.depth = 0
+            self.started: list[float] = []
+
+        def on_start(self, ev: event.Event) -> None:
+            self.started.append(time.process_time())
+
+        def on_end(self, ev: event.Event) -> None:
+            seconds = time.process_time() - self.started.pop()
+            if not self.started:  # outermost compile only (it includes the nested ones)
+                func = ev.data["dispatcher"].py_func
+                compiled.append((f"{func.__module__}.{func.__qualname__}", round(seconds, 2)))
+
+    event.register("numba:compile", Compiles())
     c0, t0 = time.process_time(), time.perf_counter()
     x = np.load(path)
     coords, _ = project(x, ProjectionParams(method="umap"))
     assert coords.shape == (x.shape[0], 2)
     print(
         json.dumps(
-            {"wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - c0, 2)}
+            {
+                "wall_s": round(time.perf_counter() - t0, 2),
+                "cpu_s": round(time.process_time() - c0, 2),
+                "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR"),
+                "compiled_kernels_cpu_s": compiled,
+            }
         )
     )
 
@@ -107,6 +134,7 @@ def fresh_process_first_fit(x: np.ndarray) -> dict[str, float]:
     import subprocess
     import tempfile
 
+    ensure_numba_cache()  # the child inherits NUMBA_CACHE_DIR: the cache `make` fills (cache/numba)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "points.npy")
         np.save(path, x)
