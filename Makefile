@@ -48,7 +48,7 @@ typecheck: $(VENV)/.stamp-project
 	$(VENV)/bin/mypy
 
 pytest: setup cache/numba/.stamp-warm
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=25
 
 test: setup lint typecheck pytest
 

@@ -89,6 +89,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
             help="weights' dtype (see explorer -h)",
         )
         p.add_argument("--json", action="store_true", help="print JSON (the default; kept for explicitness)")
+        p.add_argument(
+            "--progress",
+            action="store_true",
+            help="a progress bar on stderr even when stderr is not a terminal (e.g. under nohup); "
+            "on a terminal it is always shown",
+        )
         handlers[p.prog.split()[-1]] = module.run
     return parser, handlers
 
@@ -102,6 +108,17 @@ def _check_arguments(args: argparse.Namespace) -> None:
         for item in values:
             if isinstance(item, str):
                 check_text(item, "--" + name.replace("_", "-"))
+
+
+def progress_bar(args: argparse.Namespace) -> Any:
+    """The `ProgressFn` a subcommand passes to the API: a bar on stderr when stderr is a terminal
+    or `--progress` is given; else None (stderr keeps exactly the one-line error of bad input)."""
+    if not (getattr(args, "progress", False) or sys.stderr.isatty()):
+        return None
+    from explorer.progress import StderrBar
+
+    label = " ".join(str(v) for v in (args.command, getattr(args, "atlas_command", None)) if v)
+    return StderrBar(label)
 
 
 def _quiet_loading_bars() -> None:
@@ -141,6 +158,7 @@ def _main(argv: list[str] | None) -> int:
             )
         except ValueError as exc:
             raise InputError(str(exc)) from exc
+        args.progress_fn = progress_bar(args)
         out = handlers[args.command](args, settings)
     except InputError as exc:
         # one line: a multi-line message (e.g. DuckDB's parser pointing at a column) is joined

@@ -38,11 +38,11 @@ class Params(Protocol):
 
 def json_value(value: Any) -> Any:
     """A field value in JSON form: tuples become lists, dataclasses dicts, numpy scalars Python
-    numbers, nested containers recursively."""
+    numbers and numpy arrays (nested) lists of them, nested containers recursively."""
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: json_value(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, np.generic):
-        return value.item()
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
     if isinstance(value, tuple | list):
         return [json_value(v) for v in value]
     if isinstance(value, dict):

@@ -12,12 +12,20 @@ newer than the stored run, old key names via `in_meta(old=...)`, nested dataclas
 then asks the class's `fields_from_tables` for the table fields. The class writes only its tables:
 `to_tables` and its inverse `fields_from_tables`, which also recomputes the fields marked
 `derived()`. Unmarked fields (run_id, caches) are never stored.
+
+Fields also say whether the CLI's JSON shows them (`json=`): a meta field is shown under its own
+name unless marked `json=False` (or `json="key"`: under another key; `omit_empty=True`: left out
+when None or empty); table and derived fields are shown only when marked `json=True` / `json="key"`.
+`StoredFields.to_dict` is therefore generic: `run_id` (and `kind` where the class sets
+`json_kind`), every shown field in JSON form (`json_value`), then the class's `json_views()`: only
+the keys that present a field differently from its stored form (nested per-layer lists, counts,
+rankings). A view never repeats a key a field already shows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, field, fields
+from dataclasses import MISSING, Field, field, fields
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -127,17 +135,31 @@ STORE_COLUMN = "column"  # in the long-form tables (the class's to_tables / from
 STORE_DERIVED = "derived"  # not stored: recomputed from the stored fields when a run is reopened
 
 
-def in_meta(*, decode: Callable[[Any], Any] | None = None, old: tuple[str, ...] = (), **kwargs: Any) -> Any:
+JsonShown = bool | str  # a field's `json=`: shown under its name (True), not shown (False), or under a key
+
+
+def in_meta(
+    *,
+    decode: Callable[[Any], Any] | None = None,
+    old: tuple[str, ...] = (),
+    json: JsonShown = True,
+    omit_empty: bool = False,
+    **kwargs: Any,
+) -> Any:
     """A dataclass field stored in the run's JSON meta. `decode` (optional) rebuilds its value
     from the JSON form (e.g. `tuple` for a field that JSON turns into a list, or a nested
     dataclass from its dict); `old` lists the keys older versions stored it under (read when the
-    field's own key is missing, so their runs still open)."""
-    return field(metadata={"store": STORE_META, "decode": decode, "old": old}, **kwargs)
+    field's own key is missing, so their runs still open). `json`: whether the CLI's JSON shows
+    it (default: yes, under its name; a string: under that key); `omit_empty`: not when the value
+    is None or empty."""
+    meta = {"store": STORE_META, "decode": decode, "old": old, "json": json, "omit_empty": omit_empty}
+    return field(metadata=meta, **kwargs)
 
 
-def in_table(**kwargs: Any) -> Any:
-    """A dataclass field stored as table columns (built by the class's to_tables)."""
-    return field(metadata={"store": STORE_COLUMN}, **kwargs)
+def in_table(*, json: JsonShown = False, omit_empty: bool = False, **kwargs: Any) -> Any:
+    """A dataclass field stored as table columns (built by the class's to_tables). The CLI's JSON
+    shows it only when marked `json=True` (or `json="key"`), in `json_value` form."""
+    return field(metadata={"store": STORE_COLUMN, "json": json, "omit_empty": omit_empty}, **kwargs)
 
 
 def int_tuple(values: Sequence[Any]) -> tuple[int, ...]:
@@ -150,10 +172,27 @@ def float_values(mapping: dict[str, Any]) -> dict[str, float]:
     return {str(k): float(v) for k, v in mapping.items()}
 
 
-def derived(**kwargs: Any) -> Any:
+def derived(*, json: JsonShown = False, **kwargs: Any) -> Any:
     """A dataclass field computed from the others (never stored): `fields_from_tables` computes
-    it again when a run is reopened."""
-    return field(metadata={"store": STORE_DERIVED}, **kwargs)
+    it again when a run is reopened. The CLI's JSON shows it only when marked `json=`."""
+    return field(metadata={"store": STORE_DERIVED, "json": json}, **kwargs)
+
+
+def json_key(f: Field[Any]) -> str | None:
+    """The key the CLI's JSON shows a marked field under, or None when it is not shown."""
+    shown = f.metadata.get("json", False)
+    if shown is False or "store" not in f.metadata:
+        return None
+    return f.name if shown is True else str(shown)
+
+
+def json_keys(cls: type) -> dict[str, str]:
+    """field name -> JSON key of every field of the dataclass `cls` that its CLI JSON shows."""
+    return {f.name: key for f in fields(cls) if (key := json_key(f)) is not None}
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (hasattr(value, "__len__") and len(value) == 0)
 
 
 def meta_of(result: Any) -> dict[str, Any]:
@@ -187,8 +226,39 @@ def meta_kwargs(cls: type, stored: dict[str, Any]) -> dict[str, Any]:
 
 class StoredFields:
     """The generic half of `StoredResult` for a dataclass whose fields are marked `in_meta()` /
-    `in_table()`: `to_meta` and `from_store` come from the markers; the class implements
-    `to_tables` and its inverse `fields_from_tables` (and `to_dict`, the CLI's JSON)."""
+    `in_table()`: `to_dict`, `to_meta` and `from_store` come from the markers; the class
+    implements `to_tables` and its inverse `fields_from_tables`, and `json_views` for the keys of
+    its CLI JSON that are not a field as it is."""
+
+    json_kind: ClassVar[bool] = False  # whether the CLI's JSON names the result's kind ("kind")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The CLI's JSON object: run_id, every field its marker shows, then `json_views()`."""
+        return self.json_with(self.json_views())
+
+    def json_views(self) -> dict[str, Any]:
+        """The class's own keys of the CLI JSON: fields presented differently from their stored
+        form (nested per-layer lists, rounded grids) and values computed from the fields."""
+        return {}
+
+    def json_with(self, views: dict[str, Any]) -> dict[str, Any]:
+        """The CLI's JSON object with `views` as the class's own keys (see `to_dict`)."""
+        from explorer.params import json_value
+
+        out: dict[str, Any] = {"run_id": getattr(self, "run_id", None)}
+        if self.json_kind:
+            out["kind"] = self.kind  # type: ignore[attr-defined]
+        for f in fields(self):  # type: ignore[arg-type]
+            key = json_key(f)
+            if key is None:
+                continue
+            value = getattr(self, f.name)
+            if not (f.metadata.get("omit_empty") and _is_empty(value)):
+                out[key] = json_value(value)
+        clash = sorted(set(out) & set(views))
+        if clash:
+            raise ValueError(f"{type(self).__name__}.json_views repeats keys its fields show: {clash}")
+        return {**out, **views}
 
     def to_meta(self) -> dict[str, Any]:
         return meta_of(self)

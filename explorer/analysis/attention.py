@@ -229,7 +229,7 @@ class AttentionResult(StoredFields):
 
     model: str = in_meta()
     tokens: list[str] = in_meta()
-    input_ids: list[int] = in_meta()
+    input_ids: list[int] = in_meta(json=False)
     attentions: np.ndarray = in_table()
     rollout: np.ndarray = in_table()
     entropy: np.ndarray = in_table()
@@ -237,15 +237,15 @@ class AttentionResult(StoredFields):
     delimiter_share: np.ndarray = in_table()
     sink_tokens: list[dict[str, Any]] = in_meta()
     params: dict[str, Any] = in_meta()
-    flow_positions: list[int] = in_meta(default_factory=list)
+    flow_positions: list[int] = in_meta(default_factory=list, json=False)  # in "flow" (json_views)
     flow: np.ndarray | None = in_table(default=None)
     flow_raw: np.ndarray | None = in_table(default=None)
-    notes: list[str] = in_meta(default_factory=list)
+    notes: list[str] = in_meta(default_factory=list, json=False)  # json_views: always for a long prompt
     run_id: str | None = None
     seconds: float = in_meta(default=0.0)
     spans: list[tuple[int, int]] | None = in_meta(
-        default=None, decode=lambda s: [(int(a), int(b)) for a, b in s] or None
-    )
+        default=None, decode=lambda s: [(int(a), int(b)) for a, b in s] or None, json=False
+    )  # "blocks" (json_views)
     received: np.ndarray | None = in_table(default=None)
     top_keys: np.ndarray | None = in_table(default=None)
     top_weights: np.ndarray | None = in_table(default=None)
@@ -326,9 +326,9 @@ class AttentionResult(StoredFields):
             )
 
     # ---- serialisation --------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         if self.spans is not None:
-            return self._blocked_dict()
+            return self._blocked_views()
         layers = [
             {
                 "layer": layer,
@@ -346,16 +346,10 @@ class AttentionResult(StoredFields):
             for layer in range(self.n_layers)
         ]
         out: dict[str, Any] = {
-            "run_id": self.run_id,
-            "model": self.model,
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
-            "tokens": self.tokens,
             "layers": layers,
             "rollout": self.rollout[-1].tolist(),
-            "sink_tokens": self.sink_tokens,
-            "params": self.params,
-            "seconds": self.seconds,
         }
         if self.flow is not None and self.flow_raw is not None:
             out["flow"] = [
@@ -366,8 +360,8 @@ class AttentionResult(StoredFields):
             out["notes"] = self.notes
         return out
 
-    def _blocked_dict(self) -> dict[str, Any]:
-        """JSON of a long prompt: per-head statistics, each layer's mean over heads and the
+    def _blocked_views(self) -> dict[str, Any]:
+        """JSON views of a long prompt: per-head statistics, each layer's mean over heads and the
         rollout as block-level matrices (what is stored), and the blocks' token spans."""
         assert self.spans is not None
         mean = self.attentions.mean(axis=1)
@@ -387,21 +381,14 @@ class AttentionResult(StoredFields):
             }
             for layer in range(self.n_layers)
         ]
-        out: dict[str, Any] = {
-            "run_id": self.run_id,
-            "model": self.model,
+        return {
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
-            "tokens": self.tokens,
             "blocks": [list(span) for span in self.spans],
             "layers": layers,
             "rollout": self.rollout[-1].tolist(),
-            "sink_tokens": self.sink_tokens,
-            "params": self.params,
-            "seconds": self.seconds,
             "notes": self.notes,
         }
-        return out
 
     def to_tables(self) -> dict[str, pa.Table]:
         n_l, n_h, seq, _ = self.attentions.shape  # seq: positions, or blocks of a long prompt

@@ -132,17 +132,20 @@ class LensResult(StoredFields):
     model: str = in_meta()
     n_layers: int = in_meta()
     tokens: list[str] = in_meta()
-    input_ids: list[int] = in_meta()
-    prompt_len: int = in_meta()
+    input_ids: list[int] = in_meta(json=False)
+    prompt_len: int = in_meta(json=False)
     topk_ids: np.ndarray = in_table()
     topk_probs: np.ndarray = in_table()
     topk_tokens: np.ndarray = in_table()
     tracked: dict[str, np.ndarray] = in_table()
-    summaries: list[PositionSummary] = in_meta(decode=lambda rows: [PositionSummary(**s) for s in rows])
+    summaries: list[PositionSummary] = in_meta(
+        decode=lambda rows: [PositionSummary(**s) for s in rows], json="summary"
+    )
     params: dict[str, Any] = in_meta()
-    generated: list[str] = in_meta(default_factory=list)
-    never_emitted: list[dict[str, Any]] = in_meta(default_factory=list, old=("hidden",))
-    notes: list[str] = in_meta(default_factory=list)
+    generated: list[str] = in_meta(default_factory=list, omit_empty=True)
+    # shown as "never_emitted_candidates" when the run generated (see json_views)
+    never_emitted: list[dict[str, Any]] = in_meta(default_factory=list, old=("hidden",), json=False)
+    notes: list[str] = in_meta(default_factory=list, omit_empty=True)
     run_id: str | None = None
     seconds: float = in_meta(default=0.0)
 
@@ -167,7 +170,7 @@ class LensResult(StoredFields):
         return out
 
     # ---- serialisation ----------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         n_l, seq, k = self.topk_ids.shape
         lens = [
             {
@@ -199,22 +202,9 @@ class LensResult(StoredFields):
             }
             for i in range(len(t["role"]))
         ]
-        out: dict[str, Any] = {
-            "run_id": self.run_id,
-            "model": self.model,
-            "n_layers": self.n_layers,
-            "tokens": self.tokens,
-            "lens": lens,
-            "tracked": tracked,
-            "summary": [s.__dict__ for s in self.summaries],
-            "params": self.params,
-            "seconds": self.seconds,
-        }
+        out: dict[str, Any] = {"lens": lens, "tracked": tracked}
         if self.generated:
-            out["generated"] = self.generated
             out["never_emitted_candidates"] = self.never_emitted
-        if self.notes:
-            out["notes"] = self.notes
         out["deviations"] = dict(DEVIATIONS)
         return out
 

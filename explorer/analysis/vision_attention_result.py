@@ -113,14 +113,14 @@ class VisionAttentionResult(StoredFields):
     image_sha256: str = in_meta()
     image_png: bytes = in_table()
     grid: tuple[int, int] = in_meta(decode=int_tuple)
-    n_prefix: int = in_meta()
-    has_cls: bool = in_meta()
+    n_prefix: int = in_meta(json=False)
+    has_cls: bool = in_meta(json=False)
     cls_maps: np.ndarray = in_table()
-    rollout: np.ndarray = in_table()
+    rollout: np.ndarray = in_table(json=True)
     entropy: np.ndarray = in_table()
     prefix_share: np.ndarray = in_table()
     params: dict[str, Any] = in_meta()
-    notes: list[str] = in_meta(default_factory=list)
+    notes: list[str] = in_meta(default_factory=list, omit_empty=True)
     run_id: str | None = None
     seconds: float = in_meta(default=0.0)
 
@@ -157,7 +157,7 @@ class VisionAttentionResult(StoredFields):
         return self.cls_maps[layer, head]  # type: ignore[no-any-return]
 
     # ---- serialisation --------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         layers = [
             {
                 "layer": layer,
@@ -172,21 +172,7 @@ class VisionAttentionResult(StoredFields):
             }
             for layer in range(self.n_layers)
         ]
-        out: dict[str, Any] = {
-            "run_id": self.run_id,
-            "model": self.model,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "grid": list(self.grid),
-            "image_sha256": self.image_sha256,
-            "layers": layers,
-            "rollout": self.rollout.tolist(),
-            "params": self.params,
-            "seconds": self.seconds,
-        }
-        if self.notes:
-            out["notes"] = self.notes
-        return out
+        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "layers": layers}
 
     def to_tables(self) -> dict[str, pa.Table]:
         patch = {"patch_row": np.int16, "patch_col": np.int16}

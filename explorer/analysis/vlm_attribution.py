@@ -315,6 +315,7 @@ class VLMAttributionResult(StoredFields):
     """
 
     kind: ClassVar[str] = "vlm_attribution"
+    json_kind: ClassVar[bool] = True
 
     model: str = in_meta()
     prompt: str = in_meta()
@@ -322,14 +323,14 @@ class VLMAttributionResult(StoredFields):
     baseline: str = in_meta()
     answer: str = in_meta()
     answer_tokens: list[str] = in_meta()
-    answer_ids: list[int] = in_meta()
+    answer_ids: list[int] = in_meta(json=False)
     target_given: bool = in_meta(decode=bool)
     answer_logprob: float = in_meta(decode=float)
     scores: np.ndarray = in_table()
     grid: list[int] = in_meta()
-    image_png: str = in_meta()
+    image_png: str = in_meta(json=False)
     faithfulness: dict[str, Any] = in_meta()
-    curve: dict[str, np.ndarray] = in_table()
+    curve: dict[str, np.ndarray] = in_table(json="deletion_curve")
     params: dict[str, Any] = in_meta()
     extras: dict[str, Any] = in_meta(default_factory=dict)
     notes: list[str] = in_meta(default_factory=list)
@@ -346,31 +347,14 @@ class VLMAttributionResult(StoredFields):
         """Patch indices (row-major), most important first."""
         return [int(i) for i in np.argsort(-np.asarray(self.scores), kind="stable")]
 
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         cols = int(self.grid[1])
         return {
-            "run_id": self.run_id,
-            "kind": self.kind,
-            "model": self.model,
-            "prompt": self.prompt,
-            "method": self.method,
-            "baseline": self.baseline,
-            "answer": self.answer,
-            "answer_tokens": self.answer_tokens,
-            "target_given": self.target_given,
-            "answer_logprob": self.answer_logprob,
-            "grid": self.grid,
             "scores": np.round(self.score_grid(), 6).tolist(),
             "top_patches": [
                 {"index": i, "row": i // cols, "col": i % cols, "score": float(self.scores[i])}
                 for i in self.ranking()[:5]
             ],
-            "faithfulness": self.faithfulness,
-            "deletion_curve": {k: np.asarray(v).tolist() for k, v in self.curve.items()},
-            "params": self.params,
-            "extras": self.extras,
-            "notes": self.notes,
-            "seconds": self.seconds,
         }
 
     def to_tables(self) -> dict[str, pa.Table]:

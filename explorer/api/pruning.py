@@ -64,7 +64,14 @@ def run_prune_text(
     """
     settings = settings or Settings.from_env()
     if params is None:
-        params = PruneTextParams.of(strategies, keep_ratios, layer, target, continuation_tokens, seed)
+        params = PruneTextParams.of(
+            strategies,
+            keep_ratios,
+            layer=layer,
+            target=target,
+            continuation_tokens=continuation_tokens,
+            seed=seed,
+        )
     params.validate()  # before the model loads
     check_prompt(prompt, settings.max_prompt_tokens)  # by characters, before the model loads
     lm = _loaded(lambda: get_model(model, settings, progress, dtype), "Loading model", progress)
@@ -162,7 +169,7 @@ def run_prune_image(
     engine = _image_engine()
     settings = settings or Settings.from_env()
     if params is None:
-        params = PruneImageParams.of(strategies, keep_ratios, layer, seed)
+        params = PruneImageParams.of(strategies, keep_ratios, layer=layer, seed=seed)
     params.validate()  # before the image is read or the model loads
     pil = load_image(image, settings)
     vm = (

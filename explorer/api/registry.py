@@ -3,10 +3,9 @@ engine's, in `analysis/` or `vlm/`), its Result type and the API entry point tha
 the store (`explorer.api.runner`).
 
 Entries name their objects as "module:attribute" and resolve on use, so listing the analyses
-imports nothing heavy. A kind whose parameters are not (yet) one Params dataclass has
-`params=None`: its cache key is built from the entry point's arguments (text and image pruning,
-the LLM-Microscope's fixed windows, the tokenizer inspector's tokenizer list, attribution's
-per-method parameters).
+imports nothing heavy. Attribution (of a target, and over a generation) has `params=None`: its
+parameters are one Params dataclass per method (`ReagentParams`, `IGParams`, `OcclusionParams`,
+chosen by the method name, plus `FaithfulnessParams`), and its cache key is built from those.
 """
 
 from __future__ import annotations
@@ -66,9 +65,9 @@ for _entry in (
     Analysis("attribution_generation", None, "explorer.analysis.attribution:run_generation",
              "explorer.analysis.attribution.result:GenerationAttributionResult",
              "explorer.api.attribution:attribute_generation"),
-    Analysis("prune_text", None, "explorer.analysis.pruning.text.sweep:prune_text",
+    Analysis("prune_text", "explorer.analysis.pruning.params:PruneTextParams", "explorer.analysis.pruning.text.sweep:prune_text",
              "explorer.analysis.pruning.text.result:TextPruningResult", "explorer.api.pruning:run_prune_text"),
-    Analysis("prune_image", None, "explorer.analysis.pruning.image:prune_image",
+    Analysis("prune_image", "explorer.analysis.pruning.params:PruneImageParams", "explorer.analysis.pruning.image:prune_image",
              "explorer.analysis.pruning.image:ImagePruningResult", "explorer.api.pruning:run_prune_image"),
     Analysis("vlm_lens", "explorer.analysis.logit_lens:LensParams", "explorer.vlm.lens:vlm_logit_lens",
              "explorer.vlm.lens:VLMLensResult", "explorer.api.vlm:vlm_lens"),
@@ -91,15 +90,12 @@ for _entry in (
              "explorer.api.atlas:run_token_map"),
     Analysis("vocab_health", "explorer.analysis.atlas.vocab:VocabParams", "explorer.analysis.atlas.vocab:vocab_health",
              "explorer.analysis.atlas.vocab:VocabHealthResult", "explorer.api.atlas:run_vocab_health"),
-    Analysis("microscope", None, "explorer.analysis.atlas.microscope:microscope",
+    Analysis("microscope", "explorer.analysis.atlas.microscope:MicroscopeParams", "explorer.analysis.atlas.microscope:microscope",
              "explorer.analysis.atlas.microscope:MicroscopeResult", "explorer.api.atlas:run_microscope"),
-    Analysis("tokenizer_inspect", None, "explorer.analysis.atlas.tokenizers:inspect",
+    Analysis("tokenizer_inspect", "explorer.analysis.atlas.tokenizers:TokenizerParams", "explorer.analysis.atlas.tokenizers:inspect",
              "explorer.analysis.atlas.tokenizers:TokenizerResult", "explorer.api.atlas:inspect_tokenizers"),
     Analysis("vlm_prune", "explorer.vlm.prune_eval:PruneEvalParams", "explorer.vlm.prune_eval:prune_eval",
              "explorer.vlm.prune_eval:VLMPruneResult", "explorer.api.vlm:vlm_prune"),
-    Analysis("vista_patterns", "explorer.vlm.vista_patterns:PatternParams",
-             "explorer.vlm.vista_patterns:measure_patterns", "explorer.vlm.vista_patterns:VistaPatternsResult",
-             "explorer.api.vlm:vista_patterns"),
 ):  # fmt: skip
     register_analysis(_entry)
 

@@ -171,6 +171,7 @@ def run(args: argparse.Namespace, settings: Settings) -> Any:
             pca_dims=args.pca_dims,
             use_cache=not args.no_cache,
             settings=settings,
+            progress=args.progress_fn,
         ).to_dict()
     if args.atlas_command == "vocab":
         return atlas_api.run_vocab_health(
@@ -183,10 +184,15 @@ def run(args: argparse.Namespace, settings: Settings) -> Any:
             seed=args.seed,
             use_cache=not args.no_cache,
             settings=settings,
+            progress=args.progress_fn,
         ).to_dict()
     if args.atlas_command == "microscope":
         return atlas_api.run_microscope(
-            model, args.prompt, use_cache=not args.no_cache, settings=settings
+            model,
+            args.prompt,
+            use_cache=not args.no_cache,
+            settings=settings,
+            progress=args.progress_fn,
         ).to_dict()
     if args.atlas_command == "tokenize":
         return atlas_api.inspect_tokenizers(

@@ -102,9 +102,10 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             flow=args.flow or bool(args.flow_position),
             use_cache=not args.no_cache,
             settings=settings,
+            progress=args.progress_fn,
         )
         assert isinstance(result, VLMAttentionResult)
-        return result.to_dict(query=args.query)
+        return result.to_dict_at(args.query)
     if args.image is not None:
         from explorer.backends.vlm import EMBEDDED_VLMS
 
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             model=args.model or settings.default_vision_model,
             use_cache=not args.no_cache,
             settings=settings,
+            progress=args.progress_fn,
         )
         return image.to_dict()
     if args.flow_position and not args.flow:
@@ -128,5 +130,6 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         flow_positions=tuple(args.flow_position or (-1,)),
         use_cache=not args.no_cache,
         settings=settings,
+        progress=args.progress_fn,
     )
     return result.to_dict()

@@ -131,6 +131,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | list[d
             method=args.method or "occlusion",
             seed=args.seed,
             settings=settings,
+            progress=args.progress_fn,
             use_cache=not args.no_cache,
             contrast=args.contrast,
             generate=args.generate,
@@ -153,6 +154,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | list[d
         generate=args.generate,
         seed=args.seed,
         settings=settings,
+        progress=args.progress_fn,
         use_cache=not args.no_cache,
         **params,
     )

@@ -50,7 +50,13 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             )
         model = vlm
     result = run_latent_neighbours(
-        model, args.prompt, args.image, params=params, use_cache=not args.no_cache, settings=settings
+        model,
+        args.prompt,
+        args.image,
+        params=params,
+        use_cache=not args.no_cache,
+        settings=settings,
+        progress=args.progress_fn,
     )
     out: dict[str, Any] = result.to_dict()
     if args.layer is not None:

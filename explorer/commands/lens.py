@@ -52,5 +52,6 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         seed=args.seed,
         use_cache=not args.no_cache,
         settings=settings,
+        progress=args.progress_fn,
     )
     return result.to_dict()

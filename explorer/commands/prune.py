@@ -82,6 +82,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         seed=args.seed,
         use_cache=not args.no_cache,
         settings=settings,
+        progress=args.progress_fn,
     )
     out: dict[str, Any] = result.to_dict()
     return out

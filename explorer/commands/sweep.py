@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from typing import Any
 
 from explorer.config import Settings
@@ -82,28 +80,9 @@ def parse_params(pairs: list[str], blob: str | None) -> dict[str, Any]:
     return out
 
 
-class StderrBar:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, else a line per 10%)."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last_decile = -1
-        self.t0 = time.perf_counter()
-
-    def __call__(self, fraction: float, message: str) -> None:
-        fraction = min(max(float(fraction), 0.0), 1.0)
-        filled = int(30 * fraction)
-        line = f"sweep [{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:5.1f}% {message} ({time.perf_counter() - self.t0:.0f} s)"
-        if self.tty:
-            sys.stderr.write("\r" + line[:160].ljust(100) + ("\n" if fraction >= 1.0 else ""))
-        elif int(10 * fraction) > self.last_decile:
-            self.last_decile = int(10 * fraction)
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from explorer.api.sweep import sweep
+    from explorer.progress import StderrBar
 
     result = sweep(
         args.dataset,
@@ -116,7 +95,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         shard_size=args.shard_size,
         n_boot=args.bootstrap,
         settings=settings,
-        progress=None if args.no_progress else StderrBar(),
+        progress=None if args.no_progress else StderrBar("sweep"),
     )
     out: dict[str, Any] = result.to_dict()
     return out

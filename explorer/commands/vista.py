@@ -38,4 +38,5 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         vista=params,
         max_new_tokens=args.max_new_tokens,
         settings=settings,
+        progress=args.progress_fn,
     )

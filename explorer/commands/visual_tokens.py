@@ -48,7 +48,13 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     )
     params.validate()
     result = run_visual_tokens(
-        args.model, args.prompt, args.image, params=params, use_cache=not args.no_cache, settings=settings
+        args.model,
+        args.prompt,
+        args.image,
+        params=params,
+        use_cache=not args.no_cache,
+        settings=settings,
+        progress=args.progress_fn,
     )
     out: dict[str, Any] = result.to_dict()
     return out

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         vista=vista_params(args),
         use_cache=not args.no_cache,
         settings=settings,
+        progress=args.progress_fn,
     )
     out: dict[str, Any] = result.to_dict()
     return out

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         n_boot=args.bootstrap,
         use_cache=not args.no_cache,
         settings=settings,
+        progress=args.progress_fn,
     )
     out: dict[str, Any] = result.to_dict()
     return out

@@ -104,17 +104,13 @@ def check_params(analysis: str, params: dict[str, Any], rows: list[SweepRow]) ->
             f"params: {analysis} does not take {', '.join(unknown)}; it takes {', '.join(sorted(allowed))}"
         )
     if analysis == "prune" and rows:  # strategy names and ratios, before any model loads
-        from explorer.analysis.pruning import image as image_pruning
-        from explorer.analysis.pruning import text as text_pruning
-        from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
+        from explorer.analysis.pruning.params import PruneImageParams, PruneTextParams
 
-        ratios = params.get("keep_ratios", DEFAULT_KEEP_RATIOS)
+        given = {k: params[k] for k in ("strategies", "keep_ratios") if k in params}
         if any(not r.image for r in rows):
-            text_pruning.resolve_strategies(params.get("strategies", "all"))
-            text_pruning.resolve_keep_ratios(ratios)
+            PruneTextParams.of(**given)
         if any(r.image for r in rows):
-            image_pruning.resolve_strategies(params.get("strategies", "all"))
-            image_pruning.resolve_keep_ratios(ratios, "patches")
+            PruneImageParams.of(**given)
     if analysis == "attribute" and not int(params.get("generate", 0) or 0):
         for r in rows:
             if not r.image and not r.target:

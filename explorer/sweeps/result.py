@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from explorer.results import StoredFields, in_meta, in_table, meta_of, register_result
+from explorer.results import StoredFields, in_meta, in_table, register_result
 from explorer.sweeps.shards import AGGREGATE_SCHEMA
 
 
@@ -24,6 +24,7 @@ class SweepResult(StoredFields):
     (lens, attention) or keep ratio (prune), None where a measure has no axis."""
 
     kind: ClassVar[str] = "sweep"
+    json_kind: ClassVar[bool] = True
 
     analysis: str = in_meta()
     dataset: str = in_meta()
@@ -38,7 +39,7 @@ class SweepResult(StoredFields):
     executor: str = in_meta()
     workers: int = in_meta()
     tables: list[str] = in_meta()
-    aggregate: list[dict[str, Any]] = in_table()
+    aggregate: list[dict[str, Any]] = in_table(json=True)
     run_id: str | None = None
 
     @property
@@ -49,15 +50,11 @@ class SweepResult(StoredFields):
         """The SQL console's views over this sweep's shards (known once stored)."""
         return [view_name(self.run_id, t) for t in self.tables] if self.run_id else []
 
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "run_id": self.run_id,
-            **meta_of(self),
             "complete": self.complete,
             "rows_per_second": self.n_new / self.seconds if self.seconds > 0 else None,
             "views": self.views(),
-            "aggregate": self.aggregate,
         }
 
     def to_tables(self) -> dict[str, pa.Table]:

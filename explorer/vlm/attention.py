@@ -140,14 +140,16 @@ class TextImageAttention(StoredFields):
     grid:  [rows, cols] of the image tokens; image_png: the image as the model saw it (base64 PNG)
     query_positions: the text positions after the image whose attention is kept"""
 
+    json_kind: ClassVar[bool] = True
+
     model: str = in_meta()
     prompt: str = in_meta()
     n_layers: int = in_meta()
     n_heads: int = in_meta()
-    tokens: list[str] = in_meta()
-    modality: list[str] = in_meta()
+    tokens: list[str] = in_meta(json=False)  # "vlm_attention" shows them (json_views)
+    modality: list[str] = in_meta(json=False)
     grid: list[int] = in_meta()
-    image_png: str = in_meta()
+    image_png: str = in_meta(json=False)
     answer: list[str] = in_meta()
     query_positions: list[int] = in_meta()
 
@@ -170,6 +172,12 @@ class TextImageAttention(StoredFields):
         if spans:
             return [(int(a), int(b)) for a, b in spans]
         return [(q, q) for q in self.query_positions]
+
+    def json_views(self) -> dict[str, Any]:
+        """The key both kinds show for a long run: the (first, last) positions of each query row."""
+        if not getattr(self, "query_spans", None):
+            return {}
+        return {"query_blocks": [list(u) for u in self.query_units]}
 
     def query_index(self, query: int | None) -> int:
         """A text query position (default: the last one) -> the index of its row (the block
@@ -291,14 +299,21 @@ class VLMAttentionResult(TextImageAttention):
     notes: list[str] = in_meta(default_factory=list)
     seconds: float = in_meta(default=0.0, decode=float)
     run_id: str | None = None
-    query_spans: list[tuple[int, int]] | None = in_meta(default=None, decode=decode_spans)
+    query_spans: list[tuple[int, int]] | None = in_meta(default=None, decode=decode_spans, json=False)
 
     @property
     def prompt_len(self) -> int:
         return len(self.tokens) - len(self.answer)
 
-    def to_dict(self, query: int | None = None) -> dict[str, Any]:
-        """The CLI's JSON; per-head grids are for one query (default: the last text token)."""
+    def json_views(self) -> dict[str, Any]:
+        return self.query_views(None)
+
+    def to_dict_at(self, query: int | None) -> dict[str, Any]:
+        """The CLI's JSON with the per-head grids of one text query (None: the last, as `to_dict`)."""
+        return self.json_with(self.query_views(query))
+
+    def query_views(self, query: int | None) -> dict[str, Any]:
+        """`json_views` for one text query: per-head grids are for it (default: the last text token)."""
         rows, cols = self.grid
         qi = self.query_index(query)
 
@@ -306,17 +321,9 @@ class VLMAttentionResult(TextImageAttention):
             return np.round(np.asarray(values, dtype=np.float64).reshape(rows, cols), 6).tolist()
 
         return {
-            "run_id": self.run_id,
-            "kind": self.kind,
-            "model": self.model,
-            "prompt": self.prompt,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "grid": self.grid,
+            **super().json_views(),
             "tokens": self.tokens,
             "modality": self.modality,
-            "answer": self.answer,
-            "query_positions": self.query_positions,
             "query": self._query_json(qi),
             "layers": [
                 {
@@ -337,10 +344,6 @@ class VLMAttentionResult(TextImageAttention):
                 for layer in range(self.n_layers)
             ],
             "rollout": grid(self.rollout[-1, qi]),
-            "params": self.params,
-            "notes": self.notes,
-            "seconds": self.seconds,
-            **({"query_blocks": [list(u) for u in self.query_units]} if self.query_spans else {}),
         }
 
     def _query_json(self, row: int) -> dict[str, Any]:

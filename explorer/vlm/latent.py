@@ -88,10 +88,11 @@ class TextBank(StoredFields):
     """
 
     kind: ClassVar[str] = "latent_bank"
+    json_kind: ClassVar[bool] = True
 
     model: str = in_meta()
     weight_hash: str = in_meta()
-    corpus_digest: str = in_meta(old=("corpus",))  # runs stored before: the JSON's "corpus"
+    corpus_digest: str = in_meta(old=("corpus",), json="corpus")  # runs stored before: "corpus"
     layers: list[int] = in_meta()
     token_ids: np.ndarray = in_table()
     sentence: np.ndarray = in_table()
@@ -123,23 +124,8 @@ class TextBank(StoredFields):
             self.vectors = load_bank_vectors(Path(self.path), self)
         return self.vectors
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "kind": self.kind,
-            "model": self.model,
-            "weight_hash": self.weight_hash,
-            "corpus": self.corpus_digest,
-            "layers": self.layers,
-            "n_entries": self.n_entries,
-            "n_sentences": self.n_sentences,
-            "n_tokens_encoded": self.n_tokens_encoded,
-            "max_contexts": self.max_contexts,
-            "d_model": self.d_model,
-            "dtype": "float16",
-            "path": self.path,
-            "seconds": self.seconds,
-        }
+    def json_views(self) -> dict[str, Any]:
+        return {"n_entries": self.n_entries, "dtype": "float16"}
 
     def to_tables(self) -> dict[str, pa.Table]:
         return {
@@ -404,14 +390,15 @@ class LatentNeighboursResult(StoredFields):
     """
 
     kind: ClassVar[str] = "vlm_latent"
+    json_kind: ClassVar[bool] = True
 
     model: str = in_meta()
     prompt: str = in_meta()
-    n_layers: int = in_meta()
-    tokens: list[str] = in_meta()
-    modality: list[str] = in_meta()
+    n_layers: int = in_meta(json=False)
+    tokens: list[str] = in_meta(json=False)
+    modality: list[str] = in_meta(json=False)
     grid: list[int] = in_meta()
-    image_png: str = in_meta()
+    image_png: str = in_meta(json=False)
     layers: list[int] = in_meta()
     similarity: np.ndarray = in_table()
     token_ids: np.ndarray = in_table()
@@ -420,7 +407,7 @@ class LatentNeighboursResult(StoredFields):
     contexts: list[list[list[str]]] = in_table()
     sources: list[list[list[str]]] = in_table()
     bank: dict[str, Any] = in_meta(default_factory=dict)
-    params: dict[str, Any] = in_meta(default_factory=dict)
+    params: dict[str, Any] = in_meta(default_factory=dict, json=False)  # its "match" is shown
     deviations: list[str] = in_meta(default_factory=list)
     seconds: float = in_meta(default=0.0, decode=float)
     run_id: str | None = None
@@ -452,20 +439,12 @@ class LatentNeighboursResult(StoredFields):
             out.append({"layer": layer, "top1": [[t, n] for t, n in counts.most_common(8)]})
         return out
 
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         cols = self.grid[1]
         return {
-            "run_id": self.run_id,
-            "kind": self.kind,
-            "model": self.model,
-            "prompt": self.prompt,
-            "grid": self.grid,
-            "layers": self.layers,
             "k": self.k,
             "match": self.params.get("match", MATCH_SAME),
             "metric": "cosine",
-            "bank": self.bank,
-            "deviations": self.deviations,
             "most_common_top1": self.top_tokens(),
             "neighbours": [
                 {
@@ -491,7 +470,6 @@ class LatentNeighboursResult(StoredFields):
                 }
                 for li, layer in enumerate(self.layers)
             ],
-            "seconds": self.seconds,
         }
 
     def to_tables(self) -> dict[str, pa.Table]:

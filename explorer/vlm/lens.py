@@ -44,10 +44,11 @@ class VLMLensResult(LensResult):
     """
 
     kind: ClassVar[str] = "vlm_lens"
+    json_kind: ClassVar[bool] = True
 
     modality: list[str] = in_meta(default_factory=list)
     grid: list[int] | None = in_meta(default=None)
-    image_png: str | None = in_meta(default=None)
+    image_png: str | None = in_meta(default=None, json=False)
     prompt: str = in_meta(default="")
 
     @property
@@ -132,13 +133,9 @@ class VLMLensResult(LensResult):
             )
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
+    def json_views(self) -> dict[str, Any]:
+        out = super().json_views()
         out["surfacing"] = self.surfacing()
-        out["kind"] = self.kind
-        out["modality"] = self.modality
-        out["grid"] = self.grid
-        out["prompt"] = self.prompt
         if self.grid is not None:
             out["patch_top_tokens"] = [
                 {

@@ -284,7 +284,7 @@ class VLMPruneResult(StoredFields):
     params: dict[str, Any] = in_meta()
     samples: list[dict[str, Any]] = in_table()
     metrics: list[dict[str, Any]] = in_table()
-    costs: list[dict[str, Any]] = in_table()
+    costs: list[dict[str, Any]] = in_table(json=True)
     strategies: dict[str, dict[str, Any]] = in_meta()
     n_prompts: int = in_meta()
     n_visual: int = in_meta()
@@ -322,23 +322,13 @@ class VLMPruneResult(StoredFields):
             )[r["metric"]] = {k: r[k] for k in ("value", "low", "high", "n")}
         return out
 
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         return {
-            "run_id": self.run_id,
-            "model": self.model,
-            "dataset": self.dataset,
-            "params": self.params,
             "n_samples": len({r["sample_id"] for r in self.samples}),
-            "n_prompts": self.n_prompts,
-            "n_visual": self.n_visual,
-            "reference_seconds": self.reference_seconds,
             "retention": self.curve(),
             "agreement": self.curve("agreement", "rate"),
             "metrics": self.nested_metrics(),
-            "costs": self.costs,
-            "strategies": self.strategies,
             "not_implemented": dict(NOT_IMPLEMENTED),
-            "deviations": self.deviations,
             "examples": self.samples[:12],
         }
 

@@ -122,11 +122,11 @@ class VisualTokensResult(TextImageAttention):
     attention: np.ndarray = in_table()
     rollout: np.ndarray = in_table()
     shares: np.ndarray = in_table()
-    params: dict[str, Any] = in_meta(default_factory=dict)
+    params: dict[str, Any] = in_meta(default_factory=dict, json="thresholds")
     notes: list[str] = in_meta(default_factory=list)
     seconds: float = in_meta(default=0.0, decode=float)
     run_id: str | None = None
-    query_spans: list[tuple[int, int]] | None = in_meta(default=None, decode=decode_spans)
+    query_spans: list[tuple[int, int]] | None = in_meta(default=None, decode=decode_spans, json=False)
 
     def counts(self) -> list[dict[str, int]]:
         """Per block: how many visual tokens are alive / dead / sink."""
@@ -135,18 +135,10 @@ class VisualTokensResult(TextImageAttention):
             for layer, row in enumerate(self.categories)
         ]
 
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         rows, cols = self.grid
         return {
-            "run_id": self.run_id,
-            "kind": self.kind,
-            "model": self.model,
-            "prompt": self.prompt,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "grid": self.grid,
-            "answer": self.answer,
-            "thresholds": self.params,
+            **super().json_views(),
             "counts": self.counts(),
             "categories": [
                 {
@@ -169,12 +161,8 @@ class VisualTokensResult(TextImageAttention):
                 {"layer": layer + 1, "image": float(s[0]), "text": float(s[1]), "sink": float(s[2])}
                 for layer, s in enumerate(self.shares)
             ],
-            "query_positions": self.query_positions,
             "query_tokens": [self.tokens[q] for q in self.query_positions],
             "rollout_last_query": np.round(self.rollout[-1, -1].reshape(rows, cols), 6).tolist(),
-            "notes": self.notes,
-            "seconds": self.seconds,
-            **({"query_blocks": [list(u) for u in self.query_units]} if self.query_spans else {}),
         }
 
     def to_tables(self) -> dict[str, pa.Table]:

@@ -224,23 +224,13 @@ class VistaPatternsResult(StoredFields):
     words: list[dict[str, Any]] = in_table()
     emitted: list[dict[str, Any]] = in_table()
     captions: list[dict[str, Any]] = in_table()
-    summary: dict[str, Any] = derived()
+    summary: dict[str, Any] = derived(json="patterns")
     seconds: float = in_meta(decode=float)
     deviations: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "model": self.model,
-            "params": self.params,
-            "n_scenes": len(self.captions),
-            "n_layers": self.n_layers,
-            "patterns": self.summary,
-            "seconds": self.seconds,
-            "deviations": self.deviations,
-            "examples": self.captions[:6],
-        }
+    def json_views(self) -> dict[str, Any]:
+        return {"n_scenes": len(self.captions), "examples": self.captions[:6]}
 
     def to_tables(self) -> dict[str, pa.Table]:
         return {

@@ -138,19 +138,12 @@ class VLMEvalResult(StoredFields):
             }
         return out
 
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         return {
-            "run_id": self.run_id,
-            "model": self.model,
-            "dataset": self.dataset,
-            "params": self.params,
             "n_samples": len({r["sample_id"] for r in self.samples}),
-            "n_prompts": self.n_prompts,
             "metrics": self.nested_metrics(),
-            "seconds": self.seconds,
             "seconds_per_prompt": {k: v / max(1, self.n_prompts) for k, v in self.seconds.items()},
             "latency_ratio": self.latency_ratio,
-            "deviations": self.deviations,
             "examples": self.samples[:12],
         }
 

@@ -93,3 +93,11 @@ def test_cache_params_is_the_generic_key_and_validates() -> None:
     assert params_json(TokenParams()) == {f.name: getattr(TokenParams(), f.name) for f in fields(TokenParams)}
     with pytest.raises(InputError, match="answer_tokens"):
         cache_params(TokenParams(answer_tokens=0))
+
+
+def test_only_attribution_lacks_one_params_type() -> None:
+    """Every analysis but attribution (whose Params are chosen per method) names its Params."""
+    assert sorted(k for k, entry in ANALYSES.items() if entry.params is None) == [
+        "attribution",
+        "attribution_generation",
+    ]

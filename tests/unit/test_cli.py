@@ -111,3 +111,36 @@ def test_unknown_flag_exits_2() -> None:
         text=True,
     )
     assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+
+
+def test_progress_bar_on_stderr_only_when_asked(tiny_dir, tmp_path, capsys) -> None:
+    """Off a terminal (a pipe, a nohup log), `--progress` draws one line per 10% on stderr; without
+    it stderr stays empty, so bad input keeps its one-line message. stdout is the JSON either way."""
+    db = str(tmp_path / "p.duckdb")
+    base = ["lens", "--prompt", "the cat sat", "--model", str(tiny_dir), "--db", db, "--no-cache"]
+    code, out, err = run_cli(base, capsys)
+    assert code == 0 and isinstance(out, dict) and err == ""
+    code, out2, err = run_cli([*base, "--progress"], capsys)
+    assert code == 0 and isinstance(out2, dict) and out2["tokens"] == out["tokens"]
+    lines = err.splitlines()
+    assert lines and all(line.startswith("lens [") and "%" in line for line in lines), err
+    tenths = [int(float(line.split("]")[1].split("%")[0]) // 10) for line in lines]
+    assert all(a != b for a, b in zip(tenths, tenths[1:], strict=False))  # one line per tenth of a stage
+
+
+def test_stderr_bar_prints_each_tenth_of_each_stage_once(capsys) -> None:
+    from explorer.progress import StderrBar
+
+    bar = StderrBar("vlm-eval")
+    for fraction in (0.7, 0.75, 0.8, 0.0, 0.05, 0.12, 0.5, 0.55, 1.0):  # loading, then answering
+        bar(fraction, "step")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("]")[1].split("%")[0].strip() for line in lines] == [
+        "70.0",
+        "80.0",
+        "0.0",
+        "12.0",
+        "50.0",
+        "100.0",
+    ]
+    assert all(line.startswith("vlm-eval [") for line in lines)

@@ -1,6 +1,6 @@
 """Generic result serialisation: fields marked `in_meta()` go to the JSON meta and come back from
 it; fields marked `in_table()` live in the class's tables. A run stored before a meta field existed
-still opens (the field takes its default)."""
+still opens (the field takes its default). The CLI's JSON (`to_dict`) comes from the same markers."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ from explorer.results import (
     axis_size,
     dense_from_table,
     in_meta,
+    in_table,
     int_tuple,
+    json_key,
+    json_keys,
     long_table,
     meta_kwargs,
 )
@@ -79,6 +82,69 @@ def test_every_result_kind_serialises_the_generic_way() -> None:
         )
         unmarked = {f.name for f in fields(cls) if "store" not in f.metadata} - never_stored
         assert not unmarked, f"{kind}: fields {unmarked} are not marked in_meta / in_table / derived"
+
+
+def test_every_result_kind_takes_to_dict_from_the_field_markers() -> None:
+    """No registered result class hand-writes its CLI JSON: `to_dict` is `StoredFields.to_dict`,
+    and the class's own keys come from `json_views`."""
+    for kind in RESULT_KINDS.all_kinds():
+        if kind == "widen":  # test_store's throwaway class
+            continue
+        cls = RESULT_KINDS.get(kind)
+        assert cls.to_dict is StoredFields.to_dict, f"{kind} writes its own to_dict"
+        assert cls.json_with is StoredFields.json_with, f"{kind} writes its own json_with"
+
+
+def test_every_meta_field_is_in_the_json_or_marked_out() -> None:
+    """Nothing disappears from the CLI's JSON silently: every meta field of every kind is shown
+    (under its own key or a declared one) unless marked `json=False`, and no two fields (nor
+    run_id / kind) share a key, so none overwrites another."""
+    for kind in RESULT_KINDS.all_kinds():
+        if kind == "widen":
+            continue
+        cls = RESULT_KINDS.get(kind)
+        shown = json_keys(cls)
+        for f in fields(cls):
+            if f.metadata.get("store") == "meta":
+                assert "json" in f.metadata, f"{kind}.{f.name} was not marked with in_meta()"
+                assert f.metadata["json"] is False or f.name in shown, f"{kind}.{f.name}"
+        keys = list(shown.values())
+        assert len(keys) == len(set(keys)), f"{kind}: two fields share a JSON key: {shown}"
+        assert not {"run_id", "kind"} & set(keys), kind
+    r = attribution()
+    out = r.to_dict()
+    assert {json_key(f) for f in fields(r) if f.metadata.get("store") == "meta"} - {None} <= set(out) | {
+        "contrast"
+    }
+    assert "input_ids" not in out and out["details"] == {"steps": [1, 2]}  # json=False; json="details"
+    assert out["scores"] == [0.25, -1.0] and out["faithfulness"] == {"soft_nc": 0.5, "soft_ns": None}
+    assert "contrast" not in out  # omit_empty: None is left out
+
+
+def test_to_dict_is_fields_then_views_and_a_view_cannot_hide_a_field() -> None:
+    @dataclass
+    class Shown(StoredFields):
+        kind: ClassVar[str] = "shown_test"
+        json_kind: ClassVar[bool] = True
+        model: str = in_meta()
+        secret: str = in_meta(json=False)
+        grid: tuple[int, ...] = in_meta(json="shape")
+        values: np.ndarray = in_table(json=True)
+        cells: np.ndarray = in_table()
+        notes: list[str] = in_meta(default_factory=list, omit_empty=True)
+        run_id: str | None = None
+
+        def json_views(self) -> dict[str, object]:
+            return {"n_cells": int(self.cells.size)}
+
+    r = Shown(
+        model="m", secret="s", grid=(2, 3), values=np.array([0.5, 1.0]), cells=np.zeros((2, 3)), run_id="r"
+    )
+    assert r.to_dict() == {"run_id": "r", "kind": "shown_test", "model": "m", "shape": [2, 3],
+                           "values": [0.5, 1.0], "n_cells": 6}  # fmt: skip
+    assert Shown(**{**r.__dict__, "notes": ["n"]}).to_dict()["notes"] == ["n"]
+    with pytest.raises(ValueError, match="model"):
+        r.json_with({"model": "other"})
 
 
 def test_an_old_meta_key_still_opens() -> None:

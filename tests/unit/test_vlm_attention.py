@@ -96,10 +96,10 @@ def test_api_stores_reopens_and_draws(tiny_vlm: Any, tmp_store: Any) -> None:  #
     assert out["layers"][0]["layer"] == 1 and len(out["layers"]) == r.n_layers
     assert np.asarray(out["layers"][-1]["heads"][0]["attention"]).shape == (2, 2)
     assert out["query"]["position"] == r.query_positions[-1] and out["query"]["generated"]
-    first = back.to_dict(query=r.query_positions[0])
+    first = back.to_dict_at(r.query_positions[0])
     assert first["query"]["position"] == r.query_positions[0] and not first["query"]["generated"]
     with pytest.raises(InputError, match="not a text query"):
-        back.to_dict(query=0)
+        back.to_dict_at(0)
     specs = {s.name: s for s in figures_for(back)}
     assert {"text_to_image_attention", "attention_shares", "image_share_heads"} <= set(specs)
     for spec in specs.values():

@@ -66,7 +66,7 @@ def test_query_blocks_are_means_of_the_exact_rows(tiny_vlm: Any, tmp_store: Any,
     # a position inside a block picks the block's row; JSON, store, figures and UI choices follow
     a, b = spans[1]
     assert blocked.query_index(a + 1) == 1
-    out = blocked.to_dict(query=a + 1)
+    out = blocked.to_dict_at(a + 1)
     assert json.loads(json.dumps(out)) == out
     assert out["query"] == {
         "position": a, "token": blocked.tokens[a], "generated": False,

@@ -205,9 +205,9 @@ class MicroscopeResult(StoredFields):
     kind: ClassVar[str] = "microscope"
 
     model: str = in_meta()
-    prompt: str = in_meta()
+    prompt: str = in_meta(json=False)
     tokens: list[str] = in_meta()
-    word_classes: list[str] = in_meta()
+    word_classes: list[str] = in_meta(json=False)
     nonlinearity: np.ndarray = in_table()
     context: np.ndarray = in_table()
     paper_lens_token: list[list[str]] = in_table()
@@ -215,7 +215,7 @@ class MicroscopeResult(StoredFields):
     our_lens_token: list[list[str]] = in_table()
     our_lens_prob: np.ndarray = in_table()
     layers: dict[str, list[float]] = in_table()
-    params: dict[str, Any] = in_meta()
+    params: dict[str, Any] = in_meta(json=False)
     seconds: float = in_meta(decode=float)
     notes: list[str] = in_meta(default_factory=list)
     run_id: str | None = None
@@ -281,18 +281,13 @@ class MicroscopeResult(StoredFields):
         return pa.table({"layer": np.arange(self.n_layers + 1, dtype=np.int16), **{
             k: pa.array(v, pa.float64()) for k, v in self.layers.items()}})  # fmt: skip
 
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         return {
-            "run_id": self.run_id,
-            "model": self.model,
-            "tokens": self.tokens,
             "n_layers": self.n_layers,
             "layers": _no_nan(self.layers_table().to_pylist()),
             "cells": _no_nan(self.cells_table().to_pylist()),
             "ranking": self.ranking(),
             "class_ranking": self.class_ranking(),
-            "seconds": self.seconds,
-            "notes": self.notes,
         }
 
     def to_tables(self) -> dict[str, pa.Table]:

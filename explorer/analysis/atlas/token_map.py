@@ -75,7 +75,7 @@ class TokenMapResult(StoredFields):
     prompts: list[str] = in_meta()
     tokens: list[list[str]] = in_meta()
     n_layers: int = in_meta()
-    layer_mode: str = in_meta(decode=str)  # "all" or the layer index as a string
+    layer_mode: str = in_meta(decode=str, json="layer")  # "all" or the layer index as a string
     method: str = in_meta()
     coords: np.ndarray = in_table()
     prompt_index: np.ndarray = in_table()
@@ -87,7 +87,7 @@ class TokenMapResult(StoredFields):
     modality: list[str] = in_table()
     context: list[str] = in_table()
     norm: np.ndarray = in_table()
-    params: dict[str, Any] = in_meta()
+    params: dict[str, Any] = in_meta(json=False)
     fit: dict[str, Any] = in_meta()
     seconds: float = in_meta(decode=float)
     notes: list[str] = in_meta(default_factory=list)
@@ -145,22 +145,8 @@ class TokenMapResult(StoredFields):
             }
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "model": self.model,
-            "method": self.method,
-            "layer": self.layer_mode,
-            "n_layers": self.n_layers,
-            "prompts": self.prompts,
-            "image": self.image,
-            "tokens": self.tokens,
-            "n_points": self.n_points,
-            "fit": self.fit,
-            "seconds": self.seconds,
-            "notes": self.notes,
-            "points": self.points_table().to_pylist(),
-        }
+    def json_views(self) -> dict[str, Any]:
+        return {"n_points": self.n_points, "points": self.points_table().to_pylist()}
 
     def to_tables(self) -> dict[str, pa.Table]:
         return {"points": self.points_table()}

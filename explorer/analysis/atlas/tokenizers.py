@@ -175,10 +175,8 @@ class TokenizerResult(StoredFields):
                 )
         return pa.Table.from_pylist(rows)
 
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         return {
-            "run_id": self.run_id,
-            "text": self.text,
             "counts": self.counts(),
             "tokenizers": [
                 {
@@ -202,8 +200,6 @@ class TokenizerResult(StoredFields):
                 }
                 for t in self.tokenizers
             ],
-            "seconds": self.seconds,
-            "notes": self.notes,
         }
 
     def to_tables(self) -> dict[str, pa.Table]:

@@ -117,17 +117,8 @@ class VocabHealthResult(StoredFields):
         keys = ("token_id", "token", "indicator", "embed_norm", "max_prob", "status", "output", "gh_flag")
         return [{k: _py(self.columns[k][i]) for k in keys} for i in order]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "model": self.model,
-            "n_tokens": self.n_tokens,
-            "summary": self.summary,
-            "params": self.params,
-            "seconds": self.seconds,
-            "notes": self.notes,
-            "suspects": self.suspects(),
-        }
+    def json_views(self) -> dict[str, Any]:
+        return {"n_tokens": self.n_tokens, "suspects": self.suspects()}
 
     def to_tables(self) -> dict[str, pa.Table]:
         return {"tokens": self.table()}

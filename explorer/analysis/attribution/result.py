@@ -56,15 +56,15 @@ class AttributionResult(StoredFields):
     model: str = in_meta()
     method: str = in_meta()
     tokens: list[str] = in_meta()
-    input_ids: list[int] = in_meta()
-    scores: np.ndarray = in_table()
+    input_ids: list[int] = in_meta(json=False)
+    scores: np.ndarray = in_table(json=True)
     target: dict[str, Any] = in_meta()
     faithfulness: dict[str, float | None] = in_table()
     seconds: float = in_meta()
     params: dict[str, Any] = in_meta()
-    contrast: dict[str, Any] | None = in_meta(default=None)
-    extras: dict[str, Any] = in_meta(default_factory=dict)
-    notes: list[str] = in_meta(default_factory=list)
+    contrast: dict[str, Any] | None = in_meta(default=None, omit_empty=True)
+    extras: dict[str, Any] = in_meta(default_factory=dict, json="details", omit_empty=True)
+    notes: list[str] = in_meta(default_factory=list, omit_empty=True)
     run_id: str | None = None
 
     @property
@@ -72,24 +72,8 @@ class AttributionResult(StoredFields):
         value = self.extras.get("replacement")
         return None if value is None else str(value)
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "run_id": self.run_id,
-            "model": self.model,
-            "method": self.method,
-            "tokens": self.tokens,
-            "target": self.target,
-            "scores": [float(s) for s in self.scores],
-            "seconds": self.seconds,
-            "faithfulness": {k: _clean(v) for k, v in self.faithfulness.items()},
-            "params": self.params,
-        }
-        if self.contrast is not None:
-            out["contrast"] = self.contrast
-        if self.extras:
-            out["details"] = self.extras
-        if self.notes:
-            out["notes"] = self.notes
+    def json_views(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"faithfulness": {k: _clean(v) for k, v in self.faithfulness.items()}}
         deviations = method_deviations(self.method)
         if deviations:
             out["deviations"] = deviations
@@ -140,14 +124,14 @@ class GenerationAttributionResult(StoredFields):
 
     model: str = in_meta()
     method: str = in_meta()
-    prompt_tokens: list[str] = in_meta()
+    prompt_tokens: list[str] = in_meta(json="tokens")
     generated: list[str] = in_meta()
-    generated_ids: list[int] = in_meta()
+    generated_ids: list[int] = in_meta(json=False)
     matrix: np.ndarray = in_table()
     faithfulness: dict[str, list[float | None]] = in_meta()
     seconds: float = in_meta()
     params: dict[str, Any] = in_meta()
-    notes: list[str] = in_meta(default_factory=list)
+    notes: list[str] = in_meta(default_factory=list, omit_empty=True)
     run_id: str | None = None
 
     @property
@@ -155,21 +139,9 @@ class GenerationAttributionResult(StoredFields):
         """All tokens that can be a source: the prompt then all but the last generated token."""
         return self.prompt_tokens + self.generated[:-1]
 
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         rows = [[None if not math.isfinite(v) else float(v) for v in row] for row in self.matrix]
-        return {
-            "run_id": self.run_id,
-            "model": self.model,
-            "method": self.method,
-            "tokens": self.prompt_tokens,
-            "generated": self.generated,
-            "sources": self.sources,
-            "matrix": rows,
-            "faithfulness": self.faithfulness,
-            "seconds": self.seconds,
-            "params": self.params,
-            **({"notes": self.notes} if self.notes else {}),
-        }
+        return {"sources": self.sources, "matrix": rows}
 
     def to_tables(self) -> dict[str, pa.Table]:
         s, t = self.matrix.shape

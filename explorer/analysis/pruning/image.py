@@ -466,12 +466,13 @@ class ImagePruningResult(StoredFields):
     """
 
     kind: ClassVar[str] = "prune_image"
+    json_kind: ClassVar[bool] = True
 
     model: str = in_meta(old=("model_id",))  # runs stored before the rename: "model_id"
     layer: int = in_meta()
     seed: int = in_meta()
     grid: tuple[int, int] = in_meta(decode=int_tuple)
-    n_prefix: int = in_meta()
+    n_prefix: int = in_meta(json=False)
     image_png: bytes = in_table()
     rows: list[PruningRow] = in_table()
     reference_saliency: np.ndarray | None = in_table()
@@ -502,20 +503,8 @@ class ImagePruningResult(StoredFields):
         """strategy -> [(keep_ratio, metric value)] sorted by ratio, for retention plots."""
         return retention_curve(self.rows, metric, FIDELITY_KEYS, ("flops_ratio", "time_ratio"))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "run_id": self.run_id,
-            "model": self.model,
-            "layer": self.layer,
-            "seed": self.seed,
-            "grid": list(self.grid),
-            "n_patches": self.n_patches,
-            "unpruned_seconds": self.unpruned_seconds,
-            "rows": [row.to_dict(ROW_EXTRAS) for row in self.rows],
-            "deviations": self.deviations,
-            "skipped": self.skipped,
-        }
+    def json_views(self) -> dict[str, Any]:
+        return {"n_patches": self.n_patches, "rows": [row.to_dict(ROW_EXTRAS) for row in self.rows]}
 
     def to_tables(self) -> dict[str, pa.Table]:
         rows = rows_table(self.rows, FIDELITY_KEYS, ROW_EXTRAS)

@@ -12,9 +12,9 @@ same keys and values as before these dataclasses existed, so stored runs keep ma
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
 
 from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS, resolve_keep_ratios, validate_seed
 from explorer.analysis.pruning.text import (
@@ -28,30 +28,52 @@ from explorer.errors import InputError
 from explorer.params import params_json
 
 
-def _check_sweep(
-    strategies: tuple[str, ...],
-    keep_ratios: tuple[float, ...],
-    layer: Any,
-    seed: Any,
-    resolve: Callable[[list[str]], list[str]],
-    unit: str,
-) -> None:
-    """What both modalities check: canonical strategies (each once), keep ratios as `.of` makes
-    them, a non-negative integer layer (its upper bound needs the model) and an integer seed."""
-    if resolve(list(strategies)) != list(strategies):
-        raise InputError(f"strategies must be canonical and listed once, got {list(strategies)}")
-    if resolve_keep_ratios(list(keep_ratios), unit) != list(keep_ratios):
-        raise InputError(f"keep_ratios must be distinct and sorted from 1.0 down, got {list(keep_ratios)}")
-    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-        raise InputError(f"layer must be a non-negative integer; got {layer!r}")
-    validate_seed(seed)
+class _SweepParams:
+    """What both modalities' Params share. `of`: strategies resolved through the modality's
+    registry (`resolve`), keep ratios of its `unit` de-duplicated from 1.0 down; every other field
+    is passed to the dataclass as given (its defaults are the dataclass's)."""
+
+    unit: ClassVar[str]
+    strategies: tuple[str, ...]  # the fields both dataclasses declare
+    keep_ratios: tuple[float, ...]
+    layer: int
+    seed: int
+
+    @staticmethod
+    def resolve(strategies: Sequence[str] | str) -> list[str]:
+        raise NotImplementedError
+
+    @classmethod
+    def of(
+        cls,
+        strategies: Sequence[str] | str = "all",
+        keep_ratios: Sequence[float] | float = DEFAULT_KEEP_RATIOS,
+        **others: Any,
+    ) -> Self:
+        return cls(
+            strategies=tuple(cls.resolve(strategies)),  # type: ignore[call-arg]  # the dataclass fields
+            keep_ratios=tuple(resolve_keep_ratios(keep_ratios, cls.unit)),
+            **others,
+        )
+
+    def check_sweep(self) -> None:
+        """What both modalities check: canonical strategies (each once), keep ratios as `of` makes
+        them, a non-negative integer layer (its upper bound needs the model) and an integer seed."""
+        strategies, ratios, layer = list(self.strategies), list(self.keep_ratios), self.layer
+        if self.resolve(strategies) != strategies:
+            raise InputError(f"strategies must be canonical and listed once, got {strategies}")
+        if resolve_keep_ratios(ratios, self.unit) != ratios:
+            raise InputError(f"keep_ratios must be distinct and sorted from 1.0 down, got {ratios}")
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+            raise InputError(f"layer must be a non-negative integer; got {layer!r}")
+        validate_seed(self.seed)
 
 
 @dataclass(frozen=True)
-class PruneTextParams:
+class PruneTextParams(_SweepParams):
     """A text-pruning sweep.
 
-    strategies:          canonical strategy names (see `analysis.pruning.text.TEXT_STRATEGIES`)
+    strategies:          canonical strategy names (see `analysis.pruning.text.TEXT_STRATEGIES`; default all)
     keep_ratios:         fractions of the prompt's tokens to keep, in (0, 1], from 1.0 down
     layer:               FastV's K (blocks 0..K-1 see every token); must exist in the model
     target:              the token whose probability and rank are tracked (None: the unpruned top-1)
@@ -59,31 +81,18 @@ class PruneTextParams:
     seed:                seed of the random strategy and of sampled attribution baselines
     """
 
-    strategies: tuple[str, ...]
+    unit: ClassVar[str] = "tokens"
+    resolve = staticmethod(resolve_strategies)
+
+    strategies: tuple[str, ...] = field(default_factory=lambda: tuple(resolve_strategies("all")))
     keep_ratios: tuple[float, ...] = tuple(DEFAULT_KEEP_RATIOS)
     layer: int = DEFAULT_LAYER
     target: str | None = None
     continuation_tokens: int = 8
     seed: int = 0
 
-    @classmethod
-    def of(
-        cls,
-        strategies: Sequence[str] | str = "all",
-        keep_ratios: Sequence[float] | float = DEFAULT_KEEP_RATIOS,
-        layer: int = DEFAULT_LAYER,
-        target: str | None = None,
-        continuation_tokens: int = 8,
-        seed: int = 0,
-    ) -> PruneTextParams:
-        return cls(
-            strategies=tuple(resolve_strategies(strategies)),
-            keep_ratios=tuple(resolve_keep_ratios(keep_ratios)),
-            layer=layer,
-            target=target or None,
-            continuation_tokens=continuation_tokens,
-            seed=seed,
-        )
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", self.target or None)  # "" (an empty field) is no target
 
     @property
     def needs_layer(self) -> bool:
@@ -91,7 +100,7 @@ class PruneTextParams:
         return any(TEXT_STRATEGIES.parse(name)[0].inside_model for name in self.strategies)
 
     def validate(self) -> None:
-        _check_sweep(self.strategies, self.keep_ratios, self.layer, self.seed, resolve_strategies, "tokens")
+        self.check_sweep()
         c = self.continuation_tokens
         if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_CONTINUATION:
             raise InputError(
@@ -107,42 +116,32 @@ class PruneTextParams:
         return params_json(self)
 
 
+def _image_strategies(strategies: Sequence[str] | str) -> list[str]:
+    from explorer.analysis.pruning.image import resolve_strategies
+
+    return resolve_strategies(strategies)
+
+
 @dataclass(frozen=True)
-class PruneImageParams:
+class PruneImageParams(_SweepParams):
     """An image-pruning sweep inside a vision transformer.
 
-    strategies:  strategy names (see `analysis.pruning.image.IMAGE_STRATEGIES`)
+    strategies:  strategy names (see `analysis.pruning.image.IMAGE_STRATEGIES`; default all)
     keep_ratios: fractions of the patches to keep, in (0, 1], from 1.0 down
     layer:       blocks 0..layer-1 run on every patch, the rest on the kept ones (0..n_layers)
     seed:        seed of the random strategies
     """
 
-    strategies: tuple[str, ...]
+    unit: ClassVar[str] = "patches"
+    resolve = staticmethod(_image_strategies)
+
+    strategies: tuple[str, ...] = field(default_factory=lambda: tuple(_image_strategies("all")))
     keep_ratios: tuple[float, ...] = tuple(DEFAULT_KEEP_RATIOS)
     layer: int = 0
     seed: int = 0
 
-    @classmethod
-    def of(
-        cls,
-        strategies: Sequence[str] | str = "all",
-        keep_ratios: Sequence[float] | float = DEFAULT_KEEP_RATIOS,
-        layer: int = 0,
-        seed: int = 0,
-    ) -> PruneImageParams:
-        from explorer.analysis.pruning.image import resolve_strategies
-
-        return cls(
-            strategies=tuple(resolve_strategies(strategies)),
-            keep_ratios=tuple(resolve_keep_ratios(keep_ratios, "patches")),
-            layer=layer,
-            seed=seed,
-        )
-
     def validate(self) -> None:
-        from explorer.analysis.pruning.image import resolve_strategies as resolve
-
-        _check_sweep(self.strategies, self.keep_ratios, self.layer, self.seed, resolve, "patches")
+        self.check_sweep()
 
     def for_model(self, vm: Any) -> PruneImageParams:
         """The parameters with `layer` checked against `vm`'s depth (0..n_layers)."""

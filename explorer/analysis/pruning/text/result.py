@@ -41,10 +41,11 @@ class TextPruningResult(StoredFields):
     """
 
     kind: ClassVar[str] = "prune_text"
+    json_kind: ClassVar[bool] = True
 
     model: str = in_meta(old=("model_id",))  # runs stored before the rename: "model_id"
     tokens: list[str] = in_meta()
-    input_ids: list[int] = in_meta()
+    input_ids: list[int] = in_meta(json=False)
     layer: int = in_meta()
     seed: int = in_meta()
     continuation_tokens: int = in_meta()
@@ -80,23 +81,10 @@ class TextPruningResult(StoredFields):
         """strategy -> [(keep_ratio, value)] from 1.0 down, for retention plots."""
         return retention_curve(self.rows, metric, FIDELITY_KEYS, ("flops_ratio", "seconds"), descending=True)
 
-    def to_dict(self) -> dict[str, Any]:
+    def json_views(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "run_id": self.run_id,
-            "model": self.model,
-            "tokens": self.tokens,
             "n_tokens": self.n_tokens,
-            "layer": self.layer,
-            "seed": self.seed,
-            "target": self.target,
-            "continuation_tokens": self.continuation_tokens,
-            "reference": self.reference,
             "rows": [r.to_dict(("continuation", "top_token")) for r in self.rows],
-            "deviations": self.deviations,
-            "notes": self.notes,
-            "seconds": self.seconds,
-            "timings": self.timings,
         }
 
     def to_tables(self) -> dict[str, pa.Table]:
