@@ -17,7 +17,8 @@ comparison. `--exact` also times one fit with the cosine metric on the raw vecto
 
 Before all that, a fresh process (a subprocess) imports umap and fits the same 10,000 points once without
 the warm-up: what a new process pays for its first map when NUMBA_CACHE_DIR is filled
-(`fresh_process_first_fit_10k`, wall and CPU seconds).
+(`fresh_process_first_fit_10k`: wall and CPU seconds, the NUMBA_CACHE_DIR it used, and every kernel it
+still had to compile, with its CPU seconds).
 
 Run: `.venv/bin/python bench/atlas_umap.py [--exact]` (prints JSON).
 """
