@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,10 +101,17 @@ def ensure_numba_cache(cache_dir: Path | None = None) -> None:
 
 
 STABLE_UUID_PREFIX = "explorer-stable:"
+_KERNELS_LOCK = threading.Lock()  # the app's warm-up thread and a user's first map may start together
+
+
+def cache_umap_kernels() -> int:
+    """`_cache_umap_kernels` once per process, also when two threads' first fits start together."""
+    with _KERNELS_LOCK:
+        return _cache_umap_kernels()
 
 
 @functools.lru_cache(maxsize=1)
-def cache_umap_kernels() -> int:
+def _cache_umap_kernels() -> int:
     """Make numba's on-disk cache work for umap-learn's and pynndescent's kernels across processes.
     Runs once per process, after `import umap` and before the first fit; returns how many kernels it
     switched on.
