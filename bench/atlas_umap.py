@@ -9,7 +9,7 @@ epochs, spectral init, fixed seed. Numba compiles umap-learn's kernels once per 
 NUMBA_CACHE_DIR, which `make run` / `make test` fill once) and every process still compiles or loads
 the kernels its first fit touches; a map above 4,096 points touches the nearest-neighbour descent
 that small maps skip. `warm_up_umap` (what the app runs in a background thread at start) forces that
-path on 600 random points; it runs first and is reported separately (`warm_up_s`). Then the
+path on 1,200 random points; it runs first and is reported separately (`warm_up_s`). Then the
 10,000-point fit is timed REPEATS times: the first of them is a process's first real map. Faithfulness of the reduction: the share
 of each point's 15 nearest neighbours under the exact cosine metric on the raw 576-D vectors that are
 also its 15 nearest in the 50-D PCA space (`knn15_recall`). PCA of the same points is timed for

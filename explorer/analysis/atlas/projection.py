@@ -175,7 +175,10 @@ def umap_epochs(n: int) -> int | None:
     return 200 if n > LARGE_MAP else None
 
 
-WARM_UP_POINTS = 600
+WARM_UP_POINTS = 1200
+# pynndescent splits its random-projection trees breadth-first (other kernels) while a node holds more
+# than 1 MiB of rows, which 50-dimensional maps reach above 5,242 points; 256 dimensions reach it at 1,024
+WARM_UP_DIMS = 256
 
 
 def _umap_fit(
@@ -210,12 +213,16 @@ def _umap_fit(
 
 
 def warm_up_umap(cache_dir: Path | None = None) -> float:
-    """Compile (or load from NUMBA_CACHE_DIR) every numba kernel a map fit uses, on 600 random unit
-    vectors of `PCA_DIMS` dimensions: the nearest-neighbour descent that maps above 4,096 points use
-    (forced here), the fuzzy graph, the spectral initialisation and the layout. Returns its seconds."""
+    """Compile (or load from NUMBA_CACHE_DIR) the numba kernels a map fit uses, on `WARM_UP_POINTS`
+    random unit vectors: the nearest-neighbour descent that maps above 4,096 points use (forced here),
+    with the breadth-first tree splits of large maps (`WARM_UP_DIMS`), the fuzzy graph, the spectral
+    initialisation and the layout (the kernels' signatures depend on the arrays' types, not their sizes).
+    After it, a new process's first 10,000-point map compiles only `nn_descent` (uncacheable, see
+    `cache_umap_kernels`), umap's eagerly typed random-number kernels and one small float64 distance.
+    Returns its seconds."""
     t0 = time.perf_counter()
     ensure_numba_cache(cache_dir)
-    x = unit_rows(np.random.default_rng(0).normal(size=(WARM_UP_POINTS, PCA_DIMS)).astype(np.float32))
+    x = unit_rows(np.random.default_rng(0).normal(size=(WARM_UP_POINTS, WARM_UP_DIMS)).astype(np.float32))
     _umap_fit(x, "euclidean", 15, 0.1, 0, umap_epochs(LARGE_MAP), force_approximation=True)
     return time.perf_counter() - t0
 
