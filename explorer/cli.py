@@ -126,9 +126,9 @@ def _quiet_loading_bars() -> None:
     JSON on stdout and, on bad input, exactly one line on stderr."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if "transformers" in sys.modules:  # already imported (the CLI called in-process)
-        from transformers.utils import logging as hf_logging
+        from explorer.backends.loading import hide_loading_bars
 
-        hf_logging.disable_progress_bar()
+        hide_loading_bars()
 
 
 def main(argv: list[str] | None = None) -> int:

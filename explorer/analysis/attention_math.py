@@ -62,15 +62,6 @@ def check_residual_weight(residual_weight: float) -> None:
         raise InputError(f"the rollout residual weight must be a number in [0, 1]; got {w!r}")
 
 
-def check_attention_tokens(n_tokens: int, limit: int, what: str = "the attention view") -> None:
-    """InputError when a sequence is longer than the attention token limit (`Settings.max_attention_tokens`)."""
-    if n_tokens > limit:
-        raise InputError(
-            f"the input is {n_tokens} tokens long; {what} keeps every head's full attention matrix and "
-            f"accepts at most {limit} tokens (setting max_attention_tokens). Shorten the input"
-        )
-
-
 @overload
 def residual_augmented(attentions: np.ndarray, residual_weight: float = ...) -> np.ndarray: ...
 @overload

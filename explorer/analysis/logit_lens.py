@@ -468,6 +468,7 @@ def never_emitted_candidates(
 def logit_lens(
     lm: LanguageModel,
     prompt: str,
+    params: LensParams | None = None,
     *,
     top_k: int = 10,
     targets: list[str] | tuple[str, ...] = (),
@@ -478,17 +479,21 @@ def logit_lens(
     max_tokens: int = 512,
     progress: ProgressFn | None = None,
 ) -> LensResult:
-    """Run the logit lens on `prompt` (optionally after generating `generate` tokens)."""
+    """Run the logit lens on `prompt` (optionally after generating `generate` tokens).
+
+    `params`: the `LensParams` (validated by the caller, e.g. the API's runner). Without it, the
+    keywords build and validate one (a convenience for notebooks and tests)."""
     prog = progress or (lambda f, m: None)
-    params = LensParams(
-        top_k=int(top_k),
-        targets=tuple(targets),
-        generate=int(generate),
-        sample=bool(sample),
-        temperature=float(temperature),
-        seed=int(seed),
-    )
-    params.validate()
+    if params is None:
+        params = LensParams(
+            top_k=int(top_k),
+            targets=tuple(targets),
+            generate=int(generate),
+            sample=bool(sample),
+            temperature=float(temperature),
+            seed=int(seed),
+        )
+        params.validate()
     t0 = time.perf_counter()
     prompt_ids = encode(lm, prompt, max_tokens)
     target_ids, notes = resolve_targets(lm, params.targets)

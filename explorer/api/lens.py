@@ -73,16 +73,7 @@ def run_logit_lens(
         prompt=prompt,
         params=cache_params(params, max_tokens=settings.max_prompt_tokens),
         compute=lambda: _lens.logit_lens(
-            lm,
-            prompt,
-            top_k=params.top_k,
-            targets=params.targets,
-            generate=params.generate,
-            sample=params.sample,
-            temperature=params.temperature,
-            seed=params.seed,
-            max_tokens=settings.max_prompt_tokens,
-            progress=progress,
+            lm, prompt, params, max_tokens=settings.max_prompt_tokens, progress=progress
         ),
         store=open_store(db, settings),
         use_cache=use_cache,

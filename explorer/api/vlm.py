@@ -43,16 +43,12 @@ def is_vlm(model: str | Any | None) -> bool:
 
 def _config_has_vision(name: str) -> bool:
     """A hub id or local dir whose config has a `vision_config` (every transformers VLM does)."""
-    from pathlib import Path
-
-    from transformers import AutoConfig
-
-    from explorer.backends.loading import hub_kwargs
+    from explorer.backends.loading import load_config
     from explorer.model_policy import admit_model
 
     name = admit_model(name)  # the host's allow-list, before any file or hub access
     try:
-        config = AutoConfig.from_pretrained(name, **hub_kwargs(Path(name).exists()))
+        config = load_config(name)
     except (OSError, ValueError):
         return False
     return getattr(config, "vision_config", None) is not None

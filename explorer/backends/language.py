@@ -39,6 +39,8 @@ from explorer.backends.architectures import ArchitectureSpec, architecture_for
 from explorer.backends.embedded import EMBEDDED_LMS, EMBEDDED_VISION_MODELS, resolve_model_source
 from explorer.backends.loading import (
     MODEL_CACHE,
+    cache_kwarg,
+    cache_of,
     default_device,
     dtype_name,
     get_submodule,
@@ -172,8 +174,7 @@ class LanguageModel:
 
     @property
     def _cache_arg(self) -> str:
-        """transformers >= 5 calls the KV-cache argument `cache`; older versions `past_key_values`."""
-        return "cache" if "cache" in self._forward_args else "past_key_values"
+        return cache_kwarg(self._forward_args)
 
     # ---- parts --------------------------------------------------------------------------------
     def blocks(self) -> torch.nn.ModuleList:
@@ -274,13 +275,11 @@ class LanguageModel:
         logits = out.logits
         if logits_to_keep > 0 and not keep_here:
             logits = logits[:, -logits_to_keep:]
-        new_cache = getattr(out, "cache", None)
-        if new_cache is None:
-            new_cache = getattr(out, "past_key_values", None)
+        new_cache = cache_of(out, self._cache_arg) if use_cache else None
         attentions = tuple(out.attentions) if output_attentions and out.attentions else None
         if output_attentions and (attentions is None or attentions[0] is None):
             raise RuntimeError("the model returned no attentions; load it with attn_implementation='eager'")
-        return ForwardOutput(logits=logits, cache=new_cache if use_cache else None, attentions=attentions)
+        return ForwardOutput(logits=logits, cache=new_cache, attentions=attentions)
 
     @torch.no_grad()
     def capture(

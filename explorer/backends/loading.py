@@ -103,6 +103,44 @@ def hub_kwargs(is_local: bool) -> dict[str, Any]:
     return {}
 
 
+def cache_kwarg(forward_parameters: Any) -> str:
+    """The KV-cache argument of a model's forward, given its parameter names (or the model):
+    transformers >= 5 calls it `cache`, older versions `past_key_values`. Outputs carry the cache
+    under the same name; reading the other one warns of a deprecation on transformers 5."""
+    if isinstance(forward_parameters, torch.nn.Module):
+        import inspect
+
+        forward_parameters = inspect.signature(forward_parameters.forward).parameters
+    return "cache" if "cache" in forward_parameters else "past_key_values"
+
+
+def cache_of(output: Any, name: str) -> Any:
+    """The KV cache a forward returned, read under the argument name `cache_kwarg` gave."""
+    return getattr(output, name, None)
+
+
+def hide_loading_bars() -> None:
+    """No "Loading weights" progress bars from transformers on stderr (the CLI's stderr is its own)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def load_tokenizer(source: str) -> Any:
+    """A tokenizer from a local directory or a hub id (offline: the Hugging Face cache only).
+    OSError / ValueError when it is not there."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, **hub_kwargs(Path(source).exists()))
+
+
+def load_config(source: str) -> Any:
+    """A model's config from a local directory or a hub id; OSError / ValueError when not there."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source, **hub_kwargs(Path(source).exists()))
+
+
 def get_submodule(root: torch.nn.Module, dotted: str) -> torch.nn.Module:
     """Resolve a dotted path; "a|b" tries alternatives (names that changed across versions)."""
     for candidate in dotted.split("|"):

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from explorer.backends.language import LanguageModel, LogitsHook, _first_tensor
-from explorer.backends.loading import MODEL_CACHE
+from explorer.backends.loading import MODEL_CACHE, cache_kwarg, cache_of
 from explorer.backends.trace import Trace
 from explorer.config import Settings
 from explorer.errors import InputError
@@ -204,7 +204,7 @@ def generate(
         for step in range(max_new_tokens):
             if progress is not None:
                 progress(step / max(1, max_new_tokens), f"Generating token {step + 1} of {max_new_tokens}")
-            past = _cache_of(res)
+            past = cache_of(res, cache_kwarg(lm.hf_model))
             logits = res.logits[0, -1].float()
             if logits_hook is not None:
                 logits = logits_hook(step, logits.unsqueeze(0))[0]
@@ -292,25 +292,13 @@ def last_token_residuals(vlm: VisionLanguageModel, batch: list[VLMInputs]) -> to
     return torch.stack([r.float() for r in per_layer], dim=1).cpu()
 
 
-def _cache_of(res: Any) -> Any:
-    cache = getattr(res, "cache", None)
-    return cache if cache is not None else getattr(res, "past_key_values", None)
-
-
-def _cache_kwarg(model: Any) -> str:
-    """transformers >= 5.x calls the KV cache `cache`; older versions `past_key_values`."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def _decode_step(vlm: VisionLanguageModel, token: int, past: Any, total_len: int) -> Any:
     """One cached step. No attention mask: one unpadded sequence needs none, and from a mask
     Qwen2-VL derives positions for the whole sequence instead of the new token's M-RoPE position
     (cache length + its stored rope delta)."""
     model = vlm.lm.hf_model
     ids = torch.tensor([[token]], device=vlm.lm.device)
-    kwargs = {_cache_kwarg(model): past}
+    kwargs = {cache_kwarg(model): past}
     return model(input_ids=ids, use_cache=True, **kwargs)
 
 

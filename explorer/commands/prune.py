@@ -11,7 +11,8 @@ from explorer.config import Settings
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
     from explorer.analysis.pruning.image import IMAGE_STRATEGIES
-    from explorer.analysis.pruning.text import TEXT_STRATEGIES
+    from explorer.analysis.pruning.params import PruneImageParams, PruneTextParams
+    from explorer.analysis.pruning.text import MAX_CONTINUATION, TEXT_STRATEGIES
 
     text_names = ", ".join(f"{s.name}[:METHOD]" if s.options else s.name for s in TEXT_STRATEGIES.values())
     p: argparse.ArgumentParser = sub.add_parser(
@@ -49,13 +50,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--layer",
         type=int,
         default=None,
-        help="FastV's K for text (default 2); image: prune before block L (default 0)",
+        help=f"FastV's K for text (default {PruneTextParams().layer}); image: prune before block L "
+        f"(default {PruneImageParams().layer})",
     )
     p.add_argument(
         "--target", default=None, help="text: token whose probability/rank is tracked (default: top-1)"
     )
     p.add_argument(
-        "--continuation", type=int, default=8, metavar="N", help="text: greedy tokens compared (default 8)"
+        "--continuation",
+        type=int,
+        default=PruneTextParams().continuation_tokens,
+        metavar="N",
+        help=f"text: greedy tokens compared (0..{MAX_CONTINUATION}; default {PruneTextParams().continuation_tokens})",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random strategy and sampled attributions")
     p.add_argument("--no-cache", action="store_true", help="recompute even if the run is stored")

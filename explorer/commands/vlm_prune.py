@@ -9,6 +9,8 @@ from explorer.config import Settings
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
+    from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
+
     p: argparse.ArgumentParser = sub.add_parser(
         "vlm-prune",
         help="prune the visual tokens a VLM's LM receives (FastV, VTC-CLS, TransPrune, ToDRE, IDPruner, "
@@ -36,7 +38,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--keep",
         default=None,
-        help="keep ratios, comma-separated, e.g. 1,0.5,0.25,0.1,0.05 (default: 1 .9 .75 .5 .3 .2 .1 .05)",
+        help="keep ratios, comma-separated, e.g. 1,0.5,0.25,0.1,0.05 (default: "
+        + " ".join(str(r) for r in DEFAULT_KEEP_RATIOS)
+        + ")",
     )
     p.add_argument(
         "--model", default=None, help="vision-language model (default tiny-vlm; projector VLMs only)"

@@ -139,7 +139,7 @@ def _occlusion_params(window: float, stride: float) -> dict[str, Any]:
     return {} if w == 1 and s == 1 else {"window": w, "stride": s}
 
 
-def run_attribution(
+def render_attribution(
     model: str,
     prompt: str,
     target: str,
@@ -291,7 +291,7 @@ def image_summary_markdown(r: Any) -> str:
     return "\n".join(lines)
 
 
-def run_generation(
+def render_generation(
     model: str,
     prompt: str,
     method: str,
@@ -480,7 +480,7 @@ def build(ctx: UIContext) -> None:
             raise InputError(
                 f"{model!r} is a vision-language model: add an image (or choose a language model)"
             )
-        text = run_attribution(
+        text = render_attribution(
             model, prompt, target, method, contrast, seed, replacement, mlm_model, ratio, top_k, keep_n, probes, steps,
             ctx=ctx, progress=progress, dtype=dtype_v, window=window_v, stride=stride_v,
         )  # fmt: skip
@@ -507,7 +507,7 @@ def build(ctx: UIContext) -> None:
         dtype_v: str = "auto",
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Any:
-        return run_generation(model, prompt, method, n, seed, ctx=ctx, progress=progress, dtype=dtype_v)
+        return render_generation(model, prompt, method, n, seed, ctx=ctx, progress=progress, dtype=dtype_v)
 
     run.click(
         user_errors(on_run),

@@ -12,7 +12,13 @@ from typing import Any
 import gradio as gr
 
 from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS
-from explorer.analysis.pruning.text import DEFAULT_LAYER, DEFAULT_STRATEGIES, TextPruningResult
+from explorer.analysis.pruning.params import PruneImageParams, PruneTextParams
+from explorer.analysis.pruning.text import (
+    DEFAULT_LAYER,
+    DEFAULT_STRATEGIES,
+    MAX_CONTINUATION,
+    TextPruningResult,
+)
 from explorer.api.pruning import (
     deviations,
     image_strategy_names,
@@ -125,7 +131,11 @@ def build(ctx: UIContext) -> None:
                     )
                     target = gr.Textbox(label="Target token (default: the unpruned top-1)", value="")
                     continuation = gr.Number(
-                        value=8, precision=0, minimum=0, maximum=64, label="Continuation tokens"
+                        value=PruneTextParams().continuation_tokens,
+                        precision=0,
+                        minimum=0,
+                        maximum=MAX_CONTINUATION,
+                        label="Continuation tokens",
                     )
                 text_strategies = gr.Dropdown(
                     choices=text_choices,
@@ -203,7 +213,7 @@ def build(ctx: UIContext) -> None:
         return (
             gr.Column(visible=is_text),
             gr.Column(visible=not is_text),
-            gr.Number(value=2 if is_text else 0),
+            gr.Number(value=PruneTextParams().layer if is_text else PruneImageParams().layer),
             gr.Dropdown(choices=list(metrics), value=next(iter(metrics))),
         )
 

@@ -18,7 +18,6 @@ import torch
 from explorer.analysis.attention_math import (
     attention_flow,
     attention_rollout,
-    check_attention_tokens,
     residual_augmented,
     rollout_rows,
     row_entropy,
@@ -85,13 +84,10 @@ def test_row_entropy_bounds() -> None:
     np.testing.assert_allclose(row_entropy(np.full((3, 8), 1 / 8)), 3.0)
 
 
-def test_bad_residual_weight_and_token_limit_are_input_errors() -> None:
+def test_bad_residual_weight_is_an_input_error() -> None:
     att = causal_attention(1, 1, 3)
     with pytest.raises(InputError, match="residual weight"):
         attention_rollout(att, 1.5)
-    check_attention_tokens(256, 256)
-    with pytest.raises(InputError, match="at most 256 tokens"):
-        check_attention_tokens(257, 256)
 
 
 def test_flow_accepts_tensors() -> None:

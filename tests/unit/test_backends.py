@@ -156,3 +156,38 @@ def test_no_module_outside_the_backends_calls_the_hf_model() -> None:
         if pattern.search(line)
     ]
     assert not offenders, offenders
+
+
+def test_only_the_backends_import_transformers() -> None:
+    """The backend package is the one door to transformers."""
+    root = Path(__file__).resolve().parents[2] / "explorer"
+    pattern = re.compile(r"^\s*(from transformers\b|import transformers\b)")
+    offenders = [
+        f"{path.relative_to(root)}:{i}"
+        for path in root.rglob("*.py")
+        if "backends" not in path.parts
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not offenders, offenders
+
+
+def test_forward_and_generate_print_no_deprecation_warning() -> None:
+    """The backend reads the KV cache under the name this transformers version uses: reading the
+    other one (`past_key_values` on transformers 5) prints a deprecation warning on stderr, which
+    the CLI must not show (its stderr is a progress bar or one line of error)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; sys.path.insert(0, 'tests'); from conftest import make_tiny_lm\n"
+        "lm = make_tiny_lm('llama')\n"
+        "ids = torch.tensor([[1, 2, 3, 4]])\n"
+        "lm.forward(ids, use_cache=False); lm.forward(ids, use_cache=True)\n"
+        "lm.generate(ids, max_new_tokens=3)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2]
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "deprecated" not in proc.stderr, proc.stderr[-2000:]

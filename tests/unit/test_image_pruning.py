@@ -102,6 +102,14 @@ def test_every_strategy_has_a_deviation_note() -> None:
     assert all(isinstance(v, str) and v for v in deviations.values())
 
 
+def test_vtc_cls_last_block_signal_is_labelled_as_an_analogue() -> None:
+    """Issue 7, fix 4: VTC-CLS reads the penultimate block and sums over late layers; the last-block
+    strategy is an analogue of that signal, and its note says so (it once claimed "the paper's signal")."""
+    note = IMAGE_STRATEGIES.deviations()["cls_attention_last"]
+    assert "analogue" in note and "penultimate" in note and "late layers" in note
+    assert "the paper's signal (last block)" not in note and "not the paper's" in note
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("layer", [0, 1, N_LAYERS])
 def test_strategy_keeps_exactly_the_requested_count(vm: VisionModel, strategy: str, layer: int) -> None:

@@ -43,20 +43,17 @@ def load_tokenizer(name: str, settings: Any) -> Any:
 
 
 def _load_tokenizer(name: str, settings: Any) -> Any:
-    from pathlib import Path
-
-    from transformers import AutoTokenizer
-
+    from explorer.backends.embedded import resolve_model_source
+    from explorer.backends.loading import load_tokenizer
     from explorer.errors import ModelNotAvailableError
-    from explorer.models.loading import hub_kwargs, resolve_model_source
 
     if name == "all-minilm-l6-v2":
         from explorer.backends.sentence import sentence_model_dir
 
-        return AutoTokenizer.from_pretrained(sentence_model_dir())
+        return load_tokenizer(str(sentence_model_dir()))
     source = resolve_model_source(name, settings)
     try:
-        return AutoTokenizer.from_pretrained(source, **hub_kwargs(Path(source).exists()))
+        return load_tokenizer(source)
     except (OSError, ValueError) as exc:
         raise ModelNotAvailableError(
             f"tokenizer {name!r} is not available here (offline: embedded names {list(EMBEDDED_TOKENIZERS)}, "
