@@ -32,7 +32,7 @@ chromium:
 	fi
 
 # umap-learn's numba kernels compile once into NUMBA_CACHE_DIR (explorer.analysis.atlas.projection.warm_up_umap).
-cache/numba/.stamp-warm: $(VENV)/.stamp-project
+cache/numba/.stamp-warm: $(VENV)/.stamp-project explorer/analysis/atlas/projection.py
 	mkdir -p cache/numba
 	HF_HUB_OFFLINE=1 $(PY) -c "from explorer.analysis.atlas.projection import warm_up_umap as w; print(f'UMAP kernels ready in {w():.0f} s')"
 	touch $@

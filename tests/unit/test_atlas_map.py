@@ -398,3 +398,22 @@ def test_cli_map_dataset(tmp_path, capsys) -> None:
     )
     err = capsys.readouterr().err
     assert code == 2 and "no 'prompt' or 'question' column" in err and len(err.strip().splitlines()) == 1
+
+
+def test_umap_kernels_have_a_cache_key_that_survives_the_process() -> None:
+    """numba keys a cached kernel by its signature; pynndescent's descent kernels take the distance (a
+    numba dispatcher) as an argument, and numba pickles a dispatcher by a per-process random uuid, so a
+    new process never found them in NUMBA_CACHE_DIR and recompiled them at its first map. After
+    `cache_umap_kernels` the key names the kernel instead, the same in every process, and the kernels that
+    declare cache=False (process_candidates) cache too."""
+    import pickle
+
+    import umap  # noqa: F401 - imports pynndescent, whose kernels are switched on
+    from numba.core import types
+    from pynndescent import distances, pynndescent_
+
+    projection.cache_umap_kernels()
+    key = pickle.dumps(types.Dispatcher(distances.squared_euclidean))
+    assert b"explorer-stable:pynndescent.distances.squared_euclidean" in key
+    assert pickle.loads(key) == types.Dispatcher(distances.squared_euclidean)
+    assert pynndescent_.process_candidates._cache.__class__.__name__ == "FunctionCache"

@@ -182,12 +182,24 @@ def planted_lm():  # type: ignore[no-untyped-def]
 
 def test_planted_untrained_rows_are_found_and_verified(tmp_path) -> None:
     """Planted signal: the Magikarp indicator ranks the planted rows first, verification confirms
-    exactly them (p < 0.01), and the ordinary tokens ranked next are rejected (the model repeats them)."""
+    exactly them (p < 0.01), and the ordinary tokens ranked next are rejected (the model repeats them).
+    GlitchHunter flags exactly the planted cluster of collapsed rows (at resolution 5 their first-round
+    community is them plus two others; at resolution 1, modularity's resolution limit merges them into a
+    community of 462 tokens whose sample holds none of them), and the summary says where Magikarp's
+    verified tokens fell in its first graph and how that community's test went."""
     lm, planted = planted_lm()
     n_verify = len(planted) + 8
     r = atlas_api.run_vocab_health(
-        lm, n_verify=n_verify, map_points=0, gh_resolution=1.0, gh_sample=3, db=False
+        lm, n_verify=n_verify, map_points=0, gh_resolution=5.0, gh_sample=3, db=False
     )
+    assert sorted(np.flatnonzero(np.asarray(r.columns["gh_flag"])).tolist()) == sorted(planted)
+    gh = r.summary["glitchhunter"]
+    assert gh["verified"] == gh["checked"] == len(planted) and r.summary["agreement"]["both"] == len(planted)
+    (fell,) = gh["magikarp_verified_in_first_graph"]
+    assert fell["holds"] == len(planted) and fell["kept"] and fell["size"] < 20
+    assert fell["glitchy_in_sample"] >= fell["glitchy_needed"] == 2 and fell["p_value"] <= 0.1
+    assert sorted(fell["tokens"]) == sorted(PLANTED_WORDS) and len(fell["sample"]) == 3
+    assert any(n.startswith("Where Magikarp's 8 verified tokens fell") for n in r.notes)
     c = r.columns
     assert "named unused/reserved" in r.summary["reference"]["source"]
     rank = np.asarray(c["candidate_rank"])

@@ -46,6 +46,49 @@ class HunterParams:
     seed: int = 0
 
 
+@dataclass
+class RoundTrace:
+    """One round of `hunt`: the graph's tokens, their community labels, each community's screened
+    sample (token ids), how many of it were glitchy, the test's p-value, and the kept communities."""
+
+    tokens: np.ndarray
+    labels: np.ndarray
+    samples: list[np.ndarray]
+    glitchy: list[int]
+    pvalues: list[float]
+    kept: list[int]
+
+    def where(self, ids: np.ndarray, params: HunterParams) -> list[dict[str, Any]]:
+        """The communities that hold `ids`, most of them first: size, how many of `ids` they hold, their
+        sample, its test, and the chance that a sample of this size passes the test if exactly those ids
+        are the community's glitch tokens (drawn without replacement; others are taken as not glitchy, so
+        it is a lower bound when some are)."""
+        from scipy.stats import hypergeom
+
+        pos = np.flatnonzero(np.isin(self.tokens, ids))
+        counts = np.bincount(self.labels[pos], minlength=len(self.samples))
+        out = []
+        for c in np.argsort(-counts, kind="stable"):
+            if counts[c] == 0:
+                break
+            size = int((self.labels == c).sum())
+            n = int(self.samples[c].size)
+            need = min_glitchy(n, params)
+            out.append({
+                "community": int(c), "size": size, "holds": int(counts[c]),
+                "sample": [int(i) for i in self.samples[c]], "glitchy_in_sample": int(self.glitchy[c]),
+                "p_value": round(float(self.pvalues[c]), 4), "kept": int(c) in set(self.kept),
+                "glitchy_needed": need,
+                "pass_chance": round(float(hypergeom.sf(need - 1, size, int(counts[c]), n)), 4),
+            })  # fmt: skip
+        return out
+
+
+def min_glitchy(size: int, params: HunterParams) -> int:
+    """The fewest glitchy tokens in a sample of `size` that the test keeps (size + 1: none does)."""
+    return next((g for g in range(size + 1) if binomial_p(g, size, params.p0) <= params.alpha), size + 1)
+
+
 def _reduce(rows: np.ndarray, dims: int) -> torch.Tensor:
     """Unit rows; above FULL_DIMS_BELOW rows, projected on their top `dims` principal components and
     re-normalised (cosine neighbours in the PCA space)."""
@@ -113,13 +156,15 @@ def hunt(
     is_glitch: Callable[[float], bool],
     params: HunterParams,
     progress: Callable[[str], None] | None = None,
+    trace: list[RoundTrace] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Run GlitchHunter over the tokens `pool` (ids into the rows of `emb`, the input embeddings).
 
     `screen(ids)` returns the verification probability of each id (each id is screened once; results are
     remembered); `is_glitch(p)` is the verdict. Returns (the glitch tokens = the final TEG, community label
     per row (-1 = not in the final TEG; labels are round * 1e6 + community), screening probability per row
-    (NaN = not sampled), one log entry per round)."""
+    (NaN = not sampled), one log entry per round). With `trace`, each round's graph, communities,
+    samples and tests are appended to it (to explain afterwards where given tokens fell)."""
     rng = np.random.default_rng(params.seed)
     n_rows = emb.shape[0]
     screened = np.full(n_rows, np.nan)
@@ -142,10 +187,11 @@ def hunt(
             )
         if need.size:
             screened[need] = screen(need.tolist())
-        kept = [
-            c for c, s in enumerate(samples)
-            if binomial_p(sum(is_glitch(float(p)) for p in screened[s]), s.size, params.p0) <= params.alpha
-        ]  # fmt: skip
+        glitchy = [sum(is_glitch(float(p)) for p in screened[s]) for s in samples]
+        pvalues = [binomial_p(g, s.size, params.p0) for g, s in zip(glitchy, samples, strict=True)]
+        kept = [c for c, p in enumerate(pvalues) if p <= params.alpha]
+        if trace is not None:
+            trace.append(RoundTrace(current.copy(), labels, samples, glitchy, pvalues, kept))
         keep_mask = np.isin(labels, kept)
         nxt = current[keep_mask]
         rounds.append({

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,13 +100,35 @@ def ensure_numba_cache(cache_dir: Path | None = None) -> None:
         os.environ["NUMBA_CACHE_DIR"] = str(target)
 
 
-@functools.lru_cache(maxsize=1)
+STABLE_UUID_PREFIX = "explorer-stable:"
+_KERNELS_LOCK = threading.Lock()  # the app's warm-up thread and a user's first map may start together
+
+
 def cache_umap_kernels() -> int:
-    """Turn on numba's on-disk cache for every kernel of umap-learn and pynndescent that does not
-    declare `cache=True` (most of their layout, graph and descent kernels): without it a fresh process
-    recompiles them at its first fit (measured: 15.9 CPU-s for a first 2,000-point fit against 4.6 s
-    for the next one, with NUMBA_CACHE_DIR filled). Runs once per process, after `import umap` and
-    before the first fit; returns how many kernels it switched on."""
+    """`_cache_umap_kernels` once per process, also when two threads' first fits start together."""
+    with _KERNELS_LOCK:
+        return _cache_umap_kernels()
+
+
+@functools.lru_cache(maxsize=1)
+def _cache_umap_kernels() -> int:
+    """Make numba's on-disk cache work for umap-learn's and pynndescent's kernels across processes.
+    Runs once per process, after `import umap` and before the first fit; returns how many kernels it
+    switched on.
+
+    1. Turn on caching for every kernel that does not declare `cache=True` (most of their layout, graph
+       and descent kernels): without it a fresh process recompiles them at its first fit (measured: 15.9
+       CPU-s for a first 2,000-point fit against 4.6 s for the next one, with NUMBA_CACHE_DIR filled).
+    2. Give every kernel a stable identity. The nearest-neighbour descent kernels (`init_rp_tree`,
+       `init_random`, `process_candidates`, `generate_leaf_updates`, ...) take the distance function, a
+       numba dispatcher, as an argument, so the distance's dispatcher is part of the cache's key; numba
+       pickles a dispatcher by a random per-process uuid, so a new process never found those entries
+       (and appended another copy to the cache at every first fit). A uuid derived from the kernel's
+       module and name makes the key the same in every process.
+
+    Still compiled in every process: `nn_descent` and `nn_descent_internal` (maps above 4,096 points),
+    which call `numba.get_num_threads()` (a ctypes pointer numba refuses to cache), and the kernels
+    umap-learn compiles eagerly at import with an explicit signature."""
     import sys
 
     from numba.core.caching import NullCache
@@ -116,7 +139,12 @@ def cache_umap_kernels() -> int:
         if not name.startswith(("umap", "pynndescent")):
             continue
         for value in list(vars(module).values()):
-            if isinstance(value, CPUDispatcher) and isinstance(getattr(value, "_cache", None), NullCache):
+            if not isinstance(value, CPUDispatcher):
+                continue
+            func = value.py_func
+            if getattr(func, "__module__", None) == name and getattr(value, "_MemoMixin__uuid", None) is None:
+                value._set_uuid(f"{STABLE_UUID_PREFIX}{name}.{func.__qualname__}")  # type: ignore[attr-defined]
+            if isinstance(getattr(value, "_cache", None), NullCache):
                 try:
                     value.enable_caching()
                 except Exception:  # noqa: BLE001 - e.g. a kernel whose source file cannot be located
@@ -147,7 +175,10 @@ def umap_epochs(n: int) -> int | None:
     return 200 if n > LARGE_MAP else None
 
 
-WARM_UP_POINTS = 600
+WARM_UP_POINTS = 1200
+# pynndescent splits its random-projection trees breadth-first (other kernels) while a node holds more
+# than 1 MiB of rows, which 50-dimensional maps reach above 5,242 points; 256 dimensions reach it at 1,024
+WARM_UP_DIMS = 256
 
 
 def _umap_fit(
@@ -182,12 +213,16 @@ def _umap_fit(
 
 
 def warm_up_umap(cache_dir: Path | None = None) -> float:
-    """Compile (or load from NUMBA_CACHE_DIR) every numba kernel a map fit uses, on 600 random unit
-    vectors of `PCA_DIMS` dimensions: the nearest-neighbour descent that maps above 4,096 points use
-    (forced here), the fuzzy graph, the spectral initialisation and the layout. Returns its seconds."""
+    """Compile (or load from NUMBA_CACHE_DIR) the numba kernels a map fit uses, on `WARM_UP_POINTS`
+    random unit vectors: the nearest-neighbour descent that maps above 4,096 points use (forced here),
+    with the breadth-first tree splits of large maps (`WARM_UP_DIMS`), the fuzzy graph, the spectral
+    initialisation and the layout (the kernels' signatures depend on the arrays' types, not their sizes).
+    After it, a new process's first 10,000-point map compiles only `nn_descent` (uncacheable, see
+    `cache_umap_kernels`), umap's eagerly typed random-number kernels and one small float64 distance.
+    Returns its seconds."""
     t0 = time.perf_counter()
     ensure_numba_cache(cache_dir)
-    x = unit_rows(np.random.default_rng(0).normal(size=(WARM_UP_POINTS, PCA_DIMS)).astype(np.float32))
+    x = unit_rows(np.random.default_rng(0).normal(size=(WARM_UP_POINTS, WARM_UP_DIMS)).astype(np.float32))
     _umap_fit(x, "euclidean", 15, 0.1, 0, umap_epochs(LARGE_MAP), force_approximation=True)
     return time.perf_counter() - t0
 

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from explorer.analysis.atlas import verify as _verify
-from explorer.analysis.atlas.glitchhunter import PCA_DIMS, HunterParams, hunt
+from explorer.analysis.atlas.glitchhunter import PCA_DIMS, HunterParams, RoundTrace, hunt
 from explorer.analysis.atlas.projection import ProjectionParams, fit_umap
 from explorer.analysis.atlas.vocab_tokens import analyse_tokenizer, unused_added_tokens
 from explorer.errors import InputError
@@ -222,6 +222,35 @@ def _reference(
     return reference, source, check
 
 
+def _where_fell(
+    trace: list[RoundTrace], ids: np.ndarray, hp: HunterParams, decoded: list[str]
+) -> list[dict[str, Any]]:
+    """GlitchHunter's first-round communities that hold the Magikarp-verified `ids` (most first), with
+    their sample and test, tokens as text (see `RoundTrace.where`)."""
+    if not trace or ids.size == 0:
+        return []
+    out = trace[0].where(ids, hp)
+    held = set(ids.tolist())
+    for entry in out:
+        members = trace[0].tokens[trace[0].labels == entry["community"]]
+        entry["tokens"] = [decoded[i] for i in members.tolist() if i in held]
+        entry["sample"] = [decoded[i] for i in entry["sample"]]
+    return out
+
+
+def _where_fell_note(where_fell: list[dict[str, Any]], n_verified: int, hp: HunterParams) -> str:
+    top = where_fell[0]
+    n = len(top["sample"])
+    return (
+        f"Where Magikarp's {n_verified} verified tokens fell in GlitchHunter's first graph: {len(where_fell)} "
+        f"communities; the largest share, {top['holds']}, in one community of {top['size']} tokens, whose random "
+        f"sample of {n} ({', '.join(repr(t) for t in top['sample'])}) held {top['glitchy_in_sample']} glitchy "
+        f"(binomial p = {top['p_value']:.3g}; kept needs {top['glitchy_needed']} of {n}: "
+        f"{'kept' if top['kept'] else 'not kept'}). If those {top['holds']} are its only glitch tokens, a sample "
+        f"of {n} passes the test with probability {top['pass_chance']:.2f}."
+    )
+
+
 def vocab_health(
     lm: Any,
     *,
@@ -296,6 +325,7 @@ def vocab_health(
     t1, c1 = time.perf_counter(), time.process_time()
     say(0.5, "GlitchHunter-style clustering")
     rng = np.random.default_rng(params.seed)
+    trace: list[RoundTrace] = []
     flagged, gh_cluster, gh_screen, rounds = hunt(
         embed,
         pool,
@@ -303,6 +333,7 @@ def vocab_health(
         _verify.is_verified,
         params.hunter(),
         progress=lambda m: say(0.6, f"GlitchHunter: {m}"),
+        trace=trace,
     )
     gh_flag = np.zeros(n_rows, dtype=bool)
     gh_flag[flagged] = True
@@ -323,6 +354,9 @@ def vocab_health(
     gh_verified = {i for i in gh_checked if _verify.is_verified(max_prob[i])}
     union = mk_verified | gh_verified
     mk_set = set(candidates.tolist())
+    where_fell = _where_fell(
+        trace, np.array(sorted(mk_verified), dtype=np.int64), params.hunter(), tok.decoded
+    )
     statuses = ["" if np.isnan(p) else _verify.status(float(p)) for p in max_prob]
 
     xs = np.full(n_rows, np.nan, dtype=np.float32)
@@ -373,6 +407,7 @@ def vocab_health(
             "precision": (len(gh_verified) / len(gh_checked)) if gh_checked else None,
             "params": {**asdict(params.hunter()), "pca_dims": PCA_DIMS},
             "rounds": rounds,
+            "magikarp_verified_in_first_graph": where_fell,
         },  # fmt: skip
         "agreement": {
             "both": len(mk_verified & gh_verified),
@@ -410,6 +445,8 @@ def vocab_health(
         "above instead of the paper's repetition/spelling/length tasks; k, the resolution, the sample size, p0 "
         "and α are our choices."
     )
+    if where_fell:
+        notes.append(_where_fell_note(where_fell, len(mk_verified), params.hunter()))
     if params.map_points:
         notes.append(
             f"Vocabulary atlas: UMAP (cosine) of {min(n_rows, params.map_points)} unembedding rows with the first "
