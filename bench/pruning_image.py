@@ -1,7 +1,7 @@
 """Bench: an image-pruning sweep against its floor.
 
-The sweep is `prune_image(vm, image, "all", 8 ratios, layer)` on one 224x224 image: every
-registered strategy at every ratio, with all fidelity measures (including the saliency
+The sweep is `prune_image(vm, image, strategies="all", keep_ratios=<8 ratios>, layer=layer)` on
+one 224x224 image: every registered strategy at every ratio, with all fidelity measures (including the saliency
 decoder for each pruned run). The floor is the bare compute the sweep cannot avoid: the
 same number of plain encoder passes (all blocks + final norm) on inputs of the pruned
 sizes, batched per ratio like the sweep. Both are timed in the same process, after a
@@ -54,13 +54,13 @@ def bench_image_sweep(
     n_patches = vm.grid()[0] * vm.grid()[1]
     n_strategies = len(IMAGE_STRATEGIES)
 
-    prune_image(vm, picture, "all", [0.5], layer=layer)  # warm-up
+    prune_image(vm, picture, strategies="all", keep_ratios=[0.5], layer=layer)  # warm-up
     _floor_pass(vm, n_patches, (0.5,), n_strategies)
 
     sweep_times, floor_times = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        result = prune_image(vm, picture, "all", list(RATIOS), layer=layer)
+        result = prune_image(vm, picture, strategies="all", keep_ratios=list(RATIOS), layer=layer)
         sweep_times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         _floor_pass(vm, n_patches, RATIOS, n_strategies)

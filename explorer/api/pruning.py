@@ -84,12 +84,7 @@ def run_prune_text(
         lambda: _text.prune_text(
             lm,
             prompt,
-            strategies=list(p.strategies),
-            keep_ratios=list(p.keep_ratios),
-            layer=p.layer,
-            target=p.target,
-            continuation_tokens=p.continuation_tokens,
-            seed=p.seed,
+            p,
             max_tokens=settings.max_prompt_tokens,
             batch_mb=settings.pruning_batch_mb,
             progress=progress,
@@ -189,9 +184,7 @@ def run_prune_image(
         vm,
         f"image sha256:{image_sha256(pil)}",
         cache_params(p, **vm.preprocessing.cache_key()),
-        lambda: engine.prune_image(
-            vm, pil, list(p.strategies), list(p.keep_ratios), p.layer, p.seed, progress
-        ),
+        lambda: engine.prune_image(vm, pil, p, progress=progress),
         db=db,
         settings=settings,
         use_cache=use_cache,

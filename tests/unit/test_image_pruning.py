@@ -162,7 +162,7 @@ def test_block_loop_equals_the_hf_forward(vm: VisionModel) -> None:
 
 def test_prune_image_rows_and_fidelity(vm: VisionModel) -> None:
     ratios = [0.25, 0.5, 1.0]
-    result = prune_image(vm, _image(), "all", ratios, layer=1, seed=0)
+    result = prune_image(vm, _image(), strategies="all", keep_ratios=ratios, layer=1, seed=0)
     assert len(result.rows) == len(IMAGE_STRATEGIES) * len(ratios)
     assert [r.strategy for r in result.rows[:3]] == [next(iter(IMAGE_STRATEGIES))] * 3  # strategies outer
     for row in result.rows:
@@ -206,7 +206,7 @@ def test_flops_shrink_with_the_keep_ratio(vm: VisionModel) -> None:
 def test_every_strategy_is_charged_exactly_what_it_runs(vm: VisionModel, layer: int) -> None:
     """Random and uniform run no scoring; attention/diversity strategies read the blocks before the
     pruning layer (a block-0 probe at layer 0); cls_attention_last reads the whole unpruned pass."""
-    result = prune_image(vm, _image(), "all", [0.5], layer=layer, seed=0)
+    result = prune_image(vm, _image(), strategies="all", keep_ratios=[0.5], layer=layer, seed=0)
     n_tokens = 1 + N_PATCHES
     full = vm.n_layers * pruned_flops(vm, n_tokens, n_tokens, 0) / vm.n_layers
     for row in result.rows:
@@ -224,7 +224,7 @@ def test_every_strategy_is_charged_exactly_what_it_runs(vm: VisionModel, layer: 
 
 
 def test_prune_image_without_decoder_skips_saliency(any_vm: VisionModel) -> None:
-    result = prune_image(any_vm, _image(), ["cls_attention", "random"], [0.5], layer=2)
+    result = prune_image(any_vm, _image(), strategies=["cls_attention", "random"], keep_ratios=[0.5], layer=2)
     assert "saliency" in result.skipped
     assert all(
         r.fidelity["saliency_corr"] is None and r.fidelity["saliency_iou"] is None for r in result.rows
@@ -235,32 +235,32 @@ def test_prune_image_without_decoder_skips_saliency(any_vm: VisionModel) -> None
 @pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5, float("nan"), "half", True])
 def test_bad_keep_ratio(vm: VisionModel, ratio: object) -> None:
     with pytest.raises(InputError):
-        prune_image(vm, _image(), ["random"], [ratio], layer=1)  # type: ignore[list-item]
+        prune_image(vm, _image(), strategies=["random"], keep_ratios=[ratio], layer=1)  # type: ignore[list-item]
 
 
 def test_empty_keep_ratios(vm: VisionModel) -> None:
     with pytest.raises(InputError):
-        prune_image(vm, _image(), ["random"], [], layer=1)
+        prune_image(vm, _image(), strategies=["random"], keep_ratios=[], layer=1)
 
 
 @pytest.mark.parametrize("layer", [-1, N_LAYERS + 1, 1.5, True])
 def test_bad_layer(vm: VisionModel, layer: object) -> None:
     with pytest.raises(InputError, match="layer"):
-        prune_image(vm, _image(), ["random"], [0.5], layer=layer)  # type: ignore[arg-type]
+        prune_image(vm, _image(), strategies=["random"], keep_ratios=[0.5], layer=layer)  # type: ignore[arg-type]
 
 
 def test_unknown_strategy_lists_known_names(vm: VisionModel) -> None:
     with pytest.raises(InputError) as info:
-        prune_image(vm, _image(), ["cls_attention", "magic"], [0.5], layer=1)
+        prune_image(vm, _image(), strategies=["cls_attention", "magic"], keep_ratios=[0.5], layer=1)
     for name in IMAGE_STRATEGIES:
         assert name in str(info.value)
     with pytest.raises(InputError):
-        prune_image(vm, _image(), [], [0.5], layer=1)
+        prune_image(vm, _image(), strategies=[], keep_ratios=[0.5], layer=1)
 
 
 def test_bad_image_is_an_input_error(vm: VisionModel) -> None:
     with pytest.raises(InputError):
-        prune_image(vm, b"not an image", ["random"], [0.5], layer=1)
+        prune_image(vm, b"not an image", strategies=["random"], keep_ratios=[0.5], layer=1)
 
 
 def test_restore_tokens_copies_nearest_kept() -> None:
@@ -281,7 +281,7 @@ def test_saliency_similarity_of_identical_maps() -> None:
 
 
 def test_result_round_trips_through_the_store(vm: VisionModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    result = prune_image(vm, _image(), "all", [0.25, 1.0], layer=1, seed=4)
+    result = prune_image(vm, _image(), strategies="all", keep_ratios=[0.25, 1.0], layer=1, seed=4)
     store = Store.open(tmp_path / "runs.duckdb")
     try:
         run_id = store.save(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explorer.analysis.pruning import common, image, text
+from explorer.analysis.pruning import common, image, params, text
 from explorer.analysis.pruning.common import (
     DEFAULT_KEEP_RATIOS,
     PruningRow,
@@ -32,7 +32,10 @@ def test_both_modalities_use_the_one_protocol_and_validators() -> None:
     for registry in (text.TEXT_STRATEGIES, image.IMAGE_STRATEGIES):
         assert isinstance(registry, StrategyRegistry)
         assert all(s.scoring in registry.scoring_costs and s.deviation for s in registry.values())
-    assert text.resolve_keep_ratios is image.resolve_keep_ratios is resolve_keep_ratios
+    # the engines take their Params: ratios are resolved and checked by the one shared `of` / `check_sweep`
+    assert params.resolve_keep_ratios is text.resolve_keep_ratios is resolve_keep_ratios
+    assert params.PruneTextParams.of.__func__ is params.PruneImageParams.of.__func__  # type: ignore[attr-defined]
+    assert params.PruneTextParams.check_sweep is params.PruneImageParams.check_sweep
     assert text.keep_count is image.keep_count is common.keep_count
     assert text.PruningRow is image.PruningRow is PruningRow
 

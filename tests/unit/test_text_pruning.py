@@ -203,7 +203,7 @@ def test_frugalprompt_and_bottom_k_split_the_same_scores() -> None:
         ({"strategies": ["nope"]}, "known: frugalprompt, self_information, bottom_k, random, fastv"),
         ({"strategies": ["frugalprompt:nope"]}, "unknown attribution method"),
         ({"strategies": ["random:x"]}, "takes no attribution method"),
-        ({"continuation_tokens": 1000}, "continuation tokens"),
+        ({"continuation_tokens": 1000}, "continuation_tokens must be"),
         ({"target": "\u2603\u2603"}, "target"),
     ],
 )
@@ -405,5 +405,5 @@ def test_batches_within_the_memory_budget_equal_one_batch(monkeypatch: pytest.Mo
                 [x if x is not None else np.nan for x in b[5:]],
                 atol=1e-5,
             )
-    with pytest.raises(InputError, match="batch memory budget"):
+    with pytest.raises(InputError, match="^batch_mb must be > 0"):
         prune_text(lm, PROMPT, batch_mb=0, **kwargs)

@@ -37,7 +37,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -45,20 +45,22 @@ import torch
 
 from explorer.analysis.pruning import common
 from explorer.analysis.pruning.common import (
+    DEFAULT_KEEP_RATIOS,
     PruningRow,
     StrategyRegistry,
     keep_count,
-    resolve_keep_ratios,
     retention_curve,
     rows_from_table,
     rows_table,
-    validate_seed,
 )
 from explorer.backends.images import ImageInput, image_to_png, load_image, model_view, normalize, png_to_array
 from explorer.backends.vision import VisionModel
 from explorer.errors import InputError
 from explorer.progress import ProgressFn, or_silent
 from explorer.results import StoredFields, in_meta, in_table, int_tuple, register_result
+
+if TYPE_CHECKING:
+    from explorer.analysis.pruning.params import PruneImageParams
 
 SALIENCY_TOP_FRACTION = 0.2  # IoU mask: the top 20% pixels of each saliency map
 MMR_LAMBDA = 0.5  # IDPruner trade-off: lambda * importance - (1 - lambda) * max similarity
@@ -550,25 +552,30 @@ class ImagePruningResult(StoredFields):
 def prune_image(
     vm: VisionModel,
     image: ImageInput,
-    strategies: Sequence[str] | str,
-    keep_ratios: Sequence[float] | float,
-    layer: int,
+    params: PruneImageParams | None = None,
+    *,
+    strategies: Sequence[str] | str = "all",
+    keep_ratios: Sequence[float] | float = DEFAULT_KEEP_RATIOS,
+    layer: int = 0,
     seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> ImagePruningResult:
     """Prune patches of one image with each strategy at each keep ratio; measure the effects.
 
     image: a PIL image, path or bytes (validated by `load_image`); it is resized to the
-    model's view (vm.image_size square) first. strategies: names from IMAGE_STRATEGIES or
-    "all". keep_ratios: fractions in (0, 1]; keep count = max(1, round(ratio * P)).
+    model's view (vm.image_size square) first. `params`: the `PruneImageParams` (validated by the
+    caller, e.g. the API's runner); without it, the keywords build one: strategies: names from
+    IMAGE_STRATEGIES or "all". keep_ratios: fractions in (0, 1]; keep count = max(1, round(ratio * P)).
     layer: 0..vm.n_layers. Blocks 0..layer-1 run once on all tokens (shared by every row);
     strategies at one ratio run their remaining blocks as one batch; identical kept sets
     are computed once. Raises InputError for bad ratios, layers, strategies or images.
     """
-    names = resolve_strategies(strategies)
-    ratios = resolve_keep_ratios(keep_ratios, "patches")
-    layer = validate_layer(vm, layer)
-    seed = validate_seed(seed)
+    from explorer.analysis.pruning.params import PruneImageParams
+
+    if params is None:
+        params = PruneImageParams.of(strategies, keep_ratios, layer=layer, seed=seed)
+    p = params.for_model(vm)  # validated once, in the Params; the layer checked against vm's depth
+    names, ratios, layer, seed = list(p.strategies), list(p.keep_ratios), p.layer, p.seed
     report = or_silent(progress)
     pil = load_image(image)
     view = model_view(vm, pil)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,8 +14,6 @@ from explorer.analysis.pruning.common import (
     DEFAULT_KEEP_RATIOS,
     PruningRow,
     keep_count,
-    resolve_keep_ratios,
-    validate_seed,
 )
 from explorer.analysis.pruning.text.cost import attribution_scores, prefill_flops, rows_per_batch
 from explorer.analysis.pruning.text.fastv import padded_fastv_batch
@@ -25,13 +24,14 @@ from explorer.analysis.pruning.text.strategies import (
     DEFAULT_LAYER,
     TEXT_STRATEGIES,
     TextSignals,
-    resolve_strategies,
     select_tokens,
-    validate_layer,
 )
 from explorer.backends.language import LanguageModel, encode
 from explorer.errors import InputError
 from explorer.progress import ProgressFn, or_silent
+
+if TYPE_CHECKING:
+    from explorer.analysis.pruning.params import PruneTextParams
 
 MAX_CONTINUATION = 64
 DEFAULT_BATCH_MB = 1024.0  # memory budget of one batched prefill (Settings.pruning_batch_mb)
@@ -81,6 +81,7 @@ def _run_rows(
 def prune_text(
     lm: LanguageModel,
     prompt: str,
+    params: PruneTextParams | None = None,
     *,
     strategies: Sequence[str] | str = "all",
     keep_ratios: Sequence[float] | float = DEFAULT_KEEP_RATIOS,
@@ -101,22 +102,32 @@ def prune_text(
     continuation_tokens: N greedy tokens compared (0 skips the continuation measures);
     batch_mb: memory budget of one batched prefill: a keep ratio's distinct rows run in batches
     of at most `rows_per_batch` rows (at least one; the results equal one batch's).
+    `params`: the `PruneTextParams` (validated by the caller, e.g. the API's runner); without it,
+    the strategy / ratio / layer / target / continuation / seed keywords build one.
     Raises InputError for bad inputs before any forward pass.
     """
-    report = or_silent(progress)
-    names = resolve_strategies(strategies)
-    ratios = resolve_keep_ratios(keep_ratios)
-    parsed = {name: TEXT_STRATEGIES.parse(name) for name in names}
-    has_fastv = any(s.inside_model for s, _ in parsed.values())
-    layer = validate_layer(lm, layer, needs_layer=has_fastv)
-    seed = validate_seed(seed)
-    if isinstance(continuation_tokens, bool) or not 0 <= int(continuation_tokens) <= MAX_CONTINUATION:
-        raise InputError(
-            f"continuation tokens must be between 0 and {MAX_CONTINUATION}, got {continuation_tokens}"
+    from explorer.analysis.pruning.params import PruneTextParams
+
+    if params is None:
+        params = PruneTextParams.of(
+            strategies,
+            keep_ratios,
+            layer=layer,
+            target=target,
+            continuation_tokens=continuation_tokens,
+            seed=seed,
         )
-    n_cont = int(continuation_tokens)
-    if not batch_mb > 0:
-        raise InputError(f"the pruning batch memory budget must be > 0 MB, got {batch_mb}")
+    p = params.for_model(lm)  # validated once, in the Params; the layer checked against lm's depth
+    report = or_silent(progress)
+    names = list(p.strategies)
+    ratios = list(p.keep_ratios)
+    parsed = {name: TEXT_STRATEGIES.parse(name) for name in names}
+    has_fastv = p.needs_layer
+    layer, seed, target, n_cont = p.layer, p.seed, p.target, p.continuation_tokens
+    if not batch_mb > 0:  # the engine's own setting (Settings.pruning_batch_mb), not a Params field
+        raise InputError(
+            f"batch_mb must be > 0 (the memory budget of one batched prefill, in MB), got {batch_mb}"
+        )
     ids = encode(lm, prompt, max_tokens).cpu()
     n = int(ids.shape[0])
     if target is not None and target != "":
