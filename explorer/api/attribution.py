@@ -202,7 +202,7 @@ def attribute(
             target=target,
             contrast=contrast or None,
             seed=int(seed),
-            **params,
+            **params.to_json(),
             max_tokens=settings.max_prompt_tokens,
         )
         prog = _scaled(progress, 0.05 + 0.95 * i / len(methods), 0.05 + 0.95 * (i + 1) / len(methods))
@@ -261,7 +261,7 @@ def attribute_generation(
         method=m.name,
         generate=int(generate),
         seed=int(seed),
-        **per_method[m.name],
+        **per_method[m.name].to_json(),
         max_tokens=settings.max_prompt_tokens,
     )
     return run_cached(

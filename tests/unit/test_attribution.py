@@ -47,7 +47,9 @@ def _params(method: str) -> dict[str, Any]:
 def test_every_method_one_finite_score_per_token_and_deterministic(tiny_llama: Any, method: str) -> None:
     params = _params(method)
     a = run_attribution(tiny_llama, PROMPT, TARGET, method=method, seed=3, params=params)
-    b = run_attribution(tiny_llama, PROMPT, TARGET, method=method, seed=3, params=params)
+    validated = ATTRIBUTION_METHODS[method].make_params(params)  # the API passes the method's Params
+    b = run_attribution(tiny_llama, PROMPT, TARGET, method=method, seed=3, params=validated)
+    assert a.params == b.params
     assert len(a.scores) == len(a.tokens) == len(a.input_ids)
     assert np.all(np.isfinite(a.scores))
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-7)

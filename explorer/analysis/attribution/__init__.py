@@ -66,6 +66,11 @@ class AttributionMethod:
         params.validate()
         return params
 
+    def validated(self, params: Any) -> Any:
+        """`params` as is when it is this method's Params (the caller validated it), else
+        `make_params` of the dict (None: the defaults)."""
+        return params if isinstance(params, self.params) else self.make_params(params or {})
+
 
 ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {
     m.name: m
@@ -117,11 +122,11 @@ def get_method(name: str) -> AttributionMethod:
 
 def split_params(
     methods: list[AttributionMethod], values: dict[str, Any]
-) -> tuple[dict[str, dict[str, Any]], FaithfulnessParams]:
+) -> tuple[dict[str, Any], FaithfulnessParams]:
     """Validate `values` (method parameters + faithfulness keys) against `methods`.
 
-    Returns per-method JSON params (defaults filled in) and the faithfulness params. Unknown
-    keys raise InputError naming the accepted ones.
+    Returns each method's validated Params (defaults filled in; `.to_json()` is its part of the
+    cache key) and the faithfulness params. Unknown keys raise InputError naming the accepted ones.
     """
     known = set(FAITHFULNESS_KEYS)
     for m in methods:
@@ -135,7 +140,7 @@ def split_params(
         **{FAITHFULNESS_KEYS[k]: v for k, v in values.items() if k in FAITHFULNESS_KEYS and v is not None}
     )
     faith.validate()
-    return {m.name: m.make_params(values).to_json() for m in methods}, faith
+    return {m.name: m.make_params(values) for m in methods}, faith
 
 
 def build_task(
@@ -195,20 +200,21 @@ def run_attribution(
     method: str = "reagent",
     contrast: str | None = None,
     seed: int = 0,
-    params: dict[str, Any] | None = None,
+    params: Any = None,
     faith: FaithfulnessParams | None = None,
     max_tokens: int = 512,
     progress: ProgressFn | None = None,
 ) -> AttributionResult:
     """Attribute `target` after `prompt` with one registered method, plus faithfulness.
 
-    `params`: the method's parameters (JSON form, e.g. from `split_params`). `seconds` is the
+    `params`: the method's Params (e.g. `ReagentParams`, from `split_params`: validated by the
+    caller and used as is) or its values as a dict (validated here). `seconds` is the
     method's wall time (faithfulness evaluation excluded, so methods compare fairly).
     """
     prog = progress or (lambda f, m: None)
     m = get_method(method)
     task, target_info, contrast_info, notes = build_task(lm, prompt, target, contrast, max_tokens)
-    json_params = m.make_params(params or {}).to_json()
+    json_params = m.validated(params).to_json()
     prog(0.1, f"{m.label}: attributing")
     t0 = time.perf_counter()
     scores, extras, method_notes = run_method(lm, task, m, json_params, seed)
@@ -246,7 +252,7 @@ def run_generation(
     generate: int,
     method: str = "input_x_gradient",
     seed: int = 0,
-    params: dict[str, Any] | None = None,
+    params: Any = None,
     faith: FaithfulnessParams | None = None,
     max_tokens: int = 512,
     progress: ProgressFn | None = None,
@@ -259,7 +265,7 @@ def run_generation(
         raise InputError(f"generate must be between 1 and {MAX_GENERATE} tokens, got {generate}")
     prog = progress or (lambda f, m: None)
     m = get_method(method)
-    json_params = m.make_params(params or {}).to_json()
+    json_params = m.validated(params).to_json()
     prompt_ids = encode(lm, prompt, max_tokens).cpu()
     prog(0.05, f"Generating {generate} tokens")
     gen_ids = greedy_generate(lm, prompt_ids, generate)
