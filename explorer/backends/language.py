@@ -234,6 +234,14 @@ class LanguageModel:
             logits = torch.tanh(logits / cap) * cap
         return logits  # type: ignore[no-any-return]
 
+    def repeat_cache(self, cache: Any, n: int) -> Any | None:
+        """The KV cache of one sequence repeated for a batch of `n` (in place), or None when this
+        model's cache type cannot be repeated (then the caller runs the whole prompt per row)."""
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            return None
+        cache.batch_repeat_interleave(int(n))
+        return cache
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,

@@ -38,7 +38,6 @@ import torch
 from explorer.analysis.pruning.common import DEFAULT_KEEP_RATIOS, keep_count, resolve_keep_ratios
 from explorer.analysis.pruning.image import transition_variation
 from explorer.analysis.pruning.text.cost import prefill_flops
-from explorer.analysis.pruning.text.fastv import FastVCut
 from explorer.analysis.pruning.visual import (
     NOT_IMPLEMENTED,
     PAPERS,
@@ -50,6 +49,7 @@ from explorer.analysis.pruning.visual import (
     vtc_cls_blocks,
 )
 from explorer.backends.language import LanguageModel
+from explorer.backends.token_cut import FastVCut
 from explorer.backends.vlm import MODALITY_IMAGE, VisionLanguageModel, VLMInputs, capture_vlm, trim_at_stop
 from explorer.errors import InputError
 from explorer.progress import ProgressFn, or_silent

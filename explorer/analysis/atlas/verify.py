@@ -174,10 +174,9 @@ def _shared_prefix(lm: object, prefix: torch.Tensor, x: torch.Tensor) -> tuple[o
     if prefix.numel() == 0:
         return None, x
     out = lm.forward(prefix.unsqueeze(0), use_cache=True, logits_to_keep=1)  # type: ignore[attr-defined]
-    cache = out.cache
-    if not hasattr(cache, "batch_repeat_interleave"):
+    cache = lm.repeat_cache(out.cache, int(x.shape[0]))  # type: ignore[attr-defined]
+    if cache is None:
         return None, x
-    cache.batch_repeat_interleave(int(x.shape[0]))
     return cache, x[:, prefix.numel() :]
 
 

@@ -66,7 +66,7 @@ from explorer.analysis.pruning.text.cost import (
     counted_block_flops,
     prefill_flops,
 )
-from explorer.analysis.pruning.text.fastv import FastVCut, fastv_hooks, gather_rows, padded_fastv_batch
+from explorer.analysis.pruning.text.fastv import padded_fastv_batch
 from explorer.analysis.pruning.text.result import FIDELITY_KEYS, TextPruningResult
 from explorer.analysis.pruning.text.runs import BatchRun, ReferenceRun, reference_run, run_batch
 from explorer.analysis.pruning.text.strategies import (
@@ -83,6 +83,7 @@ from explorer.analysis.pruning.text.strategies import (
     validate_layer,
 )
 from explorer.analysis.pruning.text.sweep import MAX_CONTINUATION, prune_text
+from explorer.backends.token_cut import FastVCut, fastv_hooks, gather_rows
 
 __all__ = [
     "BEFORE_LM_LAYER",

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from explorer.analysis.pruning.text.fastv import FastVCut, fastv_hooks
 from explorer.backends.language import LanguageModel
+from explorer.backends.token_cut import FastVCut, fastv_hooks
 
 
 @dataclass
