@@ -71,6 +71,28 @@ class LensParams:
     temperature: float = 1.0
     seed: int = 0
 
+    @classmethod
+    def of(
+        cls,
+        top_k: Any = 10,
+        targets: Any = (),
+        generate: Any = 0,
+        sample: Any = False,
+        temperature: Any = 1.0,
+        seed: Any = 0,
+    ) -> LensParams:
+        """Validated Params from user input (numbers as ints / floats, targets as a tuple)."""
+        params = cls(
+            top_k=int(top_k),
+            targets=tuple(targets),
+            generate=int(generate),
+            sample=bool(sample),
+            temperature=float(temperature),
+            seed=int(seed),
+        )
+        params.validate()
+        return params
+
     def validate(self) -> None:
         if not 1 <= self.top_k <= MAX_TOP_K:
             raise InputError(f"top_k must be between 1 and {MAX_TOP_K}, got {self.top_k}")
@@ -485,15 +507,7 @@ def logit_lens(
     keywords build and validate one (a convenience for notebooks and tests)."""
     prog = progress or (lambda f, m: None)
     if params is None:
-        params = LensParams(
-            top_k=int(top_k),
-            targets=tuple(targets),
-            generate=int(generate),
-            sample=bool(sample),
-            temperature=float(temperature),
-            seed=int(seed),
-        )
-        params.validate()
+        params = LensParams.of(top_k, targets, generate, sample, temperature, seed)
     t0 = time.perf_counter()
     prompt_ids = encode(lm, prompt, max_tokens)
     target_ids, notes = resolve_targets(lm, params.targets)

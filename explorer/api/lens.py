@@ -39,15 +39,7 @@ def run_logit_lens(
     targets use their first token; a note says so). `.to_dict()` is the CLI's JSON.
     """
     settings = settings or Settings.from_env()
-    params = _lens.LensParams(
-        top_k=int(top_k),
-        targets=tuple(targets),
-        generate=int(generate),
-        sample=bool(sample),
-        temperature=float(temperature),
-        seed=int(seed),
-    )
-    params.validate()
+    params = _lens.LensParams.of(top_k, targets, generate, sample, temperature, seed)
     from explorer.api import vlm as _vlm
 
     if image is not None or _vlm.is_vlm(model):

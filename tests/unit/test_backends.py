@@ -145,30 +145,27 @@ def test_half_precision_weights_are_stored_apart() -> None:
     assert tiny("gpt2").weight_hash != tiny("gpt2", "float16").weight_hash
 
 
-def test_no_module_outside_the_backends_calls_the_hf_model() -> None:
+def lines_outside_the_backends(pattern: str) -> list[str]:
+    """file:line of every line of explorer/ outside backends/ that matches `pattern`."""
     root = Path(__file__).resolve().parents[2] / "explorer"
-    pattern = re.compile(r"\.(hf_model|model)\s*\(|\.hf_model\b")
-    offenders = [
+    regex = re.compile(pattern)
+    return [
         f"{path.relative_to(root)}:{i}"
         for path in root.rglob("*.py")
         if "backends" not in path.parts
         for i, line in enumerate(path.read_text().splitlines(), 1)
-        if pattern.search(line)
+        if regex.search(line)
     ]
+
+
+def test_no_module_outside_the_backends_calls_the_hf_model() -> None:
+    offenders = lines_outside_the_backends(r"\.(hf_model|model)\s*\(|\.hf_model\b")
     assert not offenders, offenders
 
 
 def test_only_the_backends_import_transformers() -> None:
     """The backend package is the one door to transformers."""
-    root = Path(__file__).resolve().parents[2] / "explorer"
-    pattern = re.compile(r"^\s*(from transformers\b|import transformers\b)")
-    offenders = [
-        f"{path.relative_to(root)}:{i}"
-        for path in root.rglob("*.py")
-        if "backends" not in path.parts
-        for i, line in enumerate(path.read_text().splitlines(), 1)
-        if pattern.search(line)
-    ]
+    offenders = lines_outside_the_backends(r"^\s*(from transformers\b|import transformers\b)")
     assert not offenders, offenders
 
 
