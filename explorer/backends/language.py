@@ -369,6 +369,7 @@ class LanguageModel:
         output_attentions: bool = False,
         step_hook: StepHook | None = None,
         logits_hook: LogitsHook | None = None,
+        cache: Any = None,
     ) -> Generation:
         """Decode up to `max_new_tokens` after a prompt, with a KV cache.
 
@@ -378,7 +379,10 @@ class LanguageModel:
         `stop_at_eos`; batches always decode exactly `max_new_tokens`. attention_mask /
         position_ids (B, T) describe left-padded rows: decoding extends the mask with ones and
         continues each row's positions. `step_hook(step, tokens)` runs after every step (the
-        prefill is step 0), before the next pass. Only the last position's logits are computed."""
+        prefill is step 0), before the next pass; `logits_hook(step, logits)` sees (and may
+        replace) each step's float32 logits before the token is chosen. `cache`: the KV cache of a
+        prefix already run (e.g. a shared prompt prefix, `repeat_cache`d over the batch); the
+        inputs continue it. Only the last position's logits are computed."""
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
         if input_ids is not None and input_ids.dim() == 1:
@@ -403,6 +407,7 @@ class LanguageModel:
                 inputs_embeds=inputs_embeds,
                 attention_mask=mask,
                 position_ids=pos,
+                cache=cache,
                 use_cache=max_new_tokens > 1,
                 logits_to_keep=1,
                 output_attentions=output_attentions,

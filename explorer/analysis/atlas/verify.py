@@ -146,22 +146,21 @@ def probe(
         cand = torch.tensor(token_ids[start : start + batch], dtype=torch.long)
         x = template.ids.unsqueeze(0).repeat(cand.numel(), 1)
         x[:, template.slots] = cand.unsqueeze(1)
-        gen = []
         probs_max = torch.zeros(cand.numel())
+
+        def track(step: int, logits: torch.Tensor, cand: torch.Tensor = cand) -> torch.Tensor:
+            nonlocal probs_max
+            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            probs_max = torch.maximum(probs_max, logp.gather(1, cand.unsqueeze(1)).squeeze(1).exp())
+            return logits
+
         with lm.lock:  # type: ignore[attr-defined]
             past, x = _shared_prefix(lm, template.ids[:prefix], x)
-            for _ in range(steps):
-                # the LM head on the last position only (logits_to_keep); the backend adapts to the model
-                out = lm.forward(x, cache=past, use_cache=True, logits_to_keep=1)  # type: ignore[attr-defined]
-                past = out.cache
-                logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
-                p = logp.gather(1, cand.unsqueeze(1)).squeeze(1).exp()
-                probs_max = torch.maximum(probs_max, p)
-                nxt = logp.argmax(dim=-1)
-                gen.append(nxt)
-                x = nxt.unsqueeze(1)
+            # greedy decoding by the backend (KV cache, last-position logits only), continuing the
+            # shared prefix's cache; `track` reads each step's probability of the candidate
+            out = lm.generate(x, steps, cache=past, stop_at_eos=False, logits_hook=track)  # type: ignore[attr-defined]
         best[start : start + cand.numel()] = probs_max.numpy()
-        generated += torch.stack(gen, dim=1).tolist()
+        generated += out.tokens.tolist()
         if progress is not None:
             progress(min(len(token_ids), start + batch))
     return best, generated
